@@ -1,0 +1,17 @@
+"""Errors a user can act on.
+
+An :class:`EdgekdError` is bad input (a recipe field, a missing file, an impossible budget): the CLI prints
+its message on one line and exits with code 2, with no traceback unless ``--debug`` is given.
+"""
+
+
+class EdgekdError(Exception):
+    """A problem in what the user gave us, explained in one line."""
+
+
+class RecipeError(EdgekdError):
+    """A recipe field holds a value that is not allowed."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
