@@ -11,19 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
+from edgekd.distill.registry import distill_section_model
 from edgekd.errors import RecipeError
+from edgekd.schema_base import Section
 
 # Class counts of the data sets whose label set is known without reading them.
 KNOWN_NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "mnist": 10, "fashionmnist": 10}
 DATASETS_NEEDING_ROOT = ("cifar10", "cifar100", "mnist", "fashionmnist", "imagefolder")
-
-
-class Section(BaseModel):
-    """Base of every recipe section: unknown keys are errors and a loaded recipe cannot change."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 _COUNT_SUFFIXES = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
@@ -75,17 +71,230 @@ class DataConfig(Section):
     def _check_sources(self) -> DataConfig:
         if self.dataset in DATASETS_NEEDING_ROOT:
             if self.root is None:
-                raise ValueError(f"dataset '{self.dataset}' needs `root`, the local folder that holds it")
+                raise ValueError(f"root: dataset '{self.dataset}' needs `root`, the local folder that holds it")
             if not self.download and not self.root.exists():
                 raise ValueError(
-                    f"root '{self.root}' does not exist (set `download: true` to let torchvision fetch it)"
+                    f"root: '{self.root}' does not exist (set `download: true` to let torchvision fetch it)"
                 )
         if self.classes is not None:
             if len(set(self.classes)) != len(self.classes):
-                raise ValueError(f"classes {self.classes} repeat an id")
+                raise ValueError(f"classes: {self.classes} repeats an id")
             total = KNOWN_NUM_CLASSES.get(self.dataset)
             bad = [c for c in self.classes if c < 0 or (total is not None and c >= total)]
             if bad:
                 allowed = f"0..{total - 1}" if total else ">= 0"
-                raise ValueError(f"class id {bad[0]} is out of range for '{self.dataset}' (allowed: {allowed})")
+                raise ValueError(f"classes: class id {bad[0]} is out of range for '{self.dataset}' (allowed: {allowed})")
         return self
+
+
+# ------------------------------------------------------------------------------------------- training
+class OptimizerConfig(Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by Adam).")
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+
+
+class ScheduleConfig(Section):
+    name: Literal["multistep", "cosine", "constant"] = "cosine"
+    milestones: list[int] = Field(default_factory=list, description="Epochs at which multistep multiplies lr by gamma.")
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0, description="Linear warm-up from lr/10 over this many epochs.")
+
+
+class TrainConfig(Section):
+    """How one network is trained: used for the teacher (when trained by the run) and for every student."""
+
+    epochs: int = Field(30, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
+
+    @model_validator(mode="after")
+    def _check_milestones(self) -> TrainConfig:
+        bad = [m for m in self.schedule.milestones if not 0 < m < self.epochs]
+        if bad:
+            raise ValueError(f"schedule.milestones: {bad} must lie inside 1..{self.epochs - 1} (epochs is {self.epochs})")
+        return self
+
+
+# ------------------------------------------------------------------------------------- teacher/student
+ModelArgs = dict[str, int | float | str | bool]
+
+
+class TeacherConfig(Section):
+    """The big model. Loaded from a checkpoint trained elsewhere, or trained by the run (`train:`)."""
+
+    model: str = Field("resnet20", description="Zoo name, e.g. resnet56, wrn_40_2, mobilenetv2, torchvision:resnet18.")
+    model_args: ModelArgs = Field(default_factory=dict, description="Extra keyword arguments of the constructor.")
+    checkpoint: Path | None = Field(None, description="A state_dict saved with torch.save (loaded weights_only).")
+    train: TrainConfig | None = Field(None, description="Train the teacher in the run (when no checkpoint is given).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherConfig:
+        if self.checkpoint is None and self.train is None:
+            raise ValueError("give either `checkpoint` (a trained state_dict) or `train` (train it in the run)")
+        if self.checkpoint is not None and self.train is not None:
+            raise ValueError("train: give `checkpoint` or `train`, not both")
+        if self.checkpoint is not None and not self.checkpoint.is_file():
+            raise ValueError(f"checkpoint: '{self.checkpoint}' is not a file")
+        return self
+
+
+class BudgetConfig(Section):
+    params: Count = Field(description="Most parameters the student may have; '200k' and '1.5M' are understood.")
+
+
+class StudentConfig(Section):
+    """The small model: an explicit zoo model, or the largest member of a family that fits the budget."""
+
+    family: Literal["resnet", "wrn", "mobilenetv2"] | None = Field(None, description="Fit this family to `budget`.")
+    model: str | None = Field(None, description="An explicit zoo model instead of a family.")
+    model_args: ModelArgs = Field(default_factory=dict)
+    budget: BudgetConfig | None = None
+
+    @model_validator(mode="after")
+    def _family_or_model(self) -> StudentConfig:
+        if (self.family is None) == (self.model is None):
+            raise ValueError("give exactly one of `family` (sized to the budget) or `model`")
+        if self.family is not None and self.budget is None:
+            raise ValueError(f"budget: family '{self.family}' needs a `budget` to choose its size")
+        return self
+
+
+# ---------------------------------------------------------------------------------------- the run
+class ReportConfig(Section):
+    plots: bool = Field(True, description="Draw the report's plots (matplotlib, PNG).")
+
+
+# The `distill:` section has one options block per registered method, so the schema shows them all.
+DistillConfig = distill_section_model()
+
+
+class Recipe(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: the run folder is output_dir/name.")
+    seed: int = Field(0, description="Seeds initialization, data order and augmentation.")
+    output_dir: Path = Path("runs")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses a CUDA GPU when one is present.")
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig
+    student: StudentConfig
+    distill: DistillConfig = DistillConfig()  # type: ignore[valid-type]
+    train: TrainConfig = Field(TrainConfig(), description="How the students are trained.")
+    report: ReportConfig = ReportConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+
+# ------------------------------------------------------------------------------------------ loading
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe; any problem is a RecipeError naming the field."""
+    raw = read_recipe_yaml(Path(path))
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_recipe(raw, source=str(path))
+
+
+def read_recipe_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RecipeError("", f"recipe file '{path}' does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise RecipeError("", f"{path}: not valid YAML{line} ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise RecipeError("", f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is read as YAML (so 0.1, [1, 2], null work)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError("--set", f"'{override}' is not of the form section.field=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(key, f"cannot set a field inside '{part}', which holds {child!r}")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(*describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> tuple[str, str]:
+    """The first error as (field path, 'what was given, what is allowed'); the count of the others is added."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = [str(p) for p in first["loc"]]
+    field = ".".join(loc)
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        message = f"unknown field (allowed here: {', '.join(_allowed_fields(loc[:-1]))})"
+    elif kind == "missing":
+        message = "is required"
+    elif kind.startswith("value_error"):
+        field, message = _split_field_prefix(field, first["msg"].removeprefix("Value error, "))
+    else:
+        message = f"got {first.get('input')!r}: {first['msg'].lower()}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return field, message
+
+
+def _split_field_prefix(field: str, message: str) -> tuple[str, str]:
+    """Section validators start their message with the sub-field they blame ('classes: ...'): move it to the path."""
+    match = re.match(r"^([A-Za-z_][A-Za-z0-9_.\[\]]*): (.*)$", message)
+    if match:
+        sub, message = match.groups()
+        field = f"{field}.{sub}" if field else sub
+    return field or "recipe", message
+
+
+def _allowed_fields(loc: list[str]) -> list[str]:
+    model: Any = Recipe
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _section_type(field.annotation)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def _section_type(annotation: Any) -> type[Section] | None:
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    return Recipe.model_json_schema()
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The fully resolved recipe (every default filled in) as YAML."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

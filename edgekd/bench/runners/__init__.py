@@ -1,0 +1,75 @@
+"""One runner per inference backend behind one interface, and :func:`runner_for` to pick one for a file."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from edgekd.bench.runners.base import Runner
+from edgekd.bench.runners.onnxruntime_runner import OnnxRuntimeRunner
+from edgekd.bench.runners.openvino_runner import OpenVinoRunner
+from edgekd.bench.runners.tensorrt_runner import TensorRTRunner
+from edgekd.bench.runners.torch_eager import TorchRunner
+from edgekd.errors import EdgekdError
+
+__all__ = [
+    "BACKEND_FOR_SUFFIX",
+    "OnnxRuntimeRunner",
+    "OpenVinoRunner",
+    "Runner",
+    "TensorRTRunner",
+    "TorchRunner",
+    "runner_for",
+]
+
+# The backend a file's suffix implies when none is named.
+BACKEND_FOR_SUFFIX = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt"}
+
+# For each file backend: its runner, the pip package it needs, and the suffixes it can read (OpenVINO reads
+# ONNX too, which lets the same .onnx be compared on both).
+_FILE_BACKENDS: dict[str, tuple[type[Runner], str, tuple[str, ...]]] = {
+    "onnxruntime": (OnnxRuntimeRunner, "onnxruntime", (".onnx",)),
+    "openvino": (OpenVinoRunner, "openvino", (".xml", ".onnx")),
+    "tensorrt": (TensorRTRunner, "tensorrt", (".engine", ".plan")),
+}
+
+
+def runner_for(path: str | Path, backend: str | None = None, **options: Any) -> Runner:
+    """The runner for an exported model file, by its suffix or by the named ``backend``.
+
+    ``options`` go to the runner (``threads``, ``device``, and for OpenVINO ``precision``, ``hint``). Nothing
+    is loaded yet: call ``load()`` (the latency harness does, and times it); a corrupt file is reported then.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EdgekdError(f"{path}: no such model file; allowed: an existing {_suffix_list()} file")
+    backend = backend if backend is not None else _backend_from_suffix(path)
+    if backend == "pytorch":
+        raise EdgekdError(f"{path}: backend 'pytorch' runs an nn.Module, not a file; use TorchRunner(model)")
+    if backend not in _FILE_BACKENDS:
+        raise EdgekdError(f"backend: got {backend!r} for {path}; allowed: {', '.join(_FILE_BACKENDS)}")
+    runner_class, package, suffixes = _FILE_BACKENDS[backend]
+    if path.suffix.lower() not in suffixes:
+        raise EdgekdError(
+            f"{path}: backend {backend!r} cannot read a {path.suffix or 'suffix-less'} file; "
+            f"allowed: {', '.join(suffixes)}"
+        )
+    # find_spec tells whether the package is installed without paying for importing it.
+    if importlib.util.find_spec(package) is None:
+        raise EdgekdError(f"{path}: backend {backend!r} needs the '{package}' package, which is not installed")
+    return runner_class(path, **options)
+
+
+def _backend_from_suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in BACKEND_FOR_SUFFIX:
+        raise EdgekdError(
+            f"{path}: unknown model suffix {suffix or '(none)'!r}; allowed: {_suffix_list()}, "
+            "or name the backend explicitly"
+        )
+    return BACKEND_FOR_SUFFIX[suffix]
+
+
+def _suffix_list() -> str:
+    return "/".join(BACKEND_FOR_SUFFIX)

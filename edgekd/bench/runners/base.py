@@ -1,0 +1,84 @@
+"""The one interface every backend runner follows, so the harness can time any of them the same way."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from edgekd.errors import EdgekdError
+
+
+class Runner(ABC):
+    """Runs a classifier on one backend: ``load()`` once, then ``run(images)`` synchronously, many times.
+
+    ``load()`` does everything that must happen before the first inference (create the session, compile,
+    deserialize) and is idempotent, so the harness can time it and later users can call it again for free.
+    ``run()`` takes an N×C×H×W float32 batch and returns N×classes float32 logits; it returns only when the
+    result is ready, so wall-clock time around it is the latency.
+    """
+
+    backend: str = ""
+
+    def __init__(self, threads: int | None = None, device: str = "cpu"):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise EdgekdError(f"threads: got {threads!r}; allowed: a positive integer, or None for the default")
+        self.threads = threads
+        self.device = device
+        self._loaded = False
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def load(self) -> None:
+        """Prepare the backend for inference; a second call does nothing."""
+        if not self._loaded:
+            self._load()
+            self._loaded = True
+
+    @abstractmethod
+    def _load(self) -> None:
+        """The backend's own preparation; called once by :meth:`load`."""
+
+    @abstractmethod
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """N×C×H×W float32 images → N×classes float32 logits; requires :meth:`load` first."""
+
+    def describe(self) -> dict[str, Any]:
+        """What this runner runs on and how it is configured; backends add their own keys."""
+        return {"backend": self.backend, "device": self.device, "threads": self.threads}
+
+
+def import_backend(module: str, package: str, purpose: str) -> ModuleType:
+    """Import a backend module, or explain which package to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise EdgekdError(
+            f"{purpose} needs the '{package}' package, which is not installed ({err}); install it with pip"
+        ) from None
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message: backends write long multi-line messages."""
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__
+
+
+def as_float32_batch(images: np.ndarray) -> np.ndarray:
+    """A C-contiguous float32 view (a copy only when needed) that backends can read without converting."""
+    return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def existing_file(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgekdError(f"{what}: {path} does not exist or is not a file")
+    return path

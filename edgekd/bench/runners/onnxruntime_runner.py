@@ -1,0 +1,92 @@
+"""ONNX Runtime: an .onnx file in an InferenceSession, CPU by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.bench.runners.base import Runner, as_float32_batch, existing_file, first_line, import_backend
+from edgekd.errors import EdgekdError
+
+# Execution providers in ONNX Runtime's order of preference for each device we accept; the CPU provider is
+# always last so that operators a GPU provider lacks still run.
+PROVIDERS_FOR_DEVICE = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class OnnxRuntimeRunner(Runner):
+    """One InferenceSession with all graph optimizations, ``threads`` intra-op threads and 1 inter-op thread.
+
+    ``device`` picks the execution providers: ``cpu`` (default), ``cuda`` or ``tensorrt``; a GPU provider that
+    this onnxruntime build lacks is an error rather than a silent fall back to the CPU.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int | None = None, device: str = "cpu"):
+        if device not in PROVIDERS_FOR_DEVICE:
+            raise EdgekdError(f"device: got {device!r} for onnxruntime; allowed: {', '.join(PROVIDERS_FOR_DEVICE)}")
+        super().__init__(threads=threads, device=device)
+        self.path = existing_file(path, "ONNX model")
+        self._session: Any = None
+
+    def _load(self) -> None:
+        ort = import_backend("onnxruntime", "onnxruntime", "the ONNX Runtime runner")
+        providers = self._providers(ort)
+        options = ort.SessionOptions()
+        # 0 lets ONNX Runtime pick its default (one thread per physical core).
+        options.intra_op_num_threads = self.threads or 0
+        # A classifier is one chain of operators: parallel branches would only compete for the same cores.
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own Exception subclasses (InvalidProtobuf, Fail, ...)
+            raise EdgekdError(
+                f"{self.path}: onnxruntime cannot load it ({first_line(err)}); allowed: a valid .onnx model"
+            ) from None
+        self._session = session
+        self._input_name = session.get_inputs()[0].name
+        self._output_names = [session.get_outputs()[0].name]
+
+    def _providers(self, ort: Any) -> list[str]:
+        wanted = PROVIDERS_FOR_DEVICE[self.device]
+        available = ort.get_available_providers()
+        missing = [provider for provider in wanted if provider not in available]
+        if missing:
+            raise EdgekdError(
+                f"device: {self.device!r} needs {', '.join(missing)}, which this onnxruntime lacks "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu or use device='cpu'"
+            )
+        return wanted
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        batch = as_float32_batch(images)
+        try:
+            return self._session.run(self._output_names, {self._input_name: batch})[0]
+        except Exception as err:
+            expected = self._session.get_inputs()[0].shape
+            raise EdgekdError(
+                f"{self.path}: inference on input {tuple(batch.shape)} failed ({first_line(err)}); "
+                f"the model expects {expected}"
+            ) from None
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        ort = import_backend("onnxruntime", "onnxruntime", "the ONNX Runtime runner")
+        info.update(
+            version=ort.__version__,
+            path=str(self.path),
+            precision="as exported",
+            providers=self._session.get_providers() if self._session else PROVIDERS_FOR_DEVICE[self.device],
+            intra_op_threads=self.threads or "onnxruntime default",
+            inter_op_threads=1,
+            graph_optimization="ORT_ENABLE_ALL",
+        )
+        return info

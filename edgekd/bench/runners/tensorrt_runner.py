@@ -1,0 +1,119 @@
+"""TensorRT 10: a serialized engine run on a CUDA GPU, with torch CUDA tensors as the I/O buffers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.bench.runners.base import Runner, as_float32_batch, existing_file, import_backend
+from edgekd.errors import EdgekdError
+
+_CUDA_DEVICE = re.compile(r"cuda(:\d+)?")
+
+
+class TensorRTRunner(Runner):
+    """Deserializes an engine and runs it with ``execute_async_v3`` on its own CUDA stream.
+
+    An engine is tied to the GPU model and TensorRT version it was built with, so one built elsewhere fails to
+    deserialize; that is reported as such. ``run`` copies the batch to the GPU, executes, waits for the stream
+    and copies the logits back: its time includes both copies, as a caller holding host arrays would see.
+    ``threads`` is accepted for the common interface and has no effect (the work runs on the GPU).
+    """
+
+    backend = "tensorrt"
+
+    def __init__(self, path: str | Path, threads: int | None = None, device: str = "cuda"):
+        if not _CUDA_DEVICE.fullmatch(device):
+            raise EdgekdError(f"device: got {device!r} for tensorrt; allowed: 'cuda' or 'cuda:<index>'")
+        super().__init__(threads=threads, device=device)
+        self.path = existing_file(path, "TensorRT engine")
+        self._engine: Any = None
+        self._bound_shape: tuple[int, ...] | None = None
+
+    def _load(self) -> None:
+        trt = import_backend("tensorrt", "tensorrt", "the TensorRT runner")
+        torch = import_backend("torch", "torch", "the TensorRT runner")
+        if not torch.cuda.is_available():
+            raise EdgekdError(f"{self.path}: a TensorRT engine needs a CUDA GPU, and none is visible here")
+        self._torch = torch
+        self._device = torch.device(self.device)
+        # The runtime must outlive the engine it deserialized, so both are kept.
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        with torch.cuda.device(self._device):
+            engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+            if engine is None:
+                raise EdgekdError(
+                    f"{self.path}: TensorRT {trt.__version__} cannot deserialize it; an engine runs only on the "
+                    "GPU model and TensorRT version it was built with, so rebuild it on this machine"
+                )
+            self._engine = engine
+            self._context = engine.create_execution_context()
+            self._stream = torch.cuda.Stream(device=self._device)
+        self._input_name, self._output_name = self._io_names(trt, engine)
+        self._input_dtype = self._torch_dtype(trt, engine.get_tensor_dtype(self._input_name))
+        self._output_dtype = self._torch_dtype(trt, engine.get_tensor_dtype(self._output_name))
+        self._trt_version = trt.__version__
+
+    def _io_names(self, trt: Any, engine: Any) -> tuple[str, str]:
+        names = [engine.get_tensor_name(index) for index in range(engine.num_io_tensors)]
+        inputs = [name for name in names if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT]
+        outputs = [name for name in names if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise EdgekdError(
+                f"{self.path}: the engine has inputs {inputs} and outputs {outputs}; allowed: one image input "
+                "and one logits output"
+            )
+        return inputs[0], outputs[0]
+
+    def _torch_dtype(self, trt: Any, trt_dtype: Any) -> Any:
+        torch = self._torch
+        dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+        if hasattr(trt.DataType, "BF16"):
+            dtypes[trt.DataType.BF16] = torch.bfloat16
+        if trt_dtype not in dtypes:
+            raise EdgekdError(f"{self.path}: engine I/O type {trt_dtype} is not supported; allowed: float, half, bf16")
+        return dtypes[trt_dtype]
+
+    def _bind(self, shape: tuple[int, ...]) -> None:
+        """Set the batch shape and (re)allocate device buffers for it; done only when the shape changes."""
+        torch = self._torch
+        if not self._context.set_input_shape(self._input_name, shape):
+            allowed = tuple(self._engine.get_tensor_shape(self._input_name))
+            raise EdgekdError(
+                f"{self.path}: input shape {shape} is not allowed by the engine (shape {allowed}, -1 = dynamic, "
+                "within the optimization profile it was built with)"
+            )
+        output_shape = tuple(self._context.get_tensor_shape(self._output_name))
+        self._input = torch.empty(shape, dtype=self._input_dtype, device=self._device)
+        self._output = torch.empty(output_shape, dtype=self._output_dtype, device=self._device)
+        self._context.set_tensor_address(self._input_name, self._input.data_ptr())
+        self._context.set_tensor_address(self._output_name, self._output.data_ptr())
+        self._bound_shape = shape
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        batch = as_float32_batch(images)
+        if batch.shape != self._bound_shape:
+            self._bind(batch.shape)
+        torch = self._torch
+        with torch.cuda.stream(self._stream):
+            self._input.copy_(torch.from_numpy(batch))
+            if not self._context.execute_async_v3(self._stream.cuda_stream):
+                raise EdgekdError(f"{self.path}: TensorRT execution failed for input {batch.shape}")
+            self._stream.synchronize()
+            logits = self._output.float().cpu()
+        return logits.numpy()
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(path=str(self.path), threads=None)
+        if self._engine is not None:
+            info.update(
+                version=self._trt_version,
+                gpu=self._torch.cuda.get_device_name(self._device),
+                precision=f"engine I/O {self._input_dtype}",
+                streams=1,
+            )
+        return info

@@ -1,0 +1,66 @@
+"""The seam between a distillation method and the trainer.
+
+A Distiller owns the student and whatever trainable parts its method adds (connectors, regressors); the
+teacher is held beside it, frozen and in eval mode, and is neither trained nor saved with the student.
+`forward_train` returns the student's logits and a dict of named loss terms, which the trainer sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgekd.schema_base import Section
+
+
+@dataclass(frozen=True)
+class DistillContext:
+    """What a method may need to know about the run besides the two networks."""
+
+    num_classes: int
+    # Column of the teacher's logits for each of the student's classes (identity unless a class subset).
+    teacher_class_ids: tuple[int, ...]
+
+
+class Distiller(nn.Module):
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, options: Section, context: DistillContext):
+        super().__init__()
+        self.student = student
+        # Kept out of the module tree on purpose: parameters(), state_dict() and checkpoints hold only what
+        # is trained. The caller places the teacher on the right device.
+        self.__dict__["teacher"] = teacher
+        self.options = options
+        self.context = context
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    teacher: nn.Module | None
+
+    def forward_train(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher's BN statistics must not drift while the student trains
+        return self
+
+    def extra_parameter_count(self) -> int:
+        """Parameters the method trains besides the student (training-only: they are not exported)."""
+        student_ids = {id(p) for p in self.student.parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in student_ids)
+
+    def learning_rate_factor(self) -> float:
+        """Scale of the recipe's learning rate for this method (fine-tuning uses a smaller one)."""
+        return 1.0
+
+    @torch.no_grad()
+    def teacher_logits_on_student_classes(self, images: torch.Tensor) -> torch.Tensor:
+        assert self.teacher is not None, "this method needs a teacher"
+        logits = self.teacher(images)
+        if list(self.context.teacher_class_ids) == list(range(logits.shape[1])):
+            return logits
+        index = torch.as_tensor(self.context.teacher_class_ids, device=logits.device)
+        return logits.index_select(1, index)

@@ -1,0 +1,40 @@
+"""Hinton et al. (2015) knowledge distillation on logits.
+
+loss = (1 - alpha) * CE(s, y) + alpha * T^2 * KL(softmax(t / T) || softmax(s / T)).
+With a class subset, the teacher's logits are restricted to the student's classes before the softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from edgekd.distill.base import Distiller
+from edgekd.distill.registry import register_method
+from edgekd.schema_base import Section
+
+
+class KDOptions(Section):
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature T of both networks.")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the distillation term; CE gets 1 - alpha.")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(p_teacher || p_student) at temperature T, averaged over the batch."""
+    log_p_student = F.log_softmax(student_logits / temperature, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+@register_method("kd", KDOptions, "Hinton KD: match the teacher's softened logits (temperature, alpha).")
+class KD(Distiller):
+    def forward_train(self, images, labels):
+        logits = self.student(images)
+        teacher_logits = self.teacher_logits_on_student_classes(images)
+        alpha = self.options.alpha
+        return logits, {
+            "ce": (1 - alpha) * F.cross_entropy(logits, labels),
+            "kd": alpha * kd_loss(logits, teacher_logits, self.options.temperature),
+        }

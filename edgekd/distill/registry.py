@@ -1,0 +1,82 @@
+"""Registry of distillation methods: a method is one file that registers its Distiller and its options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, create_model, model_validator
+
+from edgekd.errors import EdgekdError
+from edgekd.schema_base import Section
+
+if TYPE_CHECKING:
+    from edgekd.distill.base import Distiller
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    distiller: type[Distiller]
+    options: type[Section]
+    summary: str
+    # The student is the teacher's architecture, initialized from its weights (fine-tuning baselines):
+    # such a model ignores the budget, and the report marks it so.
+    student_from_teacher: bool = False
+
+
+_METHODS: dict[str, MethodEntry] = {}
+
+
+def register_method(name: str, options: type[Section], summary: str, *, student_from_teacher: bool = False):
+    """Class decorator: make a Distiller available to recipes as `distill.method: <name>`."""
+
+    def register(cls: type[Distiller]) -> type[Distiller]:
+        if name in _METHODS:
+            raise ValueError(f"distillation method '{name}' is registered twice")
+        _METHODS[name] = MethodEntry(name, cls, options, summary, student_from_teacher)
+        return cls
+
+    return register
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> MethodEntry:
+    if name not in _METHODS:
+        raise EdgekdError(f"distill.method: unknown method '{name}' (available: {', '.join(method_names())})")
+    return _METHODS[name]
+
+
+def distill_section_model() -> type[Section]:
+    """Build the recipe's `distill:` section: the method, its baselines, and an options block per method."""
+    import edgekd.distill.methods  # noqa: F401  (registers every method)
+
+    option_fields: dict[str, Any] = {
+        name: (entry.options, Field(default_factory=entry.options, description=entry.summary))
+        for name, entry in sorted(_METHODS.items())
+    }
+
+    def check_names(section: Any) -> Any:
+        names = [section.method, *section.baselines]
+        for where, name in zip(["method", *(f"baselines.{i}" for i in range(len(names) - 1))], names, strict=True):
+            if name not in _METHODS:
+                raise ValueError(f"{where}: unknown method '{name}' (available: {', '.join(method_names())})")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"baselines: method '{repeated[0]}' is named twice in method/baselines")
+        return section
+
+    return create_model(
+        "DistillConfig",
+        __base__=Section,
+        __validators__={"check_names": model_validator(mode="after")(check_names)},
+        method=(str, Field("kd", description="The distillation method: " + ", ".join(method_names()) + ".")),
+        baselines=(
+            list[str],
+            Field(default_factory=list, description="Other methods trained with the same data and seed, to compare."),
+        ),
+        **option_fields,
+    )

@@ -1,0 +1,183 @@
+"""``torchvision:<name>``: any torchvision.models classifier, randomly initialized (never downloads weights).
+
+The torchvision network becomes ``model.body`` with its final nn.Linear replaced by nn.Identity, and that
+Linear becomes ``model.classifier``, so the zoo convention holds: ``classifier(body(x))`` is the network's
+forward, and ``body(x)`` is the penultimate embedding (after any dropout the network applies before its head).
+
+Taps (paths start with ``body.``):
+
+* ResNet, ResNeXt, Wide ResNet: ``layer1`` .. ``layer4``.
+* Others: the children of the feature trunk (``features``, ``trunk_output`` for RegNet, ``layers`` for
+  MnasNet, else the network's own top-level children), keeping the last child at each spatial size, found by
+  running the network once on a 128x128 image on the meta device (free). Children from the global pooling
+  on are the head and never taps. A new stage starts where the map shrinks to 3/4 or less.
+* No taps where that probe fails or the trunk is not channels-first: ViT, MaxViT, Swin.
+
+torchvision has no module whose input is a stage's pre-activation, so ``preact_taps``/``preact_bn`` are None.
+A state_dict saved from the plain torchvision network (keys like ``fc.weight``) loads as well.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from edgekd.errors import EdgekdError
+from edgekd.models._common import evaluating
+from edgekd.models.registry import register_model
+
+_RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+_TRUNK_NAMES = ("features", "trunk_output", "layers")
+_CHANNELS_LAST_TRUNKS = (torchvision.models.SwinTransformer,)
+_PROBE_SIZE = (
+    128  # large enough for every torchvision trunk (Inception v3 needs 75), small enough to be quick
+)
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+class TorchvisionClassifier(nn.Module):
+    def __init__(self, arch: str, body: nn.Module, head_path: str, classifier: nn.Linear, taps: list[str]):
+        super().__init__()
+        self.arch = arch
+        self.head_path = head_path
+        self.body = body
+        self.classifier = classifier
+        self.taps = taps
+        self.preact_taps: list[str | None] = [None] * len(taps)
+        self.preact_bn: list[str | None] = [None] * len(taps)
+        self.register_load_state_dict_pre_hook(_accept_plain_torchvision_keys)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.body(x))
+
+
+def _accept_plain_torchvision_keys(
+    module: TorchvisionClassifier, state_dict: dict[str, Any], prefix: str, *_: Any
+) -> None:
+    """Rename the keys of a state_dict saved from the bare torchvision network to this wrapper's layout."""
+    keys = [key for key in state_dict if key.startswith(prefix)]
+    if not keys or any(key.startswith(prefix + "body.") for key in keys):
+        return
+    head = prefix + module.head_path + "."
+    for key in keys:
+        if key.startswith(head):
+            new_key = prefix + "classifier." + key[len(head) :]
+        else:
+            new_key = prefix + "body." + key[len(prefix) :]
+        state_dict[new_key] = state_dict.pop(key)
+
+
+def _final_linear(arch: str, body: nn.Module, num_classes: int) -> tuple[str, nn.Linear]:
+    """The last nn.Linear registered in the network, which is its classification head in torchvision."""
+    linears = [(path, module) for path, module in body.named_modules() if isinstance(module, nn.Linear)]
+    if not linears or linears[-1][1].out_features != num_classes:
+        raise EdgekdError(
+            f"model 'torchvision:{arch}' has no final nn.Linear classifier, which edgekd needs; "
+            "choose another model"
+        )
+    return linears[-1]
+
+
+def _build(arch: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    except TypeError as error:
+        raise EdgekdError(f"model_args for 'torchvision:{arch}' are not accepted: {error}") from None
+
+
+def _trunk_taps(arch: str, body: nn.Module, num_classes: int, kwargs: dict[str, Any]) -> list[str]:
+    """Probe a meta-device twin of the network (free), or the network itself where no twin can be built."""
+    if isinstance(body, _CHANNELS_LAST_TRUNKS):
+        return []
+    try:
+        with torch.device("meta"):
+            twin = _build(arch, num_classes, kwargs)
+    except Exception:  # RegNet computes its widths with .tolist(), which meta tensors cannot do
+        twin = body
+    return _probe(twin)
+
+
+def _probe(network: nn.Module) -> list[str]:
+    """Run the network once, recording each trunk child's output size up to the global pooling."""
+    trunk_path = next(
+        (name for name in _TRUNK_NAMES if isinstance(getattr(network, name, None), nn.Module)), ""
+    )
+    sizes: dict[str, tuple[int, int]] = {}
+
+    def record(path: str):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                sizes[path] = (output.shape[-2], output.shape[-1])
+
+        return hook
+
+    handles = []
+    for name, child in network.get_submodule(trunk_path).named_children():
+        if isinstance(child, _GLOBAL_POOLS):
+            break  # what follows is the head
+        handles.append(child.register_forward_hook(record(f"{trunk_path}.{name}" if trunk_path else name)))
+    image = torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE, device=next(network.parameters()).device)
+    try:
+        with evaluating(network), torch.no_grad():
+            network(image)
+    except Exception:  # a network that cannot run at the probe size (ViT, MaxViT) simply gets no taps
+        return []
+    finally:
+        for handle in handles:
+            handle.remove()
+    return _stage_ends(sizes)
+
+
+def _stage_ends(sizes: dict[str, tuple[int, int]]) -> list[str]:
+    """Group children (in run order) into stages by output size and keep the last child of each stage.
+
+    A child starts a new stage when its map is at most 3/4 the size of the current stage's first map, so
+    unpadded convolutions that trim a pixel or two (Inception v3) do not each become a stage.
+    """
+    taps: list[str] = []
+    stage_size = 0
+    for path, (height, width) in sizes.items():
+        size = max(height, width)
+        if taps and size > stage_size:
+            break  # never expected in a classifier; stop rather than declare growing taps
+        if not taps or size <= 0.75 * stage_size:
+            taps.append(path)
+            stage_size = size
+        else:
+            taps[-1] = path
+    return taps
+
+
+@register_model("torchvision:<name>", hint="any torchvision.models classifier, e.g. torchvision:resnet18")
+def torchvision_model(num_classes: int, in_channels: int, name: str, **kwargs: Any) -> TorchvisionClassifier:
+    """``kwargs`` go to the torchvision builder (e.g. ``dropout``); ``weights`` is always None."""
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise EdgekdError(
+            f"model 'torchvision:{name}' is unknown; torchvision classifiers: {', '.join(available)}"
+        )
+    if in_channels != 3:
+        raise EdgekdError(
+            f"model 'torchvision:{name}' takes 3-channel images but the data has {in_channels}; "
+            "set `data.channels: 3`"
+        )
+    if "weights" in kwargs:
+        raise EdgekdError(
+            "model_args.weights: not allowed; edgekd never downloads weights (give a checkpoint instead)"
+        )
+    if name in ("googlenet", "inception_v3"):
+        # auxiliary heads would make the training forward return a tuple; init_weights=True silences a
+        # warning about torchvision's future default
+        kwargs.setdefault("aux_logits", False)
+        kwargs.setdefault("init_weights", True)
+    body = _build(name, num_classes, kwargs)
+    head_path, classifier = _final_linear(name, body, num_classes)
+    body.set_submodule(head_path, nn.Identity())
+    if all(isinstance(getattr(body, stage, None), nn.Module) for stage in _RESNET_STAGES):
+        taps = list(_RESNET_STAGES)
+    else:
+        taps = _trunk_taps(name, body, num_classes, kwargs)
+    return TorchvisionClassifier(name, body, head_path, classifier, [f"body.{tap}" for tap in taps])

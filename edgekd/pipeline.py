@@ -1,0 +1,276 @@
+"""`edgekd build`: the run's stages in order, each writing under the run folder, resumable.
+
+Everything that can reject the input (recipe, data, budget, teacher checkpoint) is checked before the run
+folder is touched, so bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+import edgekd
+from edgekd.data import DataBundle, build_data
+from edgekd.distill import DistillContext, get_method
+from edgekd.errors import EdgekdError
+from edgekd.fileio import write_json, write_text
+from edgekd.models import count_flops, count_params, create_model, fit_to_budget
+from edgekd.recipe import Recipe, dump_recipe
+from edgekd.train import FitResult, Trainer, evaluate
+from edgekd.train.checkpoint import load_weights, save_checkpoint
+
+RECIPE_FILE = "recipe.yaml"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """An architecture: zoo name and constructor arguments, with what budget fitting found out."""
+
+    arch: str
+    model_args: dict[str, Any]
+    params: int
+    flops: int
+    how: str  # "budget fit among N members of family F" or "given by the recipe"
+
+    def create(self, num_classes: int, in_channels: int) -> nn.Module:
+        return create_model(self.arch, num_classes=num_classes, in_channels=in_channels, **self.model_args)
+
+
+@dataclass
+class Prepared:
+    recipe: Recipe
+    device: torch.device
+    teacher_data: DataBundle
+    student_data: DataBundle
+    teacher: nn.Module
+    student_choice: ModelChoice
+    started: float = field(default_factory=time.time)
+
+
+# ---------------------------------------------------------------------------------------------- setup
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(wanted: str) -> torch.device:
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise EdgekdError("device: 'cuda' was asked for but no CUDA GPU is available (allowed here: auto, cpu)")
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return torch.device(wanted)
+
+
+def choose_student(recipe: Recipe, data: DataBundle) -> ModelChoice:
+    spec, student = data.input_spec, recipe.student
+    if student.family is not None:
+        fit = fit_to_budget(student.family, student.budget.params, data.num_classes, spec.channels, (spec.height, spec.width))
+        return ModelChoice(fit.model_name, dict(fit.model_args), fit.params, fit.flops,
+                           f"largest of {fit.candidates_considered} '{student.family}' members within the budget")
+    model = create_model(student.model, num_classes=data.num_classes, in_channels=spec.channels, **student.model_args)
+    return ModelChoice(student.model, dict(student.model_args), count_params(model),
+                       count_flops(model, (spec.channels, spec.height, spec.width)), "given by the recipe")
+
+
+def prepare(recipe: Recipe) -> Prepared:
+    """Build everything that can fail on bad input, before anything is written."""
+    device = pick_device(recipe.device)
+    teacher_data = build_data(recipe.data, subset=False)
+    student_data = build_data(recipe.data, subset=True)
+    student_choice = choose_student(recipe, student_data)
+    seed_everything(recipe.seed)
+    spec = teacher_data.input_spec
+    teacher = create_model(recipe.teacher.model, num_classes=teacher_data.num_classes, in_channels=spec.channels,
+                           **recipe.teacher.model_args)
+    if recipe.teacher.checkpoint is not None:
+        load_weights(teacher, recipe.teacher.checkpoint, "teacher.checkpoint", recipe.teacher.model)
+    return Prepared(recipe, device, teacher_data, student_data, teacher, student_choice)
+
+
+def open_run_dir(recipe: Recipe, *, resume: bool, force: bool) -> Path:
+    run_dir = recipe.run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if resume:
+            _check_same_recipe(run_dir, recipe)
+        elif force:
+            shutil.rmtree(run_dir)
+        else:
+            raise EdgekdError(
+                f"output: run folder '{run_dir}' already holds a run (use --resume to continue it, "
+                "--force to start over, or --set name=... for a new one)"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
+    return run_dir
+
+
+def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
+    stored_file = run_dir / RECIPE_FILE
+    if not stored_file.is_file():
+        raise EdgekdError(f"--resume: '{run_dir}' has no {RECIPE_FILE}, so it is not an edgekd run folder")
+    stored = yaml.safe_load(stored_file.read_text())
+    current = recipe.model_dump(mode="json")
+    changed = _changed_fields(stored, current)
+    if changed:
+        raise EdgekdError(
+            f"--resume: the recipe differs from the one that started '{run_dir}' in {', '.join(changed[:5])} "
+            "(use --force to start over)"
+        )
+
+
+def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        changed = []
+        for key in sorted(set(old) | set(new)):
+            changed += _changed_fields(old.get(key), new.get(key), f"{prefix}{key}.")
+        return changed
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def train_teacher(p: Prepared, run_dir: Path, *, resume: bool, progress) -> FitResult | None:
+    """Train the teacher when the recipe asks for it; a loaded teacher is used as it is."""
+    if p.recipe.teacher.train is None:
+        return None
+    context = DistillContext(p.teacher_data.num_classes, tuple(range(p.teacher_data.num_classes)))
+    distiller = get_method("scratch").distiller(p.teacher, None, get_method("scratch").options(), context)
+    trainer = Trainer(distiller, p.teacher_data, p.recipe.teacher.train, seed=p.recipe.seed,
+                      out_dir=run_dir / "train" / "teacher", device=p.device, label="teacher", progress=progress)
+    return trainer.fit(resume=resume)
+
+
+def make_student(p: Prepared, method: str) -> tuple[nn.Module, ModelChoice]:
+    """A fresh student for `method`: every method starts from the same seeded initialization."""
+    seed_everything(p.recipe.seed)
+    spec, data = p.student_data.input_spec, p.student_data
+    if not get_method(method).student_from_teacher:
+        return p.student_choice.create(data.num_classes, spec.channels), p.student_choice
+    teacher_copy = create_model(p.recipe.teacher.model, num_classes=p.teacher_data.num_classes,
+                                in_channels=spec.channels, **p.recipe.teacher.model_args)
+    teacher_copy.load_state_dict(p.teacher.state_dict())
+    _narrow_head(teacher_copy, data.class_ids)
+    choice = ModelChoice(p.recipe.teacher.model, dict(p.recipe.teacher.model_args), count_params(teacher_copy),
+                         count_flops(teacher_copy, (spec.channels, spec.height, spec.width)), "the teacher's architecture")
+    return teacher_copy, choice
+
+
+def _narrow_head(model: nn.Module, class_ids: list[int]) -> None:
+    """Keep the teacher's classifier rows of the student's classes: a K-way head that starts where the teacher is."""
+    head = model.classifier
+    if list(class_ids) == list(range(head.out_features)):
+        return
+    narrow = nn.Linear(head.in_features, len(class_ids), bias=head.bias is not None)
+    index = torch.as_tensor(class_ids)
+    with torch.no_grad():
+        narrow.weight.copy_(head.weight[index])
+        if head.bias is not None:
+            narrow.bias.copy_(head.bias[index])
+    model.classifier = narrow
+
+
+def train_student(p: Prepared, method: str, run_dir: Path, *, resume: bool, progress) -> tuple[nn.Module, ModelChoice, FitResult, int]:
+    entry = get_method(method)
+    student, choice = make_student(p, method)
+    context = DistillContext(p.student_data.num_classes, tuple(p.student_data.class_ids))
+    options = getattr(p.recipe.distill, method)
+    distiller = entry.distiller(student, p.teacher, options, context)
+    trainer = Trainer(distiller, p.student_data, p.recipe.train, seed=p.recipe.seed,
+                      out_dir=run_dir / "train" / method, device=p.device, label=method, progress=progress)
+    result = trainer.fit(resume=resume)
+    return distiller.student, choice, result, distiller.extra_parameter_count()
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def model_record(name: str, role: str, model: nn.Module, choice: ModelChoice, data: DataBundle, device,
+                 budget: int | None, checkpoint: Path, class_index=None) -> dict[str, Any]:
+    val_acc, _ = evaluate(model, data.eval_loader("val"), device, class_index)
+    test_acc, test_loss = evaluate(model, data.eval_loader("test"), device, class_index)
+    return {
+        "name": name,
+        "role": role,
+        "arch": choice.arch,
+        "model_args": choice.model_args,
+        "params": choice.params,
+        "flops": choice.flops,
+        "val_acc": round(val_acc, 4),
+        "test_acc": round(test_acc, 4),
+        "test_loss": round(test_loss, 6),
+        "fits_budget": None if budget is None else choice.params <= budget,
+        "checkpoint": str(checkpoint),
+    }
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "edgekd": edgekd.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def build(recipe: Recipe, *, resume: bool = False, force: bool = False, progress=None) -> dict[str, Any]:
+    """Run the recipe end to end and return metrics.json's content (also written to the run folder)."""
+    started = time.perf_counter()
+    p = prepare(recipe)
+    run_dir = open_run_dir(recipe, resume=resume, force=force)
+    budget = recipe.student.budget.params if recipe.student.budget else None
+    spec = p.teacher_data.input_spec
+    models_dir = run_dir / "models"
+
+    teacher_fit = train_teacher(p, run_dir, resume=resume, progress=progress)
+    p.teacher.to(p.device).eval()
+    teacher_ckpt = save_checkpoint(p.teacher.state_dict(), models_dir / "teacher.pt")
+    teacher_choice = ModelChoice(recipe.teacher.model, dict(recipe.teacher.model_args), count_params(p.teacher),
+                                 count_flops(p.teacher, (spec.channels, spec.height, spec.width)),
+                                 "checkpoint" if recipe.teacher.checkpoint else "trained in the run")
+    teacher_record = model_record("teacher", "teacher", p.teacher, teacher_choice, p.teacher_data, p.device, budget, teacher_ckpt)
+    on_student = model_record("teacher", "teacher", p.teacher, teacher_choice, p.student_data, p.device, budget,
+                              teacher_ckpt, class_index=p.student_data.class_ids)
+    teacher_record.update(student_task_val_acc=on_student["val_acc"], student_task_test_acc=on_student["test_acc"],
+                          source=teacher_choice.how, best_epoch=teacher_fit.best_epoch if teacher_fit else None)
+    records, histories = [teacher_record], {"teacher": teacher_fit.history if teacher_fit else []}
+
+    for method in [recipe.distill.method, *recipe.distill.baselines]:
+        student, choice, fit, extra = train_student(p, method, run_dir, resume=resume, progress=progress)
+        ckpt = save_checkpoint(student.state_dict(), models_dir / f"{method}.pt")
+        record = model_record(method, "student", student, choice, p.student_data, p.device, budget, ckpt)
+        record.update(method=method, is_main=method == recipe.distill.method, best_epoch=fit.best_epoch,
+                      train_time_s=round(fit.train_time_s, 2), extra_training_params=extra, arch_source=choice.how)
+        records.append(record)
+        histories[method] = fit.history
+
+    metrics = {
+        "run": {"name": recipe.name, "seed": recipe.seed, "device": str(p.device),
+                "wall_time_s": round(time.perf_counter() - started, 2), "resumed": resume},
+        "environment": environment(),
+        "data": {"teacher": p.teacher_data.summary(), "student": p.student_data.summary()},
+        "budget": {"params": budget},
+        "student_choice": {"arch": p.student_choice.arch, "model_args": p.student_choice.model_args,
+                           "params": p.student_choice.params, "flops": p.student_choice.flops, "how": p.student_choice.how},
+        "models": records,
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "history.json", histories)
+    from edgekd.report import write_report
+
+    write_report(run_dir, recipe, metrics, histories)
+    return metrics

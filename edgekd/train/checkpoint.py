@@ -1,0 +1,68 @@
+"""Checkpoints: written atomically, loaded with weights_only=True (a checkpoint is data, never code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgekd.errors import EdgekdError
+from edgekd.fileio import write_atomic
+
+_SHOWN_KEYS = 5
+
+
+def save_checkpoint(obj: Any, path: Path) -> Path:
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_checkpoint(path: Path, what: str = "checkpoint") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgekdError(f"{what}: '{path}' does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle with code in it, a truncated file, not a torch file at all
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgekdError(f"{what}: '{path}' cannot be loaded as a weights-only checkpoint ({first_line})") from None
+
+
+def extract_state_dict(obj: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
+    """Accept a bare state_dict or the common wrappers {'state_dict': ...} / {'model': ...}."""
+    for key in ("state_dict", "model", "model_state_dict", "student"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise EdgekdError(f"{what}: '{path}' holds no state_dict (a mapping of parameter names to tensors)")
+    # Checkpoints saved from DataParallel/DDP or torch.compile prefix every key.
+    for prefix in ("module.", "_orig_mod."):
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_weights(model: nn.Module, path: Path, what: str, arch: str) -> None:
+    """Load a state_dict into `model`; a different architecture is an error naming the first mismatches."""
+    state = extract_state_dict(load_checkpoint(path, what), path, what)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        raise EdgekdError(f"{what}: '{path}' does not fit the architecture '{arch}' (" + _describe(missing, unexpected, mismatched, state, expected) + ")")
+    model.load_state_dict(state)
+
+
+def _describe(missing, unexpected, mismatched, state, expected) -> str:
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys, first: {', '.join(missing[:_SHOWN_KEYS])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys, first: {', '.join(unexpected[:_SHOWN_KEYS])}")
+    if mismatched:
+        shown = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched[:_SHOWN_KEYS])
+        parts.append(f"{len(mismatched)} shape mismatches, first: {shown}")
+    return "; ".join(parts)

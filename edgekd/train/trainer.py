@@ -1,0 +1,207 @@
+"""The training loop: one Distiller, epoch by epoch, resumable from its last completed epoch.
+
+Every epoch reseeds torch from (seed, epoch), so the data order and augmentation of epoch e do not depend on
+what ran before it: a run resumed at epoch e repeats bit for bit what an uninterrupted run would have done.
+The checkpoint of an epoch is written atomically once the epoch is complete, so a crash or Ctrl-C loses at
+most the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekd.data import DataBundle
+from edgekd.distill.base import Distiller
+from edgekd.errors import EdgekdError
+from edgekd.fileio import read_json, write_json
+from edgekd.recipe import TrainConfig
+from edgekd.train.checkpoint import load_checkpoint, save_checkpoint
+from edgekd.train.dist import is_main_process
+from edgekd.train.optim import build_optimizer, build_scheduler
+
+LAST = "last.pt"
+BEST = "best.pt"
+HISTORY = "history.json"
+DONE = "fit.json"
+
+
+@dataclass(frozen=True)
+class FitResult:
+    best_epoch: int
+    best_val_acc: float
+    epochs: int
+    train_time_s: float
+    history: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader, device: torch.device, class_index: Sequence[int] | None = None
+) -> tuple[float, float]:
+    """Top-1 accuracy (%) and mean cross-entropy; `class_index` restricts the logits to those columns."""
+    was_training = model.training
+    model.eval()
+    index = torch.as_tensor(list(class_index), device=device) if class_index is not None else None
+    correct, total, loss_sum = 0, 0, 0.0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images)
+        if index is not None:
+            logits = logits.index_select(1, index)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        total += labels.numel()
+    model.train(was_training)
+    return 100.0 * correct / max(total, 1), loss_sum / max(total, 1)
+
+
+class Trainer:
+    def __init__(self, distiller: Distiller, data: DataBundle, cfg: TrainConfig, *, seed: int, out_dir: Path,
+                 device: torch.device, label: str, progress=None):
+        self.distiller = distiller.to(device)
+        self.data = data
+        self.cfg = cfg
+        self.seed = seed
+        self.out_dir = Path(out_dir)
+        self.device = device
+        self.label = label
+        self.progress = progress
+        params = [p for p in distiller.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(params, cfg.optimizer, distiller.learning_rate_factor())
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.epochs)
+        self.history: list[dict[str, Any]] = []
+        self.best_val_acc = -1.0
+        self.best_epoch = -1
+        self.train_time_s = 0.0
+
+    # ------------------------------------------------------------------------------------------ public
+    def fit(self, resume: bool = False) -> FitResult:
+        if resume and (self.out_dir / DONE).is_file():
+            return self._finished_result()
+        start_epoch = self._restore() if resume else 0
+        task = self._start_progress(start_epoch)
+        for epoch in range(start_epoch, self.cfg.epochs):
+            row = self._run_epoch(epoch, task)
+            self._end_epoch(epoch, row)
+        result = FitResult(self.best_epoch, self.best_val_acc, self.cfg.epochs, self.train_time_s, self.history)
+        if is_main_process():
+            write_json(self.out_dir / DONE, {k: v for k, v in result.to_dict().items() if k != "history"})
+        self.load_best_student()
+        return result
+
+    def load_best_student(self) -> None:
+        state = load_checkpoint(self.out_dir / BEST, f"{self.label} best checkpoint")
+        self.distiller.student.load_state_dict(state)
+
+    # ------------------------------------------------------------------------------------------ epochs
+    def _run_epoch(self, epoch: int, task) -> dict[str, Any]:
+        torch.manual_seed(epoch_seed(self.seed, epoch))
+        self.distiller.train()
+        started = time.perf_counter()
+        sums: dict[str, float] = {}
+        correct, seen = 0, 0
+        for images, labels in self.data.train_loader(epoch_seed(self.seed, epoch)):
+            images, labels = images.to(self.device), labels.to(self.device)
+            logits, terms = self.distiller.forward_train(images, labels)
+            loss = self._step(terms, epoch)
+            batch = labels.numel()
+            for name, value in {"loss": loss, **terms}.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().item() * batch
+            correct += (logits.detach().argmax(1) == labels).sum().item()
+            seen += batch
+            if task is not None:
+                self.progress.advance(task)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        val_acc, val_loss = evaluate(self.distiller.student, self.data.eval_loader("val"), self.device)
+        self.train_time_s += time.perf_counter() - started
+        row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v / seen for k, v in sums.items()}}
+        row.update(train_acc=100.0 * correct / seen, val_acc=val_acc, val_loss=val_loss,
+                   epoch_time_s=time.perf_counter() - started)
+        if task is not None:
+            self.progress.update(task, description=self._describe(epoch + 1, val_acc))
+        return row
+
+    def _step(self, terms: dict[str, torch.Tensor], epoch: int) -> torch.Tensor:
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            raise EdgekdError(
+                f"train: the {self.label} loss became {loss.item()} in epoch {epoch + 1} "
+                f"(terms: {', '.join(terms)}); lower train.optimizer.lr or set train.grad_clip"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.distiller.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return loss
+
+    def _end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        if row["val_acc"] > self.best_val_acc:  # ties keep the earlier epoch
+            self.best_val_acc, self.best_epoch = row["val_acc"], epoch + 1
+            if is_main_process():
+                save_checkpoint(self.distiller.student.state_dict(), self.out_dir / BEST)
+        if is_main_process():
+            write_json(self.out_dir / HISTORY, self.history)
+            save_checkpoint(self._state(epoch + 1), self.out_dir / LAST)
+
+    # ------------------------------------------------------------------------------------------ resume
+    def _state(self, epochs_done: int) -> dict[str, Any]:
+        return {
+            "epochs_done": epochs_done,
+            "distiller": self.distiller.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "train_time_s": self.train_time_s,
+        }
+
+    def _restore(self) -> int:
+        """Continue after the last completed epoch, if one was saved; returns the epoch to start from."""
+        path = self.out_dir / LAST
+        if not path.is_file():
+            return 0
+        state = load_checkpoint(path, f"{self.label} checkpoint")
+        self.distiller.load_state_dict(state["distiller"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.best_val_acc, self.best_epoch = state["best_val_acc"], state["best_epoch"]
+        self.train_time_s = state["train_time_s"]
+        self.history = read_json(self.out_dir / HISTORY)[: state["epochs_done"]]
+        return state["epochs_done"]
+
+    def _finished_result(self) -> FitResult:
+        done = read_json(self.out_dir / DONE)
+        self.load_best_student()
+        return FitResult(history=read_json(self.out_dir / HISTORY), **done)
+
+    # ------------------------------------------------------------------------------------------ display
+    def _start_progress(self, start_epoch: int):
+        if self.progress is None or not is_main_process():
+            return None
+        batches = math.ceil(len(self.data.train) / self.data.batch_size)
+        return self.progress.add_task(
+            self._describe(start_epoch, None), total=batches * self.cfg.epochs, completed=batches * start_epoch
+        )
+
+    def _describe(self, epoch: int, val_acc: float | None) -> str:
+        acc = f"val {val_acc:5.1f}%" if val_acc is not None else ""
+        return f"{self.label:<10} epoch {epoch:>3}/{self.cfg.epochs} {acc}"

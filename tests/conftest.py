@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny recipes on the embedded digits data, and a runner for the real CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from edgekd.cli import main
+
+# Two threads at most, like the 2-core CI machine; results must not depend on it, but time does.
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_RECIPE = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"dataset": "digits", "batch_size": 128},
+    "teacher": {"model": "resnet8", "train": {"epochs": 2, "optimizer": {"lr": 0.1}}},
+    "student": {"family": "resnet", "budget": {"params": "20k"}},
+    "distill": {"method": "kd", "baselines": ["scratch"]},
+    "train": {"epochs": 2, "optimizer": {"lr": 0.1}},
+}
+
+
+@pytest.fixture
+def write_recipe(tmp_path: Path):
+    """Write a recipe (the tiny one, updated section by section) into tmp_path; returns its path."""
+
+    def write(name: str = "tiny", **sections) -> Path:
+        recipe = yaml.safe_load(yaml.safe_dump(TINY_RECIPE))
+        recipe["name"] = name
+        recipe["output_dir"] = str(tmp_path / "runs")
+        for key, value in sections.items():
+            recipe[key] = value
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def cli():
+    def invoke(*args: str):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke

@@ -1,0 +1,167 @@
+"""`edgekd build` end to end on the embedded digits: files, determinism, resume after SIGKILL, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+RUN_FILES = ["recipe.yaml", "metrics.json", "history.json", "history.csv", "report.md", "accuracy_vs_params.png",
+             "training_curves.png", "models/teacher.pt", "models/kd.pt", "models/scratch.pt"]
+
+
+def stable_metrics(run_dir: Path) -> list[dict]:
+    """The per-model numbers, without wall-clock times."""
+    records = json.loads((run_dir / "metrics.json").read_text())["models"]
+    return [{k: v for k, v in r.items() if not k.endswith("time_s") and k != "checkpoint"} for r in records]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_build_writes_every_file_and_prints_the_table(cli, write_recipe, tmp_path):
+    result = cli("build", write_recipe(), "--quiet")
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "tiny"
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    assert "kd (main)" in result.output and "scratch" in result.output and "teacher" in result.output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    names = [r["name"] for r in metrics["models"]]
+    assert names == ["teacher", "kd", "scratch"]
+    for record in metrics["models"][1:]:
+        assert record["params"] <= 20_000 and record["fits_budget"] is True
+        assert 0 <= record["test_acc"] <= 100 and record["flops"] > 0
+    assert "| model |" in (run_dir / "report.md").read_text()
+
+
+def test_same_seed_gives_identical_metrics_and_weights(cli, write_recipe, tmp_path):
+    path = write_recipe()
+    assert cli("build", path, "--quiet").exit_code == 0
+    assert cli("build", path, "--quiet", "--set", "name=again").exit_code == 0
+    first, second = tmp_path / "runs" / "tiny", tmp_path / "runs" / "again"
+    assert stable_metrics(first) == stable_metrics(second)
+    for model in ("teacher", "kd", "scratch"):
+        assert same_weights(first / "models" / f"{model}.pt", second / "models" / f"{model}.pt")
+
+
+def test_existing_run_folder_needs_resume_or_force(cli, write_recipe):
+    path = write_recipe()
+    assert cli("build", path, "--quiet").exit_code == 0
+    again = cli("build", path, "--quiet")
+    assert again.exit_code == 2 and "--resume" in again.output
+    assert cli("build", path, "--quiet", "--resume").exit_code == 0  # everything finished: nothing retrained
+    changed = cli("build", path, "--quiet", "--resume", "--set", "train.epochs=3")
+    assert changed.exit_code == 2 and "train.epochs" in changed.output
+
+
+def _edgekd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "edgekd.cli", *args]
+
+
+def _wait_for_epochs(history: Path, epochs: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if history.is_file():
+            try:
+                if len(json.loads(history.read_text())) >= epochs:
+                    return
+            except json.JSONDecodeError:
+                pass
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.05)
+    raise AssertionError("no epoch finished in time")
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(write_recipe, tmp_path):
+    train = {"epochs": 6, "optimizer": {"lr": 0.1}}
+    path = write_recipe(train=train, distill={"method": "kd"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(_edgekd("build", str(path), "--quiet"), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "runs" / "tiny"
+    try:
+        _wait_for_epochs(run_dir / "train" / "kd" / "history.json", 2, process)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (run_dir / "metrics.json").exists()
+    resumed = subprocess.run(_edgekd("build", str(path), "--quiet", "--resume"), env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+
+    reference = subprocess.run(_edgekd("build", str(path), "--quiet", "--set", "name=reference"), env=env,
+                               capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+    reference_dir = tmp_path / "runs" / "reference"
+    assert stable_metrics(run_dir) == stable_metrics(reference_dir)
+    assert same_weights(run_dir / "models" / "kd.pt", reference_dir / "models" / "kd.pt")
+    history = json.loads((run_dir / "train" / "kd" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_bad_recipe_is_one_line_exit_2_and_writes_nothing(cli, write_recipe, tmp_path):
+    path = write_recipe(data={"dataset": "digits", "batch_sise": 3})
+    result = cli("build", path)
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "data.batch_sise" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_impossible_budget_names_the_smallest_member(cli, write_recipe, tmp_path):
+    result = cli("build", write_recipe(student={"family": "resnet", "budget": {"params": 100}}))
+    assert result.exit_code == 2 and "smallest" in result.output and "resnet" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_teacher_checkpoint_of_wrong_architecture(cli, write_recipe, tmp_path):
+    from edgekd.models import create_model
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save(create_model("wrn_10_1", num_classes=10, in_channels=1).state_dict(), wrong)
+    result = cli("build", write_recipe(teacher={"model": "resnet8", "checkpoint": str(wrong)}))
+    assert result.exit_code == 2
+    assert "teacher.checkpoint" in result.output and "resnet8" in result.output and "missing" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_teacher_from_checkpoint_is_used_as_is(cli, write_recipe, tmp_path):
+    from edgekd.models import create_model
+
+    torch.manual_seed(0)
+    teacher = create_model("resnet8", num_classes=10, in_channels=1)
+    checkpoint = tmp_path / "teacher.pt"
+    torch.save({"state_dict": teacher.state_dict()}, checkpoint)
+    result = cli("build", write_recipe(teacher={"model": "resnet8", "checkpoint": str(checkpoint)},
+                                       distill={"method": "kd"}), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert same_weights(tmp_path / "runs" / "tiny" / "models" / "teacher.pt", _bare(checkpoint, tmp_path))
+
+
+def _bare(path: Path, tmp_path: Path) -> Path:
+    bare = tmp_path / "bare.pt"
+    torch.save(torch.load(path, weights_only=True)["state_dict"], bare)
+    return bare
+
+
+def test_class_subset_run_with_finetune_baseline(cli, write_recipe, tmp_path):
+    data = {"dataset": "digits", "batch_size": 64, "classes": [3, 8, 5], "per_class": 10}
+    result = cli("build", write_recipe(data=data, distill={"method": "kd", "baselines": ["finetune"]}), "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())
+    assert metrics["data"]["student"]["num_classes"] == 3
+    finetune = next(r for r in metrics["models"] if r["name"] == "finetune")
+    assert finetune["arch"] == "resnet8" and finetune["fits_budget"] is False
+    assert "OVER" in result.output and "on the student's classes" in result.output

@@ -1,0 +1,139 @@
+"""Recipe loading and validation: every bad field is one readable error naming the field."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from edgekd.errors import RecipeError
+from edgekd.recipe import apply_override, load_recipe, parse_count, recipe_json_schema, validate_recipe
+
+BASE = {
+    "name": "t",
+    "teacher": {"model": "resnet20", "train": {"epochs": 1}},
+    "student": {"family": "resnet", "budget": {"params": "30k"}},
+}
+
+
+def with_changes(**sections):
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key].update(value)
+        else:
+            raw[key] = value
+    return raw
+
+
+def error_of(raw) -> str:
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(raw)
+    return str(info.value)
+
+
+def test_defaults_fill_every_section():
+    recipe = validate_recipe(BASE)
+    assert recipe.data.dataset == "digits"
+    assert recipe.student.budget.params == 30_000
+    assert recipe.distill.method == "kd" and recipe.distill.kd.temperature == 4.0
+    assert recipe.run_dir.as_posix() == "runs/t"
+
+
+@pytest.mark.parametrize(("text", "count"), [("200k", 200_000), ("1.5M", 1_500_000), (" 12 ", 12), (3000, 3000)])
+def test_parse_count(text, count):
+    assert parse_count(text) == count
+
+
+def test_unknown_key_names_field_and_allowed_keys():
+    message = error_of(with_changes(data={"batch_sise": 3}))
+    assert message.startswith("data.batch_sise: unknown field")
+    assert "batch_size" in message
+
+
+def test_unknown_top_level_section():
+    assert error_of(with_changes(trian={"epochs": 3})).startswith("trian: unknown field")
+
+
+def test_wrong_type_names_field_and_value():
+    message = error_of(with_changes(train={"epochs": "ten"}))
+    assert message.startswith("train.epochs:") and "'ten'" in message and "integer" in message
+
+
+def test_missing_data_root(tmp_path):
+    message = error_of(with_changes(data={"dataset": "cifar100", "root": str(tmp_path / "nowhere")}))
+    assert message.startswith("data.root:") and "nowhere" in message and "download" in message
+    assert error_of(with_changes(data={"dataset": "mnist"})).startswith("data.root:")
+
+
+def test_class_id_out_of_range():
+    message = error_of(with_changes(data={"classes": [1, 12]}))
+    assert message.startswith("data.classes:") and "12" in message and "0..9" in message
+
+
+def test_repeated_class_id():
+    assert error_of(with_changes(data={"classes": [3, 3]})).startswith("data.classes:")
+
+
+def test_unknown_method_lists_available():
+    message = error_of(with_changes(distill={"method": "kdd"}))
+    assert message.startswith("distill.method:") and "scratch" in message and "kd" in message
+
+
+def test_method_options_are_checked():
+    assert error_of(with_changes(distill={"kd": {"alpha": 1.5}})).startswith("distill.kd.alpha:")
+
+
+def test_teacher_needs_one_source(tmp_path):
+    assert error_of({**BASE, "teacher": {"model": "resnet20"}}).startswith("teacher:")
+    message = error_of({**BASE, "teacher": {"model": "resnet20", "checkpoint": str(tmp_path / "t.pt")}})
+    assert message.startswith("teacher.checkpoint:") and "t.pt" in message
+
+
+def test_family_needs_budget():
+    assert error_of({**BASE, "student": {"family": "wrn"}}).startswith("student.budget:")
+    assert error_of({**BASE, "student": {"family": "wrn", "model": "resnet8"}}).startswith("student:")
+
+
+def test_milestones_inside_epochs():
+    raw = with_changes(train={"epochs": 10, "schedule": {"name": "multistep", "milestones": [5, 12]}})
+    assert error_of(raw).startswith("train.schedule.milestones:")
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    recipe = load_recipe(path, ["train.epochs=3", "data.classes=[1, 2]", "distill.kd.alpha=0.5", "seed=7"])
+    assert recipe.train.epochs == 3 and recipe.data.classes == [1, 2]
+    assert recipe.distill.kd.alpha == 0.5 and recipe.seed == 7
+
+
+def test_override_errors():
+    with pytest.raises(RecipeError, match="--set"):
+        apply_override({}, "no-equals-sign")
+    with pytest.raises(RecipeError, match="name"):
+        apply_override({"name": "x"}, "name.inner=3")
+
+
+def test_yaml_object_tags_are_rejected(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(path)
+
+
+def test_recipe_must_be_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(RecipeError, match="mapping"):
+        load_recipe(path)
+
+
+def test_schema_lists_method_options():
+    schema = recipe_json_schema()
+    distill = schema["$defs"]["DistillConfig"]["properties"]
+    assert {"method", "baselines", "kd", "scratch", "finetune"} <= set(distill)
+
+
+def test_shipped_recipes_are_valid():
+    for path in ["recipes/quickstart.yaml"]:
+        load_recipe(path)
