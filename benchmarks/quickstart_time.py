@@ -34,8 +34,16 @@ def cpu_model() -> str:
 
 
 def time_one_build(output_dir: str) -> tuple[float, dict]:
-    command = [sys.executable, "-m", "edgekd.cli", "build", str(ROOT / "recipes" / "quickstart.yaml"), "--quiet",
-               "--set", f"output_dir={output_dir}"]
+    command = [
+        sys.executable,
+        "-m",
+        "edgekd.cli",
+        "build",
+        str(ROOT / "recipes" / "quickstart.yaml"),
+        "--quiet",
+        "--set",
+        f"output_dir={output_dir}",
+    ]
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     elapsed = time.perf_counter() - started
@@ -60,8 +68,14 @@ def main() -> None:
         "wall_time_s": times,
         "median_s": statistics.median(times),
         "target_s": 120,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+        },
         "accuracy": {r["name"]: r["test_acc"] for r in metrics["models"]},
         "stage_wall_time_s": metrics["run"]["wall_time_s"],
     }

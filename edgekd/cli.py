@@ -9,7 +9,14 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from edgekd.errors import EdgekdError
@@ -22,7 +29,10 @@ err = Console(stderr=True, highlight=False)
 
 RECIPE_ARG = click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 SET_OPTION = click.option(
-    "--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="FIELD=VALUE",
     help="Override a recipe field, e.g. --set train.epochs=5 --set data.classes=[1,2]. The value is read as YAML. "
     "Repeatable.",
 )
@@ -42,7 +52,9 @@ def user_errors(command):
             err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
             sys.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/]: completed epochs are saved; run the same command with --resume to continue")
+            err.print(
+                "[yellow]interrupted[/]: completed epochs are saved; run the same command with --resume to continue"
+            )
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
@@ -62,8 +74,12 @@ def main(debug: bool) -> None:
 @main.command()
 @RECIPE_ARG
 @SET_OPTION
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in its folder: finished models are kept, "
-              "an unfinished one continues after its last completed epoch.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run in its folder: finished models are kept, "
+    "an unfinished one continues after its last completed epoch.",
+)
 @click.option("--force", is_flag=True, help="Delete an existing run folder of the same name and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bars (the summary table is still printed).")
 @user_errors
@@ -89,8 +105,12 @@ def build(recipe: Path, overrides: tuple[str, ...], resume: bool, force: bool, q
 @RECIPE_ARG
 @SET_OPTION
 @click.option("--explain", is_flag=True, help="Print the resolved recipe, every default filled in.")
-@click.option("--schema-only", is_flag=True, help="Check only the recipe's fields; do not read the data, fit the "
-              "budget or load the teacher checkpoint.")
+@click.option(
+    "--schema-only",
+    is_flag=True,
+    help="Check only the recipe's fields; do not read the data, fit the "
+    "budget or load the teacher checkpoint.",
+)
 @user_errors
 def validate(recipe: Path, overrides: tuple[str, ...], explain: bool, schema_only: bool) -> None:
     """Check RECIPE without training: fields, data, budget fit and teacher checkpoint."""
@@ -102,15 +122,22 @@ def validate(recipe: Path, overrides: tuple[str, ...], explain: bool, schema_onl
 
         prepared = prepare(loaded)
         choice = prepared.student_choice
-        out.print(f"student: {choice.arch} {choice.model_args or ''} — {choice.params:,} params, "
-                  f"{choice.flops:,} FLOPs per image ({choice.how})")
+        out.print(
+            f"student: {choice.arch} {choice.model_args or ''} — {choice.params:,} params, "
+            f"{choice.flops:,} FLOPs per image ({choice.how})"
+        )
     if explain:
         out.print(dump_recipe(loaded), end="")
     out.print(f"[green]ok[/]: {recipe} is a valid recipe")
 
 
 @main.command()
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file instead of stdout.",
+)
 def schema(output: Path | None) -> None:
     """Print the recipe's JSON Schema: every field, its type, default and description."""
     from edgekd.recipe import recipe_json_schema
@@ -150,8 +177,14 @@ def list_things(what: str) -> None:
 # ---------------------------------------------------------------------------------------------- output
 def make_progress(quiet: bool) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), console=err, disable=quiet, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet,
+        transient=False,
     )
 
 
@@ -163,7 +196,9 @@ def print_summary(metrics: dict) -> None:
         table.add_column(column, justify="left" if column in ("model", "architecture") else "right")
     for row in summary_rows(metrics):
         table.add_row(*row)
-    out.print(table)
+    # Piped into a log file, rich would squeeze the table into 80 columns and wrap every cell.
+    console = out if out.is_terminal else Console(highlight=False, width=160)
+    console.print(table)
 
 
 if __name__ == "__main__":

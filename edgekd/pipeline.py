@@ -66,7 +66,9 @@ def seed_everything(seed: int) -> None:
 
 def pick_device(wanted: str) -> torch.device:
     if wanted == "cuda" and not torch.cuda.is_available():
-        raise EdgekdError("device: 'cuda' was asked for but no CUDA GPU is available (allowed here: auto, cpu)")
+        raise EdgekdError(
+            "device: 'cuda' was asked for but no CUDA GPU is available (allowed here: auto, cpu)"
+        )
     if wanted == "auto":
         wanted = "cuda" if torch.cuda.is_available() else "cpu"
     if wanted == "cuda":
@@ -79,12 +81,26 @@ def pick_device(wanted: str) -> torch.device:
 def choose_student(recipe: Recipe, data: DataBundle) -> ModelChoice:
     spec, student = data.input_spec, recipe.student
     if student.family is not None:
-        fit = fit_to_budget(student.family, student.budget.params, data.num_classes, spec.channels, (spec.height, spec.width))
-        return ModelChoice(fit.model_name, dict(fit.model_args), fit.params, fit.flops,
-                           f"largest of {fit.candidates_considered} '{student.family}' members within the budget")
-    model = create_model(student.model, num_classes=data.num_classes, in_channels=spec.channels, **student.model_args)
-    return ModelChoice(student.model, dict(student.model_args), count_params(model),
-                       count_flops(model, (spec.channels, spec.height, spec.width)), "given by the recipe")
+        fit = fit_to_budget(
+            student.family, student.budget.params, data.num_classes, spec.channels, (spec.height, spec.width)
+        )
+        return ModelChoice(
+            fit.model,
+            dict(fit.model_args),
+            fit.params,
+            fit.flops,
+            f"largest of {fit.candidates_considered} '{student.family}' members within the budget",
+        )
+    model = create_model(
+        student.model, num_classes=data.num_classes, in_channels=spec.channels, **student.model_args
+    )
+    return ModelChoice(
+        student.model,
+        dict(student.model_args),
+        count_params(model),
+        count_flops(model, (spec.channels, spec.height, spec.width)),
+        "given by the recipe",
+    )
 
 
 def prepare(recipe: Recipe) -> Prepared:
@@ -95,8 +111,12 @@ def prepare(recipe: Recipe) -> Prepared:
     student_choice = choose_student(recipe, student_data)
     seed_everything(recipe.seed)
     spec = teacher_data.input_spec
-    teacher = create_model(recipe.teacher.model, num_classes=teacher_data.num_classes, in_channels=spec.channels,
-                           **recipe.teacher.model_args)
+    teacher = create_model(
+        recipe.teacher.model,
+        num_classes=teacher_data.num_classes,
+        in_channels=spec.channels,
+        **recipe.teacher.model_args,
+    )
     if recipe.teacher.checkpoint is not None:
         load_weights(teacher, recipe.teacher.checkpoint, "teacher.checkpoint", recipe.teacher.model)
     return Prepared(recipe, device, teacher_data, student_data, teacher, student_choice)
@@ -149,8 +169,16 @@ def train_teacher(p: Prepared, run_dir: Path, *, resume: bool, progress) -> FitR
         return None
     context = DistillContext(p.teacher_data.num_classes, tuple(range(p.teacher_data.num_classes)))
     distiller = get_method("scratch").distiller(p.teacher, None, get_method("scratch").options(), context)
-    trainer = Trainer(distiller, p.teacher_data, p.recipe.teacher.train, seed=p.recipe.seed,
-                      out_dir=run_dir / "train" / "teacher", device=p.device, label="teacher", progress=progress)
+    trainer = Trainer(
+        distiller,
+        p.teacher_data,
+        p.recipe.teacher.train,
+        seed=p.recipe.seed,
+        out_dir=run_dir / "train" / "teacher",
+        device=p.device,
+        label="teacher",
+        progress=progress,
+    )
     return trainer.fit(resume=resume)
 
 
@@ -160,12 +188,21 @@ def make_student(p: Prepared, method: str) -> tuple[nn.Module, ModelChoice]:
     spec, data = p.student_data.input_spec, p.student_data
     if not get_method(method).student_from_teacher:
         return p.student_choice.create(data.num_classes, spec.channels), p.student_choice
-    teacher_copy = create_model(p.recipe.teacher.model, num_classes=p.teacher_data.num_classes,
-                                in_channels=spec.channels, **p.recipe.teacher.model_args)
+    teacher_copy = create_model(
+        p.recipe.teacher.model,
+        num_classes=p.teacher_data.num_classes,
+        in_channels=spec.channels,
+        **p.recipe.teacher.model_args,
+    )
     teacher_copy.load_state_dict(p.teacher.state_dict())
     _narrow_head(teacher_copy, data.class_ids)
-    choice = ModelChoice(p.recipe.teacher.model, dict(p.recipe.teacher.model_args), count_params(teacher_copy),
-                         count_flops(teacher_copy, (spec.channels, spec.height, spec.width)), "the teacher's architecture")
+    choice = ModelChoice(
+        p.recipe.teacher.model,
+        dict(p.recipe.teacher.model_args),
+        count_params(teacher_copy),
+        count_flops(teacher_copy, (spec.channels, spec.height, spec.width)),
+        "the teacher's architecture",
+    )
     return teacher_copy, choice
 
 
@@ -183,21 +220,40 @@ def _narrow_head(model: nn.Module, class_ids: list[int]) -> None:
     model.classifier = narrow
 
 
-def train_student(p: Prepared, method: str, run_dir: Path, *, resume: bool, progress) -> tuple[nn.Module, ModelChoice, FitResult, int]:
+def train_student(
+    p: Prepared, method: str, run_dir: Path, *, resume: bool, progress
+) -> tuple[nn.Module, ModelChoice, FitResult, int]:
     entry = get_method(method)
     student, choice = make_student(p, method)
     context = DistillContext(p.student_data.num_classes, tuple(p.student_data.class_ids))
     options = getattr(p.recipe.distill, method)
     distiller = entry.distiller(student, p.teacher, options, context)
-    trainer = Trainer(distiller, p.student_data, p.recipe.train, seed=p.recipe.seed,
-                      out_dir=run_dir / "train" / method, device=p.device, label=method, progress=progress)
+    trainer = Trainer(
+        distiller,
+        p.student_data,
+        p.recipe.train,
+        seed=p.recipe.seed,
+        out_dir=run_dir / "train" / method,
+        device=p.device,
+        label=method,
+        progress=progress,
+    )
     result = trainer.fit(resume=resume)
     return distiller.student, choice, result, distiller.extra_parameter_count()
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-def model_record(name: str, role: str, model: nn.Module, choice: ModelChoice, data: DataBundle, device,
-                 budget: int | None, checkpoint: Path, class_index=None) -> dict[str, Any]:
+def model_record(
+    name: str,
+    role: str,
+    model: nn.Module,
+    choice: ModelChoice,
+    data: DataBundle,
+    device,
+    budget: int | None,
+    checkpoint: Path,
+    class_index=None,
+) -> dict[str, Any]:
     val_acc, _ = evaluate(model, data.eval_loader("val"), device, class_index)
     test_acc, test_loss = evaluate(model, data.eval_loader("test"), device, class_index)
     return {
@@ -239,33 +295,68 @@ def build(recipe: Recipe, *, resume: bool = False, force: bool = False, progress
     teacher_fit = train_teacher(p, run_dir, resume=resume, progress=progress)
     p.teacher.to(p.device).eval()
     teacher_ckpt = save_checkpoint(p.teacher.state_dict(), models_dir / "teacher.pt")
-    teacher_choice = ModelChoice(recipe.teacher.model, dict(recipe.teacher.model_args), count_params(p.teacher),
-                                 count_flops(p.teacher, (spec.channels, spec.height, spec.width)),
-                                 "checkpoint" if recipe.teacher.checkpoint else "trained in the run")
-    teacher_record = model_record("teacher", "teacher", p.teacher, teacher_choice, p.teacher_data, p.device, budget, teacher_ckpt)
-    on_student = model_record("teacher", "teacher", p.teacher, teacher_choice, p.student_data, p.device, budget,
-                              teacher_ckpt, class_index=p.student_data.class_ids)
-    teacher_record.update(student_task_val_acc=on_student["val_acc"], student_task_test_acc=on_student["test_acc"],
-                          source=teacher_choice.how, best_epoch=teacher_fit.best_epoch if teacher_fit else None)
+    teacher_choice = ModelChoice(
+        recipe.teacher.model,
+        dict(recipe.teacher.model_args),
+        count_params(p.teacher),
+        count_flops(p.teacher, (spec.channels, spec.height, spec.width)),
+        "checkpoint" if recipe.teacher.checkpoint else "trained in the run",
+    )
+    teacher_record = model_record(
+        "teacher", "teacher", p.teacher, teacher_choice, p.teacher_data, p.device, budget, teacher_ckpt
+    )
+    on_student = model_record(
+        "teacher",
+        "teacher",
+        p.teacher,
+        teacher_choice,
+        p.student_data,
+        p.device,
+        budget,
+        teacher_ckpt,
+        class_index=p.student_data.class_ids,
+    )
+    teacher_record.update(
+        student_task_val_acc=on_student["val_acc"],
+        student_task_test_acc=on_student["test_acc"],
+        source=teacher_choice.how,
+        best_epoch=teacher_fit.best_epoch if teacher_fit else None,
+    )
     records, histories = [teacher_record], {"teacher": teacher_fit.history if teacher_fit else []}
 
     for method in [recipe.distill.method, *recipe.distill.baselines]:
         student, choice, fit, extra = train_student(p, method, run_dir, resume=resume, progress=progress)
         ckpt = save_checkpoint(student.state_dict(), models_dir / f"{method}.pt")
         record = model_record(method, "student", student, choice, p.student_data, p.device, budget, ckpt)
-        record.update(method=method, is_main=method == recipe.distill.method, best_epoch=fit.best_epoch,
-                      train_time_s=round(fit.train_time_s, 2), extra_training_params=extra, arch_source=choice.how)
+        record.update(
+            method=method,
+            is_main=method == recipe.distill.method,
+            best_epoch=fit.best_epoch,
+            train_time_s=round(fit.train_time_s, 2),
+            extra_training_params=extra,
+            arch_source=choice.how,
+        )
         records.append(record)
         histories[method] = fit.history
 
     metrics = {
-        "run": {"name": recipe.name, "seed": recipe.seed, "device": str(p.device),
-                "wall_time_s": round(time.perf_counter() - started, 2), "resumed": resume},
+        "run": {
+            "name": recipe.name,
+            "seed": recipe.seed,
+            "device": str(p.device),
+            "wall_time_s": round(time.perf_counter() - started, 2),
+            "resumed": resume,
+        },
         "environment": environment(),
         "data": {"teacher": p.teacher_data.summary(), "student": p.student_data.summary()},
         "budget": {"params": budget},
-        "student_choice": {"arch": p.student_choice.arch, "model_args": p.student_choice.model_args,
-                           "params": p.student_choice.params, "flops": p.student_choice.flops, "how": p.student_choice.how},
+        "student_choice": {
+            "arch": p.student_choice.arch,
+            "model_args": p.student_choice.model_args,
+            "params": p.student_choice.params,
+            "flops": p.student_choice.flops,
+            "how": p.student_choice.how,
+        },
         "models": records,
     }
     write_json(run_dir / "metrics.json", metrics)

@@ -31,7 +31,7 @@ def parse_count(value: Any) -> Any:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)\s*", value)
         if match:
             number, suffix = match.groups()
-            return int(round(float(number) * _COUNT_SUFFIXES.get(suffix.lower(), 1)))
+            return round(float(number) * _COUNT_SUFFIXES.get(suffix.lower(), 1))
     return value
 
 
@@ -45,33 +45,51 @@ class DataConfig(Section):
     dataset: Literal["digits", "cifar10", "cifar100", "mnist", "fashionmnist", "imagefolder"] = Field(
         "digits", description="'digits' is scikit-learn's bundled 8x8 handwritten digits: no download needed."
     )
-    root: Path | None = Field(None, description="Local folder of a torchvision data set or an ImageFolder tree.")
+    root: Path | None = Field(
+        None, description="Local folder of a torchvision data set or an ImageFolder tree."
+    )
     download: bool = Field(False, description="Let torchvision download the data set into `root`.")
-    image_size: int | None = Field(None, ge=4, description="Resize images to this square size; null keeps it.")
+    image_size: int | None = Field(
+        None, ge=4, description="Resize images to this square size; null keeps it."
+    )
     channels: Literal[1, 3] | None = Field(
         None, description="Force 1 (grayscale) or 3 (RGB) input channels; null keeps the data set's own."
     )
-    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Part of the training pool held out for model selection.")
+    val_fraction: float = Field(
+        0.15, gt=0, lt=0.5, description="Part of the training pool held out for model selection."
+    )
     test_fraction: float = Field(
-        0.2, gt=0, lt=0.5, description="Part held out as test set, for data sets without an official test split."
+        0.2,
+        gt=0,
+        lt=0.5,
+        description="Part held out as test set, for data sets without an official test split.",
     )
-    split_seed: int = Field(0, description="Seed of the train/val/test split (kept apart from the run's seed).")
+    split_seed: int = Field(
+        0, description="Seed of the train/val/test split (kept apart from the run's seed)."
+    )
     classes: list[int] | None = Field(
-        None, min_length=1, description="The student's classes (original ids), remapped to 0..K-1 in this order."
+        None,
+        min_length=1,
+        description="The student's classes (original ids), remapped to 0..K-1 in this order.",
     )
-    per_class: int | None = Field(None, ge=1, description="Few-shot: keep this many training images per class.")
+    per_class: int | None = Field(
+        None, ge=1, description="Few-shot: keep this many training images per class."
+    )
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     augment: Literal["none", "crop", "crop_flip"] = Field(
-        "none", description="Training augmentation: random crop (padding 1/8 of the size), optionally with flips."
+        "none",
+        description="Training augmentation: random crop (padding 1/8 of the size), optionally with flips.",
     )
 
     @model_validator(mode="after")
     def _check_sources(self) -> DataConfig:
         if self.dataset in DATASETS_NEEDING_ROOT:
             if self.root is None:
-                raise ValueError(f"root: dataset '{self.dataset}' needs `root`, the local folder that holds it")
+                raise ValueError(
+                    f"root: dataset '{self.dataset}' needs `root`, the local folder that holds it"
+                )
             if not self.download and not self.root.exists():
                 raise ValueError(
                     f"root: '{self.root}' does not exist (set `download: true` to let torchvision fetch it)"
@@ -83,7 +101,9 @@ class DataConfig(Section):
             bad = [c for c in self.classes if c < 0 or (total is not None and c >= total)]
             if bad:
                 allowed = f"0..{total - 1}" if total else ">= 0"
-                raise ValueError(f"classes: class id {bad[0]} is out of range for '{self.dataset}' (allowed: {allowed})")
+                raise ValueError(
+                    f"classes: class id {bad[0]} is out of range for '{self.dataset}' (allowed: {allowed})"
+                )
         return self
 
 
@@ -98,7 +118,9 @@ class OptimizerConfig(Section):
 
 class ScheduleConfig(Section):
     name: Literal["multistep", "cosine", "constant"] = "cosine"
-    milestones: list[int] = Field(default_factory=list, description="Epochs at which multistep multiplies lr by gamma.")
+    milestones: list[int] = Field(
+        default_factory=list, description="Epochs at which multistep multiplies lr by gamma."
+    )
     gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0, description="Linear warm-up from lr/10 over this many epochs.")
 
@@ -115,7 +137,9 @@ class TrainConfig(Section):
     def _check_milestones(self) -> TrainConfig:
         bad = [m for m in self.schedule.milestones if not 0 < m < self.epochs]
         if bad:
-            raise ValueError(f"schedule.milestones: {bad} must lie inside 1..{self.epochs - 1} (epochs is {self.epochs})")
+            raise ValueError(
+                f"schedule.milestones: {bad} must lie inside 1..{self.epochs - 1} (epochs is {self.epochs})"
+            )
         return self
 
 
@@ -126,15 +150,25 @@ ModelArgs = dict[str, int | float | str | bool]
 class TeacherConfig(Section):
     """The big model. Loaded from a checkpoint trained elsewhere, or trained by the run (`train:`)."""
 
-    model: str = Field("resnet20", description="Zoo name, e.g. resnet56, wrn_40_2, mobilenetv2, torchvision:resnet18.")
-    model_args: ModelArgs = Field(default_factory=dict, description="Extra keyword arguments of the constructor.")
-    checkpoint: Path | None = Field(None, description="A state_dict saved with torch.save (loaded weights_only).")
-    train: TrainConfig | None = Field(None, description="Train the teacher in the run (when no checkpoint is given).")
+    model: str = Field(
+        "resnet20", description="Zoo name, e.g. resnet56, wrn_40_2, mobilenetv2, torchvision:resnet18."
+    )
+    model_args: ModelArgs = Field(
+        default_factory=dict, description="Extra keyword arguments of the constructor."
+    )
+    checkpoint: Path | None = Field(
+        None, description="A state_dict saved with torch.save (loaded weights_only)."
+    )
+    train: TrainConfig | None = Field(
+        None, description="Train the teacher in the run (when no checkpoint is given)."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:
         if self.checkpoint is None and self.train is None:
-            raise ValueError("give either `checkpoint` (a trained state_dict) or `train` (train it in the run)")
+            raise ValueError(
+                "give either `checkpoint` (a trained state_dict) or `train` (train it in the run)"
+            )
         if self.checkpoint is not None and self.train is not None:
             raise ValueError("train: give `checkpoint` or `train`, not both")
         if self.checkpoint is not None and not self.checkpoint.is_file():
@@ -143,13 +177,17 @@ class TeacherConfig(Section):
 
 
 class BudgetConfig(Section):
-    params: Count = Field(description="Most parameters the student may have; '200k' and '1.5M' are understood.")
+    params: Count = Field(
+        description="Most parameters the student may have; '200k' and '1.5M' are understood."
+    )
 
 
 class StudentConfig(Section):
     """The small model: an explicit zoo model, or the largest member of a family that fits the budget."""
 
-    family: Literal["resnet", "wrn", "mobilenetv2"] | None = Field(None, description="Fit this family to `budget`.")
+    family: Literal["resnet", "wrn", "mobilenetv2"] | None = Field(
+        None, description="Fit this family to `budget`."
+    )
     model: str | None = Field(None, description="An explicit zoo model instead of a family.")
     model_args: ModelArgs = Field(default_factory=dict)
     budget: BudgetConfig | None = None
@@ -173,10 +211,14 @@ DistillConfig = distill_section_model()
 
 
 class Recipe(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: the run folder is output_dir/name.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: the run folder is output_dir/name."
+    )
     seed: int = Field(0, description="Seeds initialization, data order and augmentation.")
     output_dir: Path = Path("runs")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses a CUDA GPU when one is present.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' uses a CUDA GPU when one is present."
+    )
     data: DataConfig = DataConfig()
     teacher: TeacherConfig
     student: StudentConfig

@@ -15,8 +15,18 @@ import torch
 
 pytestmark = pytest.mark.slow
 
-RUN_FILES = ["recipe.yaml", "metrics.json", "history.json", "history.csv", "report.md", "accuracy_vs_params.png",
-             "training_curves.png", "models/teacher.pt", "models/kd.pt", "models/scratch.pt"]
+RUN_FILES = [
+    "recipe.yaml",
+    "metrics.json",
+    "history.json",
+    "history.csv",
+    "report.md",
+    "accuracy_vs_params.png",
+    "training_curves.png",
+    "models/teacher.pt",
+    "models/kd.pt",
+    "models/scratch.pt",
+]
 
 
 def stable_metrics(run_dir: Path) -> list[dict]:
@@ -88,8 +98,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(write_recipe, tmp_path
     train = {"epochs": 6, "optimizer": {"lr": 0.1}}
     path = write_recipe(train=train, distill={"method": "kd"})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(_edgekd("build", str(path), "--quiet"), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _edgekd("build", str(path), "--quiet"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     run_dir = tmp_path / "runs" / "tiny"
     try:
         _wait_for_epochs(run_dir / "train" / "kd" / "history.json", 2, process)
@@ -98,12 +109,17 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(write_recipe, tmp_path
         process.wait()
     assert process.returncode == -signal.SIGKILL
     assert not (run_dir / "metrics.json").exists()
-    resumed = subprocess.run(_edgekd("build", str(path), "--quiet", "--resume"), env=env,
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        _edgekd("build", str(path), "--quiet", "--resume"), env=env, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
 
-    reference = subprocess.run(_edgekd("build", str(path), "--quiet", "--set", "name=reference"), env=env,
-                               capture_output=True, text=True)
+    reference = subprocess.run(
+        _edgekd("build", str(path), "--quiet", "--set", "name=reference"),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert reference.returncode == 0, reference.stderr
     reference_dir = tmp_path / "runs" / "reference"
     assert stable_metrics(run_dir) == stable_metrics(reference_dir)
@@ -144,8 +160,11 @@ def test_teacher_from_checkpoint_is_used_as_is(cli, write_recipe, tmp_path):
     teacher = create_model("resnet8", num_classes=10, in_channels=1)
     checkpoint = tmp_path / "teacher.pt"
     torch.save({"state_dict": teacher.state_dict()}, checkpoint)
-    result = cli("build", write_recipe(teacher={"model": "resnet8", "checkpoint": str(checkpoint)},
-                                       distill={"method": "kd"}), "--quiet")
+    result = cli(
+        "build",
+        write_recipe(teacher={"model": "resnet8", "checkpoint": str(checkpoint)}, distill={"method": "kd"}),
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert same_weights(tmp_path / "runs" / "tiny" / "models" / "teacher.pt", _bare(checkpoint, tmp_path))
 
@@ -158,7 +177,9 @@ def _bare(path: Path, tmp_path: Path) -> Path:
 
 def test_class_subset_run_with_finetune_baseline(cli, write_recipe, tmp_path):
     data = {"dataset": "digits", "batch_size": 64, "classes": [3, 8, 5], "per_class": 10}
-    result = cli("build", write_recipe(data=data, distill={"method": "kd", "baselines": ["finetune"]}), "--quiet")
+    result = cli(
+        "build", write_recipe(data=data, distill={"method": "kd", "baselines": ["finetune"]}), "--quiet"
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())
     assert metrics["data"]["student"]["num_classes"] == 3

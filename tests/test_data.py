@@ -181,7 +181,7 @@ def test_crop_alone_never_flips():
     # Some crop offset reproduces most of the original unflipped: the shift is at most 2 pixels.
     pad = 2
     padded = torch.nn.functional.pad(image, (pad,) * 4)
-    matches = [torch.equal(padded[:, t:t + 16, s:s + 16], cropped) for t in range(5) for s in range(5)]
+    matches = [torch.equal(padded[:, t : t + 16, s : s + 16], cropped) for t in range(5) for s in range(5)]
     assert any(matches)
 
 
@@ -245,16 +245,23 @@ def test_imagefolder_single_pool_is_split(tmp_path: Path):
     images, labels = batches(bundle.train_loader(seed=0))
     assert images.shape == (len(bundle.train), 3, 12, 10)
     # Red cats, green dogs, blue owls: the brightest channel names the class.
-    brightest = (images * torch.tensor(bundle.input_spec.std).view(3, 1, 1)
-                 + torch.tensor(bundle.input_spec.mean).view(3, 1, 1)).mean(dim=(2, 3)).argmax(dim=1)
+    brightest = (
+        (
+            images * torch.tensor(bundle.input_spec.std).view(3, 1, 1)
+            + torch.tensor(bundle.input_spec.mean).view(3, 1, 1)
+        )
+        .mean(dim=(2, 3))
+        .argmax(dim=1)
+    )
     assert torch.equal(brightest, labels)
 
 
 def test_imagefolder_official_splits_and_conversion(tmp_path: Path):
     write_pngs(tmp_path / "train", {"cat": 6, "dog": 6, "owl": 6})
     write_pngs(tmp_path / "test", {"cat": 2, "owl": 3})  # a test folder may lack a class
-    bundle = build_data(DataConfig(dataset="imagefolder", root=tmp_path, image_size=8, channels=1),
-                        subset=False)
+    bundle = build_data(
+        DataConfig(dataset="imagefolder", root=tmp_path, image_size=8, channels=1), subset=False
+    )
     assert bundle.official_test and bundle.summary()["test_split"] == "official"
     assert len(bundle.test) == 5 and sorted(bundle.test.labels.tolist()) == [0, 0, 2, 2, 2]
     assert len(bundle.train) + len(bundle.val) == 18
@@ -310,7 +317,8 @@ def test_mnist_like_sets_read_from_disk(tmp_path: Path, dataset: str, folder: st
     assert bundle.num_classes == 10 and len(bundle.class_names) == 10
     assert bundle.train[0][0].shape == (1, 14, 14)
     assert len(bundle.input_spec.mean) == 1 and bundle.input_spec.mean[0] == pytest.approx(
-        0.1307 if dataset == "mnist" else 0.2860)
+        0.1307 if dataset == "mnist" else 0.2860
+    )
     student = build_data(DataConfig(dataset=dataset, root=tmp_path, classes=[4, 1], channels=3))
     assert student.train[0][0].shape == (3, 28, 28)
     assert sorted(set(student.test.labels.tolist())) == [0, 1] and len(student.test) == 4

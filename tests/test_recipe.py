@@ -39,7 +39,9 @@ def test_defaults_fill_every_section():
     assert recipe.run_dir.as_posix() == "runs/t"
 
 
-@pytest.mark.parametrize(("text", "count"), [("200k", 200_000), ("1.5M", 1_500_000), (" 12 ", 12), (3000, 3000)])
+@pytest.mark.parametrize(
+    ("text", "count"), [("200k", 200_000), ("1.5M", 1_500_000), (" 12 ", 12), (3000, 3000)]
+)
 def test_parse_count(text, count):
     assert parse_count(text) == count
 

@@ -41,8 +41,13 @@ class InputSpec:
     std: tuple[float, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"channels": self.channels, "height": self.height, "width": self.width,
-                "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "channels": self.channels,
+            "height": self.height,
+            "width": self.width,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
 
 def seed_worker(worker_id: int) -> None:
@@ -126,8 +131,9 @@ def load_source(cfg: DataConfig) -> Source:
     raise ValueError(f"unknown dataset {cfg.dataset!r}")
 
 
-def _student_indices(cfg: DataConfig, source: Source, split: Split,
-                     class_ids: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _student_indices(
+    cfg: DataConfig, source: Source, split: Split, class_ids: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The split narrowed to the student's classes, with few-shot applied to the training part only."""
     train_labels = source.train_pool.labels
     test_pool = source.test_pool if source.test_pool is not None else source.train_pool
@@ -147,8 +153,13 @@ def build_data(cfg: DataConfig, *, subset: bool = True) -> DataBundle:
     """
     source = load_source(cfg)
     test_size = len(source.test_pool) if source.test_pool is not None else None
-    split = make_split(source.train_pool.labels, test_size, val_fraction=cfg.val_fraction,
-                       test_fraction=cfg.test_fraction, seed=cfg.split_seed)
+    split = make_split(
+        source.train_pool.labels,
+        test_size,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.split_seed,
+    )
     # Statistics come from the full training split, so teacher and student see identically normalized inputs.
     if source.mean is not None and source.std is not None:
         mean, std = source.mean, source.std

@@ -39,8 +39,13 @@ class ImagePool:
 class InMemoryPool(ImagePool):
     """Images already in memory as an N×C×H×W tensor (uint8 0..255 or float 0..1)."""
 
-    def __init__(self, images: torch.Tensor, labels: np.ndarray, preprocess: Preprocess,
-                 cache_limit_bytes: int = CACHE_LIMIT_BYTES):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: np.ndarray,
+        preprocess: Preprocess,
+        cache_limit_bytes: int = CACHE_LIMIT_BYTES,
+    ):
         if images.dim() != 4 or len(images) != len(labels):
             raise ValueError(f"expected N×C×H×W images and N labels: {tuple(images.shape)}, {len(labels)}")
         self.labels = np.asarray(labels, dtype=np.int64)

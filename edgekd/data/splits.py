@@ -32,8 +32,9 @@ def holdout_count(class_size: int, fraction: float) -> int:
     return min(max(wanted, 1), class_size - 1)
 
 
-def stratified_holdout(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int,
-                       salt: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_holdout(
+    indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int, salt: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Split `indices` (into `labels`) into (kept, held out), holding out `fraction` of each class."""
     kept, held = [], []
     indices = np.sort(np.asarray(indices, dtype=np.int64))
@@ -62,8 +63,9 @@ class Split:
     official_test: bool
 
 
-def make_split(train_labels: np.ndarray, test_size: int | None, *, val_fraction: float, test_fraction: float,
-               seed: int) -> Split:
+def make_split(
+    train_labels: np.ndarray, test_size: int | None, *, val_fraction: float, test_fraction: float, seed: int
+) -> Split:
     """With an official test split (`test_size` images) only val is carved from the training pool; without
     one, test is carved first and val from what is left."""
     train_labels = np.asarray(train_labels, dtype=np.int64)

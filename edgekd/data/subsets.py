@@ -36,8 +36,9 @@ def keep_classes(indices: np.ndarray, labels: np.ndarray, class_ids: Sequence[in
     return indices[np.isin(labels[indices], np.asarray(class_ids, dtype=np.int64))]
 
 
-def few_shot(indices: np.ndarray, labels: np.ndarray, per_class: int, class_ids: Sequence[int],
-             seed: int) -> np.ndarray:
+def few_shot(
+    indices: np.ndarray, labels: np.ndarray, per_class: int, class_ids: Sequence[int], seed: int
+) -> np.ndarray:
     """`per_class` indices of each class, drawn from `indices` (the training split).
 
     Each class is drawn by its own seeded shuffle, taking the first `per_class`: the draw of a class does not

@@ -29,13 +29,20 @@ class TorchvisionSet:
 
 
 TORCHVISION_SETS = {
-    "cifar10": TorchvisionSet("CIFAR-10", datasets.CIFAR10, "cifar-10-batches-py",
-                              (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": TorchvisionSet("CIFAR-100", datasets.CIFAR100, "cifar-100-python",
-                               (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10": TorchvisionSet(
+        "CIFAR-10",
+        datasets.CIFAR10,
+        "cifar-10-batches-py",
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+    ),
+    "cifar100": TorchvisionSet(
+        "CIFAR-100", datasets.CIFAR100, "cifar-100-python", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    ),
     "mnist": TorchvisionSet("MNIST", datasets.MNIST, "MNIST/raw", (0.1307,), (0.3081,)),
-    "fashionmnist": TorchvisionSet("FashionMNIST", datasets.FashionMNIST, "FashionMNIST/raw",
-                                   (0.2860,), (0.3530,)),
+    "fashionmnist": TorchvisionSet(
+        "FashionMNIST", datasets.FashionMNIST, "FashionMNIST/raw", (0.2860,), (0.3530,)
+    ),
 }
 
 
@@ -67,8 +74,9 @@ def _pool(dataset: Any, preprocess: Preprocess) -> InMemoryPool:
     return InMemoryPool(_as_nchw(dataset.data), np.asarray(dataset.targets, dtype=np.int64), preprocess)
 
 
-def load_torchvision_source(name: str, root: Path | None, *, download: bool,
-                            preprocess: Preprocess) -> Source:
+def load_torchvision_source(
+    name: str, root: Path | None, *, download: bool, preprocess: Preprocess
+) -> Source:
     """Both official splits of a torchvision data set; normalization uses its published constants."""
     spec = TORCHVISION_SETS[name]
     if root is None:

@@ -36,7 +36,7 @@ class RandomCropFlip:
         padded = F.pad(image, (pad, pad, pad, pad))
         top = int(torch.randint(0, 2 * pad + 1, ()))
         left = int(torch.randint(0, 2 * pad + 1, ()))
-        cropped = padded[:, top:top + height, left:left + width]
+        cropped = padded[:, top : top + height, left : left + width]
         if self.flip and bool(torch.rand(()) < 0.5):
             cropped = cropped.flip(-1)
         return cropped

@@ -21,9 +21,16 @@ _STATS_CHUNK = 2048
 class SplitView(Dataset):
     """Items are (normalized float C×H×W tensor, int label)."""
 
-    def __init__(self, pool: ImagePool, indices: np.ndarray, *, mean: Sequence[float], std: Sequence[float],
-                 label_lookup: np.ndarray | None = None,
-                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        pool: ImagePool,
+        indices: np.ndarray,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        label_lookup: np.ndarray | None = None,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         self.pool = pool
         self.indices = np.asarray(indices, dtype=np.int64)  # positions in `pool`
         self.mean = tuple(float(m) for m in mean)
@@ -58,8 +65,9 @@ class SplitView(Dataset):
 
     def without_augmentation(self) -> SplitView:
         """The same images, as evaluation sees them."""
-        return SplitView(self.pool, self.indices, mean=self.mean, std=self.std,
-                         label_lookup=self.label_lookup)
+        return SplitView(
+            self.pool, self.indices, mean=self.mean, std=self.std, label_lookup=self.label_lookup
+        )
 
 
 def channel_stats(pool: ImagePool, indices: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -69,7 +77,7 @@ def channel_stats(pool: ImagePool, indices: np.ndarray) -> tuple[tuple[float, ..
     total_sq = torch.zeros(channels, dtype=torch.float64)
     count = 0
     for start in range(0, len(indices), _STATS_CHUNK):
-        images = pool.load(indices[start:start + _STATS_CHUNK]).double()
+        images = pool.load(indices[start : start + _STATS_CHUNK]).double()
         total += images.sum(dim=(0, 2, 3))
         total_sq += (images * images).sum(dim=(0, 2, 3))
         count += images.shape[0] * images.shape[2] * images.shape[3]

@@ -25,7 +25,9 @@ class DistillContext:
 
 
 class Distiller(nn.Module):
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, options: Section, context: DistillContext):
+    def __init__(
+        self, student: nn.Module, teacher: nn.Module | None, options: Section, context: DistillContext
+    ):
         super().__init__()
         self.student = student
         # Kept out of the module tree on purpose: parameters(), state_dict() and checkpoints hold only what
@@ -38,7 +40,9 @@ class Distiller(nn.Module):
 
     teacher: nn.Module | None
 
-    def forward_train(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_train(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def train(self, mode: bool = True) -> Distiller:

@@ -61,7 +61,9 @@ def distill_section_model() -> type[Section]:
 
     def check_names(section: Any) -> Any:
         names = [section.method, *section.baselines]
-        for where, name in zip(["method", *(f"baselines.{i}" for i in range(len(names) - 1))], names, strict=True):
+        for where, name in zip(
+            ["method", *(f"baselines.{i}" for i in range(len(names) - 1))], names, strict=True
+        ):
             if name not in _METHODS:
                 raise ValueError(f"{where}: unknown method '{name}' (available: {', '.join(method_names())})")
         repeated = sorted({n for n in names if names.count(n) > 1})
@@ -76,7 +78,10 @@ def distill_section_model() -> type[Section]:
         method=(str, Field("kd", description="The distillation method: " + ", ".join(method_names()) + ".")),
         baselines=(
             list[str],
-            Field(default_factory=list, description="Other methods trained with the same data and seed, to compare."),
+            Field(
+                default_factory=list,
+                description="Other methods trained with the same data and seed, to compare.",
+            ),
         ),
         **option_fields,
     )

@@ -128,7 +128,9 @@ class ModelIO:
                 output_name=metadata.get("output_name", "logits"),
             )
         except (KeyError, ValueError, TypeError) as error:
-            raise EdgekdError(f"artifact metadata: {error!r} is missing or malformed; was it written by edgekd?") from None
+            raise EdgekdError(
+                f"artifact metadata: {error!r} is missing or malformed; was it written by edgekd?"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,9 @@ class ExportOptions:
                 f"allowed: {', '.join(CALIBRATION_METHODS)}"
             )
         drop = self.int8_max_drop
-        if drop is not None and (isinstance(drop, bool) or not isinstance(drop, int | float) or not 0 < drop < 1):
+        if drop is not None and (
+            isinstance(drop, bool) or not isinstance(drop, int | float) or not 0 < drop < 1
+        ):
             raise EdgekdError(
                 f"export option int8_max_drop: {drop!r} is not allowed; give an absolute top-1 accuracy "
                 "fraction in (0, 1), e.g. 0.01 for one point, or leave it unset"
@@ -291,7 +295,9 @@ def export_formats() -> tuple[str, ...]:
 
 def get_exporter(format: str) -> Exporter:
     if not isinstance(format, str) or format not in _REGISTRY:
-        raise EdgekdError(f"format: {format!r} is not an export format; allowed: {', '.join(export_formats())}")
+        raise EdgekdError(
+            f"format: {format!r} is not an export format; allowed: {', '.join(export_formats())}"
+        )
     return _REGISTRY[format]()
 
 
@@ -356,7 +362,9 @@ def check_images(what: str, images: Any, io: ModelIO) -> np.ndarray:
             " with N >= 1"
         )
     if not np.issubdtype(images.dtype, np.floating) or not np.isfinite(images).all():
-        raise EdgekdError(f"{what}: dtype {images.dtype} or non-finite values are not allowed; give finite floats")
+        raise EdgekdError(
+            f"{what}: dtype {images.dtype} or non-finite values are not allowed; give finite floats"
+        )
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
@@ -364,10 +372,16 @@ def check_onnx_fp32(artifact: Artifact | None, io: ModelIO) -> Artifact | None:
     if artifact is None:
         return None
     if not isinstance(artifact, Artifact) or (artifact.format, artifact.precision) != ("onnx", "fp32"):
-        described = f"{artifact.format} {artifact.precision}" if isinstance(artifact, Artifact) else repr(artifact)
-        raise EdgekdError(f"onnx_fp32: {described} is not allowed; give the onnx fp32 artifact of the same model")
+        described = (
+            f"{artifact.format} {artifact.precision}" if isinstance(artifact, Artifact) else repr(artifact)
+        )
+        raise EdgekdError(
+            f"onnx_fp32: {described} is not allowed; give the onnx fp32 artifact of the same model"
+        )
     if artifact.io != io:
-        raise EdgekdError(f"onnx_fp32: '{artifact.path}' was exported for different model io; export it again")
+        raise EdgekdError(
+            f"onnx_fp32: '{artifact.path}' was exported for different model io; export it again"
+        )
     if not artifact.path.is_file():
         raise EdgekdError(f"onnx_fp32: '{artifact.path}' does not exist")
     return artifact

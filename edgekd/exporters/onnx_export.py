@@ -73,7 +73,11 @@ class OnnxExporter(Exporter):
             work = Path(work_dir)
             if request.onnx_fp32 is not None:
                 fp32_path = request.onnx_fp32.path
-                details = {key: request.onnx_fp32.details[key] for key in ("exporter", "opset") if key in request.onnx_fp32.details}
+                details = {
+                    key: request.onnx_fp32.details[key]
+                    for key in ("exporter", "opset")
+                    if key in request.onnx_fp32.details
+                }
                 details["source"] = str(fp32_path)
             else:
                 proto, details = torch_to_onnx(request.model, request.io, request.options.opset)
@@ -81,7 +85,11 @@ class OnnxExporter(Exporter):
                 onnx.save_model(proto, str(fp32_path))
                 details["source"] = "exported from the torch model"
             details["quantization"] = quantize_int8(
-                fp32_path, work / "int8.onnx", request.calibration, request.io, request.options.calibration_method
+                fp32_path,
+                work / "int8.onnx",
+                request.calibration,
+                request.io,
+                request.options.calibration_method,
             )
             if request.options.int8_max_drop is not None:
                 details["quantization"]["accuracy_control"] = (
@@ -97,7 +105,9 @@ def torch_to_onnx(model: nn.Module, io: ModelIO, opset: int) -> tuple[onnx.Model
 
     highest = onnx.defs.onnx_opset_version()
     if opset > highest:
-        raise EdgekdError(f"export option opset: {opset} is not allowed; this onnx ({onnx.__version__}) knows up to {highest}")
+        raise EdgekdError(
+            f"export option opset: {opset} is not allowed; this onnx ({onnx.__version__}) knows up to {highest}"
+        )
     details: dict[str, Any] = {"torch_version": torch.__version__, "warnings": []}
     with eval_on_cpu(model):
         example = example_batch(io)
@@ -178,7 +188,13 @@ def quantize_int8(
     Weights int8 symmetric per channel, activations int8 symmetric: symmetric activations (zero point 0)
     are what TensorRT's explicit quantization accepts, so the same file also builds a TensorRT INT8 engine.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     methods = {
         "minmax": CalibrationMethod.MinMax,
@@ -238,7 +254,9 @@ def _calibration_reader(images: np.ndarray, input_name: str) -> Any:
     return ImageReader()
 
 
-def save_onnx(proto: onnx.ModelProto, path: Path, io: ModelIO, precision: str, details: dict[str, Any]) -> None:
+def save_onnx(
+    proto: onnx.ModelProto, path: Path, io: ModelIO, precision: str, details: dict[str, Any]
+) -> None:
     """Add edgekd's metadata, check the model, prove it runs at several batch sizes, then write it atomically."""
     import onnx
 
@@ -268,7 +286,9 @@ def run_at_batches(path: Path, io: ModelIO, batches: tuple[int, ...] = _PROBE_BA
     try:
         session = onnxruntime.InferenceSession(str(path), providers=CPU_PROVIDERS)
     except Exception as error:
-        raise EdgekdError(f"onnx: the exported file does not open in onnxruntime ({one_line(error)})") from error
+        raise EdgekdError(
+            f"onnx: the exported file does not open in onnxruntime ({one_line(error)})"
+        ) from error
     for batch in batches:
         _run_once(session.run, io, batch)
     return list(batches)

@@ -84,7 +84,9 @@ def torch_to_openvino(model: nn.Module, io: ModelIO) -> ov.Model:
                 input=[ov.PartialShape([-1, *io.image_shape])],
             )
         except Exception as error:
-            raise EdgekdError(f"openvino: converting {type(model).__name__} failed ({one_line(error)})") from error
+            raise EdgekdError(
+                f"openvino: converting {type(model).__name__} failed ({one_line(error)})"
+            ) from error
 
 
 def name_io(ov_model: ov.Model, io: ModelIO) -> None:
@@ -107,7 +109,9 @@ def make_batch_dynamic(ov_model: ov.Model, io: ModelIO) -> bool:
         ov_model.reshape({0: ov.PartialShape([-1, *io.image_shape])})
         return True
     except Exception as error:
-        warnings.warn(f"openvino: the batch dimension stays static ({one_line(error)})", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"openvino: the batch dimension stays static ({one_line(error)})", UserWarning, stacklevel=2
+        )
         return False
 
 

@@ -8,9 +8,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from edgekd.fileio import write_atomic  # noqa: E402
+from edgekd.fileio import write_atomic
 
 
 def _save(fig, path: Path) -> Path:
@@ -25,8 +25,13 @@ def accuracy_vs_params(metrics: dict[str, Any], path: Path) -> Path:
     for record in metrics["models"]:
         marker = "s" if record["role"] == "teacher" else "o"
         ax.scatter(record["params"], record["test_acc"], marker=marker, s=50, zorder=3)
-        ax.annotate(record["name"], (record["params"], record["test_acc"]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=9)
+        ax.annotate(
+            record["name"],
+            (record["params"], record["test_acc"]),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=9,
+        )
     budget = metrics["budget"]["params"]
     if budget:
         ax.axvline(budget, color="tab:red", linestyle="--", label=f"budget {budget:,} params")

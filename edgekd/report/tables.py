@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-SUMMARY_COLUMNS = ["model", "architecture", "params", "FLOPs", "budget", "val acc %", "test acc %", "vs scratch", "best epoch"]
+SUMMARY_COLUMNS = [
+    "model",
+    "architecture",
+    "params",
+    "FLOPs",
+    "budget",
+    "val acc %",
+    "test acc %",
+    "vs scratch",
+    "best epoch",
+]
 
 
 def human_count(n: int | None) -> str:
@@ -40,17 +50,25 @@ def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
         delta = "-"
         if scratch is not None and r["role"] == "student" and r is not scratch:
             delta = f"{r['test_acc'] - scratch['test_acc']:+.2f}"
-        rows.append([
-            model_label(r), r["arch"], human_count(r["params"]), human_count(r["flops"]), budget_cell(r),
-            f"{r['val_acc']:.2f}", test, delta, str(r.get("best_epoch") or "-"),
-        ])
+        rows.append(
+            [
+                model_label(r),
+                r["arch"],
+                human_count(r["params"]),
+                human_count(r["flops"]),
+                budget_cell(r),
+                f"{r['val_acc']:.2f}",
+                test,
+                delta,
+                str(r.get("best_epoch") or "-"),
+            ]
+        )
     return rows
 
 
 def _is_subset(metrics: dict[str, Any]) -> bool:
-    return metrics["data"]["teacher"]["num_classes"] != metrics["data"]["student"]["num_classes"] or bool(
-        metrics["data"]["student"].get("per_class")
-    )
+    student = metrics["data"]["student"]
+    return bool(student.get("class_subset") or student.get("few_shot_per_class"))
 
 
 def markdown_table(columns: list[str], rows: list[list[str]]) -> str:

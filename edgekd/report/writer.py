@@ -18,8 +18,13 @@ CURVES_PLOT = "training_curves.png"
 
 
 def history_csv(histories: dict[str, list[dict[str, Any]]]) -> str:
-    columns = ["model"] + sorted({key for rows in histories.values() for row in rows for key in row},
-                                 key=lambda k: (k != "epoch", k))
+    columns = [
+        "model",
+        *sorted(
+            {key for rows in histories.values() for row in rows for key in row},
+            key=lambda k: (k != "epoch", k),
+        ),
+    ]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -53,16 +58,24 @@ def report_markdown(recipe: Recipe, metrics: dict[str, Any], plot_files: list[st
     ]
     extra = [r for r in metrics["models"] if r.get("extra_training_params")]
     if extra:
-        lines += ["Training-only parameters (connectors; not exported): "
-                  + ", ".join(f"{r['name']} {r['extra_training_params']:,}" for r in extra), ""]
+        lines += [
+            "Training-only parameters (connectors; not exported): "
+            + ", ".join(f"{r['name']} {r['extra_training_params']:,}" for r in extra),
+            "",
+        ]
     for name in plot_files:
         lines += [f"![{name}]({name})", ""]
-    lines += ["Files: `metrics.json` (all numbers), `history.csv` (per-epoch), `recipe.yaml` (resolved recipe), "
-              "`models/` (weights), `train/` (resumable training state).", ""]
+    lines += [
+        "Files: `metrics.json` (all numbers), `history.csv` (per-epoch), `recipe.yaml` (resolved recipe), "
+        "`models/` (weights), `train/` (resumable training state).",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_report(run_dir: Path, recipe: Recipe, metrics: dict[str, Any], histories: dict[str, list[dict]]) -> Path:
+def write_report(
+    run_dir: Path, recipe: Recipe, metrics: dict[str, Any], histories: dict[str, list[dict]]
+) -> Path:
     run_dir = Path(run_dir)
     write_text(run_dir / HISTORY_CSV, history_csv(histories))
     plot_files = []

@@ -26,7 +26,9 @@ def load_checkpoint(path: Path, what: str = "checkpoint") -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle with code in it, a truncated file, not a torch file at all
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgekdError(f"{what}: '{path}' cannot be loaded as a weights-only checkpoint ({first_line})") from None
+        raise EdgekdError(
+            f"{what}: '{path}' cannot be loaded as a weights-only checkpoint ({first_line})"
+        ) from None
 
 
 def extract_state_dict(obj: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -40,7 +42,7 @@ def extract_state_dict(obj: Any, path: Path, what: str) -> dict[str, torch.Tenso
     # Checkpoints saved from DataParallel/DDP or torch.compile prefix every key.
     for prefix in ("module.", "_orig_mod."):
         if obj and all(k.startswith(prefix) for k in obj):
-            obj = {k[len(prefix):]: v for k, v in obj.items()}
+            obj = {k[len(prefix) :]: v for k, v in obj.items()}
     return obj
 
 
@@ -52,7 +54,11 @@ def load_weights(model: nn.Module, path: Path, what: str, arch: str) -> None:
     unexpected = [k for k in state if k not in expected]
     mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or mismatched:
-        raise EdgekdError(f"{what}: '{path}' does not fit the architecture '{arch}' (" + _describe(missing, unexpected, mismatched, state, expected) + ")")
+        raise EdgekdError(
+            f"{what}: '{path}' does not fit the architecture '{arch}' ("
+            + _describe(missing, unexpected, mismatched, state, expected)
+            + ")"
+        )
     model.load_state_dict(state)
 
 
@@ -63,6 +69,8 @@ def _describe(missing, unexpected, mismatched, state, expected) -> str:
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected keys, first: {', '.join(unexpected[:_SHOWN_KEYS])}")
     if mismatched:
-        shown = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched[:_SHOWN_KEYS])
+        shown = ", ".join(
+            f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched[:_SHOWN_KEYS]
+        )
         parts.append(f"{len(mismatched)} shape mismatches, first: {shown}")
     return "; ".join(parts)

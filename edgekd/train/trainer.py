@@ -72,8 +72,18 @@ def evaluate(
 
 
 class Trainer:
-    def __init__(self, distiller: Distiller, data: DataBundle, cfg: TrainConfig, *, seed: int, out_dir: Path,
-                 device: torch.device, label: str, progress=None):
+    def __init__(
+        self,
+        distiller: Distiller,
+        data: DataBundle,
+        cfg: TrainConfig,
+        *,
+        seed: int,
+        out_dir: Path,
+        device: torch.device,
+        label: str,
+        progress=None,
+    ):
         self.distiller = distiller.to(device)
         self.data = data
         self.cfg = cfg
@@ -99,7 +109,9 @@ class Trainer:
         for epoch in range(start_epoch, self.cfg.epochs):
             row = self._run_epoch(epoch, task)
             self._end_epoch(epoch, row)
-        result = FitResult(self.best_epoch, self.best_val_acc, self.cfg.epochs, self.train_time_s, self.history)
+        result = FitResult(
+            self.best_epoch, self.best_val_acc, self.cfg.epochs, self.train_time_s, self.history
+        )
         if is_main_process():
             write_json(self.out_dir / DONE, {k: v for k, v in result.to_dict().items() if k != "history"})
         self.load_best_student()
@@ -132,8 +144,12 @@ class Trainer:
         val_acc, val_loss = evaluate(self.distiller.student, self.data.eval_loader("val"), self.device)
         self.train_time_s += time.perf_counter() - started
         row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v / seen for k, v in sums.items()}}
-        row.update(train_acc=100.0 * correct / seen, val_acc=val_acc, val_loss=val_loss,
-                   epoch_time_s=time.perf_counter() - started)
+        row.update(
+            train_acc=100.0 * correct / seen,
+            val_acc=val_acc,
+            val_loss=val_loss,
+            epoch_time_s=time.perf_counter() - started,
+        )
         if task is not None:
             self.progress.update(task, description=self._describe(epoch + 1, val_acc))
         return row
@@ -199,7 +215,9 @@ class Trainer:
             return None
         batches = math.ceil(len(self.data.train) / self.data.batch_size)
         return self.progress.add_task(
-            self._describe(start_epoch, None), total=batches * self.cfg.epochs, completed=batches * start_epoch
+            self._describe(start_epoch, None),
+            total=batches * self.cfg.epochs,
+            completed=batches * start_epoch,
         )
 
     def _describe(self, epoch: int, val_acc: float | None) -> str:

@@ -57,7 +57,9 @@ def runner_for(path: str | Path, backend: str | None = None, **options: Any) -> 
         )
     # find_spec tells whether the package is installed without paying for importing it.
     if importlib.util.find_spec(package) is None:
-        raise EdgekdError(f"{path}: backend {backend!r} needs the '{package}' package, which is not installed")
+        raise EdgekdError(
+            f"{path}: backend {backend!r} needs the '{package}' package, which is not installed"
+        )
     return runner_class(path, **options)
 
 

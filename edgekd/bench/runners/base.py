@@ -26,7 +26,9 @@ class Runner(ABC):
 
     def __init__(self, threads: int | None = None, device: str = "cpu"):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise EdgekdError(f"threads: got {threads!r}; allowed: a positive integer, or None for the default")
+            raise EdgekdError(
+                f"threads: got {threads!r}; allowed: a positive integer, or None for the default"
+            )
         self.threads = threads
         self.device = device
         self._loaded = False

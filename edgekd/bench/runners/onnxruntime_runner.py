@@ -30,7 +30,9 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, path: str | Path, threads: int | None = None, device: str = "cpu"):
         if device not in PROVIDERS_FOR_DEVICE:
-            raise EdgekdError(f"device: got {device!r} for onnxruntime; allowed: {', '.join(PROVIDERS_FOR_DEVICE)}")
+            raise EdgekdError(
+                f"device: got {device!r} for onnxruntime; allowed: {', '.join(PROVIDERS_FOR_DEVICE)}"
+            )
         super().__init__(threads=threads, device=device)
         self.path = existing_file(path, "ONNX model")
         self._session: Any = None
@@ -47,7 +49,9 @@ class OnnxRuntimeRunner(Runner):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
-        except Exception as err:  # onnxruntime raises its own Exception subclasses (InvalidProtobuf, Fail, ...)
+        except (
+            Exception
+        ) as err:  # onnxruntime raises its own Exception subclasses (InvalidProtobuf, Fail, ...)
             raise EdgekdError(
                 f"{self.path}: onnxruntime cannot load it ({first_line(err)}); allowed: a valid .onnx model"
             ) from None

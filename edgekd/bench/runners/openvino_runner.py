@@ -125,7 +125,9 @@ class OpenVinoRunner(Runner):
         )
         if self._compiled is not None:
             info["cpu"] = self._device_name
-            info["compiled"] = {name: _readable(self._compiled.get_property(name)) for name in REPORTED_PROPERTIES}
+            info["compiled"] = {
+                name: _readable(self._compiled.get_property(name)) for name in REPORTED_PROPERTIES
+            }
             info["streams"] = int(self._compiled.get_property("NUM_STREAMS"))
             info["threads"] = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
         return info

@@ -74,7 +74,9 @@ class TensorRTRunner(Runner):
         if hasattr(trt.DataType, "BF16"):
             dtypes[trt.DataType.BF16] = torch.bfloat16
         if trt_dtype not in dtypes:
-            raise EdgekdError(f"{self.path}: engine I/O type {trt_dtype} is not supported; allowed: float, half, bf16")
+            raise EdgekdError(
+                f"{self.path}: engine I/O type {trt_dtype} is not supported; allowed: float, half, bf16"
+            )
         return dtypes[trt_dtype]
 
     def _bind(self, shape: tuple[int, ...]) -> None:

@@ -14,7 +14,9 @@ from edgekd.schema_base import Section
 
 
 class FinetuneOptions(Section):
-    lr_factor: float = Field(0.1, gt=0, le=1, description="Multiplies train.optimizer.lr: fine-tuning takes smaller steps.")
+    lr_factor: float = Field(
+        0.1, gt=0, le=1, description="Multiplies train.optimizer.lr: fine-tuning takes smaller steps."
+    )
 
 
 @register_method(
