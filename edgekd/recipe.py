@@ -132,6 +132,11 @@ class TrainConfig(Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
+    select: Literal["best_val", "last"] = Field(
+        "best_val",
+        description="Which epoch's weights to keep: the best validation accuracy (ties go to the lower "
+        "validation loss), or the last epoch.",
+    )
 
     @model_validator(mode="after")
     def _check_milestones(self) -> TrainConfig:

@@ -45,6 +45,12 @@ class Distiller(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer before each epoch (0-based) of ``epochs``: staged methods switch here.
+
+        Must depend only on its arguments, so a resumed run behaves like an uninterrupted one.
+        """
+
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
         if self.teacher is not None:

@@ -53,7 +53,7 @@ def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
         rows.append(
             [
                 model_label(r),
-                r["arch"],
+                describe_arch(r["arch"], r.get("model_args") or {}),
                 human_count(r["params"]),
                 human_count(r["flops"]),
                 budget_cell(r),
@@ -64,6 +64,13 @@ def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def describe_arch(arch: str, model_args: dict[str, Any]) -> str:
+    """``resnet8 (width=8)``: the name alone hides the options budget fitting chose."""
+    if not model_args:
+        return arch
+    return f"{arch} (" + ", ".join(f"{key}={value}" for key, value in model_args.items()) + ")"
 
 
 def _is_subset(metrics: dict[str, Any]) -> bool:

@@ -97,6 +97,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.epochs)
         self.history: list[dict[str, Any]] = []
         self.best_val_acc = -1.0
+        self.best_val_loss = float("inf")
         self.best_epoch = -1
         self.train_time_s = 0.0
 
@@ -124,6 +125,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ epochs
     def _run_epoch(self, epoch: int, task) -> dict[str, Any]:
         torch.manual_seed(epoch_seed(self.seed, epoch))
+        self.distiller.on_epoch_start(epoch, self.cfg.epochs)
         self.distiller.train()
         started = time.perf_counter()
         sums: dict[str, float] = {}
@@ -170,13 +172,19 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         self.history.append(row)
-        if row["val_acc"] > self.best_val_acc:  # ties keep the earlier epoch
-            self.best_val_acc, self.best_epoch = row["val_acc"], epoch + 1
+        if self._is_better(row):
+            self.best_val_acc, self.best_val_loss, self.best_epoch = row["val_acc"], row["val_loss"], epoch + 1
             if is_main_process():
                 save_checkpoint(self.distiller.student.state_dict(), self.out_dir / BEST)
         if is_main_process():
             write_json(self.out_dir / HISTORY, self.history)
             save_checkpoint(self._state(epoch + 1), self.out_dir / LAST)
+
+    def _is_better(self, row: dict[str, Any]) -> bool:
+        """Small validation splits tie often on accuracy; the validation loss breaks the tie."""
+        if self.cfg.select == "last":
+            return True
+        return (row["val_acc"], -row["val_loss"]) > (self.best_val_acc, -self.best_val_loss)
 
     # ------------------------------------------------------------------------------------------ resume
     def _state(self, epochs_done: int) -> dict[str, Any]:
@@ -186,6 +194,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "best_val_acc": self.best_val_acc,
+            "best_val_loss": self.best_val_loss,
             "best_epoch": self.best_epoch,
             "train_time_s": self.train_time_s,
         }
@@ -200,6 +209,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.best_val_acc, self.best_epoch = state["best_val_acc"], state["best_epoch"]
+        self.best_val_loss = state["best_val_loss"]
         self.train_time_s = state["train_time_s"]
         self.history = read_json(self.out_dir / HISTORY)[: state["epochs_done"]]
         return state["epochs_done"]
