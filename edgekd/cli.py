@@ -21,7 +21,6 @@ from rich.table import Table
 
 from edgekd.errors import EdgekdError
 
-EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 out = Console(highlight=False)
@@ -39,7 +38,8 @@ SET_OPTION = click.option(
 
 
 def user_errors(command):
-    """Bad input ends the command with one line on stderr and exit code 2 (a traceback only with --debug)."""
+    """Bad input ends the command with one line on stderr and exit code 2, a failed check with exit code 1
+    (a traceback only with --debug)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -50,7 +50,7 @@ def user_errors(command):
             if debug:
                 raise
             err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-            sys.exit(EXIT_BAD_INPUT)
+            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             err.print(
                 "[yellow]interrupted[/]: completed epochs are saved; run the same command with --resume to continue"
@@ -81,9 +81,16 @@ def main(debug: bool) -> None:
     "an unfinished one continues after its last completed epoch.",
 )
 @click.option("--force", is_flag=True, help="Delete an existing run folder of the same name and start over.")
-@click.option("--quiet", is_flag=True, help="No progress bars (the summary table is still printed).")
+@click.option(
+    "--seeds",
+    metavar="0,1,2",
+    help="Train every student once per seed and report mean ± std (same as --set seeds=[0,1,2]).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars (the summary tables are still printed).")
 @user_errors
-def build(recipe: Path, overrides: tuple[str, ...], resume: bool, force: bool, quiet: bool) -> None:
+def build(
+    recipe: Path, overrides: tuple[str, ...], resume: bool, force: bool, seeds: str | None, quiet: bool
+) -> None:
     """Run RECIPE end to end: teacher, budget-sized student, distillation and baselines, report.
 
     Everything lands in <output_dir>/<name>/: recipe.yaml, models/*.pt, metrics.json, history.csv,
@@ -92,6 +99,8 @@ def build(recipe: Path, overrides: tuple[str, ...], resume: bool, force: bool, q
     from edgekd.pipeline import build as run_build
     from edgekd.recipe import load_recipe
 
+    if seeds is not None:
+        overrides = (*overrides, f"seeds=[{parse_seeds(seeds)}]")
     loaded = load_recipe(recipe, overrides)
     if resume and force:
         raise EdgekdError("--resume and --force exclude each other")
@@ -131,6 +140,149 @@ def validate(recipe: Path, overrides: tuple[str, ...], explain: bool, schema_onl
     out.print(f"[green]ok[/]: {recipe} is a valid recipe")
 
 
+@main.command(name="export")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    required=True,
+    type=click.Choice(["onnx", "openvino", "tensorrt"]),
+    help="Deployment format; repeat for several.",
+)
+@click.option(
+    "--precision",
+    "precisions",
+    multiple=True,
+    default=("fp32",),
+    show_default=True,
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    help="Precision; repeat for several. Each format writes those it supports (onnx: fp32, int8).",
+)
+@click.option(
+    "--recipe",
+    "recipe_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="For a .pt SOURCE: the recipe whose data section gives the input size, normalization, class "
+    "names and calibration images (and whose student section the architecture, unless --model).",
+)
+@click.option("--model", help="For a .pt SOURCE: the zoo architecture of the checkpoint, e.g. resnet8.")
+@click.option(
+    "--model-arg",
+    "model_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="For a .pt SOURCE: a constructor option of --model, e.g. width=8; repeat for several.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the artifacts [default: SOURCE/artifacts for a run folder, else next to the .pt].",
+)
+@SET_OPTION
+@user_errors
+def export_command(
+    source: Path,
+    formats: tuple[str, ...],
+    precisions: tuple[str, ...],
+    recipe_path: Path | None,
+    model: str | None,
+    model_args: tuple[str, ...],
+    output: Path | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Export SOURCE (a run folder, or a .pt state_dict) and check every artifact's parity against PyTorch.
+
+    Calibration (INT8) and parity use real images of the recipe's data. `--set export.opset=17` and other
+    `export.*` fields of the recipe apply. Exit code 1 when an artifact fails its parity check.
+    """
+    from edgekd.standalone import export_source
+
+    records = export_source(
+        source, formats, precisions, recipe_path, model, model_args, output, overrides, say=err.print
+    )
+    print_artifacts(records, "exported artifacts")
+
+
+@main.command(name="bench")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "openvino", "tensorrt"]),
+    help="Runtime [default: from the suffix: .onnx onnxruntime, .xml openvino, .engine/.plan tensorrt].",
+)
+@click.option(
+    "--batch",
+    "batches",
+    multiple=True,
+    type=click.IntRange(min=1),
+    default=(1,),
+    show_default=True,
+    help="Batch size to time; repeat for several.",
+)
+@click.option("--threads", type=click.IntRange(min=1), help="Inference threads [default: the runtime's].")
+@click.option("--shape", metavar="C,H,W", help="Input image shape, for files without edgekd metadata.")
+@click.option(
+    "--warmup-iters",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Untimed runs before timing (at least).",
+)
+@click.option(
+    "--warmup-s",
+    type=click.FloatRange(min=0),
+    default=0.5,
+    show_default=True,
+    help="Untimed warm-up time (at least).",
+)
+@click.option(
+    "--min-iters",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Timed runs per batch size (at least).",
+)
+@click.option(
+    "--min-time-s",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Timed seconds per batch size (at least).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the results (with the environment record) to this JSON file.",
+)
+@user_errors
+def bench_command(
+    artifact: Path,
+    backend: str | None,
+    batches: tuple[int, ...],
+    threads: int | None,
+    shape: str | None,
+    warmup_iters: int,
+    warmup_s: float,
+    min_iters: int,
+    min_time_s: float,
+    json_path: Path | None,
+) -> None:
+    """Time ARTIFACT (.onnx, .xml or .engine) on this machine: cold start, p50/p90/p99, throughput.
+
+    Run it on the target device to see the latency there; the inputs are random images of the model's
+    input shape (latency does not depend on their values).
+    """
+    from edgekd.standalone import bench_artifact
+
+    result = bench_artifact(
+        artifact, backend, batches, threads, shape, (warmup_iters, warmup_s, min_iters, min_time_s), json_path
+    )
+    print_latency(result)
+
+
 @main.command()
 @click.option(
     "--output",
@@ -164,14 +316,23 @@ def list_things(what: str) -> None:
         for name in available_models():
             out.print(name)
     elif what == "families":
-        from edgekd.models import FAMILIES
+        from edgekd.models import FAMILIES, family_members
 
-        for name, members in FAMILIES.items():
-            out.print(f"{name:<12} {len(members)} members")
+        for name in FAMILIES:
+            out.print(f"{name:<12} {len(family_members(name))} members")
     else:
         from edgekd.recipe import DataConfig
 
         out.print("\n".join(DataConfig.model_fields["dataset"].annotation.__args__))
+
+
+def parse_seeds(text: str) -> str:
+    parts = [part.strip() for part in text.split(",")]
+    if not parts or not all(part.lstrip("-").isdigit() for part in parts):
+        raise EdgekdError(
+            f"--seeds: {text!r} is not allowed; give whole numbers separated by commas, e.g. 0,1,2"
+        )
+    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -189,16 +350,48 @@ def make_progress(quiet: bool) -> Progress:
 
 
 def print_summary(metrics: dict) -> None:
-    from edgekd.report.tables import SUMMARY_COLUMNS, summary_rows
+    from edgekd.report.tables import ARTIFACT_COLUMNS, SUMMARY_COLUMNS, artifact_rows, summary_rows
 
-    table = Table(title=f"edgekd run '{metrics['run']['name']}' ({metrics['run']['wall_time_s']:.1f} s)")
-    for column in SUMMARY_COLUMNS:
-        table.add_column(column, justify="left" if column in ("model", "architecture") else "right")
-    for row in summary_rows(metrics):
-        table.add_row(*row)
-    # Piped into a log file, rich would squeeze the table into 80 columns and wrap every cell.
+    # Piped into a log file, rich would squeeze the tables into 80 columns and wrap every cell.
     console = out if out.is_terminal else Console(highlight=False, width=160)
-    console.print(table)
+    title = f"edgekd run '{metrics['run']['name']}' ({metrics['run']['wall_time_s']:.1f} s)"
+    console.print(rich_table(title, SUMMARY_COLUMNS, summary_rows(metrics), left=("model", "architecture")))
+    rows = artifact_rows(metrics)
+    if rows:
+        console.print(rich_table("deployment artifacts", ARTIFACT_COLUMNS, rows, left=("artifact", "parity")))
+
+
+def print_artifacts(records: list[dict], title: str) -> None:
+    from edgekd.report.tables import ARTIFACT_COLUMNS, artifact_rows
+
+    console = out if out.is_terminal else Console(highlight=False, width=160)
+    metrics = {"budget": {"params": None}, "artifacts": records}
+    console.print(rich_table(title, ARTIFACT_COLUMNS, artifact_rows(metrics), left=("artifact", "parity")))
+    for record in records:
+        if record.get("path"):
+            console.print(f"{record['name']}: {record['path']}")
+
+
+def print_latency(result: dict) -> None:
+    from edgekd.report.tables import latency_table_rows
+
+    console = out if out.is_terminal else Console(highlight=False, width=160)
+    columns = ["batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "img/s", "iters"]
+    title = f"{result['artifact']} on {result['runner']['backend']} (threads {result['latency']['threads']})"
+    console.print(rich_table(title, columns, latency_table_rows(result["latency"]), left=()))
+    cold = result["latency"]["cold_start"]
+    console.print(
+        f"cold start: load {cold['load_ms']:.1f} ms + first inference {cold['first_inference_ms']:.2f} ms"
+    )
+
+
+def rich_table(title: str, columns: list[str], rows: list[list[str]], left: tuple[str, ...]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column in left else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 if __name__ == "__main__":

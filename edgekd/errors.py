@@ -8,6 +8,14 @@ its message on one line and exits with code 2, with no traceback unless ``--debu
 class EdgekdError(Exception):
     """A problem in what the user gave us, explained in one line."""
 
+    exit_code = 2
+
+
+class CheckFailed(EdgekdError):
+    """The input was fine but a result failed a check the run enforces (e.g. artifact parity): exit code 1."""
+
+    exit_code = 1
+
 
 class RecipeError(EdgekdError):
     """A recipe field holds a value that is not allowed."""

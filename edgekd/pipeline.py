@@ -21,6 +21,7 @@ from torch import nn
 
 import edgekd
 from edgekd.data import DataBundle, build_data
+from edgekd.deploy import ARTIFACTS_DIR, ParityFailure, deploy, parity_failures
 from edgekd.distill import DistillContext, get_method
 from edgekd.errors import EdgekdError
 from edgekd.fileio import write_json, write_text
@@ -182,9 +183,9 @@ def train_teacher(p: Prepared, run_dir: Path, *, resume: bool, progress) -> FitR
     return trainer.fit(resume=resume)
 
 
-def make_student(p: Prepared, method: str) -> tuple[nn.Module, ModelChoice]:
+def make_student(p: Prepared, method: str, seed: int) -> tuple[nn.Module, ModelChoice]:
     """A fresh student for `method`: every method starts from the same seeded initialization."""
-    seed_everything(p.recipe.seed)
+    seed_everything(seed)
     spec, data = p.student_data.input_spec, p.student_data
     if not get_method(method).student_from_teacher:
         return p.student_choice.create(data.num_classes, spec.channels), p.student_choice
@@ -221,21 +222,26 @@ def _narrow_head(model: nn.Module, class_ids: list[int]) -> None:
 
 
 def train_student(
-    p: Prepared, method: str, run_dir: Path, *, resume: bool, progress
+    p: Prepared, method: str, seed: int, out_dir: Path, *, resume: bool, progress
 ) -> tuple[nn.Module, ModelChoice, FitResult, int]:
     entry = get_method(method)
-    student, choice = make_student(p, method)
-    context = DistillContext(p.student_data.num_classes, tuple(p.student_data.class_ids))
+    student, choice = make_student(p, method, seed)
+    spec = p.student_data.input_spec
+    context = DistillContext(
+        p.student_data.num_classes,
+        tuple(p.student_data.class_ids),
+        input_shape=(spec.channels, spec.height, spec.width),
+    )
     options = getattr(p.recipe.distill, method)
     distiller = entry.distiller(student, p.teacher, options, context)
     trainer = Trainer(
         distiller,
         p.student_data,
         p.recipe.train,
-        seed=p.recipe.seed,
-        out_dir=run_dir / "train" / method,
+        seed=seed,
+        out_dir=out_dir,
         device=p.device,
-        label=method,
+        label=method if len(p.recipe.student_seeds) == 1 else f"{method} seed {seed}",
         progress=progress,
     )
     result = trainer.fit(resume=resume)
@@ -269,6 +275,52 @@ def model_record(
         "fits_budget": None if budget is None else choice.params <= budget,
         "checkpoint": str(checkpoint),
     }
+
+
+def wants_embedding(recipe: Recipe, method: str) -> bool:
+    return recipe.report.plots and recipe.report.embedding and method in (recipe.distill.method, "scratch")
+
+
+@torch.no_grad()
+def penultimate_features(
+    model: nn.Module, data: DataBundle, device: torch.device, limit: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's input (pooled features) on the first `limit` test images, with their labels."""
+    captured: list[torch.Tensor] = []
+    hook = model.classifier.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].cpu()))
+    labels: list[torch.Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for images, batch_labels in data.eval_loader("test"):
+            model(images.to(device))
+            labels.append(batch_labels)
+            if sum(len(b) for b in labels) >= limit:
+                break
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return torch.cat(captured).flatten(1)[:limit].numpy(), torch.cat(labels)[:limit].numpy()
+
+
+def seed_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record per method: the first seed's fields, accuracies as mean (and std over seeds)."""
+    record = {key: value for key, value in per_seed[0].items() if key not in ("seed",)}
+    if len(per_seed) == 1:
+        return record
+    for key in ("val_acc", "test_acc", "test_loss"):
+        values = np.array([run[key] for run in per_seed], dtype=np.float64)
+        record[key] = round(float(values.mean()), 4)
+        # Sample std (ddof=1): the spread a new seed would show, not just these runs'.
+        record[f"{key}_std"] = round(float(values.std(ddof=1)), 4)
+    record["best_epoch"] = None
+    record["checkpoint"] = per_seed[0]["checkpoint"]
+    record["train_time_s"] = round(sum(run["train_time_s"] for run in per_seed), 2)
+    record["per_seed"] = [
+        {key: run[key] for key in ("seed", "val_acc", "test_acc", "best_epoch", "checkpoint")}
+        for run in per_seed
+    ]
+    return record
 
 
 def environment() -> dict[str, Any]:
@@ -324,25 +376,42 @@ def build(recipe: Recipe, *, resume: bool = False, force: bool = False, progress
     )
     records, histories = [teacher_record], {"teacher": teacher_fit.history if teacher_fit else []}
 
+    seeds = recipe.student_seeds
+    embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for method in [recipe.distill.method, *recipe.distill.baselines]:
-        student, choice, fit, extra = train_student(p, method, run_dir, resume=resume, progress=progress)
-        ckpt = save_checkpoint(student.state_dict(), models_dir / f"{method}.pt")
-        record = model_record(method, "student", student, choice, p.student_data, p.device, budget, ckpt)
+        per_seed = []
+        for seed in seeds:
+            tag = "" if len(seeds) == 1 else f"_seed{seed}"
+            out_dir = run_dir / "train" / (method if len(seeds) == 1 else f"{method}/seed{seed}")
+            student, choice, fit, extra = train_student(
+                p, method, seed, out_dir, resume=resume, progress=progress
+            )
+            ckpt = save_checkpoint(student.state_dict(), models_dir / f"{method}{tag}.pt")
+            record = model_record(method, "student", student, choice, p.student_data, p.device, budget, ckpt)
+            record.update(seed=seed, best_epoch=fit.best_epoch, train_time_s=round(fit.train_time_s, 2))
+            per_seed.append(record)
+            histories[method + tag.replace("_", " ")] = fit.history
+            if method == recipe.distill.method and seed == seeds[0]:
+                main_student, main_params = student, choice.params
+            if seed == seeds[0] and wants_embedding(recipe, method):
+                embeddings[method] = penultimate_features(
+                    student, p.student_data, p.device, recipe.report.embedding_points
+                )
+        record = seed_summary(per_seed)
         record.update(
             method=method,
             is_main=method == recipe.distill.method,
-            best_epoch=fit.best_epoch,
-            train_time_s=round(fit.train_time_s, 2),
             extra_training_params=extra,
             arch_source=choice.how,
         )
         records.append(record)
-        histories[method] = fit.history
 
+    artifacts = deploy_main_student(p, main_student, main_params, run_dir, progress)
     metrics = {
         "run": {
             "name": recipe.name,
             "seed": recipe.seed,
+            "student_seeds": seeds,
             "device": str(p.device),
             "wall_time_s": round(time.perf_counter() - started, 2),
             "resumed": resume,
@@ -358,10 +427,55 @@ def build(recipe: Recipe, *, resume: bool = False, force: bool = False, progress
             "how": p.student_choice.how,
         },
         "models": records,
+        "artifacts": artifacts,
+        "budget_check": budget_check(records, budget),
     }
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "history.json", histories)
     from edgekd.report import write_report
 
-    write_report(run_dir, recipe, metrics, histories)
+    write_report(run_dir, recipe, metrics, histories, embeddings)
+    failures = parity_failures(artifacts)
+    if failures:
+        raise ParityFailure(
+            f"parity: {len(failures)} artifact(s) outside tolerance (report written): " + "; ".join(failures)
+        )
     return metrics
+
+
+def deploy_main_student(
+    p: Prepared, student: nn.Module, params: int, run_dir: Path, progress
+) -> list[dict[str, Any]]:
+    """Export, check and time the shipped model; the PyTorch row alone when nothing is exported."""
+    recipe = p.recipe
+    task = None
+    if progress is not None and (recipe.export.targets or recipe.benchmark.enabled):
+        task = progress.add_task("export + benchmark", total=None)
+
+    def say(text: str) -> None:
+        if task is not None:
+            progress.update(task, description=f"export + benchmark: {text}")
+
+    out_dir = run_dir / ARTIFACTS_DIR
+    if out_dir.exists():  # a resumed run exports again: every artifact must come from the final student
+        shutil.rmtree(out_dir)
+    artifacts = deploy(
+        student,
+        params,
+        p.student_data,
+        recipe.export,
+        recipe.benchmark,
+        out_dir,
+        stem=recipe.distill.method,
+        say=say,
+    )
+    if task is not None:
+        progress.update(task, description="export + benchmark: done", total=1, completed=1)
+    return artifacts
+
+
+def budget_check(records: list[dict[str, Any]], budget: int | None) -> dict[str, Any] | None:
+    main = next(record for record in records if record.get("is_main"))
+    if budget is None:
+        return None
+    return {"params": main["params"], "budget": budget, "fits": main["params"] <= budget}

@@ -206,9 +206,100 @@ class StudentConfig(Section):
         return self
 
 
+# ------------------------------------------------------------------------------------ export/benchmark
+Precision = Literal["fp32", "fp16", "int8"]
+# The precisions each exporter writes; kept here so that a recipe is checked without importing a backend.
+FORMAT_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "onnx": ("fp32", "int8"),
+    "openvino": ("fp32", "fp16", "int8"),
+    "tensorrt": ("fp32", "fp16", "int8"),
+}
+
+
+class ParityConfig(Section):
+    """How close each artifact's logits must be to the PyTorch student's on the same validation images."""
+
+    images: int = Field(256, ge=8, description="Validation images compared (all, when fewer exist).")
+    fp32_max_abs: float = Field(1e-3, gt=0, description="FP32: largest allowed absolute logit difference.")
+    fp16_max_abs: float = Field(5e-2, gt=0, description="FP16: largest allowed absolute logit difference.")
+    fp16_min_top1: float = Field(0.99, ge=0, le=1, description="FP16: least top-1 agreement (fraction).")
+    int8_min_top1: float = Field(
+        0.95, ge=0, le=1, description="INT8: least top-1 agreement with the PyTorch student (fraction)."
+    )
+    int8_max_acc_drop: float = Field(
+        2.0, ge=0, description="INT8: largest test-accuracy drop against the PyTorch student, in points."
+    )
+
+
+class ExportConfig(Section):
+    """Which deployment artifacts of the main student to write, and how they are checked."""
+
+    targets: dict[Literal["onnx", "openvino", "tensorrt"], list[Precision]] = Field(
+        default_factory=dict,
+        description="Format -> precisions, e.g. {onnx: [fp32, int8], openvino: [fp32, fp16, int8]}; "
+        "empty: no export. TensorRT engines are built only where TensorRT and a GPU exist; elsewhere the "
+        "report gives the trtexec command to build them on the target.",
+    )
+    opset: int = Field(18, ge=13, le=23, description="ONNX opset.")
+    calibration_images: int = Field(
+        300, ge=1, description="Training images (no augmentation) that calibrate INT8 quantization."
+    )
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="ONNX Runtime INT8 calibrator."
+    )
+    int8_max_drop: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="OpenVINO INT8 with NNCF accuracy control: largest allowed top-1 drop on the validation "
+        "split (a fraction: 0.01 = one point); unset: plain post-training quantization.",
+    )
+    max_batch: int = Field(64, ge=1, description="Largest batch of TensorRT's dynamic-batch profile.")
+    parity: ParityConfig = ParityConfig()
+
+    @model_validator(mode="after")
+    def _check_precisions(self) -> ExportConfig:
+        for format_name, precisions in self.targets.items():
+            allowed = FORMAT_PRECISIONS[format_name]
+            for index, precision in enumerate(precisions):
+                if precision not in allowed:
+                    raise ValueError(
+                        f"targets.{format_name}.{index}: {precision} is not written by the {format_name} "
+                        f"exporter (allowed: {', '.join(allowed)})"
+                    )
+            if len(set(precisions)) != len(precisions):
+                raise ValueError(f"targets.{format_name}: {precisions} names a precision twice")
+        return self
+
+
+class BenchmarkConfig(Section):
+    """Latency and accuracy of the PyTorch student and of every exported artifact."""
+
+    enabled: bool = Field(True, description="Measure latency (accuracy of the artifacts is always measured).")
+    batches: list[Annotated[int, Field(ge=1)]] = Field([1], min_length=1, description="Batch sizes timed.")
+    threads: int | None = Field(
+        None, ge=1, description="Inference threads of every backend (recorded); unset: all cores."
+    )
+    warmup_iters: int = Field(10, ge=0, description="Untimed runs before timing, at least this many...")
+    warmup_s: float = Field(0.5, ge=0, description="...and for at least this long.")
+    min_iters: int = Field(50, ge=1, description="Timed runs per batch size, at least this many...")
+    min_time_s: float = Field(2.0, ge=0, description="...and for at least this long.")
+
+
 # ---------------------------------------------------------------------------------------- the run
 class ReportConfig(Section):
     plots: bool = Field(True, description="Draw the report's plots (matplotlib, PNG).")
+    loss_curves: bool = Field(
+        True,
+        description="Plot every student's per-epoch training and validation cross-entropy, so methods with and "
+        "without a distillation term compare on the same loss (SKD paper, Fig. 5).",
+    )
+    embedding: bool = Field(
+        False,
+        description="Plot a 2-D t-SNE of the penultimate features on the test split of the main student and "
+        "of `scratch` when it is a baseline (SKD paper, Fig. 6).",
+    )
+    embedding_points: int = Field(1000, ge=10, description="Test images in the embedding plot, at most.")
 
 
 # The `distill:` section has one options block per registered method, so the schema shows them all.
@@ -220,6 +311,12 @@ class Recipe(Section):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: the run folder is output_dir/name."
     )
     seed: int = Field(0, description="Seeds initialization, data order and augmentation.")
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="Train every student once per seed and report mean ± std (the teacher is trained "
+        "once, with `seed`; the data split stays fixed by data.split_seed). Unset: just `seed`.",
+    )
     output_dir: Path = Path("runs")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="'auto' uses a CUDA GPU when one is present."
@@ -229,11 +326,23 @@ class Recipe(Section):
     student: StudentConfig
     distill: DistillConfig = DistillConfig()  # type: ignore[valid-type]
     train: TrainConfig = Field(TrainConfig(), description="How the students are trained.")
+    export: ExportConfig = ExportConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
     report: ReportConfig = ReportConfig()
 
     @property
     def run_dir(self) -> Path:
         return self.output_dir / self.name
+
+    @property
+    def student_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds else [self.seed]
+
+    @model_validator(mode="after")
+    def _check_seeds(self) -> Recipe:
+        if self.seeds and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: {self.seeds} names a seed twice")
+        return self
 
 
 # ------------------------------------------------------------------------------------------ loading

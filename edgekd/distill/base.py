@@ -22,6 +22,8 @@ class DistillContext:
     num_classes: int
     # Column of the teacher's logits for each of the student's classes (identity unless a class subset).
     teacher_class_ids: tuple[int, ...]
+    # (channels, height, width) of one input image: feature methods size their connectors with a dry pass.
+    input_shape: tuple[int, int, int] | None = None
 
 
 class Distiller(nn.Module):

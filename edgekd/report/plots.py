@@ -59,3 +59,78 @@ def training_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> P
         ax.grid(True, alpha=0.3)
         ax.legend()
     return _save(fig, path)
+
+
+def accuracy_vs_latency(metrics: dict[str, Any], path: Path) -> Path | None:
+    """Test accuracy against batch-1 (or smallest batch) p50 latency, one marker per backend and precision."""
+    points = []
+    for record in metrics.get("artifacts", []):
+        timings = (record.get("latency") or {}).get("batches") or []
+        if timings and record.get("test_acc") is not None:
+            points.append((record, timings[0]))
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    markers = {"pytorch": "s", "onnx": "o", "openvino": "D", "tensorrt": "^"}
+    for record, timing in points:
+        ax.scatter(
+            timing["p50_ms"], record["test_acc"], marker=markers.get(record["format"], "o"), s=50, zorder=3
+        )
+        ax.annotate(
+            record["name"],
+            (timing["p50_ms"], record["test_acc"]),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=9,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel(f"p50 latency at batch {points[0][1]['batch']} (ms, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{metrics['run']['name']}: accuracy against latency per backend")
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def loss_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
+    """Unweighted training cross-entropy and validation cross-entropy per epoch of every student.
+
+    The gap between the two curves is what a distillation term is meant to shrink; plotting the same
+    loss for every method keeps them comparable (a method's own CE term may be scaled).
+    """
+    students = {name: rows for name, rows in histories.items() if name != "teacher" and rows}
+    if not students or not all("train_task_loss" in rows[0] for rows in students.values()):
+        return None
+    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for name, rows in students.items():
+        epochs = [row["epoch"] for row in rows]
+        train_ax.plot(epochs, [row["train_task_loss"] for row in rows], label=name)
+        val_ax.plot(epochs, [row["val_loss"] for row in rows], label=name)
+    train_ax.set(
+        xlabel="epoch", ylabel="cross-entropy", title="training CE (no distillation term)", yscale="log"
+    )
+    val_ax.set(xlabel="epoch", title="validation CE")
+    for ax in (train_ax, val_ax):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def embedding_tsne(
+    embeddings: dict[str, tuple[Any, Any]], class_names: list[str], seed: int, path: Path
+) -> Path:
+    """One t-SNE panel per model: penultimate features of the same test images, coloured by class."""
+    from sklearn.manifold import TSNE
+
+    fig, axes = plt.subplots(1, len(embeddings), figsize=(5.2 * len(embeddings), 4.6), squeeze=False)
+    for ax, (name, (features, labels)) in zip(axes[0], embeddings.items(), strict=True):
+        perplexity = float(min(30, max(2, (len(features) - 1) // 3)))
+        points = TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity).fit_transform(
+            features
+        )
+        scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab20", s=8)
+        ax.set_title(f"{name}: t-SNE of penultimate features")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = scatter.legend_elements()[0]
+    fig.legend(handles, class_names[: len(handles)], loc="center right", fontsize=8, title="class")
+    return _save(fig, path)

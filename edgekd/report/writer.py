@@ -10,11 +10,24 @@ from typing import Any
 from edgekd.fileio import write_text
 from edgekd.recipe import Recipe
 from edgekd.report import plots
-from edgekd.report.tables import SUMMARY_COLUMNS, human_count, markdown_table, summary_rows
+from edgekd.report.tables import (
+    ARTIFACT_COLUMNS,
+    BENCH_CSV_COLUMNS,
+    SUMMARY_COLUMNS,
+    artifact_rows,
+    bench_csv_rows,
+    human_count,
+    markdown_table,
+    summary_rows,
+)
 
 HISTORY_CSV = "history.csv"
 ACCURACY_PLOT = "accuracy_vs_params.png"
 CURVES_PLOT = "training_curves.png"
+LATENCY_PLOT = "accuracy_vs_latency.png"
+BENCH_CSV = "bench.csv"
+LOSS_PLOT = "loss_curves.png"
+EMBEDDING_PLOT = "embedding_tsne.png"
 
 
 def history_csv(histories: dict[str, list[dict[str, Any]]]) -> str:
@@ -31,6 +44,14 @@ def history_csv(histories: dict[str, list[dict[str, Any]]]) -> str:
     for name, rows in histories.items():
         for row in rows:
             writer.writerow({"model": name, **row})
+    return out.getvalue()
+
+
+def bench_csv(metrics: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=BENCH_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(bench_csv_rows(metrics))
     return out.getvalue()
 
 
@@ -63,24 +84,64 @@ def report_markdown(recipe: Recipe, metrics: dict[str, Any], plot_files: list[st
             + ", ".join(f"{r['name']} {r['extra_training_params']:,}" for r in extra),
             "",
         ]
+    lines += artifact_section(metrics)
     for name in plot_files:
         lines += [f"![{name}]({name})", ""]
     lines += [
-        "Files: `metrics.json` (all numbers), `history.csv` (per-epoch), `recipe.yaml` (resolved recipe), "
-        "`models/` (weights), `train/` (resumable training state).",
+        "Files: `metrics.json` (all numbers), `history.csv` (per-epoch), `bench.csv` (per artifact and batch), "
+        "`recipe.yaml` (resolved recipe), `models/` (weights), `artifacts/` (deployables), "
+        "`train/` (resumable training state).",
         "",
     ]
     return "\n".join(lines)
 
 
+def artifact_section(metrics: dict[str, Any]) -> list[str]:
+    artifacts = metrics.get("artifacts") or []
+    if not artifacts:
+        return []
+    env = metrics.get("bench_environment") or {}
+    lines = [
+        "## Deployment artifacts",
+        "",
+        markdown_table(ARTIFACT_COLUMNS, artifact_rows(metrics)),
+        "",
+        "Parity: every artifact and the PyTorch student ran on the same validation images (max absolute logit "
+        "difference, top-1 agreement). Accuracy: top-1 on the test split through the artifact's own runtime; "
+        "drop against the PyTorch student. Latency: cold start = load + first inference; p50/p90/p99 over "
+        "timed runs after warm-up; img/s measured at that batch size.",
+        "",
+    ]
+    if env:
+        lines += [f"Measured on: {env.get('cpu', '?')}, threads {env.get('threads', 'default')}.", ""]
+    for record in artifacts:
+        command = record.get("details", {}).get("trtexec")
+        if command:
+            lines += [f"`{record['name']}`: {record['status']}:", "", "```", command, "```", ""]
+    return lines
+
+
 def write_report(
-    run_dir: Path, recipe: Recipe, metrics: dict[str, Any], histories: dict[str, list[dict]]
+    run_dir: Path,
+    recipe: Recipe,
+    metrics: dict[str, Any],
+    histories: dict[str, list[dict]],
+    embeddings: dict[str, tuple[Any, Any]] | None = None,
 ) -> Path:
     run_dir = Path(run_dir)
     write_text(run_dir / HISTORY_CSV, history_csv(histories))
+    write_text(run_dir / BENCH_CSV, bench_csv(metrics))
     plot_files = []
     if recipe.report.plots:
         plots.accuracy_vs_params(metrics, run_dir / ACCURACY_PLOT)
         plots.training_curves(histories, run_dir / CURVES_PLOT)
         plot_files = [ACCURACY_PLOT, CURVES_PLOT]
+        if plots.accuracy_vs_latency(metrics, run_dir / LATENCY_PLOT) is not None:
+            plot_files.append(LATENCY_PLOT)
+        if recipe.report.loss_curves and plots.loss_curves(histories, run_dir / LOSS_PLOT) is not None:
+            plot_files.append(LOSS_PLOT)
+        if embeddings:
+            class_names = metrics["data"]["student"]["class_names"]
+            plots.embedding_tsne(embeddings, class_names, recipe.seed, run_dir / EMBEDDING_PLOT)
+            plot_files.append(EMBEDDING_PLOT)
     return write_text(run_dir / "report.md", report_markdown(recipe, metrics, plot_files))

@@ -129,12 +129,14 @@ class Trainer:
         self.distiller.train()
         started = time.perf_counter()
         sums: dict[str, float] = {}
-        correct, seen = 0, 0
+        correct, seen, task_loss = 0, 0, 0.0
         for images, labels in self.data.train_loader(epoch_seed(self.seed, epoch)):
             images, labels = images.to(self.device), labels.to(self.device)
             logits, terms = self.distiller.forward_train(images, labels)
             loss = self._step(terms, epoch)
             batch = labels.numel()
+            # The unweighted cross-entropy, comparable across methods (a method's own CE term may be scaled).
+            task_loss += F.cross_entropy(logits.detach(), labels, reduction="sum").item()
             for name, value in {"loss": loss, **terms}.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().item() * batch
             correct += (logits.detach().argmax(1) == labels).sum().item()
@@ -147,6 +149,7 @@ class Trainer:
         self.train_time_s += time.perf_counter() - started
         row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v / seen for k, v in sums.items()}}
         row.update(
+            train_task_loss=task_loss / seen,
             train_acc=100.0 * correct / seen,
             val_acc=val_acc,
             val_loss=val_loss,
@@ -173,7 +176,11 @@ class Trainer:
     def _end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         self.history.append(row)
         if self._is_better(row):
-            self.best_val_acc, self.best_val_loss, self.best_epoch = row["val_acc"], row["val_loss"], epoch + 1
+            self.best_val_acc, self.best_val_loss, self.best_epoch = (
+                row["val_acc"],
+                row["val_loss"],
+                epoch + 1,
+            )
             if is_main_process():
                 save_checkpoint(self.distiller.student.state_dict(), self.out_dir / BEST)
         if is_main_process():

@@ -12,6 +12,9 @@ import numpy as np
 
 from edgekd.errors import EdgekdError
 
+# The precisions an exported artifact can hold (as the exporters name them).
+ARTIFACT_PRECISIONS = ("fp32", "fp16", "int8")
+
 
 class Runner(ABC):
     """Runs a classifier on one backend: ``load()`` once, then ``run(images)`` synchronously, many times.
@@ -23,6 +26,8 @@ class Runner(ABC):
     """
 
     backend: str = ""
+    # What the model holds (fp32, fp16, int8); None where the runner cannot know it.
+    precision: str | None = None
 
     def __init__(self, threads: int | None = None, device: str = "cpu"):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -53,7 +58,12 @@ class Runner(ABC):
 
     def describe(self) -> dict[str, Any]:
         """What this runner runs on and how it is configured; backends add their own keys."""
-        return {"backend": self.backend, "device": self.device, "threads": self.threads}
+        return {
+            "backend": self.backend,
+            "device": self.device,
+            "threads": self.threads,
+            "precision": self.precision,
+        }
 
 
 def import_backend(module: str, package: str, purpose: str) -> ModuleType:
@@ -66,17 +76,25 @@ def import_backend(module: str, package: str, purpose: str) -> ModuleType:
         ) from None
 
 
-def first_line(error: BaseException) -> str:
+def first_line(error: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an exception's message: backends write long multi-line messages."""
     for line in str(error).splitlines():
-        if line.strip():
-            return line.strip()
+        line = line.strip()
+        if line:
+            return line if len(line) <= limit else line[: limit - 3] + "..."
     return type(error).__name__
 
 
 def as_float32_batch(images: np.ndarray) -> np.ndarray:
     """A C-contiguous float32 view (a copy only when needed) that backends can read without converting."""
     return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def check_precision(precision: str | None) -> str | None:
+    """An artifact precision as edgekd names them, or None for 'not known'."""
+    if precision is not None and precision not in ARTIFACT_PRECISIONS:
+        raise EdgekdError(f"precision: got {precision!r}; allowed: {', '.join(ARTIFACT_PRECISIONS)}")
+    return precision
 
 
 def existing_file(path: str | Path, what: str) -> Path:

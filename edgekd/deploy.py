@@ -1,0 +1,326 @@
+"""The deployment stages of `edgekd build`: export the main student, check every artifact, measure it.
+
+Export writes each artifact the recipe asks for; the parity gate runs every artifact and the PyTorch student
+on the same real validation images; accuracy runs each artifact on the whole validation and test splits
+through its own runner; the latency harness times the PyTorch student and each artifact on one machine with
+one thread count. Everything lands in one record per artifact, which the report turns into tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.bench import (
+    LatencyConfig,
+    ParityTolerance,
+    Runner,
+    TorchRunner,
+    check_parity,
+    measure_latency,
+    runner_for,
+)
+from edgekd.data import DataBundle
+from edgekd.errors import CheckFailed
+from edgekd.exporters import Artifact, ExportOptions, ModelIO, get_exporter, trtexec_command
+from edgekd.recipe import BenchmarkConfig, ExportConfig, ParityConfig
+
+ARTIFACTS_DIR = "artifacts"
+# Order matters: the FP32 ONNX is exported first so that TensorRT can be built from it.
+FORMAT_ORDER = ("onnx", "openvino", "tensorrt")
+PRECISION_ORDER = ("fp32", "fp16", "int8")
+
+
+class ParityFailure(CheckFailed):
+    """An artifact computes something else than the PyTorch student: the build fails (exit code 1)."""
+
+
+@dataclass
+class EvalData:
+    """Real images, already normalized, as the deployed model is fed them."""
+
+    calibration: np.ndarray
+    parity_images: np.ndarray
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class ArtifactRecord:
+    """Everything measured about one deployable model (the PyTorch student included)."""
+
+    name: str
+    format: str
+    precision: str
+    path: str | None
+    size_bytes: int | None
+    status: str  # "ok", "parity failed", or "not built: <why>"
+    val_acc: float | None = None
+    test_acc: float | None = None
+    test_acc_drop: float | None = None
+    parity: dict[str, Any] | None = None
+    latency: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items()}
+
+
+# ------------------------------------------------------------------------------------------------ data
+def model_io(data: DataBundle) -> ModelIO:
+    spec = data.input_spec
+    return ModelIO(spec.channels, spec.height, spec.width, spec.mean, spec.std, tuple(data.class_names))
+
+
+def split_arrays(data: DataBundle, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A split's images (no augmentation, fixed order) and labels as float32/int64 arrays."""
+    images, labels, count = [], [], 0
+    for batch_images, batch_labels in data.eval_loader(split):
+        images.append(batch_images.numpy())
+        labels.append(batch_labels.numpy())
+        count += len(batch_labels)
+        if limit is not None and count >= limit:
+            break
+    stacked_images = np.concatenate(images).astype(np.float32)
+    stacked_labels = np.concatenate(labels).astype(np.int64)
+    return stacked_images[:limit], stacked_labels[:limit]
+
+
+def evaluation_data(data: DataBundle, export: ExportConfig) -> EvalData:
+    calibration, _ = split_arrays(data, "train", export.calibration_images)
+    val = split_arrays(data, "val")
+    return EvalData(calibration, val[0][: export.parity.images], val, split_arrays(data, "test"))
+
+
+# ----------------------------------------------------------------------------------------------- export
+def export_targets(export: ExportConfig) -> list[tuple[str, str]]:
+    targets = [
+        (format_name, precision)
+        for format_name in FORMAT_ORDER
+        for precision in PRECISION_ORDER
+        if precision in export.targets.get(format_name, [])
+    ]
+    # TensorRT builds from the FP32 ONNX (and INT8 from the Q/DQ ONNX); export them even when not asked for.
+    return targets
+
+
+def export_options(export: ExportConfig) -> ExportOptions:
+    return ExportOptions(
+        opset=export.opset,
+        max_batch=export.max_batch,
+        calibration_size=export.calibration_images,
+        calibration_method=export.calibration_method,
+        int8_max_drop=export.int8_max_drop,
+    )
+
+
+def export_all(
+    student: nn.Module, io: ModelIO, export: ExportConfig, evaluation: EvalData, out_dir: Path, stem: str
+) -> tuple[list[Artifact], list[ArtifactRecord]]:
+    """Write every artifact; TensorRT targets that cannot be built here become 'not built' records."""
+    built: list[Artifact] = []
+    not_built: list[ArtifactRecord] = []
+    onnx_by_precision: dict[str, Artifact] = {}
+    options = export_options(export)
+    for format_name, precision in export_targets(export):
+        if format_name == "tensorrt" and not tensorrt_available():
+            not_built.append(tensorrt_not_built(precision, out_dir, stem, io, options))
+            continue
+        artifact = get_exporter(format_name).export(
+            student,
+            io,
+            precision,
+            out_dir,
+            options=options,
+            calibration=evaluation.calibration if precision == "int8" else None,
+            validation=evaluation.val if precision == "int8" else None,
+            onnx_fp32=onnx_by_precision.get("fp32"),
+            stem=stem,
+        )
+        if format_name == "onnx":
+            onnx_by_precision[precision] = artifact
+        built.append(artifact)
+    return built, not_built
+
+
+def tensorrt_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+def tensorrt_not_built(
+    precision: str, out_dir: Path, stem: str, io: ModelIO, options: ExportOptions
+) -> ArtifactRecord:
+    onnx_path = out_dir / f"{stem}_onnx_{'int8' if precision == 'int8' else 'fp32'}.onnx"
+    engine_path = out_dir / f"{stem}_tensorrt_{precision}.engine"
+    command = trtexec_command(onnx_path, engine_path, precision, io, options)
+    return ArtifactRecord(
+        name=f"tensorrt {precision}",
+        format="tensorrt",
+        precision=precision,
+        path=None,
+        size_bytes=None,
+        status="not built: needs TensorRT and a CUDA GPU (build it on the target with the trtexec command)",
+        details={"trtexec": command},
+    )
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def logits_of(runner: Runner, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    return np.concatenate(
+        [runner.run(images[start : start + batch]) for start in range(0, len(images), batch)]
+    )
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return round(100.0 * float((logits.argmax(1) == labels).mean()), 4)
+
+
+def tolerance_for(precision: str, parity: ParityConfig) -> ParityTolerance:
+    if precision == "fp32":
+        return ParityTolerance(max_abs=parity.fp32_max_abs, min_top1=None)
+    if precision == "fp16":
+        return ParityTolerance(max_abs=parity.fp16_max_abs, min_top1=parity.fp16_min_top1)
+    return ParityTolerance(max_abs=None, min_top1=parity.int8_min_top1)
+
+
+def artifact_runner(artifact: Artifact, threads: int | None) -> Runner:
+    options: dict[str, Any] = {"threads": threads}
+    if artifact.format == "openvino":
+        options["precision"] = artifact.precision
+    return runner_for(artifact.path, **options)
+
+
+def check_artifact(
+    artifact: Artifact,
+    runner: Runner,
+    reference: dict[str, np.ndarray],
+    evaluation: EvalData,
+    parity: ParityConfig,
+    student_test_acc: float,
+) -> ArtifactRecord:
+    """Parity on the parity images, then accuracy on val and test, through the artifact's own runner."""
+    runner.load()
+    outputs = logits_of(runner, evaluation.parity_images)
+    result = check_parity(
+        reference["parity"], outputs, artifact.precision, tolerance_for(artifact.precision, parity)
+    )
+    test_acc = accuracy(logits_of(runner, evaluation.test[0]), evaluation.test[1])
+    drop = round(student_test_acc - test_acc, 4)
+    failure = result.failure
+    if failure is None and artifact.precision == "int8" and drop > parity.int8_max_acc_drop:
+        failure = f"test accuracy drop {drop:.2f} pt > int8_max_acc_drop {parity.int8_max_acc_drop:.2f} pt"
+    return ArtifactRecord(
+        name=f"{artifact.format} {artifact.precision}",
+        format=artifact.format,
+        precision=artifact.precision,
+        path=str(artifact.path),
+        size_bytes=artifact.size_bytes,
+        status="ok" if failure is None else "parity failed",
+        val_acc=accuracy(logits_of(runner, evaluation.val[0]), evaluation.val[1]),
+        test_acc=test_acc,
+        test_acc_drop=drop,
+        parity={**result.to_dict(), "failure": failure},
+        details=dict(artifact.details),
+    )
+
+
+def pytorch_record(
+    student: nn.Module, runner: TorchRunner, evaluation: EvalData, params: int
+) -> ArtifactRecord:
+    runner.load()
+    return ArtifactRecord(
+        name="pytorch fp32",
+        format="pytorch",
+        precision="fp32",
+        path=None,
+        size_bytes=params * 4,
+        status="ok",
+        val_acc=accuracy(logits_of(runner, evaluation.val[0]), evaluation.val[1]),
+        test_acc=accuracy(logits_of(runner, evaluation.test[0]), evaluation.test[1]),
+        test_acc_drop=0.0,
+    )
+
+
+# --------------------------------------------------------------------------------------------- latency
+def latency_config(bench: BenchmarkConfig) -> LatencyConfig:
+    return LatencyConfig(
+        batches=tuple(bench.batches),
+        threads=bench.threads,
+        warmup_iters=bench.warmup_iters,
+        warmup_s=bench.warmup_s,
+        min_iters=bench.min_iters,
+        min_time_s=bench.min_time_s,
+    )
+
+
+def time_runners(
+    runners: Iterable[tuple[ArtifactRecord, Callable[[], Runner]]],
+    io: ModelIO,
+    bench: BenchmarkConfig,
+    progress,
+) -> None:
+    config = latency_config(bench)
+    for record, make_runner in runners:
+        if progress is not None:
+            progress(record.name)
+        record.latency = measure_latency(make_runner(), io.image_shape, config).to_dict()
+
+
+# ----------------------------------------------------------------------------------------------- stage
+def deploy(
+    student: nn.Module,
+    params: int,
+    data: DataBundle,
+    export: ExportConfig,
+    bench: BenchmarkConfig,
+    out_dir: Path,
+    stem: str,
+    say=None,
+) -> list[dict[str, Any]]:
+    """Export, check and measure the main student; returns one record per deployable model.
+
+    Raises ParityFailure (after the records are complete) when an artifact is outside its tolerance.
+    """
+    student = student.to("cpu").eval()
+    io = model_io(data)
+    evaluation = evaluation_data(data, export)
+    torch_runner = TorchRunner(student, threads=bench.threads)
+    records = [pytorch_record(student, torch_runner, evaluation, params)]
+    reference = {"parity": logits_of(torch_runner, evaluation.parity_images)}
+    artifacts, not_built = export_all(student, io, export, evaluation, out_dir, stem)
+    timed: list[tuple[ArtifactRecord, Any]] = [
+        (records[0], lambda: TorchRunner(student, threads=bench.threads))
+    ]
+    for artifact in artifacts:
+        if say is not None:
+            say(f"checking {artifact.format} {artifact.precision}")
+        record = check_artifact(
+            artifact,
+            artifact_runner(artifact, bench.threads),
+            reference,
+            evaluation,
+            export.parity,
+            records[0].test_acc or 0.0,
+        )
+        records.append(record)
+        timed.append((record, lambda artifact=artifact: artifact_runner(artifact, bench.threads)))
+    records += not_built
+    if bench.enabled:
+        time_runners(timed, io, bench, say)
+    return [record.to_dict() for record in records]
+
+
+def parity_failures(records: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"{record['name']} ({record['path']}): {record['parity']['failure']}"
+        for record in records
+        if record["status"] == "parity failed"
+    ]

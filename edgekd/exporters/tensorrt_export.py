@@ -1,0 +1,2 @@
+def trtexec_command(*a):
+    return ""

@@ -1,0 +1,194 @@
+"""`edgekd export` and `edgekd bench` outside a build: on a run folder, a checkpoint, or any artifact file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from edgekd.errors import EdgekdError
+from edgekd.fileio import write_json
+from edgekd.recipe import FORMAT_PRECISIONS, BenchmarkConfig, ExportConfig, Recipe, load_recipe
+
+RUN_RECIPE = "recipe.yaml"
+RUN_METRICS = "metrics.json"
+
+
+# ----------------------------------------------------------------------------------------------- export
+def export_targets(formats: tuple[str, ...], precisions: tuple[str, ...]) -> dict[str, list[str]]:
+    """Each format with the asked precisions it writes; a precision no asked format writes is an error."""
+    targets = {fmt: [p for p in precisions if p in FORMAT_PRECISIONS[fmt]] for fmt in dict.fromkeys(formats)}
+    for precision in precisions:
+        if not any(precision in chosen for chosen in targets.values()):
+            writers = [fmt for fmt, allowed in FORMAT_PRECISIONS.items() if precision in allowed]
+            raise EdgekdError(
+                f"--precision: {precision} is not written by {', '.join(targets)} "
+                f"(formats that write it: {', '.join(writers)})"
+            )
+    return {fmt: chosen for fmt, chosen in targets.items() if chosen}
+
+
+def load_source(
+    source: Path,
+    recipe_path: Path | None,
+    model: str | None,
+    model_args: tuple[str, ...],
+    overrides: tuple[str, ...],
+) -> tuple[Recipe, nn.Module, str, int]:
+    """The recipe, the student with its weights, a file stem, and the student's parameter count."""
+    if source.is_dir():
+        return _load_run(source, overrides)
+    if source.suffix != ".pt" or not source.is_file():
+        raise EdgekdError(
+            f"SOURCE: '{source}' is neither a run folder (with {RUN_RECIPE}) nor a .pt checkpoint"
+        )
+    if recipe_path is None:
+        raise EdgekdError(
+            f"--recipe: required for a .pt SOURCE ('{source}'): it gives the data and input shape"
+        )
+    return _load_checkpoint(source, load_recipe(recipe_path, overrides), model, model_args)
+
+
+def _load_run(run_dir: Path, overrides: tuple[str, ...]) -> tuple[Recipe, nn.Module, str, int]:
+    from edgekd.models import create_model
+    from edgekd.train.checkpoint import load_weights
+
+    for name in (RUN_RECIPE, RUN_METRICS):
+        if not (run_dir / name).is_file():
+            raise EdgekdError(f"SOURCE: '{run_dir}' has no {name}; give a finished edgekd run folder")
+    recipe = load_recipe(run_dir / RUN_RECIPE, overrides)
+    metrics = json.loads((run_dir / RUN_METRICS).read_text())
+    main = next(record for record in metrics["models"] if record.get("is_main"))
+    student = create_model(main["arch"], _num_classes(metrics), _channels(metrics), **main["model_args"])
+    load_weights(student, Path(main["checkpoint"]), "student checkpoint", main["arch"])
+    return recipe, student, main["name"], main["params"]
+
+
+def _num_classes(metrics: dict[str, Any]) -> int:
+    return metrics["data"]["student"]["num_classes"]
+
+
+def _channels(metrics: dict[str, Any]) -> int:
+    return metrics["data"]["student"]["input_spec"]["channels"]
+
+
+def _load_checkpoint(
+    checkpoint: Path, recipe: Recipe, model: str | None, model_args: tuple[str, ...]
+) -> tuple[Recipe, nn.Module, str, int]:
+    import yaml
+
+    from edgekd.data import build_data
+    from edgekd.models import count_params, create_model
+    from edgekd.pipeline import choose_student
+    from edgekd.train.checkpoint import load_weights
+
+    data = build_data(recipe.data, subset=True)
+    if model is None:
+        choice = choose_student(recipe, data)
+        model, args = choice.arch, choice.model_args
+    else:
+        args = {}
+        for item in model_args:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise EdgekdError(f"--model-arg: {item!r} is not allowed; give KEY=VALUE, e.g. width=8")
+            args[key.strip()] = yaml.safe_load(value)
+    student = create_model(model, data.num_classes, data.input_spec.channels, **args)
+    load_weights(student, checkpoint, "SOURCE", model)
+    return recipe, student, checkpoint.stem, count_params(student)
+
+
+def export_source(
+    source: Path,
+    formats: tuple[str, ...],
+    precisions: tuple[str, ...],
+    recipe_path: Path | None,
+    model: str | None,
+    model_args: tuple[str, ...],
+    output: Path | None,
+    overrides: tuple[str, ...],
+    say=None,
+) -> list[dict[str, Any]]:
+    from edgekd.data import build_data
+    from edgekd.deploy import ARTIFACTS_DIR, ParityFailure, deploy, parity_failures
+
+    targets = export_targets(formats, precisions)
+    recipe, student, stem, params = load_source(source, recipe_path, model, model_args, overrides)
+    export = ExportConfig(**{**recipe.export.model_dump(), "targets": targets})
+    if output is None:
+        output = source / ARTIFACTS_DIR if source.is_dir() else source.parent
+    data = build_data(recipe.data, subset=True)
+    records = deploy(student, params, data, export, BenchmarkConfig(enabled=False), output, stem, say=say)
+    failures = parity_failures(records)
+    if failures:
+        raise ParityFailure(f"parity: {len(failures)} artifact(s) outside tolerance: " + "; ".join(failures))
+    return records
+
+
+# ------------------------------------------------------------------------------------------------ bench
+def parse_shape(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        raise EdgekdError(f"--shape: {text!r} is not allowed; give C,H,W as three positive whole numbers")
+    channels, height, width = (int(part) for part in parts)
+    return channels, height, width
+
+
+def artifact_shape(path: Path, shape: str | None) -> tuple[int, int, int]:
+    """The input image shape: --shape when given, else the edgekd metadata stored in the artifact."""
+    if shape is not None:
+        return parse_shape(shape)
+    from edgekd.exporters import read_model_io
+
+    io = read_model_io(path)
+    if io is None:
+        raise EdgekdError(f"--shape: '{path}' carries no edgekd metadata; give the input shape as C,H,W")
+    return io.image_shape
+
+
+def bench_artifact(
+    path: Path,
+    backend: str | None,
+    batches: tuple[int, ...],
+    threads: int | None,
+    shape: str | None,
+    timing: tuple[int, float, int, float],
+    json_path: Path | None,
+) -> dict[str, Any]:
+    from edgekd.bench import LatencyConfig, environment_record, measure_latency, runner_for
+
+    runner = runner_for(path, backend, threads=threads)
+    image_shape = artifact_shape(path, shape)
+    warmup_iters, warmup_s, min_iters, min_time_s = timing
+    config = LatencyConfig(
+        batches=tuple(dict.fromkeys(batches)),
+        threads=threads,
+        warmup_iters=warmup_iters,
+        warmup_s=warmup_s,
+        min_iters=min_iters,
+        min_time_s=min_time_s,
+    )
+    latency = measure_latency(runner, image_shape, config).to_dict()
+    result = {
+        "artifact": str(path),
+        "input_shape": list(image_shape),
+        "runner": runner.describe(),
+        "latency": latency,
+        "environment": environment_record(),
+    }
+    if json_path is not None:
+        write_json(json_path, _jsonable(result))
+    return result
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

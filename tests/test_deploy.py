@@ -1,0 +1,165 @@
+"""The deployment stage end to end: export from a real build, the parity gate, and the standalone commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from edgekd.deploy import check_artifact, logits_of
+from edgekd.exporters import Artifact
+from edgekd.recipe import ParityConfig
+
+pytestmark = pytest.mark.slow
+
+EXPORT = {"targets": {"onnx": ["fp32", "int8"], "openvino": ["fp32", "fp16", "int8"]}, "calibration_images": 64}
+FAST_BENCH = {"batches": [1, 4], "threads": 1, "warmup_iters": 2, "warmup_s": 0.0, "min_iters": 5, "min_time_s": 0.0}
+
+
+@pytest.fixture(scope="module")
+def built_run(tmp_path_factory):
+    """One real quick build with every CPU artifact, shared by the tests of this module."""
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+    from tests.conftest import TINY_RECIPE
+
+    root = tmp_path_factory.mktemp("deploy")
+    recipe = {**TINY_RECIPE, "output_dir": str(root / "runs"), "export": EXPORT, "benchmark": FAST_BENCH}
+    recipe["distill"] = {"method": "kd"}
+    path = root / "tiny.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(main, ["build", str(path), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return root / "runs" / "tiny", result.output, path
+
+
+def test_build_writes_checked_and_timed_artifacts(built_run):
+    run_dir, output, _ = built_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    names = [record["name"] for record in metrics["artifacts"]]
+    assert names == ["pytorch fp32", "onnx fp32", "onnx int8", "openvino fp32", "openvino fp16", "openvino int8"]
+    for record in metrics["artifacts"]:
+        assert record["status"] == "ok", record
+        assert [timing["batch"] for timing in record["latency"]["batches"]] == [1, 4]
+        if record["format"] != "pytorch":
+            assert record["parity"]["failure"] is None
+            assert record["parity"]["top1_agreement"] >= 0.95
+    fp32 = metrics["artifacts"][1]
+    assert fp32["parity"]["max_abs"] < 1e-3 and fp32["test_acc_drop"] == 0.0
+    assert "deployment artifacts" in output and "openvino int8" in output
+    csv_lines = (run_dir / "bench.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + 6 * 2  # header + (artifacts x batch sizes)
+    report = (run_dir / "report.md").read_text()
+    assert "## Deployment artifacts" in report and "accuracy_vs_latency.png" in report
+    assert (run_dir / "accuracy_vs_latency.png").is_file()
+
+
+def test_artifacts_open_outside_edgekd(built_run):
+    run_dir, _, _ = built_run
+    onnx_files = sorted((run_dir / "artifacts").glob("*.onnx"))
+    assert len(onnx_files) == 2
+    for path in onnx_files:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        shape = session.get_inputs()[0].shape
+        assert shape[0] not in (1, 2)  # the batch dimension is dynamic
+        out = session.run(None, {session.get_inputs()[0].name: np.zeros((3, 1, 8, 8), np.float32)})[0]
+        assert out.shape == (3, 10)
+    xml = run_dir / "artifacts" / "kd_openvino_fp32.xml"
+    benchmark_app = subprocess.run(
+        ["benchmark_app", "-m", str(xml), "-hint", "latency", "-t", "1", "-shape", "[1,1,8,8]"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert benchmark_app.returncode == 0, benchmark_app.stdout[-2000:] + benchmark_app.stderr[-2000:]
+    assert "Median" in benchmark_app.stdout
+
+
+def _tampered_copy(artifact_path, tmp_path):
+    """The same ONNX with one weight tensor's sign flipped: a real, silent disagreement."""
+    model = onnx.load(str(artifact_path))
+    largest = max(model.graph.initializer, key=lambda tensor: np.prod(tensor.dims))
+    values = numpy_helper.to_array(largest)
+    largest.CopyFrom(numpy_helper.from_array(-values, largest.name))
+    path = tmp_path / "tampered.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_parity_gate_catches_a_disagreeing_artifact(built_run, tmp_path):
+    from edgekd.bench import OnnxRuntimeRunner, TorchRunner
+    from edgekd.data import build_data
+    from edgekd.deploy import evaluation_data, model_io
+    from edgekd.models import create_model
+    from edgekd.recipe import load_recipe
+    from edgekd.train.checkpoint import load_weights
+
+    run_dir, _, _ = built_run
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    data = build_data(recipe.data, subset=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    main = next(record for record in metrics["models"] if record.get("is_main"))
+    student = create_model(main["arch"], 10, 1, **main["model_args"])
+    load_weights(student, main["checkpoint"], "student", main["arch"])
+    evaluation = evaluation_data(data, recipe.export)
+    reference = {"parity": logits_of(TorchRunner(student.eval()), evaluation.parity_images)}
+
+    path = _tampered_copy(run_dir / "artifacts" / "kd_onnx_fp32.onnx", tmp_path)
+    artifact = Artifact(path, "onnx", "fp32", model_io(data), path.stat().st_size)
+    record = check_artifact(artifact, OnnxRuntimeRunner(path), reference, evaluation, ParityConfig(), 90.0)
+    assert record.status == "parity failed"
+    assert "max_abs" in record.parity["failure"] and "1.0e-03" in record.parity["failure"].replace("0.001", "1.0e-03")
+
+
+def test_too_strict_tolerance_fails_the_build_with_exit_1(cli, write_recipe):
+    export = {"targets": {"onnx": ["fp32"]}, "parity": {"fp32_max_abs": 1e-12}}
+    path = write_recipe(export=export, benchmark={"enabled": False}, distill={"method": "kd"})
+    result = cli("build", path, "--quiet")
+    assert result.exit_code == 1
+    assert "onnx fp32" in result.output and "fp32_max_abs" in result.output or "max_abs" in result.output
+
+
+def test_standalone_export_and_bench(built_run, cli, tmp_path):
+    run_dir, _, _ = built_run
+    out = tmp_path / "out"
+    result = cli("export", run_dir, "--format", "onnx", "--precision", "fp32", "-o", out)
+    assert result.exit_code == 0, result.output
+    exported = out / "kd_onnx_fp32.onnx"
+    assert exported.is_file()
+    report = tmp_path / "bench.json"
+    args = ["--batch", "1", "--batch", "2", "--min-iters", "3", "--min-time-s", "0", "--warmup-s", "0"]
+    result = cli("bench", exported, *args, "--json", report)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert [timing["batch"] for timing in data["latency"]["batches"]] == [1, 2]
+    assert data["environment"]["cpu"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["export", "missing_run", "--format", "onnx"], "missing_run"),
+        (["export", "RUN", "--format", "onnx", "--precision", "fp16"], "fp16"),
+        (["bench", "missing.onnx"], "missing.onnx"),
+        (["bench", "CORRUPT"], "corrupt.onnx"),
+        (["bench", "ENGINE"], "tensorrt"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(built_run, cli, tmp_path, args, needle):
+    run_dir, _, _ = built_run
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"this is not a protobuf")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\0" * 16)
+    mapping = {"RUN": str(run_dir), "CORRUPT": str(corrupt), "ENGINE": str(engine)}
+    result = cli(*[mapping.get(arg, arg) for arg in args])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().count("\n") == 0 and needle in result.output.lower()
