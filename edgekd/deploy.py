@@ -27,18 +27,20 @@ from edgekd.bench import (
     runner_for,
 )
 from edgekd.data import DataBundle
-from edgekd.errors import CheckFailed
-from edgekd.exporters import Artifact, ExportOptions, ModelIO, get_exporter, trtexec_command
+from edgekd.exporters import (
+    Artifact,
+    ExportOptions,
+    ModelIO,
+    get_exporter,
+    onnx_for_tensorrt,
+    trtexec_command,
+)
 from edgekd.recipe import BenchmarkConfig, ExportConfig, ParityConfig
 
 ARTIFACTS_DIR = "artifacts"
 # Order matters: the FP32 ONNX is exported first so that TensorRT can be built from it.
 FORMAT_ORDER = ("onnx", "openvino", "tensorrt")
 PRECISION_ORDER = ("fp32", "fp16", "int8")
-
-
-class ParityFailure(CheckFailed):
-    """An artifact computes something else than the PyTorch student: the build fails (exit code 1)."""
 
 
 @dataclass
@@ -130,7 +132,10 @@ def export_all(
     options = export_options(export)
     for format_name, precision in export_targets(export):
         if format_name == "tensorrt" and not tensorrt_available():
-            not_built.append(tensorrt_not_built(precision, out_dir, stem, io, options))
+            onnx_fp32 = onnx_by_precision.get("fp32")
+            not_built.append(
+                tensorrt_not_built(student, precision, io, options, evaluation, onnx_fp32, out_dir, stem)
+            )
             continue
         artifact = get_exporter(format_name).export(
             student,
@@ -156,24 +161,44 @@ def tensorrt_available() -> bool:
 
 
 def tensorrt_not_built(
-    precision: str, out_dir: Path, stem: str, io: ModelIO, options: ExportOptions
+    student: nn.Module,
+    precision: str,
+    io: ModelIO,
+    options: ExportOptions,
+    evaluation: EvalData,
+    onnx_fp32: Artifact | None,
+    out_dir: Path,
+    stem: str,
 ) -> ArtifactRecord:
-    onnx_path = out_dir / f"{stem}_onnx_{'int8' if precision == 'int8' else 'fp32'}.onnx"
+    """Where no engine can be built: write the ONNX it is built from and the trtexec command to build it."""
+    source = onnx_for_tensorrt(
+        student,
+        io,
+        precision,
+        out_dir,
+        options=options,
+        calibration=evaluation.calibration if precision == "int8" else None,
+        onnx_fp32=onnx_fp32,
+        stem=stem,
+    )
     engine_path = out_dir / f"{stem}_tensorrt_{precision}.engine"
-    command = trtexec_command(onnx_path, engine_path, precision, io, options)
     return ArtifactRecord(
         name=f"tensorrt {precision}",
         format="tensorrt",
         precision=precision,
         path=None,
         size_bytes=None,
-        status="not built: needs TensorRT and a CUDA GPU (build it on the target with the trtexec command)",
-        details={"trtexec": command},
+        status="not built: needs TensorRT and a CUDA GPU; build it on the target with the trtexec command",
+        details={
+            "trtexec": trtexec_command(source.path, engine_path, precision, io, options),
+            "onnx": str(source.path),
+        },
     )
 
 
 # ------------------------------------------------------------------------------------------ evaluation
 def logits_of(runner: Runner, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    runner.load()  # idempotent
     return np.concatenate(
         [runner.run(images[start : start + batch]) for start in range(0, len(images), batch)]
     )

@@ -6,7 +6,6 @@ folder is touched, so bad input leaves nothing behind.
 
 from __future__ import annotations
 
-import platform
 import random
 import shutil
 import time
@@ -20,8 +19,9 @@ import yaml
 from torch import nn
 
 import edgekd
+from edgekd.bench import ParityError
 from edgekd.data import DataBundle, build_data
-from edgekd.deploy import ARTIFACTS_DIR, ParityFailure, deploy, parity_failures
+from edgekd.deploy import ARTIFACTS_DIR, deploy, parity_failures
 from edgekd.distill import DistillContext, get_method
 from edgekd.errors import EdgekdError
 from edgekd.fileio import write_json, write_text
@@ -323,15 +323,14 @@ def seed_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return record
 
 
-def environment() -> dict[str, Any]:
+def environment(threads: int | None) -> dict[str, Any]:
+    """The machine and library versions every number of the run was measured with."""
+    from edgekd.bench import environment_record
+
     return {
         "edgekd": edgekd.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+        **environment_record(threads).to_dict(),
     }
 
 
@@ -416,7 +415,7 @@ def build(recipe: Recipe, *, resume: bool = False, force: bool = False, progress
             "wall_time_s": round(time.perf_counter() - started, 2),
             "resumed": resume,
         },
-        "environment": environment(),
+        "environment": environment(recipe.benchmark.threads),
         "data": {"teacher": p.teacher_data.summary(), "student": p.student_data.summary()},
         "budget": {"params": budget},
         "student_choice": {
@@ -437,7 +436,7 @@ def build(recipe: Recipe, *, resume: bool = False, force: bool = False, progress
     write_report(run_dir, recipe, metrics, histories, embeddings)
     failures = parity_failures(artifacts)
     if failures:
-        raise ParityFailure(
+        raise ParityError(
             f"parity: {len(failures)} artifact(s) outside tolerance (report written): " + "; ".join(failures)
         )
     return metrics

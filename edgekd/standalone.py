@@ -112,8 +112,9 @@ def export_source(
     overrides: tuple[str, ...],
     say=None,
 ) -> list[dict[str, Any]]:
+    from edgekd.bench import ParityError
     from edgekd.data import build_data
-    from edgekd.deploy import ARTIFACTS_DIR, ParityFailure, deploy, parity_failures
+    from edgekd.deploy import ARTIFACTS_DIR, deploy, parity_failures
 
     targets = export_targets(formats, precisions)
     recipe, student, stem, params = load_source(source, recipe_path, model, model_args, overrides)
@@ -124,7 +125,7 @@ def export_source(
     records = deploy(student, params, data, export, BenchmarkConfig(enabled=False), output, stem, say=say)
     failures = parity_failures(records)
     if failures:
-        raise ParityFailure(f"parity: {len(failures)} artifact(s) outside tolerance: " + "; ".join(failures))
+        raise ParityError(f"parity: {len(failures)} artifact(s) outside tolerance: " + "; ".join(failures))
     return records
 
 
@@ -141,12 +142,11 @@ def artifact_shape(path: Path, shape: str | None) -> tuple[int, int, int]:
     """The input image shape: --shape when given, else the edgekd metadata stored in the artifact."""
     if shape is not None:
         return parse_shape(shape)
-    from edgekd.exporters import read_model_io
+    from edgekd.exporters import ModelIO, read_metadata
 
-    io = read_model_io(path)
-    if io is None:
-        raise EdgekdError(f"--shape: '{path}' carries no edgekd metadata; give the input shape as C,H,W")
-    return io.image_shape
+    if path.suffix not in (".onnx", ".xml"):
+        raise EdgekdError(f"--shape: '{path}' carries no input shape edgekd can read; give it as C,H,W")
+    return ModelIO.from_metadata(read_metadata(path)).image_shape
 
 
 def bench_artifact(
@@ -177,7 +177,7 @@ def bench_artifact(
         "input_shape": list(image_shape),
         "runner": runner.describe(),
         "latency": latency,
-        "environment": environment_record(),
+        "environment": environment_record(threads).to_dict(),
     }
     if json_path is not None:
         write_json(json_path, _jsonable(result))

@@ -100,7 +100,7 @@ def artifact_section(metrics: dict[str, Any]) -> list[str]:
     artifacts = metrics.get("artifacts") or []
     if not artifacts:
         return []
-    env = metrics.get("bench_environment") or {}
+    env = metrics.get("environment") or {}
     lines = [
         "## Deployment artifacts",
         "",
