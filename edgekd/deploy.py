@@ -133,9 +133,12 @@ def export_all(
     for format_name, precision in export_targets(export):
         if format_name == "tensorrt" and not tensorrt_available():
             onnx_fp32 = onnx_by_precision.get("fp32")
-            not_built.append(
-                tensorrt_not_built(student, precision, io, options, evaluation, onnx_fp32, out_dir, stem)
+            record, source = tensorrt_not_built(
+                student, precision, io, options, evaluation, onnx_fp32, out_dir, stem
             )
+            if precision != "int8":  # the FP32 ONNX it wrote serves the next TensorRT target too
+                onnx_by_precision.setdefault("fp32", source)
+            not_built.append(record)
             continue
         artifact = get_exporter(format_name).export(
             student,
@@ -169,7 +172,7 @@ def tensorrt_not_built(
     onnx_fp32: Artifact | None,
     out_dir: Path,
     stem: str,
-) -> ArtifactRecord:
+) -> tuple[ArtifactRecord, Artifact]:
     """Where no engine can be built: write the ONNX it is built from and the trtexec command to build it."""
     source = onnx_for_tensorrt(
         student,
@@ -182,7 +185,7 @@ def tensorrt_not_built(
         stem=stem,
     )
     engine_path = out_dir / f"{stem}_tensorrt_{precision}.engine"
-    return ArtifactRecord(
+    record = ArtifactRecord(
         name=f"tensorrt {precision}",
         format="tensorrt",
         precision=precision,
@@ -194,6 +197,7 @@ def tensorrt_not_built(
             "onnx": str(source.path),
         },
     )
+    return record, source
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 
 import numpy as np
@@ -37,9 +38,9 @@ FAST_BENCH = {
 def built_run(tmp_path_factory):
     """One real quick build with every CPU artifact, shared by the tests of this module."""
     from click.testing import CliRunner
+    from conftest import TINY_RECIPE
 
     from edgekd.cli import main
-    from conftest import TINY_RECIPE
 
     root = tmp_path_factory.mktemp("deploy")
     recipe = {**TINY_RECIPE, "output_dir": str(root / "runs"), "export": EXPORT, "benchmark": FAST_BENCH}
@@ -183,3 +184,24 @@ def test_bad_input_is_one_line_exit_2(built_run, cli, tmp_path, args, needle):
     result = cli(*[mapping.get(arg, arg) for arg in args])
     assert result.exit_code == 2, result.output
     assert result.output.strip().count("\n") == 0 and needle in result.output.lower()
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("tensorrt") is not None, reason="TensorRT is installed here"
+)
+def test_tensorrt_targets_without_tensorrt_leave_a_trtexec_recipe(cli, write_recipe, tmp_path):
+    export = {"targets": {"tensorrt": ["fp16", "int8"]}, "calibration_images": 32}
+    path = write_recipe(export=export, benchmark={"enabled": False}, distill={"method": "kd"})
+    result = cli("build", path, "--quiet")
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "tiny"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = {record["name"]: record for record in metrics["artifacts"]}
+    for precision in ("fp16", "int8"):
+        record = rows[f"tensorrt {precision}"]
+        assert record["status"].startswith("not built")
+        command = record["details"]["trtexec"]
+        assert command.startswith("trtexec --onnx=") and f"--{precision}" in command
+        assert "--minShapes=images:1x1x8x8" in command
+        assert pathlib.Path(record["details"]["onnx"]).is_file()  # the file trtexec needs is there
+    assert "trtexec --onnx=" in (run_dir / "report.md").read_text()

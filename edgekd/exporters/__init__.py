@@ -2,12 +2,17 @@
 
 ``get_exporter(format).export(model, io, precision, out_dir, ...)`` writes one artifact and returns an
 :class:`Artifact` describing it. Importing this package registers every backend but imports none of the
-heavy runtimes (onnxruntime, openvino, nncf, tensorrt): each is imported where it is used.
+heavy runtimes (onnx, onnxruntime, openvino, nncf, tensorrt): each is imported where it is used, so this
+package imports fast and works where a backend is missing.
 """
 
 from __future__ import annotations
 
-# Imported for their side effect: each module registers its exporter class.
+from pathlib import Path
+
+from edgekd.errors import EdgekdError
+
+# Imported for their side effect too: each backend module registers its exporter class.
 from edgekd.exporters import onnx_export, openvino_export, tensorrt_export  # noqa: F401
 from edgekd.exporters.base import (
     PRECISIONS,
@@ -18,7 +23,7 @@ from edgekd.exporters.base import (
     export_formats,
     get_exporter,
 )
-from edgekd.exporters.tensorrt_export import trtexec_command
+from edgekd.exporters.tensorrt_export import onnx_for_tensorrt, trtexec_command
 
 __all__ = [
     "PRECISIONS",
@@ -28,5 +33,23 @@ __all__ = [
     "ModelIO",
     "export_formats",
     "get_exporter",
+    "onnx_for_tensorrt",
+    "read_metadata",
     "trtexec_command",
 ]
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """edgekd's metadata stored in an .onnx file or an OpenVINO .xml; ``ModelIO.from_metadata`` reads it back.
+
+    TensorRT engines hold no metadata: keep the ONNX file they were built from beside them.
+    """
+    path = Path(path)
+    readers = {".onnx": onnx_export.read_metadata, ".xml": openvino_export.read_metadata}
+    if path.suffix not in readers:
+        raise EdgekdError(
+            f"artifact: '{path}' is not allowed; metadata is read from {' or '.join(readers)} files"
+        )
+    if not path.is_file():
+        raise EdgekdError(f"artifact: '{path}' does not exist")
+    return readers[path.suffix](path)

@@ -384,7 +384,33 @@ def check_onnx_fp32(artifact: Artifact | None, io: ModelIO) -> Artifact | None:
         )
     if not artifact.path.is_file():
         raise EdgekdError(f"onnx_fp32: '{artifact.path}' does not exist")
+    check_onnx_file("onnx_fp32", artifact.path, io)
     return artifact
+
+
+def check_onnx_file(what: str, path: Path, io: ModelIO) -> None:
+    """EdgekdError unless ``path`` is a valid ONNX model with io's one input and one output.
+
+    Checked before any conversion starts, so that a truncated or foreign file is reported as such rather
+    than as a converter's internal error.
+    """
+    import onnx
+
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+        onnx.checker.check_model(proto)
+    except Exception as error:
+        raise EdgekdError(
+            f"{what}: '{path}' is not a valid ONNX model ({one_line(error, 160)}); give a file the onnx "
+            "exporter wrote"
+        ) from None
+    inputs = [value.name for value in proto.graph.input]
+    outputs = [value.name for value in proto.graph.output]
+    if inputs != [io.input_name] or outputs != [io.output_name]:
+        raise EdgekdError(
+            f"{what}: '{path}' has inputs {inputs} and outputs {outputs}; allowed: one input "
+            f"{io.input_name!r} and one output {io.output_name!r}"
+        )
 
 
 @contextlib.contextmanager

@@ -59,16 +59,25 @@ class OpenVinoExporter(Exporter):
     def _convert(self, request: ExportRequest) -> tuple[ov.Model, dict[str, Any]]:
         import openvino as ov
 
-        details: dict[str, Any] = {"openvino_version": ov.get_version()}
+        details: dict[str, Any] = {"openvino_version": ov.get_version(), "warnings": []}
         if request.onnx_fp32 is not None:
-            ov_model = ov.convert_model(str(request.onnx_fp32.path))
+            ov_model = onnx_to_openvino(request.onnx_fp32.path)
             details["source"] = f"onnx: {request.onnx_fp32.path}"
         else:
             ov_model = torch_to_openvino(request.model, request.io)
             details["source"] = "torch module (traced)"
         name_io(ov_model, request.io)
-        details["dynamic_batch"] = make_batch_dynamic(ov_model, request.io)
+        details["dynamic_batch"] = make_batch_dynamic(ov_model, request.io, details["warnings"])
         return ov_model, details
+
+
+def onnx_to_openvino(path: Path) -> ov.Model:
+    import openvino as ov
+
+    try:
+        return ov.convert_model(str(path))
+    except Exception as error:
+        raise EdgekdError(f"openvino: converting '{path}' failed ({one_line(error)})") from error
 
 
 def torch_to_openvino(model: nn.Module, io: ModelIO) -> ov.Model:
@@ -99,8 +108,9 @@ def name_io(ov_model: ov.Model, io: ModelIO) -> None:
     ov_model.output(0).get_tensor().set_names({io.output_name})
 
 
-def make_batch_dynamic(ov_model: ov.Model, io: ModelIO) -> bool:
-    """Make the batch dimension -1 if it is not yet; False (with a warning) where the graph pins it."""
+def make_batch_dynamic(ov_model: ov.Model, io: ModelIO, notes: list[str]) -> bool:
+    """Make the batch dimension -1 if it is not yet; False (with a warning added to ``notes``) where the graph
+    pins it."""
     import openvino as ov
 
     if ov_model.input(0).get_partial_shape()[0].is_dynamic:
@@ -109,9 +119,9 @@ def make_batch_dynamic(ov_model: ov.Model, io: ModelIO) -> bool:
         ov_model.reshape({0: ov.PartialShape([-1, *io.image_shape])})
         return True
     except Exception as error:
-        warnings.warn(
-            f"openvino: the batch dimension stays static ({one_line(error)})", UserWarning, stacklevel=2
-        )
+        message = f"openvino: the batch dimension stays static ({one_line(error)})"
+        warnings.warn(message, UserWarning, stacklevel=2)
+        notes.append(message)
         return False
 
 
@@ -186,7 +196,10 @@ def read_metadata(xml_path: Path) -> dict[str, str]:
     """edgekd's rt_info fields of a saved IR, as strings."""
     import openvino as ov
 
-    ov_model = ov.Core().read_model(str(xml_path))
+    try:
+        ov_model = ov.Core().read_model(str(xml_path))
+    except Exception as error:
+        raise EdgekdError(f"openvino IR: '{xml_path}' cannot be read ({one_line(error)})") from None
     if not ov_model.has_rt_info([RT_INFO_SECTION]):
         return {}
     section = ov_model.get_rt_info()[RT_INFO_SECTION]
@@ -210,7 +223,9 @@ def save_pair(ov_model: ov.Model, xml_path: Path, *, compress_to_fp16: bool) -> 
         os.replace(staging / xml_path.name, xml_path)
     except BaseException:
         if moved_bin:
+            # The new .bin is in place but its .xml is not: an older .xml there no longer matches it.
             bin_path.unlink(missing_ok=True)
+            xml_path.unlink(missing_ok=True)
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

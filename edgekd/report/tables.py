@@ -96,7 +96,7 @@ ARTIFACT_COLUMNS = [
     "size",
     "params / budget",
     "test acc %",
-    "drop",
+    "Δ acc",
     "parity",
     "cold start ms",
     "p50 ms",
@@ -160,7 +160,8 @@ def artifact_rows(metrics: dict[str, Any]) -> list[list[str]]:
             rows.append([name, "-", fit, "-", "-", record["status"].split(":")[0], "-", "-", "-", "-", "-"])
             continue
         accuracy = "-" if record["test_acc"] is None else f"{record['test_acc']:.2f}"
-        drop = "-" if record["format"] == "pytorch" else f"{-record['test_acc_drop']:+.2f}"
+        # Shown as artifact minus PyTorch (negative: the artifact lost accuracy); `or 0.0` avoids "-0.00".
+        drop = "-" if record["format"] == "pytorch" else f"{(-record['test_acc_drop']) or 0.0:+.2f}"
         timings = latency_rows(record) or [None]
         for index, timing in enumerate(timings):
             label = name if timing is None else f"{name} @b{timing['batch']}"
