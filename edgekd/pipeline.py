@@ -6,6 +6,8 @@ folder is touched, so bad input leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import random
 import shutil
 import time
@@ -458,16 +460,20 @@ def deploy_main_student(
     out_dir = run_dir / ARTIFACTS_DIR
     if out_dir.exists():  # a resumed run exports again: every artifact must come from the final student
         shutil.rmtree(out_dir)
-    artifacts = deploy(
-        student,
-        params,
-        p.student_data,
-        recipe.export,
-        recipe.benchmark,
-        out_dir,
-        stem=recipe.distill.method,
-        say=say,
-    )
+    quiet = progress is None or getattr(progress, "disable", False)
+    # NNCF draws its own progress bars on stdout; --quiet means none at all.
+    silence = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
+    with silence:
+        artifacts = deploy(
+            student,
+            params,
+            p.student_data,
+            recipe.export,
+            recipe.benchmark,
+            out_dir,
+            stem=recipe.distill.method,
+            say=say,
+        )
     if task is not None:
         progress.update(task, description="export + benchmark: done", total=1, completed=1)
     return artifacts

@@ -122,6 +122,11 @@ class ScheduleConfig(Section):
         default_factory=list, description="Epochs at which multistep multiplies lr by gamma."
     )
     gamma: float = Field(0.1, gt=0, le=1)
+    factors: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
+        None,
+        description="Multistep only: the lr factor (relative to the initial lr) from each milestone on, "
+        "one per milestone, e.g. [0.1, 0.01, 0.002]; replaces gamma.",
+    )
     warmup_epochs: int = Field(0, ge=0, description="Linear warm-up from lr/10 over this many epochs.")
 
 
@@ -140,6 +145,12 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _check_milestones(self) -> TrainConfig:
+        factors = self.schedule.factors
+        if factors is not None and len(factors) != len(self.schedule.milestones):
+            raise ValueError(
+                f"schedule.factors: {factors} has {len(factors)} values; give one per milestone "
+                f"({len(self.schedule.milestones)})"
+            )
         bad = [m for m in self.schedule.milestones if not 0 < m < self.epochs]
         if bad:
             raise ValueError(

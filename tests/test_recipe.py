@@ -139,3 +139,23 @@ def test_schema_lists_method_options():
 def test_shipped_recipes_are_valid():
     for path in ["recipes/quickstart.yaml"]:
         load_recipe(path)
+
+
+def test_multistep_factors_give_the_lr_after_each_milestone():
+    from edgekd.recipe import ScheduleConfig
+    from edgekd.train.optim import lr_multiplier
+
+    cfg = ScheduleConfig(name="multistep", milestones=[100, 150, 175], factors=[0.1, 0.01, 0.002])
+    assert [lr_multiplier(e, 200, cfg) for e in (0, 99, 100, 149, 150, 175, 199)] == [
+        1.0,
+        1.0,
+        0.1,
+        0.1,
+        0.01,
+        0.002,
+        0.002,
+    ]
+    raw = with_changes(
+        train={"epochs": 200, "schedule": {"name": "multistep", "milestones": [100], "factors": [0.1, 0.2]}}
+    )
+    assert error_of(raw).startswith("train.schedule.factors:")

@@ -30,7 +30,10 @@ def lr_multiplier(epoch: int, epochs: int, cfg: ScheduleConfig) -> float:
     if epoch < cfg.warmup_epochs:
         return 0.1 + 0.9 * epoch / cfg.warmup_epochs
     if cfg.name == "multistep":
-        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+        passed = sum(epoch >= m for m in cfg.milestones)
+        if cfg.factors is not None:
+            return 1.0 if passed == 0 else cfg.factors[passed - 1]
+        return cfg.gamma**passed
     if cfg.name == "cosine":
         span = max(1, epochs - cfg.warmup_epochs)
         return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
