@@ -40,11 +40,17 @@ def register_method(name: str, options: type[Section], summary: str, *, student_
     return register
 
 
+def _register_all() -> None:
+    import edgekd.distill.methods  # noqa: F401  (each method module registers itself on import)
+
+
 def method_names() -> list[str]:
+    _register_all()
     return sorted(_METHODS)
 
 
 def get_method(name: str) -> MethodEntry:
+    _register_all()
     if name not in _METHODS:
         raise EdgekdError(f"distill.method: unknown method '{name}' (available: {', '.join(method_names())})")
     return _METHODS[name]

@@ -1,0 +1,153 @@
+"""SKD, model specialization by knowledge distillation (paper 001).
+
+The teacher knows every class; the student learns a subset with its own K-way head, so no logits are
+compared, only feature maps (paper eq. 5-6):
+
+    L = CE + (lambda/2) * sum_i beta^-(L-1-i) * ( FM_i + TM_i )
+
+* FM_i is the Overhaul distance at tap pair i (see ofd.py): the connected pre-ReLU student map against the
+  teacher's map clipped at its BN margin, partial L2 summed per image, times ``fm_scale`` (the reference's
+  extra 1/1000, methods.md).
+* TM_i is the Lipschitz term (Shang et al. 2021): |sigma(TM_T) - sigma(TM_S)| averaged over the batch, where
+  sigma is the largest singular value of the transmitting matrix between two consecutive taps of one
+  network: tap i-1 average-pooled to tap i's H x W, TM = F_{i-1} F_i^T / HW, shape (B, C_{i-1}, C_i)
+  (methods.md). The student's maps are taken after their connectors, so both sides have the teacher's
+  channels and sizes.
+  TM_i gets the same 1/1000 (``tm_scale``), keeping the paper's 1:1 balance of FM and TM: unscaled, its
+  values (hundreds for a trained CIFAR ResNet's pre-ReLU maps) swamp CE and the student stops learning the
+  task (seen on digits: CE stuck at 2.3 with scale 1, falling as with OFD at 1e-3 and 1e-2).
+
+Choices where methods.md leaves room:
+* TM_i belongs to the module between taps i-1 and i (the paper's Fig. 2: "the input and output feature maps
+  of each module"), so it takes the depth weight of tap i, its output; the shallowest tap has no TM term.
+* The teacher side of TM uses its raw pre-ReLU maps (the margin clip belongs to the FM distance's target).
+* sigma keeps its gradient: the reference computed it entirely under no_grad, so the term did nothing
+  (methods.md, pitfall). Here u, v come from power iteration without gradient and sigma = u^T TM v is
+  differentiated, as torch's spectral_norm does; ``power_iterations: 0`` uses the exact SVD instead.
+* The teacher stays in eval mode (the reference left it in train mode, so its BN statistics drifted).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from edgekd.distill.features import FeatureDistiller, TapOptions, resize_to
+from edgekd.distill.methods.ofd import MarginBank, depth_weights, overhaul_distances
+from edgekd.distill.registry import register_method
+
+
+class SKDOptions(TapOptions):
+    weight: float = Field(
+        2.0,
+        ge=0,
+        description="lambda in L = CE + (lambda/2) * L_KD; 2 gives the distillation terms weight 1, as OFD.",
+    )
+    beta: float = Field(
+        2.0,
+        gt=1,
+        description="Depth weighting beta^-(L-1-i) of tap i (deepest = 1); 2 is OFD's per-tap weighting.",
+    )
+    fm_scale: float = Field(
+        1e-3,
+        ge=0,
+        description="Multiplies the per-image partial L2 feature distance (the reference divides by 1000).",
+    )
+    tm_scale: float = Field(
+        1e-3,
+        ge=0,
+        description="Multiplies the spectral-norm (transmitting matrix) term; 0 turns it off. 1/1000 like "
+        "fm_scale keeps the paper's equal weighting of the two terms.",
+    )
+    power_iterations: int = Field(
+        20,
+        ge=0,
+        le=1000,
+        description="Power-iteration steps for the largest singular value; 0 = exact SVD (slow on wide maps).",
+    )
+
+
+def spectral_norm(matrices: torch.Tensor, iterations: int = 20) -> torch.Tensor:
+    """Largest singular value of each matrix of a (..., m, n) batch, with gradient.
+
+    The singular vectors u, v come from power iteration on a detached copy; sigma = u^T A v then has the
+    gradient u v^T, the exact gradient of the largest singular value when it is simple. The start vector is
+    fixed (all ones) so the result does not consume random numbers.
+    """
+    if iterations == 0:
+        return torch.linalg.matrix_norm(matrices, ord=2)
+    with torch.no_grad():
+        detached = matrices.detach()
+        columns = detached.shape[-1]
+        v = torch.ones(*detached.shape[:-2], columns, 1, dtype=detached.dtype, device=detached.device)
+        v = v / math.sqrt(columns)
+        for _ in range(iterations):
+            u = F.normalize(detached @ v, dim=-2)
+            v = F.normalize(detached.mT @ u, dim=-2)
+        u = F.normalize(detached @ v, dim=-2)
+    return (u.mT @ matrices @ v)[..., 0, 0]
+
+
+def transmitting_matrix(shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
+    """F_s F_d^T / HW with the shallower map pooled to the deeper one's size: (B, C_shallow, C_deep)."""
+    shallow = resize_to(shallow, deep.shape[-2:])
+    positions = deep.shape[-2] * deep.shape[-1]
+    return shallow.flatten(2) @ deep.flatten(2).mT / positions
+
+
+def lipschitz_gaps(
+    teacher_features: list[torch.Tensor], student_features: list[torch.Tensor], iterations: int
+) -> list[torch.Tensor]:
+    """For each consecutive pair of taps (i-1, i), i >= 1: mean over images of |sigma_T - sigma_S|."""
+    gaps = []
+    for index in range(1, len(teacher_features)):
+        with torch.no_grad():
+            teacher_tm = transmitting_matrix(teacher_features[index - 1], teacher_features[index])
+            teacher_sigma = spectral_norm(teacher_tm, iterations)
+        student_tm = transmitting_matrix(student_features[index - 1], student_features[index])
+        student_sigma = spectral_norm(student_tm, iterations)
+        gaps.append((teacher_sigma - student_sigma).abs().mean())
+    return gaps
+
+
+@register_method(
+    "skd",
+    SKDOptions,
+    "SKD (paper 001): CE + Overhaul feature distance + Lipschitz spectral-norm term, features only; "
+    "works with a class subset.",
+)
+class SKD(FeatureDistiller):
+    method = "skd"
+    preact = True
+
+    def __init__(self, student, teacher, options, context):
+        super().__init__(student, teacher, options, context)
+        self.connectors = self.make_connectors()
+        self.margin_bank = MarginBank(teacher, self.pairs)
+
+    def forward_train(self, images, labels):
+        options = self.options
+        _, teacher_features = self.teacher_features(images)
+        logits, student_features = self.student_features(images)
+        margins = self.margin_bank.margins(teacher_features)
+        distances, connected = overhaul_distances(
+            self.connectors, margins, student_features, teacher_features
+        )
+        weights = depth_weights(len(distances), options.beta)
+        half_lambda = options.weight / 2
+        terms = {"ce": F.cross_entropy(logits, labels)}
+        terms["fm"] = (
+            half_lambda * options.fm_scale * sum(w * d for w, d in zip(weights, distances, strict=True))
+        )
+        if len(distances) > 1 and options.tm_scale > 0:
+            gaps = lipschitz_gaps(teacher_features, connected, options.power_iterations)
+            # gap i-1 is the module ending at tap i, which carries tap i's weight
+            terms["tm"] = (
+                half_lambda * options.tm_scale * sum(w * g for w, g in zip(weights[1:], gaps, strict=True))
+            )
+        else:
+            terms["tm"] = logits.new_zeros(())
+        return logits, terms
