@@ -57,6 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    load_before = os.getloadavg()
     times, metrics = [], {}
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as output_dir:
@@ -75,8 +76,13 @@ def main() -> None:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "platform": platform.platform(),
+            # A load well above 0 before the run means other work shared the cores: times are inflated.
+            "load_average_before": [round(x, 2) for x in load_before],
         },
         "accuracy": {r["name"]: r["test_acc"] for r in metrics["models"]},
+        "artifacts": {
+            a["name"]: {"test_acc": a["test_acc"], "status": a["status"]} for a in metrics["artifacts"]
+        },
         "stage_wall_time_s": metrics["run"]["wall_time_s"],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

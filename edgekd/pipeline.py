@@ -10,6 +10,8 @@ import contextlib
 import io
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -407,6 +409,7 @@ def build(recipe: Recipe, *, resume: bool = False, force: bool = False, progress
         )
         records.append(record)
 
+    release_worker_signal_handler()
     artifacts = deploy_main_student(p, main_student, main_params, run_dir, progress)
     metrics = {
         "run": {
@@ -442,6 +445,16 @@ def build(recipe: Recipe, *, resume: bool = False, force: bool = False, progress
             f"parity: {len(failures)} artifact(s) outside tolerance (report written): " + "; ".join(failures)
         )
     return metrics
+
+
+def release_worker_signal_handler() -> None:
+    """Training is over: drop the SIGCHLD handler torch's DataLoader installed for its workers.
+
+    It outlives the workers, and an unrelated child process exiting later (a converter, a benchmark tool)
+    can then crash the interpreter inside it.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def deploy_main_student(

@@ -48,3 +48,13 @@ def cli():
         return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture(autouse=True)
+def _restore_sigchld():
+    """torch's DataLoader installs a SIGCHLD handler for its workers that outlives them; a later, unrelated
+    child process exiting (subprocess.run) can then crash the interpreter. Each test starts clean."""
+    import signal
+
+    yield
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)

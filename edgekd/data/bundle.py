@@ -86,7 +86,9 @@ class DataBundle:
             drop_last=False,
             generator=torch.Generator().manual_seed(seed),
             num_workers=workers,
-            persistent_workers=workers > 0,
+            # Not persistent: a new loader is made per epoch anyway, and persistent workers outlive it until
+            # garbage collection, where torch's SIGCHLD handler can then crash on an unrelated child's exit.
+            persistent_workers=False,
             worker_init_fn=seed_worker if workers > 0 else None,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,9 @@ _FILE_BACKENDS: dict[str, tuple[type[Runner], str, tuple[str, ...]]] = {
 def runner_for(path: str | Path, backend: str | None = None, **options: Any) -> Runner:
     """The runner for an exported model file, by its suffix or by the named ``backend``.
 
-    ``options`` go to the runner (``threads``, ``device``, and for OpenVINO ``precision``, ``hint``). Nothing
-    is loaded yet: call ``load()`` (the latency harness does, and times it); a corrupt file is reported then.
+    ``options`` go to the runner: ``threads``, ``device``, ``precision`` (what the artifact holds: fp32, fp16,
+    int8), and for OpenVINO ``hint`` and ``inference_precision``. Nothing is loaded yet: call ``load()`` (the
+    latency harness does, and times it); a corrupt file is reported then, as an EdgekdError.
     """
     path = Path(path)
     if not path.is_file():
@@ -60,7 +62,20 @@ def runner_for(path: str | Path, backend: str | None = None, **options: Any) -> 
         raise EdgekdError(
             f"{path}: backend {backend!r} needs the '{package}' package, which is not installed"
         )
+    _check_options(runner_class, backend, options)
     return runner_class(path, **options)
+
+
+def _check_options(runner_class: type[Runner], backend: str, options: dict[str, Any]) -> None:
+    """A misspelt option is a user error with the allowed names, not a TypeError from a constructor."""
+    accepted = [
+        name for name in inspect.signature(runner_class.__init__).parameters if name not in ("self", "path")
+    ]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise EdgekdError(
+            f"runner options: {', '.join(unknown)} not accepted by backend {backend!r}; allowed: {', '.join(accepted)}"
+        )
 
 
 def _backend_from_suffix(path: Path) -> str:

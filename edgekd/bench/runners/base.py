@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import ModuleType
@@ -14,6 +15,7 @@ from edgekd.errors import EdgekdError
 
 # The precisions an exported artifact can hold (as the exporters name them).
 ARTIFACT_PRECISIONS = ("fp32", "fp16", "int8")
+_SOURCE_LOCATION = re.compile(r":\d+:$")
 
 
 class Runner(ABC):
@@ -77,17 +79,26 @@ def import_backend(module: str, package: str, purpose: str) -> ModuleType:
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:
-    """The first non-empty line of an exception's message: backends write long multi-line messages."""
-    for line in str(error).splitlines():
-        line = line.strip()
-        if line:
-            return line if len(line) <= limit else line[: limit - 3] + "..."
-    return type(error).__name__
+    """The first telling line of an exception's message: backends write long multi-line messages.
+
+    OpenVINO prefixes its messages with source locations ("Exception from src/.../core.cpp:84:"), which say
+    nothing to a user, so lines ending in ``:<line number>:`` are skipped while a later line exists.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    telling = [line for line in lines if not _SOURCE_LOCATION.search(line)] or lines
+    if not telling:
+        return type(error).__name__
+    line = telling[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def as_float32_batch(images: np.ndarray) -> np.ndarray:
-    """A C-contiguous float32 view (a copy only when needed) that backends can read without converting."""
-    return np.ascontiguousarray(images, dtype=np.float32)
+    """A C-contiguous, writeable float32 array (a copy only when needed) that backends can use in place.
+
+    Writeable because OpenVINO refuses to share the memory of a read-only array (e.g. np.broadcast_to).
+    """
+    batch = np.ascontiguousarray(images, dtype=np.float32)
+    return batch if batch.flags.writeable else batch.copy()
 
 
 def check_precision(precision: str | None) -> str | None:

@@ -7,7 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.bench.runners.base import Runner, as_float32_batch, existing_file, first_line, import_backend
+from edgekd.bench.runners.base import (
+    ARTIFACT_PRECISIONS,
+    Runner,
+    as_float32_batch,
+    check_precision,
+    existing_file,
+    first_line,
+    import_backend,
+)
 from edgekd.errors import EdgekdError
 
 # Execution providers in ONNX Runtime's order of preference for each device we accept; the CPU provider is
@@ -23,23 +31,55 @@ class OnnxRuntimeRunner(Runner):
     """One InferenceSession with all graph optimizations, ``threads`` intra-op threads and 1 inter-op thread.
 
     ``device`` picks the execution providers: ``cpu`` (default), ``cuda`` or ``tensorrt``; a GPU provider that
-    this onnxruntime build lacks is an error rather than a silent fall back to the CPU.
+    this onnxruntime build lacks is an error rather than a silent fall back to the CPU. ``precision`` is only
+    reported (ONNX Runtime runs what the file holds); when not given it is read from the file's edgekd
+    metadata.
     """
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int | None = None, device: str = "cpu"):
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        device: str = "cpu",
+        precision: str | None = None,
+    ):
         if device not in PROVIDERS_FOR_DEVICE:
             raise EdgekdError(
                 f"device: got {device!r} for onnxruntime; allowed: {', '.join(PROVIDERS_FOR_DEVICE)}"
             )
         super().__init__(threads=threads, device=device)
         self.path = existing_file(path, "ONNX model")
+        self.precision = check_precision(precision)
         self._session: Any = None
 
     def _load(self) -> None:
         ort = import_backend("onnxruntime", "onnxruntime", "the ONNX Runtime runner")
         providers = self._providers(ort)
+        try:
+            session = ort.InferenceSession(
+                str(self.path), sess_options=self._session_options(ort), providers=providers
+            )
+        except Exception as err:  # onnxruntime raises its own Exception subclasses (InvalidProtobuf, Fail...)
+            raise EdgekdError(
+                f"{self.path}: onnxruntime cannot load it ({first_line(err)}); allowed: a valid .onnx model"
+            ) from None
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or not outputs:
+            raise EdgekdError(
+                f"{self.path}: the model has {len(inputs)} inputs and {len(outputs)} outputs; "
+                "allowed: one image input and a logits output"
+            )
+        self._session = session
+        self._input_name = inputs[0].name
+        self._output_names = [outputs[0].name]
+        if self.precision is None:
+            # edgekd's exporters write the precision into the file's metadata_props.
+            written = session.get_modelmeta().custom_metadata_map.get("precision")
+            self.precision = written if written in ARTIFACT_PRECISIONS else None
+
+    def _session_options(self, ort: Any) -> Any:
         options = ort.SessionOptions()
         # 0 lets ONNX Runtime pick its default (one thread per physical core).
         options.intra_op_num_threads = self.threads or 0
@@ -47,17 +87,9 @@ class OnnxRuntimeRunner(Runner):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
-        except (
-            Exception
-        ) as err:  # onnxruntime raises its own Exception subclasses (InvalidProtobuf, Fail, ...)
-            raise EdgekdError(
-                f"{self.path}: onnxruntime cannot load it ({first_line(err)}); allowed: a valid .onnx model"
-            ) from None
-        self._session = session
-        self._input_name = session.get_inputs()[0].name
-        self._output_names = [session.get_outputs()[0].name]
+        # Warnings about nodes kept on the CPU or unused initializers would be printed on every load.
+        options.log_severity_level = 3
+        return options
 
     def _providers(self, ort: Any) -> list[str]:
         wanted = PROVIDERS_FOR_DEVICE[self.device]
@@ -71,6 +103,8 @@ class OnnxRuntimeRunner(Runner):
         return wanted
 
     def run(self, images: np.ndarray) -> np.ndarray:
+        if self._session is None:
+            raise EdgekdError(f"{self.path}: call load() before run()")
         batch = as_float32_batch(images)
         try:
             return self._session.run(self._output_names, {self._input_name: batch})[0]
@@ -87,10 +121,10 @@ class OnnxRuntimeRunner(Runner):
         info.update(
             version=ort.__version__,
             path=str(self.path),
-            precision="as exported",
             providers=self._session.get_providers() if self._session else PROVIDERS_FOR_DEVICE[self.device],
-            intra_op_threads=self.threads or "onnxruntime default",
+            intra_op_threads=self.threads or "onnxruntime default (physical cores)",
             inter_op_threads=1,
+            execution_mode="sequential",
             graph_optimization="ORT_ENABLE_ALL",
         )
         return info

@@ -8,7 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.bench.runners.base import Runner, as_float32_batch, existing_file, import_backend
+from edgekd.bench.runners.base import (
+    Runner,
+    as_float32_batch,
+    check_precision,
+    existing_file,
+    first_line,
+    import_backend,
+)
 from edgekd.errors import EdgekdError
 
 _CUDA_DEVICE = re.compile(r"cuda(:\d+)?")
@@ -25,11 +32,19 @@ class TensorRTRunner(Runner):
 
     backend = "tensorrt"
 
-    def __init__(self, path: str | Path, threads: int | None = None, device: str = "cuda"):
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        device: str = "cuda",
+        precision: str | None = None,
+    ):
         if not _CUDA_DEVICE.fullmatch(device):
             raise EdgekdError(f"device: got {device!r} for tensorrt; allowed: 'cuda' or 'cuda:<index>'")
         super().__init__(threads=threads, device=device)
         self.path = existing_file(path, "TensorRT engine")
+        # Only reported: the engine's layer precisions were fixed when it was built.
+        self.precision = check_precision(precision)
         self._engine: Any = None
         self._bound_shape: tuple[int, ...] | None = None
 
@@ -38,24 +53,41 @@ class TensorRTRunner(Runner):
         torch = import_backend("torch", "torch", "the TensorRT runner")
         if not torch.cuda.is_available():
             raise EdgekdError(f"{self.path}: a TensorRT engine needs a CUDA GPU, and none is visible here")
+        if int(trt.__version__.split(".")[0]) < 10:
+            raise EdgekdError(
+                f"{self.path}: TensorRT {trt.__version__} is installed; allowed: TensorRT >= 10 (pip install "
+                "'tensorrt>=10')"
+            )
         self._torch = torch
         self._device = torch.device(self.device)
-        # The runtime must outlive the engine it deserialized, so both are kept.
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         with torch.cuda.device(self._device):
-            engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
-            if engine is None:
-                raise EdgekdError(
-                    f"{self.path}: TensorRT {trt.__version__} cannot deserialize it; an engine runs only on the "
-                    "GPU model and TensorRT version it was built with, so rebuild it on this machine"
-                )
+            # The stream first: it makes torch initialize the CUDA context that TensorRT then shares.
+            self._stream = torch.cuda.Stream(device=self._device)
+            # The runtime must outlive the engine it deserialized, so both are kept.
+            self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            engine = self._deserialize(trt)
             self._engine = engine
             self._context = engine.create_execution_context()
-            self._stream = torch.cuda.Stream(device=self._device)
+            if self._context is None:
+                raise EdgekdError(
+                    f"{self.path}: TensorRT could not create an execution context (GPU memory?)"
+                )
         self._input_name, self._output_name = self._io_names(trt, engine)
         self._input_dtype = self._torch_dtype(trt, engine.get_tensor_dtype(self._input_name))
         self._output_dtype = self._torch_dtype(trt, engine.get_tensor_dtype(self._output_name))
         self._trt_version = trt.__version__
+
+    def _deserialize(self, trt: Any) -> Any:
+        try:
+            engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        except Exception as err:  # some TensorRT versions raise instead of returning None
+            raise EdgekdError(f"{self.path}: TensorRT cannot deserialize it ({first_line(err)})") from None
+        if engine is None:
+            raise EdgekdError(
+                f"{self.path}: TensorRT {trt.__version__} cannot deserialize it; an engine runs only on the "
+                "GPU model and TensorRT version it was built with, so rebuild it on this machine"
+            )
+        return engine
 
     def _io_names(self, trt: Any, engine: Any) -> tuple[str, str]:
         names = [engine.get_tensor_name(index) for index in range(engine.num_io_tensors)]
@@ -96,6 +128,8 @@ class TensorRTRunner(Runner):
         self._bound_shape = shape
 
     def run(self, images: np.ndarray) -> np.ndarray:
+        if self._engine is None:
+            raise EdgekdError(f"{self.path}: call load() before run()")
         batch = as_float32_batch(images)
         if batch.shape != self._bound_shape:
             self._bind(batch.shape)
@@ -115,7 +149,7 @@ class TensorRTRunner(Runner):
             info.update(
                 version=self._trt_version,
                 gpu=self._torch.cuda.get_device_name(self._device),
-                precision=f"engine I/O {self._input_dtype}",
+                io_dtype=str(self._input_dtype).removeprefix("torch."),
                 streams=1,
             )
         return info

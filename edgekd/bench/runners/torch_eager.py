@@ -17,10 +17,12 @@ class TorchRunner(Runner):
     """Runs an ``nn.Module`` in eval mode under ``torch.inference_mode``.
 
     ``load()`` moves the model to ``device`` and switches it to eval mode in place (no copy, so a large
-    teacher is not duplicated). ``threads`` sets ``torch.set_num_threads``, which is process-wide.
+    teacher is not duplicated). ``threads`` sets ``torch.set_num_threads``, which is process-wide: ``run``
+    sets it again when something else changed it since, so that the recorded thread count stays true.
     """
 
     backend = "pytorch"
+    precision = "fp32"
 
     def __init__(self, model: nn.Module, threads: int | None = None, device: str = "cpu"):
         super().__init__(threads=threads, device=device)
@@ -45,6 +47,10 @@ class TorchRunner(Runner):
 
     def run(self, images: np.ndarray) -> np.ndarray:
         torch = self._torch
+        if torch is None:
+            raise EdgekdError("PyTorch runner: call load() before run()")
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
         with torch.inference_mode():
             batch = torch.from_numpy(as_float32_batch(images)).to(self._device)
             logits = self.model(batch)
@@ -56,8 +62,8 @@ class TorchRunner(Runner):
         torch = import_backend("torch", "torch", "the PyTorch runner")
         info.update(
             version=torch.__version__,
-            threads=torch.get_num_threads(),
-            precision="fp32",
-            mode="eager",
+            threads=self.threads if self.threads is not None else torch.get_num_threads(),
+            model=type(self.model).__name__,
+            mode="eager, inference_mode",
         )
         return info

@@ -1,0 +1,122 @@
+"""What a benchmark ran on: the CPU, its cores, the OS, Python and the versions of every inference package.
+
+Latency numbers mean little without the machine and the library versions, so every benchmark result
+carries this record. Package versions come from the installed distributions' metadata, which does not
+import them: importing tensorrt, for one, would initialize CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# Module name -> the pip distributions that provide it (the first one installed wins): onnxruntime and
+# tensorrt come under several distribution names (GPU builds, CUDA-specific wheels).
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "torchvision": ("torchvision",),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+    "openvino": ("openvino",),
+    "nncf": ("nncf",),
+    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11"),
+    "numpy": ("numpy",),
+}
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@dataclass(frozen=True)
+class EnvironmentRecord:
+    """The machine and software a measurement ran on; ``threads`` is the inference thread count used."""
+
+    cpu: str
+    physical_cores: int | None
+    logical_cores: int | None
+    usable_cores: int | None  # the cores this process may run on (containers and taskset restrict it)
+    os: str
+    machine: str
+    python: str
+    packages: dict[str, str | None] = field(default_factory=dict)
+    cuda_device: str | None = None
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def environment_record(threads: int | None = None) -> EnvironmentRecord:
+    """Describe this machine; ``threads`` records the inference thread count a benchmark used."""
+    return EnvironmentRecord(
+        cpu=cpu_model(),
+        physical_cores=physical_cores(),
+        logical_cores=os.cpu_count(),
+        usable_cores=_usable_cores(),
+        os=platform.platform(),
+        machine=platform.machine(),
+        python=platform.python_version(),
+        packages={module: package_version(module) for module in PACKAGES},
+        cuda_device=cuda_device_name(),
+        threads=threads,
+    )
+
+
+def package_version(module: str) -> str | None:
+    """The installed version of a package (by module name, see PACKAGES), or None when it is missing."""
+    for distribution in PACKAGES.get(module, (module,)):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def cpu_model(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU's marketing name from /proc/cpuinfo (x86 'model name', ARM 'Hardware'/'Model'), else a guess."""
+    for key in ("model name", "Hardware", "Model"):
+        value = _cpuinfo_values(cpuinfo, key)
+        if value:
+            return value[0]
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def physical_cores(cpuinfo: Path = CPUINFO) -> int | None:
+    """Distinct (package, core) pairs in /proc/cpuinfo: hyper-threads share a core and are counted once."""
+    packages = _cpuinfo_values(cpuinfo, "physical id")
+    cores = _cpuinfo_values(cpuinfo, "core id")
+    if packages and len(packages) == len(cores):
+        return len(set(zip(packages, cores, strict=True)))
+    # ARM and some VMs list no core ids: each listed processor is then a core of its own.
+    processors = _cpuinfo_values(cpuinfo, "processor")
+    return len(processors) or None
+
+
+def cuda_device_name() -> str | None:
+    """The first CUDA GPU's name when torch sees one (torch is imported only if it is installed)."""
+    if package_version("torch") is None:
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def _cpuinfo_values(cpuinfo: Path, key: str) -> list[str]:
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:  # not Linux, or /proc not mounted
+        return []
+    values = []
+    for line in text.splitlines():
+        name, separator, value = line.partition(":")
+        if separator and name.strip() == key:
+            values.append(value.strip())
+    return values
+
+
+def _usable_cores() -> int | None:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()

@@ -1,0 +1,307 @@
+"""The latency harness: cold start, warm-up, then timed synchronous runs per batch size, for any Runner.
+
+The numbers follow what a user of the deployed model would see from Python: the wall time of ``run()`` on a
+host array until the logits are back. Every backend is timed the same way, with the thread count recorded,
+so the results of different backends measured with one config on one machine can be compared.
+
+* Cold start is reported apart from the steady state: the time of ``load()`` (session creation, compilation,
+  deserialization) and of the first inference after it, each on its own.
+* Warm-up runs until both ``warmup_iters`` runs and ``warmup_s`` seconds are done (lazy allocations, caches,
+  CPU frequency), per batch size.
+* Timed runs continue until both ``min_iters`` runs and ``min_time_s`` seconds are done, each timed with
+  ``time.perf_counter_ns``; throughput is the images processed divided by the wall time of the whole timed
+  loop at that batch size (not 1000 / latency, which would ignore the time between runs).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+from edgekd.bench.runners.base import Runner
+from edgekd.errors import EdgekdError
+
+PERCENTILES = (50, 90, 99)
+_NS_PER_MS = 1e6
+_NS_PER_S = 1e9
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """How to time a runner; the defaults suit a CPU (about 2.5 s per batch size for a small model).
+
+    ``threads`` is given to a runner that is not loaded yet (None: keep the runner's own setting, which
+    defaults to the backend's choice); the thread count actually used is recorded either way.
+    """
+
+    batches: tuple[int, ...] = (1,)
+    threads: int | None = None
+    warmup_iters: int = 10
+    warmup_s: float = 0.5
+    min_iters: int = 50
+    min_time_s: float = 2.0
+    seed: int = 0  # for the random images used when only a shape is given
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batches", tuple(self.batches))
+        if not self.batches or any(not _is_int(batch) or batch < 1 for batch in self.batches):
+            raise EdgekdError(f"batches: got {list(self.batches)}; allowed: one or more integers >= 1")
+        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+            raise EdgekdError(f"threads: got {self.threads!r}; allowed: an integer >= 1, or None")
+        for name, minimum in (("warmup_iters", 0), ("min_iters", 1)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < minimum:
+                raise EdgekdError(f"{name}: got {value!r}; allowed: an integer >= {minimum}")
+        for name in ("warmup_s", "min_time_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise EdgekdError(f"{name}: got {value!r}; allowed: a number of seconds >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["batches"] = list(self.batches)
+        return data
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """The first use of a runner: ``load()``, then the first inference, timed separately."""
+
+    load_ms: float
+    first_inference_ms: float
+    batch: int
+
+    @property
+    def total_ms(self) -> float:
+        return self.load_ms + self.first_inference_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "load_ms": round(self.load_ms, 4),
+            "first_inference_ms": round(self.first_inference_ms, 4),
+            "total_ms": round(self.total_ms, 4),
+            "batch": self.batch,
+        }
+
+
+@dataclass(frozen=True)
+class BatchLatency:
+    """Steady-state timing at one batch size; latencies in ms per call, throughput in images per second."""
+
+    batch: int
+    iterations: int
+    timed_s: float
+    warmup_iters: int
+    warmup_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    throughput: float
+
+    def to_dict(self) -> dict[str, Any]:
+        # Rounded to 0.1 µs and 0.01 image/s: finer digits are noise and make the JSON hard to read.
+        data = asdict(self)
+        for key, value in data.items():
+            if key.endswith("_ms") or key.endswith("_s"):
+                data[key] = round(value, 4 if key.endswith("_ms") else 3)
+        data["throughput"] = round(self.throughput, 2)
+        return data
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """All timings of one runner; ``threads`` is the thread count the backend reports using."""
+
+    backend: str
+    threads: int | str | None
+    cold_start: ColdStart | None  # None when the runner was already loaded before the harness got it
+    batches: tuple[BatchLatency, ...]
+    config: LatencyConfig
+    runner: dict[str, Any] = field(default_factory=dict)
+
+    def at_batch(self, batch: int) -> BatchLatency:
+        for timing in self.batches:
+            if timing.batch == batch:
+                return timing
+        raise EdgekdError(f"batch: {batch} was not timed; timed: {[t.batch for t in self.batches]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "threads": self.threads,
+            "cold_start": self.cold_start.to_dict() if self.cold_start else None,
+            "batches": [timing.to_dict() for timing in self.batches],
+            "config": self.config.to_dict(),
+            "runner": self.runner,
+        }
+
+
+def measure_latency(
+    runner: Runner,
+    images_or_shape: np.ndarray | Sequence[int],
+    config: LatencyConfig | None = None,
+    **overrides: Any,
+) -> LatencyResult:
+    """Time ``runner`` at each batch size of ``config`` (fields may also be given as keywords).
+
+    ``images_or_shape`` is either real N×C×H×W images (each batch takes the first images, repeated when
+    fewer than the batch size exist) or the C×H×W shape of one image (standard-normal images are drawn).
+    The runner is loaded here if it is not yet, and that load is the reported cold start.
+    """
+    config = _config(config, overrides)
+    make_batch = _batch_source(images_or_shape, config.seed)
+    _apply_threads(runner, config.threads)
+    cold_start = None
+    if not runner.loaded:
+        cold_start = _cold_start(runner, make_batch(config.batches[0]))
+    timings = tuple(_time_batch(runner, make_batch(batch), config) for batch in config.batches)
+    description = runner.describe()
+    return LatencyResult(
+        backend=runner.backend,
+        threads=description.get("threads"),
+        cold_start=cold_start,
+        batches=timings,
+        config=config,
+        runner=description,
+    )
+
+
+def _config(config: LatencyConfig | None, overrides: dict[str, Any]) -> LatencyConfig:
+    config = config or LatencyConfig()
+    known = {f.name for f in fields(LatencyConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise EdgekdError(
+            f"latency options: {', '.join(unknown)} not known; allowed: {', '.join(sorted(known))}"
+        )
+    return replace(config, **overrides) if overrides else config
+
+
+def _apply_threads(runner: Runner, threads: int | None) -> None:
+    if threads is None or runner.threads == threads:
+        return
+    if runner.loaded:
+        # Thread pools are created by load(); changing the setting afterwards would be recorded but not used.
+        raise EdgekdError(
+            f"threads: the {runner.backend} runner is already loaded with threads={runner.threads}; "
+            f"create it with threads={threads} or leave LatencyConfig.threads unset"
+        )
+    runner.threads = threads
+
+
+def _cold_start(runner: Runner, batch: np.ndarray) -> ColdStart:
+    start = time.perf_counter_ns()
+    runner.load()
+    loaded = time.perf_counter_ns()
+    runner.run(batch)
+    done = time.perf_counter_ns()
+    return ColdStart(
+        load_ms=(loaded - start) / _NS_PER_MS,
+        first_inference_ms=(done - loaded) / _NS_PER_MS,
+        batch=len(batch),
+    )
+
+
+def _time_batch(runner: Runner, batch: np.ndarray, config: LatencyConfig) -> BatchLatency:
+    _check_output(runner, batch)
+    warmup_iters, warmup_ns = _repeat(runner.run, batch, config.warmup_iters, config.warmup_s, record=None)
+    durations: list[int] = []
+    _, timed_ns = _repeat(runner.run, batch, config.min_iters, config.min_time_s, record=durations)
+    return _summarize(len(batch), durations, timed_ns, warmup_iters, warmup_ns)
+
+
+def _check_output(runner: Runner, batch: np.ndarray) -> None:
+    """One untimed call first: a runner that does not return a row of logits per image would be timed wrong."""
+    logits = np.asarray(runner.run(batch))
+    if logits.ndim != 2 or logits.shape[0] != len(batch):
+        raise EdgekdError(
+            f"{runner.backend} runner: returned shape {logits.shape} for a batch of {len(batch)}; "
+            f"expected ({len(batch)}, classes)"
+        )
+
+
+def _repeat(
+    run: Callable[[np.ndarray], Any],
+    batch: np.ndarray,
+    min_iters: int,
+    min_s: float,
+    record: list[int] | None,
+) -> tuple[int, int]:
+    """Call ``run(batch)`` until both ``min_iters`` calls and ``min_s`` seconds are done.
+
+    Returns (calls, wall ns of the whole loop); appends each call's duration to ``record`` when given.
+    """
+    min_ns = int(min_s * _NS_PER_S)
+    iterations = 0
+    with _gc_paused():
+        start = now = time.perf_counter_ns()
+        while iterations < min_iters or now - start < min_ns:
+            before = time.perf_counter_ns()
+            run(batch)
+            now = time.perf_counter_ns()
+            if record is not None:
+                record.append(now - before)
+            iterations += 1
+    return iterations, now - start
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """A garbage collection inside a timed call is Python's cost, not the backend's (timeit does the same)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _summarize(
+    batch: int, durations: list[int], timed_ns: int, warmup_iters: int, warmup_ns: int
+) -> BatchLatency:
+    ms = np.asarray(durations, dtype=np.float64) / _NS_PER_MS
+    p50, p90, p99 = (float(value) for value in np.percentile(ms, PERCENTILES))
+    return BatchLatency(
+        batch=batch,
+        iterations=len(ms),
+        timed_s=timed_ns / _NS_PER_S,
+        warmup_iters=warmup_iters,
+        warmup_s=warmup_ns / _NS_PER_S,
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
+        mean_ms=float(ms.mean()),
+        std_ms=float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
+        min_ms=float(ms.min()),
+        max_ms=float(ms.max()),
+        throughput=batch * len(ms) / (timed_ns / _NS_PER_S),
+    )
+
+
+def _batch_source(images_or_shape: np.ndarray | Sequence[int], seed: int) -> Callable[[int], np.ndarray]:
+    """A function batch size -> contiguous float32 N×C×H×W batch, from real images or from a shape."""
+    if isinstance(images_or_shape, np.ndarray):
+        images = images_or_shape
+        if images.ndim != 4 or len(images) == 0:
+            raise EdgekdError(f"images: shape {images.shape} is not allowed; give N×C×H×W with N >= 1")
+        return lambda batch: np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])), np.float32)
+    shape = tuple(images_or_shape)
+    if len(shape) != 3 or any(not _is_int(size) or size < 1 for size in shape):
+        raise EdgekdError(f"image shape: got {shape}; allowed: C×H×W, three integers >= 1")
+    rng = np.random.default_rng(seed)
+    return lambda batch: rng.standard_normal((batch, *shape), dtype=np.float32)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
