@@ -403,9 +403,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "ratios": "x faster = baseline p50 / candidate p50; harness_vs_benchmark_app = our p50 / its median",
             "benchmark_app_note": "benchmark_app's median is the latency the InferRequest measures in C++; ours "
             "is the wall time of OpenVinoRunner.run() from Python (set input, infer, copy logits), so it also "
-            "holds ~15-25 us of Python binding cost: invisible at ResNet-18 size, most of a 20 us model. "
-            "benchmark_app gets the IR reshaped to a static batch of 1 (-shape); our runner keeps the batch "
-            "dynamic (measured: no difference at ResNet-18 size). -nthreads cannot be combined with "
+            "holds ~5-10 us of Python binding cost: invisible at ResNet-18 size, a quarter of a 30 us model. "
+            "benchmark_app gets the IR reshaped to a static batch of 1 (-shape); our harness has the runner "
+            "compile a static copy per timed batch size too (prepare_batch: a dynamic batch costs ~10 us per "
+            "call in shape inference, measured on the quickstart student). -nthreads cannot be combined with "
             "-hint latency in benchmark_app, so INFERENCE_NUM_THREADS is given through -load_config.",
             "targets": TARGETS,
         },

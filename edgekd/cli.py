@@ -60,7 +60,36 @@ def user_errors(command):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class OneLineUsageErrors(click.Group):
+    """Command-line mistakes (an unknown --format, a missing argument) end like every other bad input: one
+    line on stderr naming the option, what was given and what is allowed, and exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            exit_code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx is not None else "edgekd"
+            err.print(
+                f"[bold red]error:[/] {command}: {exc.format_message()} (see {command} --help)",
+                soft_wrap=True,
+            )
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            err.print("aborted")
+            sys.exit(1)
+        # Without standalone mode click returns the code of --help/--version exits instead of exiting.
+        sys.exit(exit_code if isinstance(exit_code, int) else 0)
+
+
+@click.group(
+    cls=OneLineUsageErrors,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 @click.version_option(package_name="edgekd")
 def main(debug: bool) -> None:

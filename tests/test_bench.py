@@ -194,6 +194,15 @@ def test_openvino_runner_makes_a_fixed_batch_dynamic(files, digits, reference):
     np.testing.assert_allclose(runner.run(digits[0][:6]), reference[:6], atol=1e-4, rtol=0)
 
 
+def test_openvino_runner_times_a_batch_size_through_a_static_copy(files, digits, reference):
+    runner = OpenVinoRunner(files["ir"], threads=1)
+    result = measure_latency(runner, digits[0], **{**QUICK, "batches": (1, 4)})
+    # The harness fixed each timed batch size, as a deployed static model runs it; other sizes still run.
+    assert runner.describe()["static_batches"] == [1, 4] and result.at_batch(4).iterations >= 1
+    for batch in (1, 4, 7):
+        np.testing.assert_allclose(runner.run(digits[0][:batch]), reference[:batch], atol=1e-4, rtol=0)
+
+
 def test_openvino_runner_follows_the_artifacts_precision(model, digits, reference, tmp_path):
     from edgekd.exporters import ModelIO, get_exporter
 

@@ -159,3 +159,22 @@ def test_multistep_factors_give_the_lr_after_each_milestone():
         train={"epochs": 200, "schedule": {"name": "multistep", "milestones": [100], "factors": [0.1, 0.2]}}
     )
     assert error_of(raw).startswith("train.schedule.factors:")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["export", "RUN", "--format", "tflite"], "'tflite' is not one of 'onnx', 'openvino', 'tensorrt'"),
+        (["bench", "model.onnx", "--backend", "coreml"], "'coreml' is not one of"),
+        (["bench"], "missing argument 'artifact'"),
+        (["validate", "RECIPE", "--bogus"], "no such option '--bogus'"),
+        (["deploy"], "no such command 'deploy'"),
+    ],
+)
+def test_command_line_mistakes_are_one_line_exit_2(cli, write_recipe, args, needle):
+    recipe = write_recipe()
+    mapping = {"RUN": str(recipe.parent), "RECIPE": str(recipe)}
+    result = cli(*[mapping.get(arg, arg) for arg in args])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0, result.output
+    assert needle in result.output.lower()

@@ -213,6 +213,7 @@ def _cold_start(runner: Runner, batch: np.ndarray) -> ColdStart:
 
 
 def _time_batch(runner: Runner, batch: np.ndarray, config: LatencyConfig) -> BatchLatency:
+    runner.prepare_batch(len(batch))
     _check_output(runner, batch)
     warmup_iters, warmup_ns = _repeat(runner.run, batch, config.warmup_iters, config.warmup_s, record=None)
     durations: list[int] = []

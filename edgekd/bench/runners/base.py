@@ -54,6 +54,11 @@ class Runner(ABC):
     def _load(self) -> None:
         """The backend's own preparation; called once by :meth:`load`."""
 
+    def prepare_batch(self, batch: int) -> None:
+        """Get ready to run many batches of exactly ``batch`` images (the latency harness calls it before
+        timing a batch size). Backends that run a fixed shape faster than a dynamic one specialize here."""
+        del batch  # most backends run every batch size alike: nothing to prepare
+
     @abstractmethod
     def run(self, images: np.ndarray) -> np.ndarray:
         """N×C×H×W float32 images → N×classes float32 logits; requires :meth:`load` first."""

@@ -1,0 +1,128 @@
+"""The specialization scenario (SKD, paper 001) on the embedded digits, over several seeds.
+
+Runs the real CLI, ``edgekd build recipes/digits_specialize.yaml --seeds 0,1,2``, in a subprocess into a
+temporary folder and records every student's test accuracy (mean ± sample std over the seeds, and each
+seed's value), its parameters and the teacher's, then checks the issue's target:
+
+    SKD >= scratch + 1.5 pts and SKD >= finetune, far under the teacher's parameters, beyond one std
+    (the SKD mean minus its std above the other's mean plus its std).
+
+Writes benchmarks/results/specialization.json:
+
+    python benchmarks/specialization.py [--seeds 0,1,2] [--recipe recipes/digits_specialize.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "specialization.json"
+MARGIN_OVER_SCRATCH = 1.5
+
+
+def run_build(recipe: Path, seeds: str, output_dir: str) -> tuple[float, dict[str, Any]]:
+    command = [
+        sys.executable,
+        "-m",
+        "edgekd.cli",
+        "build",
+        str(recipe),
+        "--quiet",
+        "--seeds",
+        seeds,
+        "--set",
+        f"output_dir={output_dir}",
+    ]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - started
+    (run_dir,) = Path(output_dir).iterdir()
+    return elapsed, json.loads((run_dir / "metrics.json").read_text())
+
+
+def model_rows(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = {}
+    for record in metrics["models"]:
+        rows[record["name"]] = {
+            "test_acc_mean": record["test_acc"],
+            "test_acc_std": record.get("test_acc_std", 0.0),
+            "test_acc_per_seed": [run["test_acc"] for run in record.get("per_seed", [record])],
+            "params": record["params"],
+            "fits_budget": record.get("fits_budget"),
+        }
+    return rows
+
+
+def beats(rows: dict[str, dict[str, Any]], winner: str, loser: str, margin: float = 0.0) -> dict[str, Any]:
+    """Whether ``winner`` beats ``loser`` by ``margin`` points on the means, and beyond one std."""
+    w, v = rows[winner], rows[loser]
+    gap = w["test_acc_mean"] - v["test_acc_mean"]
+    beyond_std = (w["test_acc_mean"] - w["test_acc_std"]) > (v["test_acc_mean"] + v["test_acc_std"])
+    return {
+        "gap_pts": round(gap, 2),
+        "required_gap_pts": margin,
+        "met_on_means": gap >= margin,
+        "beyond_one_std": beyond_std,
+    }
+
+
+def target_checks(rows: dict[str, dict[str, Any]], method: str) -> dict[str, Any]:
+    checks = {}
+    if "scratch" in rows:
+        checks[f"{method}_vs_scratch"] = beats(rows, method, "scratch", MARGIN_OVER_SCRATCH)
+    if "finetune" in rows:
+        checks[f"{method}_vs_finetune"] = beats(rows, method, "finetune")
+    checks["teacher_params_over_student"] = round(rows["teacher"]["params"] / rows[method]["params"], 1)
+    return checks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "digits_specialize.yaml")
+    args = parser.parse_args()
+    import torch
+
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as output_dir:
+        elapsed, metrics = run_build(args.recipe, args.seeds, output_dir)
+    method = next(record["name"] for record in metrics["models"] if record.get("is_main"))
+    rows = model_rows(metrics)
+    result = {
+        "benchmark": "specialization: students on a class subset, few-shot, mean ± sample std over seeds",
+        "command": f"edgekd build {args.recipe.relative_to(ROOT)} --seeds {args.seeds}",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "wall_time_s": round(elapsed, 1),
+        "data": metrics["data"],
+        "models": rows,
+        "targets": target_checks(rows, method),
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "load_average_before": [round(x, 2) for x in load_before],
+        },
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    for name, row in rows.items():
+        print(
+            f"{name:>10}: {row['test_acc_mean']:6.2f} ± {row['test_acc_std']:.2f}  ({row['params']} params)"
+        )
+    print(json.dumps(result["targets"], indent=2))
+    print(f"wrote {RESULTS.relative_to(ROOT)} ({elapsed:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
