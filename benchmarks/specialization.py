@@ -60,6 +60,8 @@ def model_rows(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "params": record["params"],
             "fits_budget": record.get("fits_budget"),
         }
+        if "student_task_test_acc" in record:  # the teacher, judged on the student's classes only
+            rows[record["name"]]["test_acc_on_student_classes"] = record["student_task_test_acc"]
     return rows
 
 

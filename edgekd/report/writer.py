@@ -113,7 +113,10 @@ def artifact_section(metrics: dict[str, Any]) -> list[str]:
         "",
     ]
     if env:
-        lines += [f"Measured on: {env.get('cpu', '?')}, threads {env.get('threads', 'default')}.", ""]
+        lines += [
+            f"Measured on: {env.get('cpu', '?')}, threads {env.get('threads') or 'the runtime default'}.",
+            "",
+        ]
     for record in artifacts:
         command = record.get("details", {}).get("trtexec")
         if command:
