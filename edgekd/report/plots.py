@@ -20,24 +20,32 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _readable_log_x(ax) -> None:
+    """A log x axis labelled at 1, 2 and 5 per decade in plain numbers (0.05, 20000), not 5×10⁻²."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _accuracy_label(record: dict[str, Any]) -> str:
+    std = record.get("test_acc_std")
+    return f"{record['test_acc']:.2f} %" if std is None else f"{record['test_acc']:.2f} ± {std:.2f} %"
+
+
 def accuracy_vs_params(metrics: dict[str, Any], path: Path) -> Path:
     """Test accuracy of every model against its parameter count, with the budget as a vertical line."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
     for record in metrics["models"]:
         marker = "s" if record["role"] == "teacher" else "o"
-        ax.scatter(record["params"], record["test_acc"], marker=marker, s=50, zorder=3)
-        ax.annotate(
-            record["name"],
-            (record["params"], record["test_acc"]),
-            textcoords="offset points",
-            xytext=(6, 4),
-            fontsize=9,
-        )
+        # A legend, not labels beside the points: students of one budget share their x.
+        label = f"{record['name']} ({_accuracy_label(record)})"
+        ax.scatter(record["params"], record["test_acc"], marker=marker, s=50, zorder=3, label=label)
     budget = metrics["budget"]["params"]
     if budget:
         ax.axvline(budget, color="tab:red", linestyle="--", label=f"budget {budget:,} params")
-        ax.legend(loc="lower right")
-    ax.set_xscale("log")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    _readable_log_x(ax)
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{metrics['run']['name']}: accuracy against size")
@@ -84,10 +92,7 @@ def accuracy_vs_latency(metrics: dict[str, Any], path: Path) -> Path | None:
             label=f"{record['name']} ({timing['p50_ms']:.3g} ms)",
         )
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    _readable_log_x(ax)
     ax.set_xlabel(f"p50 latency at batch {points[0][1]['batch']} (ms, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{metrics['run']['name']}: accuracy against latency per backend")
