@@ -9,7 +9,7 @@ seed's value), its parameters and the teacher's, then checks the issue's target:
 
 Writes benchmarks/results/specialization.json:
 
-    python benchmarks/specialization.py [--seeds 0,1,2] [--recipe recipes/digits_specialize.yaml]
+    python benchmarks/specialization.py [--seeds 0,1,2] [--recipe recipes/digits_specialize.yaml] [--results F]
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "digits_specialize.yaml")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the results file")
     args = parser.parse_args()
     import torch
 
@@ -116,14 +117,14 @@ def main() -> None:
             "load_average_before": [round(x, 2) for x in load_before],
         },
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=2) + "\n")
     for name, row in rows.items():
         print(
             f"{name:>10}: {row['test_acc_mean']:6.2f} ± {row['test_acc_std']:.2f}  ({row['params']} params)"
         )
     print(json.dumps(result["targets"], indent=2))
-    print(f"wrote {RESULTS.relative_to(ROOT)} ({elapsed:.0f} s)")
+    print(f"wrote {args.results} ({elapsed:.0f} s)")
 
 
 if __name__ == "__main__":
