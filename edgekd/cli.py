@@ -19,6 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from edgekd.bench.latency import LatencyConfig
 from edgekd.errors import EdgekdError
 
 EXIT_INTERRUPTED = 130
@@ -255,28 +256,28 @@ def export_command(
 @click.option(
     "--warmup-iters",
     type=click.IntRange(min=0),
-    default=10,
+    default=LatencyConfig.warmup_iters,
     show_default=True,
     help="Untimed runs before timing (at least).",
 )
 @click.option(
     "--warmup-s",
     type=click.FloatRange(min=0),
-    default=0.5,
+    default=LatencyConfig.warmup_s,
     show_default=True,
     help="Untimed warm-up time (at least).",
 )
 @click.option(
     "--min-iters",
     type=click.IntRange(min=1),
-    default=50,
+    default=LatencyConfig.min_iters,
     show_default=True,
     help="Timed runs per batch size (at least).",
 )
 @click.option(
     "--min-time-s",
     type=click.FloatRange(min=0),
-    default=2.0,
+    default=LatencyConfig.min_time_s,
     show_default=True,
     help="Timed seconds per batch size (at least).",
 )

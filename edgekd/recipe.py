@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
+from edgekd.bench.latency import LatencyConfig
 from edgekd.distill.registry import distill_section_model
 from edgekd.errors import RecipeError
 from edgekd.schema_base import Section
@@ -291,10 +292,15 @@ class BenchmarkConfig(Section):
     threads: int | None = Field(
         None, ge=1, description="Inference threads of every backend (recorded); unset: all cores."
     )
-    warmup_iters: int = Field(10, ge=0, description="Untimed runs before timing, at least this many...")
-    warmup_s: float = Field(0.5, ge=0, description="...and for at least this long.")
-    min_iters: int = Field(50, ge=1, description="Timed runs per batch size, at least this many...")
-    min_time_s: float = Field(2.0, ge=0, description="...and for at least this long.")
+    # The harness's own defaults, so that a recipe, `edgekd bench` and the library time alike.
+    warmup_iters: int = Field(
+        LatencyConfig.warmup_iters, ge=0, description="Untimed runs before timing, at least this many..."
+    )
+    warmup_s: float = Field(LatencyConfig.warmup_s, ge=0, description="...and for at least this long.")
+    min_iters: int = Field(
+        LatencyConfig.min_iters, ge=1, description="Timed runs per batch size, at least this many..."
+    )
+    min_time_s: float = Field(LatencyConfig.min_time_s, ge=0, description="...and for at least this long.")
 
 
 # ---------------------------------------------------------------------------------------- the run

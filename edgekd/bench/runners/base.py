@@ -97,6 +97,13 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+def inference_failed(path: Path, batch: np.ndarray, err: BaseException, expected: Any) -> EdgekdError:
+    """The one-line error of a runner whose backend rejected a batch, with the input the model expects."""
+    return EdgekdError(
+        f"{path}: inference on input {tuple(batch.shape)} failed ({first_line(err)}); the model expects {expected}"
+    )
+
+
 def as_float32_batch(images: np.ndarray) -> np.ndarray:
     """A C-contiguous, writeable float32 array (a copy only when needed) that backends can use in place.
 

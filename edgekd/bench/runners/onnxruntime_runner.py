@@ -15,6 +15,7 @@ from edgekd.bench.runners.base import (
     existing_file,
     first_line,
     import_backend,
+    inference_failed,
 )
 from edgekd.errors import EdgekdError
 
@@ -109,11 +110,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             return self._session.run(self._output_names, {self._input_name: batch})[0]
         except Exception as err:
-            expected = self._session.get_inputs()[0].shape
-            raise EdgekdError(
-                f"{self.path}: inference on input {tuple(batch.shape)} failed ({first_line(err)}); "
-                f"the model expects {expected}"
-            ) from None
+            raise inference_failed(self.path, batch, err, self._session.get_inputs()[0].shape) from None
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

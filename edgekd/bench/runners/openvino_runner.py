@@ -15,6 +15,7 @@ from edgekd.bench.runners.base import (
     existing_file,
     first_line,
     import_backend,
+    inference_failed,
 )
 from edgekd.errors import EdgekdError
 
@@ -176,10 +177,8 @@ class OpenVinoRunner(Runner):
             request.infer()
             return request.get_output_tensor(0).data.copy()
         except RuntimeError as err:
-            expected = self._compiled.input(0).get_partial_shape()
-            raise EdgekdError(
-                f"{self.path}: inference on input {tuple(batch.shape)} failed ({first_line(err)}); "
-                f"the model expects {expected}"
+            raise inference_failed(
+                self.path, batch, err, self._compiled.input(0).get_partial_shape()
             ) from None
 
     def describe(self) -> dict[str, Any]:

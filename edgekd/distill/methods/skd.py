@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from edgekd.distill.features import FeatureDistiller, TapOptions, resize_to
-from edgekd.distill.methods.ofd import MarginBank, depth_weights, overhaul_distances
+from edgekd.distill.features import TapOptions, resize_to
+from edgekd.distill.methods.ofd import OFD, depth_weights, overhaul_distances
 from edgekd.distill.registry import register_method
 
 
@@ -119,14 +119,10 @@ def lipschitz_gaps(
     "SKD (paper 001): CE + Overhaul feature distance + Lipschitz spectral-norm term, features only; "
     "works with a class subset.",
 )
-class SKD(FeatureDistiller):
-    method = "skd"
-    preact = True
+class SKD(OFD):
+    """OFD's pre-ReLU taps, connectors and margins, plus the Lipschitz term, weighted by depth."""
 
-    def __init__(self, student, teacher, options, context):
-        super().__init__(student, teacher, options, context)
-        self.connectors = self.make_connectors()
-        self.margin_bank = MarginBank(teacher, self.pairs)
+    method = "skd"
 
     def forward_train(self, images, labels):
         options = self.options
