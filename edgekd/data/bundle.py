@@ -89,6 +89,9 @@ class DataBundle:
             # Not persistent: a new loader is made per epoch anyway, and persistent workers outlive it until
             # garbage collection, where torch's SIGCHLD handler can then crash on an unrelated child's exit.
             persistent_workers=False,
+            # Workers are forked (torch's default on Linux). Forking a process in which OpenVINO or ONNX
+            # Runtime already started their thread pools crashed it now and then (seen in the test suite), so
+            # the pipeline trains before it loads any runtime.
             worker_init_fn=seed_worker if workers > 0 else None,
         )
 
