@@ -10,6 +10,7 @@ seed's value), its parameters and the teacher's, then checks the issue's target:
 Writes benchmarks/results/specialization.json:
 
     python benchmarks/specialization.py [--seeds 0,1,2] [--recipe recipes/digits_specialize.yaml] [--results F]
+        [--set data.unlabeled=subset ...]
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ RESULTS = ROOT / "benchmarks" / "results" / "specialization.json"
 MARGIN_OVER_SCRATCH = 1.5
 
 
-def run_build(recipe: Path, seeds: str, output_dir: str) -> tuple[float, dict[str, Any]]:
+def run_build(
+    recipe: Path, seeds: str, output_dir: str, overrides: list[str]
+) -> tuple[float, dict[str, Any]]:
     command = [
         sys.executable,
         "-m",
@@ -43,6 +46,8 @@ def run_build(recipe: Path, seeds: str, output_dir: str) -> tuple[float, dict[st
         "--set",
         f"output_dir={output_dir}",
     ]
+    for override in overrides:
+        command += ["--set", override]
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     elapsed = time.perf_counter() - started
@@ -93,17 +98,28 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "digits_specialize.yaml")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the results file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe override passed to edgekd build (repeatable), e.g. data.unlabeled=subset",
+    )
     args = parser.parse_args()
     import torch
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as output_dir:
-        elapsed, metrics = run_build(args.recipe, args.seeds, output_dir)
+        elapsed, metrics = run_build(args.recipe, args.seeds, output_dir, args.overrides)
     method = next(record["name"] for record in metrics["models"] if record.get("is_main"))
     rows = model_rows(metrics)
     result = {
         "benchmark": "specialization: students on a class subset, few-shot, mean ± sample std over seeds",
-        "command": f"edgekd build {args.recipe.relative_to(ROOT)} --seeds {args.seeds}",
+        "command": " ".join(
+            [f"edgekd build {args.recipe.relative_to(ROOT)} --seeds {args.seeds}"]
+            + [f"--set {override}" for override in args.overrides]
+        ),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "wall_time_s": round(elapsed, 1),
         "data": metrics["data"],

@@ -281,6 +281,13 @@ def model_record(
     }
 
 
+def unlabeled_images_used(data: DataBundle, method: str) -> int:
+    """How many unlabelled images `method` trained on: none for methods without a label-free term."""
+    if data.unlabeled is None or not get_method(method).distiller.learns_from_unlabeled:
+        return 0
+    return len(data.unlabeled)
+
+
 def wants_embedding(recipe: Recipe, method: str) -> bool:
     return recipe.report.plots and recipe.report.embedding and method in (recipe.distill.method, "scratch")
 
@@ -405,6 +412,7 @@ def build(recipe: Recipe, *, resume: bool = False, force: bool = False, progress
             method=method,
             is_main=method == recipe.distill.method,
             extra_training_params=extra,
+            unlabeled_images=unlabeled_images_used(p.student_data, method),
             arch_source=choice.how,
         )
         records.append(record)

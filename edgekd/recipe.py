@@ -76,6 +76,16 @@ class DataConfig(Section):
     per_class: int | None = Field(
         None, ge=1, description="Few-shot: keep this many training images per class."
     )
+    unlabeled: Literal["none", "subset", "all"] = Field(
+        "none",
+        description="Training-split images the student is not given labels for, shown to the methods' "
+        "label-free distillation terms (a transfer set): 'subset' = those of the student's classes (the "
+        "customer's unlabelled images), 'all' = those of every class (the teacher's data). Baselines without "
+        "a teacher never see them.",
+    )
+    unlabeled_batch_size: int | None = Field(
+        None, ge=1, description="Unlabelled images per training step; null: batch_size."
+    )
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
@@ -105,6 +115,20 @@ class DataConfig(Section):
                 raise ValueError(
                     f"classes: class id {bad[0]} is out of range for '{self.dataset}' (allowed: {allowed})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_unlabeled(self) -> DataConfig:
+        if self.unlabeled == "subset" and self.per_class is None:
+            raise ValueError(
+                "unlabeled: 'subset' needs per_class (without it every training image of the student's "
+                "classes is already labelled); allowed: 'none', or set per_class"
+            )
+        if self.unlabeled == "all" and self.per_class is None and self.classes is None:
+            raise ValueError(
+                "unlabeled: 'all' needs classes or per_class (without them every training image is already "
+                "labelled); allowed: 'none'"
+            )
         return self
 
 

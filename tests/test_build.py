@@ -186,3 +186,19 @@ def test_class_subset_run_with_finetune_baseline(cli, write_recipe, tmp_path):
     finetune = next(r for r in metrics["models"] if r["name"] == "finetune")
     assert finetune["arch"] == "resnet8" and finetune["fits_budget"] is False
     assert "OVER" in result.output and "on the student's classes" in result.output
+
+
+def test_unlabeled_images_feed_kd_and_the_report_says_so(cli, write_recipe, tmp_path):
+    data = {"dataset": "digits", "batch_size": 16, "classes": [2, 6], "per_class": 10, "unlabeled": "subset"}
+    result = cli("build", write_recipe(data=data), "--quiet")
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "tiny"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    unlabeled = metrics["data"]["student"]["unlabeled"]
+    assert unlabeled["source"] == "subset" and unlabeled["images"] > 100
+    used = {r["name"]: r.get("unlabeled_images") for r in metrics["models"] if r["role"] == "student"}
+    assert used == {"kd": unlabeled["images"], "scratch": 0}
+    history = json.loads((run_dir / "history.json").read_text())
+    assert "train_kd_unlabeled" in history["kd"][-1] and "train_kd_unlabeled" not in history["scratch"][-1]
+    report = (run_dir / "report.md").read_text()
+    assert "fed the distillation terms of: kd; not used by: scratch" in report

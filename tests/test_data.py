@@ -146,6 +146,42 @@ def test_few_shot_larger_than_a_class_is_an_error(teacher: DataBundle):
     assert len(build_data(DataConfig(per_class=smallest)).train) == 10 * smallest
 
 
+# ------------------------------------------------------------------------------------------- unlabelled
+def test_unlabeled_subset_is_the_rest_of_the_students_training_images(teacher: DataBundle):
+    classes = [1, 3, 5, 7, 9]
+    few = build_data(DataConfig(classes=classes, per_class=10, unlabeled="subset", augment="crop"))
+    pool_labels = few.train.pool.labels
+    indices = few.unlabeled.view.indices
+    assert set(pool_labels[indices]) == set(classes)
+    assert not set(indices) & set(few.train.indices)  # labelled images are not repeated
+    in_classes = teacher.train.indices[np.isin(teacher.train.labels, classes)]
+    assert set(indices) | set(few.train.indices) == set(in_classes)
+    assert not set(indices) & (set(few.val.indices) | set(few.test.indices))
+
+    def first_batch(loader_seed: int) -> torch.Tensor:
+        torch.manual_seed(0)  # the augmentation's random crops, as the trainer seeds them per epoch
+        return next(iter(few.unlabeled_loader(loader_seed)))
+
+    batch = first_batch(0)
+    assert isinstance(batch, torch.Tensor) and batch.shape == (64, 1, 8, 8)  # images only: no label to leak
+    assert torch.equal(batch, first_batch(0))
+    assert not torch.equal(batch, first_batch(1))
+    assert few.summary()["unlabeled"] == {"source": "subset", "images": len(in_classes) - 50}
+
+
+def test_unlabeled_all_takes_every_class_and_only_the_student_view_has_it(teacher: DataBundle):
+    cfg = DataConfig(classes=[2, 4], per_class=5, unlabeled="all", unlabeled_batch_size=32)
+    view = build_data(cfg)
+    assert len(view.unlabeled) == len(teacher.train) - 10
+    assert set(view.train.pool.labels[view.unlabeled.view.indices]) == set(range(10))
+    assert next(iter(view.unlabeled_loader(0))).shape[0] == 32
+    assert build_data(cfg, subset=False).unlabeled is None
+    plain = build_data(DataConfig(classes=[2, 4]))
+    assert plain.unlabeled is None and plain.summary()["unlabeled"] == {"source": "none", "images": 0}
+    with pytest.raises(ValueError, match="no unlabelled images"):
+        plain.unlabeled_loader(0)
+
+
 # ------------------------------------------------------------------------------ preprocessing and loaders
 def test_image_size_and_channels_conversion():
     bundle = build_data(DataConfig(image_size=16, channels=3))

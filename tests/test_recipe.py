@@ -76,6 +76,14 @@ def test_repeated_class_id():
     assert error_of(with_changes(data={"classes": [3, 3]})).startswith("data.classes:")
 
 
+def test_unlabeled_images_need_a_few_shot_or_subset_run():
+    message = error_of(with_changes(data={"classes": [1, 2], "unlabeled": "subset"}))
+    assert message.startswith("data.unlabeled:") and "per_class" in message
+    message = error_of(with_changes(data={"unlabeled": "all"}))
+    assert message.startswith("data.unlabeled:") and "'none'" in message
+    assert error_of(with_changes(data={"unlabeled": "some"})).startswith("data.unlabeled:")
+
+
 def test_unknown_method_lists_available():
     message = error_of(with_changes(distill={"method": "kdd"}))
     assert message.startswith("distill.method:") and "scratch" in message and "kd" in message

@@ -22,9 +22,12 @@ from edgekd.data.splits import Split, make_split
 from edgekd.data.subsets import check_class_ids, few_shot, keep_classes, label_lookup
 from edgekd.data.torchvision_sets import TORCHVISION_SETS, load_torchvision_source
 from edgekd.data.transforms import RandomCropFlip, make_augmentation
-from edgekd.data.views import SplitView, channel_stats
+from edgekd.data.views import ImagesOnly, SplitView, channel_stats
+from edgekd.errors import EdgekdError
 from edgekd.recipe import DataConfig
 
+# The unlabelled images' shuffle is seeded apart from the labelled one's: same epoch seed, different order.
+_UNLABELED_SEED_SALT = 7_919
 # Evaluation draws nothing at random, but a DataLoader iterator always draws a base seed; a fixed generator
 # keeps that draw from consuming the global RNG the trainer seeds for augmentation.
 _EVAL_LOADER_SEED = 0
@@ -76,6 +79,10 @@ class DataBundle:
     per_class: int | None = None  # few-shot training images per class, when applied
     is_subset: bool = False  # True when `class_ids` is a chosen subset of the data set's classes
     official_test: bool = False  # test is the data set's own test split (else carved from its training pool)
+    # Training images without labels, for label-free distillation terms (`data.unlabeled`); None: none.
+    unlabeled: Dataset | None = None
+    unlabeled_source: str = "none"
+    unlabeled_batch_size: int | None = None
 
     def _loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
         workers = self.num_workers
@@ -99,6 +106,13 @@ class DataBundle:
         """Training batches with augmentation, shuffled by a generator seeded with `seed`."""
         return self._loader(self.train, self.batch_size, shuffle=True, seed=seed)
 
+    def unlabeled_loader(self, seed: int) -> DataLoader:
+        """Shuffled, augmented batches of unlabelled images (tensors only); the trainer cycles through it."""
+        if self.unlabeled is None:
+            raise ValueError("this data has no unlabelled images (data.unlabeled is 'none')")
+        batch_size = self.unlabeled_batch_size or self.batch_size
+        return self._loader(self.unlabeled, batch_size, shuffle=True, seed=seed + _UNLABELED_SEED_SALT)
+
     def eval_loader(self, split: Literal["train", "val", "test"]) -> DataLoader:
         """Batches in a fixed order with no augmentation ("train" shows the training images as evaluated)."""
         datasets = {"train": self.train, "val": self.val, "test": self.test}
@@ -118,6 +132,10 @@ class DataBundle:
             "class_ids": list(self.class_ids),
             "class_subset": list(self.class_ids) if self.is_subset else None,
             "few_shot_per_class": self.per_class,
+            "unlabeled": {
+                "source": self.unlabeled_source,
+                "images": len(self.unlabeled) if self.unlabeled is not None else 0,
+            },
             "test_split": "official" if self.official_test else "carved",
             "input_spec": self.input_spec.to_dict(),
         }
@@ -148,6 +166,21 @@ def _student_indices(
     if cfg.per_class is not None:
         train = few_shot(train, train_labels, cfg.per_class, class_ids, cfg.split_seed)
     return train, val, test
+
+
+def _unlabeled_indices(
+    cfg: DataConfig, source: Source, split: Split, labelled: np.ndarray, class_ids: list[int]
+) -> np.ndarray:
+    """Training-split images the student has no label for: of its classes ('subset') or of all ('all')."""
+    train_labels = source.train_pool.labels
+    pool = keep_classes(split.train, train_labels, class_ids) if cfg.unlabeled == "subset" else split.train
+    unlabeled = np.setdiff1d(pool, labelled)
+    if not len(unlabeled):
+        raise EdgekdError(
+            f"data.unlabeled: '{cfg.unlabeled}' leaves no training image without a label (the student is "
+            "given every one); allowed: 'none', or a smaller per_class"
+        )
+    return unlabeled
 
 
 def build_data(cfg: DataConfig, *, subset: bool = True) -> DataBundle:
@@ -186,6 +219,14 @@ def build_data(cfg: DataConfig, *, subset: bool = True) -> DataBundle:
     def view(pool: ImagePool, indices: np.ndarray, augment: RandomCropFlip | None = None) -> SplitView:
         return SplitView(pool, indices, mean=mean, std=std, label_lookup=lookup, augment=augment)
 
+    unlabeled = None
+    if subset and cfg.unlabeled != "none":
+        indices = _unlabeled_indices(cfg, source, split, student_train, student_ids)
+        # No relabelling: images of classes outside the subset have no student label anyway.
+        unlabeled = ImagesOnly(
+            SplitView(source.train_pool, indices, mean=mean, std=std, augment=make_augmentation(cfg.augment))
+        )
+
     channels, height, width = source.train_pool.image_shape
     return DataBundle(
         train=view(source.train_pool, train, make_augmentation(cfg.augment)),
@@ -202,4 +243,7 @@ def build_data(cfg: DataConfig, *, subset: bool = True) -> DataBundle:
         per_class=cfg.per_class if subset else None,
         is_subset=subset and cfg.classes is not None,
         official_test=split.official_test,
+        unlabeled=unlabeled,
+        unlabeled_source=cfg.unlabeled if unlabeled is not None else "none",
+        unlabeled_batch_size=cfg.unlabeled_batch_size,
     )

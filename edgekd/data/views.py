@@ -70,6 +70,25 @@ class SplitView(Dataset):
         )
 
 
+class ImagesOnly(Dataset):
+    """A view's images without their labels: a transfer set for label-free distillation terms.
+
+    Dropping the labels here, not in the trainer, means no method can use them by mistake.
+    """
+
+    def __init__(self, view: SplitView):
+        self.view = view
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, position: int) -> torch.Tensor:
+        return self.view.__getitems__([position])[0][0]
+
+    def __getitems__(self, positions: Sequence[int]) -> list[torch.Tensor]:
+        return [image for image, _ in self.view.__getitems__(positions)]
+
+
 def channel_stats(pool: ImagePool, indices: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of the processed images at `indices`, summed in float64."""
     channels = pool.image_shape[0]

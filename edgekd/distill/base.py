@@ -2,7 +2,8 @@
 
 A Distiller owns the student and whatever trainable parts its method adds (connectors, regressors); the
 teacher is held beside it, frozen and in eval mode, and is neither trained nor saved with the student.
-`forward_train` returns the student's logits and a dict of named loss terms, which the trainer sums.
+`forward_train` returns the student's logits and a dict of named loss terms, which the trainer sums; a
+method whose distillation terms need no label also gives them for unlabelled images (`label_free_terms`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ class Distiller(nn.Module):
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
+
+    # Whether the method has terms that need no label, which the trainer then also applies to unlabelled
+    # images (data.unlabeled). The baselines without a teacher have none.
+    learns_from_unlabeled: bool = False
+
+    def label_free_terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The method's distillation terms on a batch of images without labels (same names and weights as
+        in forward_train)."""
+        raise NotImplementedError(f"{type(self).__name__} has no label-free term")
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Called by the trainer before each epoch (0-based) of ``epochs``: staged methods switch here.

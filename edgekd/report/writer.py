@@ -77,6 +77,7 @@ def report_markdown(recipe: Recipe, metrics: dict[str, Any], plot_files: list[st
         "`OVER` marks a model that breaks the budget (a fine-tuned teacher does, by design).",
         "",
     ]
+    lines += unlabeled_lines(metrics)
     extra = [r for r in metrics["models"] if r.get("extra_training_params")]
     if extra:
         lines += [
@@ -94,6 +95,23 @@ def report_markdown(recipe: Recipe, metrics: dict[str, Any], plot_files: list[st
         "",
     ]
     return "\n".join(lines)
+
+
+def unlabeled_lines(metrics: dict[str, Any]) -> list[str]:
+    """Which students also trained on unlabelled images: their accuracies are not label-for-label fair."""
+    unlabeled = metrics["data"]["student"].get("unlabeled") or {}
+    if not unlabeled.get("images"):
+        return []
+    users = [r["name"] for r in metrics["models"] if r.get("unlabeled_images")]
+    others = [
+        r["name"] for r in metrics["models"] if r["role"] == "student" and not r.get("unlabeled_images")
+    ]
+    return [
+        f"Unlabelled images ({unlabeled['images']:,}, `data.unlabeled: {unlabeled['source']}`) fed the "
+        f"distillation terms of: {', '.join(users) or 'none'}; not used by: {', '.join(others) or 'none'} "
+        "(no label-free term).",
+        "",
+    ]
 
 
 def artifact_section(metrics: dict[str, Any]) -> list[str]:

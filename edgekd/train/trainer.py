@@ -8,9 +8,10 @@ most the epoch in progress.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ LAST = "last.pt"
 BEST = "best.pt"
 HISTORY = "history.json"
 DONE = "fit.json"
+# Seeds of successive passes over the unlabelled images within one epoch (far from any other epoch's seed).
+_ROUND_SEED_STEP = 7_777_777
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,13 @@ class Trainer:
         started = time.perf_counter()
         sums: dict[str, float] = {}
         correct, seen, task_loss = 0, 0, 0.0
+        unlabeled = self._unlabeled_batches(epoch)
         for images, labels in self.data.train_loader(epoch_seed(self.seed, epoch)):
             images, labels = images.to(self.device), labels.to(self.device)
             logits, terms = self.distiller.forward_train(images, labels)
+            if unlabeled is not None:
+                extra = self.distiller.label_free_terms(next(unlabeled).to(self.device))
+                terms.update({f"{name}_unlabeled": value for name, value in extra.items()})
             loss = self._step(terms, epoch)
             batch = labels.numel()
             # The unweighted cross-entropy, comparable across methods (a method's own CE term may be scaled).
@@ -158,6 +165,24 @@ class Trainer:
         if task is not None:
             self.progress.update(task, description=self._describe(epoch + 1, val_acc))
         return row
+
+    def _unlabeled_batches(self, epoch: int) -> Iterator[torch.Tensor] | None:
+        """One unlabelled batch per labelled step, for methods with label-free terms (None otherwise).
+
+        The labelled set sets the epoch's length; the unlabelled one is usually larger, so each epoch starts
+        a fresh shuffle of it (seeded by the epoch, so a resumed run draws the same batches) and starts
+        another if the epoch outlasts it.
+        """
+        if self.data.unlabeled is None or not self.distiller.learns_from_unlabeled:
+            return None
+
+        def batches() -> Iterator[torch.Tensor]:
+            for round_ in itertools.count():
+                yield from self.data.unlabeled_loader(
+                    epoch_seed(self.seed, epoch) + _ROUND_SEED_STEP * round_
+                )
+
+        return batches()
 
     def _step(self, terms: dict[str, torch.Tensor], epoch: int) -> torch.Tensor:
         loss = sum(terms.values())

@@ -70,11 +70,20 @@ class AT(FeatureDistiller):
         large = [index for index, shape in enumerate(shapes) if min(shape.size) >= size]
         return large or [0]
 
+    learns_from_unlabeled = True
+
     def forward_train(self, images, labels):
+        logits, terms = self._distill_terms(images)
+        return logits, {"ce": F.cross_entropy(logits, labels), **terms}
+
+    def label_free_terms(self, images):
+        return self._distill_terms(images)[1]
+
+    def _distill_terms(self, images):
         _, teacher_features = self.teacher_features(images)
         logits, student_features = self.student_features(images)
         p = self.options.p
         distance = sum(
             attention_loss(s, t, p) for s, t in zip(student_features, teacher_features, strict=True)
         )
-        return logits, {"ce": F.cross_entropy(logits, labels), "at": self.options.beta / 2 * distance}
+        return logits, {"at": self.options.beta / 2 * distance}

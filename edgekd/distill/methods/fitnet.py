@@ -107,22 +107,33 @@ class FitNet(FeatureDistiller):
         predicted = resize_to(self.regressor(guided), hint.shape[-2:])
         return logits, F.mse_loss(predicted, hint)
 
+    learns_from_unlabeled = True
+
     def forward_train(self, images, labels):
+        logits, terms = self._distill_terms(images)
+        if self.in_hint_stage:
+            return logits, {"ce": logits.new_zeros(()), **terms}
+        ce = (1 - self.options.kd_alpha) * F.cross_entropy(logits, labels)
+        return logits, {"ce": ce, **terms}
+
+    def label_free_terms(self, images):
+        return self._distill_terms(images)[1]
+
+    def _distill_terms(self, images):
+        """The hint (and KD) terms of the current stage; a term off in this stage is a zero, so every epoch
+        logs the same names."""
         options = self.options
         if self.in_hint_stage:
             logits, hint = self.hint_loss(images)
             zero = logits.new_zeros(())
-            terms = {"ce": zero, "hint": hint}
-            if options.kd_alpha > 0:
-                terms["kd"] = zero
-            return logits, terms
+            return logits, {"hint": hint, **({"kd": zero} if options.kd_alpha > 0 else {})}
         if options.task_hint_weight > 0:
             logits, hint = self.hint_loss(images)
             hint = options.task_hint_weight * hint
         else:
             logits = self.student(images)
             hint = logits.new_zeros(())
-        terms = {"ce": (1 - options.kd_alpha) * F.cross_entropy(logits, labels), "hint": hint}
+        terms = {"hint": hint}
         if options.kd_alpha > 0:
             teacher_logits, _ = self.teacher_features(images)
             terms["kd"] = options.kd_alpha * kd_loss(logits, teacher_logits, options.temperature)

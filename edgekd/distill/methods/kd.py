@@ -30,11 +30,18 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 @register_method("kd", KDOptions, "Hinton KD: match the teacher's softened logits (temperature, alpha).")
 class KD(Distiller):
+    learns_from_unlabeled = True
+
     def forward_train(self, images, labels):
         logits = self.student(images)
-        teacher_logits = self.teacher_logits_on_student_classes(images)
-        alpha = self.options.alpha
         return logits, {
-            "ce": (1 - alpha) * F.cross_entropy(logits, labels),
-            "kd": alpha * kd_loss(logits, teacher_logits, self.options.temperature),
+            "ce": (1 - self.options.alpha) * F.cross_entropy(logits, labels),
+            **self._distill_terms(images, logits),
         }
+
+    def label_free_terms(self, images):
+        return self._distill_terms(images, self.student(images))
+
+    def _distill_terms(self, images, logits):
+        teacher_logits = self.teacher_logits_on_student_classes(images)
+        return {"kd": self.options.alpha * kd_loss(logits, teacher_logits, self.options.temperature)}

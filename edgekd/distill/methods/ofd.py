@@ -130,11 +130,20 @@ class OFD(FeatureDistiller):
         self.connectors = self.make_connectors()
         self.margin_bank = MarginBank(teacher, self.pairs)
 
+    learns_from_unlabeled = True
+
     def forward_train(self, images, labels):
+        logits, terms = self._distill_terms(images)
+        return logits, {"ce": F.cross_entropy(logits, labels), **terms}
+
+    def label_free_terms(self, images):
+        return self._distill_terms(images)[1]
+
+    def _distill_terms(self, images):
         _, teacher_features = self.teacher_features(images)
         logits, student_features = self.student_features(images)
         margins = self.margin_bank.margins(teacher_features)
         distances, _ = overhaul_distances(self.connectors, margins, student_features, teacher_features)
         weights = depth_weights(len(distances), 2.0)
         feature_loss = sum(w * d for w, d in zip(weights, distances, strict=True))
-        return logits, {"ce": F.cross_entropy(logits, labels), "ofd": self.options.weight * feature_loss}
+        return logits, {"ofd": self.options.weight * feature_loss}

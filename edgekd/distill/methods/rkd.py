@@ -80,7 +80,16 @@ class RKD(Distiller):
         self.teacher_capture = FeatureCapture(teacher, [_EMBEDDING])
         self.student_capture = FeatureCapture(student, [_EMBEDDING])
 
+    learns_from_unlabeled = True
+
     def forward_train(self, images, labels):
+        logits, terms = self._distill_terms(images)
+        return logits, {"ce": F.cross_entropy(logits, labels), **terms}
+
+    def label_free_terms(self, images):
+        return self._distill_terms(images)[1]
+
+    def _distill_terms(self, images):
         with torch.no_grad():
             _, (teacher_embedding,) = self.teacher_capture.run(images)
         logits, (student_embedding,) = self.student_capture.run(images)
@@ -88,7 +97,6 @@ class RKD(Distiller):
         student_embedding = student_embedding.flatten(1)
         options = self.options
         return logits, {
-            "ce": F.cross_entropy(logits, labels),
             "rkd_distance": options.distance_weight * distance_loss(student_embedding, teacher_embedding),
             "rkd_angle": options.angle_weight * angle_loss(student_embedding, teacher_embedding),
         }

@@ -124,7 +124,7 @@ class SKD(OFD):
 
     method = "skd"
 
-    def forward_train(self, images, labels):
+    def _distill_terms(self, images):
         options = self.options
         _, teacher_features = self.teacher_features(images)
         logits, student_features = self.student_features(images)
@@ -134,10 +134,9 @@ class SKD(OFD):
         )
         weights = depth_weights(len(distances), options.beta)
         half_lambda = options.weight / 2
-        terms = {"ce": F.cross_entropy(logits, labels)}
-        terms["fm"] = (
-            half_lambda * options.fm_scale * sum(w * d for w, d in zip(weights, distances, strict=True))
-        )
+        terms = {
+            "fm": half_lambda * options.fm_scale * sum(w * d for w, d in zip(weights, distances, strict=True))
+        }
         if len(distances) > 1 and options.tm_scale > 0:
             gaps = lipschitz_gaps(teacher_features, connected, options.power_iterations)
             # gap i-1 is the module ending at tap i, which carries tap i's weight
