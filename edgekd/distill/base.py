@@ -2,8 +2,9 @@
 
 A Distiller owns the student and whatever trainable parts its method adds (connectors, regressors); the
 teacher is held beside it, frozen and in eval mode, and is neither trained nor saved with the student.
-`forward_train` returns the student's logits and a dict of named loss terms, which the trainer sums; a
-method whose distillation terms need no label also gives them for unlabelled images (`label_free_terms`).
+`forward_train` returns the student's logits and a dict of named loss terms, which the trainer sums. A
+teacher method writes `distill_terms` (its terms besides cross-entropy, which need no label), so the trainer
+can also apply them to unlabelled images.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgekd.schema_base import Section
@@ -43,19 +45,24 @@ class Distiller(nn.Module):
 
     teacher: nn.Module | None
 
+    # Whether the method has distillation terms that need no label (`distill_terms`), which the trainer then
+    # also applies to unlabelled images (data.unlabeled). The baselines without a teacher have none.
+    learns_from_unlabeled: bool = False
+
     def forward_train(
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError
+        """Cross-entropy on the labelled batch plus the method's distillation terms (override to weight CE)."""
+        logits, terms = self.distill_terms(images)
+        return logits, {"ce": F.cross_entropy(logits, labels), **terms}
 
-    # Whether the method has terms that need no label, which the trainer then also applies to unlabelled
-    # images (data.unlabeled). The baselines without a teacher have none.
-    learns_from_unlabeled: bool = False
+    def distill_terms(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The student's logits and the method's weighted terms that compare it with the teacher."""
+        raise NotImplementedError(f"{type(self).__name__} has no distillation term")
 
     def label_free_terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The method's distillation terms on a batch of images without labels (same names and weights as
-        in forward_train)."""
-        raise NotImplementedError(f"{type(self).__name__} has no label-free term")
+        """The distillation terms on a batch of images without labels (same names and weights)."""
+        return self.distill_terms(images)[1]
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Called by the trainer before each epoch (0-based) of ``epochs``: staged methods switch here.

@@ -55,6 +55,7 @@ def attention_loss(student: torch.Tensor, teacher: torch.Tensor, p: float) -> to
 class AT(FeatureDistiller):
     method = "at"
     preact = False
+    learns_from_unlabeled = True
 
     def default_teacher_taps(self, teacher):
         """The declared taps with maps of at least min_map_size: the paper's CIFAR maps are 32, 16 and 8 wide.
@@ -70,16 +71,7 @@ class AT(FeatureDistiller):
         large = [index for index, shape in enumerate(shapes) if min(shape.size) >= size]
         return large or [0]
 
-    learns_from_unlabeled = True
-
-    def forward_train(self, images, labels):
-        logits, terms = self._distill_terms(images)
-        return logits, {"ce": F.cross_entropy(logits, labels), **terms}
-
-    def label_free_terms(self, images):
-        return self._distill_terms(images)[1]
-
-    def _distill_terms(self, images):
+    def distill_terms(self, images):
         _, teacher_features = self.teacher_features(images)
         logits, student_features = self.student_features(images)
         p = self.options.p

@@ -75,6 +75,7 @@ def hint_stage_epochs(options: FitNetOptions, epochs: int) -> int:
 class FitNet(FeatureDistiller):
     method = "fitnet"
     preact = False
+    learns_from_unlabeled = True
 
     def __init__(self, student, teacher, options, context):
         super().__init__(student, teacher, options, context)
@@ -107,19 +108,14 @@ class FitNet(FeatureDistiller):
         predicted = resize_to(self.regressor(guided), hint.shape[-2:])
         return logits, F.mse_loss(predicted, hint)
 
-    learns_from_unlabeled = True
-
     def forward_train(self, images, labels):
-        logits, terms = self._distill_terms(images)
+        logits, terms = self.distill_terms(images)
         if self.in_hint_stage:
             return logits, {"ce": logits.new_zeros(()), **terms}
         ce = (1 - self.options.kd_alpha) * F.cross_entropy(logits, labels)
         return logits, {"ce": ce, **terms}
 
-    def label_free_terms(self, images):
-        return self._distill_terms(images)[1]
-
-    def _distill_terms(self, images):
+    def distill_terms(self, images):
         """The hint (and KD) terms of the current stage; a term off in this stage is a zero, so every epoch
         logs the same names."""
         options = self.options

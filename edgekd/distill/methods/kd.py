@@ -33,15 +33,10 @@ class KD(Distiller):
     learns_from_unlabeled = True
 
     def forward_train(self, images, labels):
+        logits, terms = self.distill_terms(images)
+        return logits, {"ce": (1 - self.options.alpha) * F.cross_entropy(logits, labels), **terms}
+
+    def distill_terms(self, images):
         logits = self.student(images)
-        return logits, {
-            "ce": (1 - self.options.alpha) * F.cross_entropy(logits, labels),
-            **self._distill_terms(images, logits),
-        }
-
-    def label_free_terms(self, images):
-        return self._distill_terms(images, self.student(images))
-
-    def _distill_terms(self, images, logits):
         teacher_logits = self.teacher_logits_on_student_classes(images)
-        return {"kd": self.options.alpha * kd_loss(logits, teacher_logits, self.options.temperature)}
+        return logits, {"kd": self.options.alpha * kd_loss(logits, teacher_logits, self.options.temperature)}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -124,22 +123,14 @@ def overhaul_distances(
 class OFD(FeatureDistiller):
     method = "ofd"
     preact = True
+    learns_from_unlabeled = True
 
     def __init__(self, student, teacher, options, context):
         super().__init__(student, teacher, options, context)
         self.connectors = self.make_connectors()
         self.margin_bank = MarginBank(teacher, self.pairs)
 
-    learns_from_unlabeled = True
-
-    def forward_train(self, images, labels):
-        logits, terms = self._distill_terms(images)
-        return logits, {"ce": F.cross_entropy(logits, labels), **terms}
-
-    def label_free_terms(self, images):
-        return self._distill_terms(images)[1]
-
-    def _distill_terms(self, images):
+    def distill_terms(self, images):
         _, teacher_features = self.teacher_features(images)
         logits, student_features = self.student_features(images)
         margins = self.margin_bank.margins(teacher_features)

@@ -73,6 +73,8 @@ def angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     "Relational KD (Park 2019): distance (25) and angle (50) structure of penultimate embeddings.",
 )
 class RKD(Distiller):
+    learns_from_unlabeled = True
+
     def __init__(self, student, teacher, options, context):
         super().__init__(student, teacher, options, context)
         if teacher is None:
@@ -80,16 +82,7 @@ class RKD(Distiller):
         self.teacher_capture = FeatureCapture(teacher, [_EMBEDDING])
         self.student_capture = FeatureCapture(student, [_EMBEDDING])
 
-    learns_from_unlabeled = True
-
-    def forward_train(self, images, labels):
-        logits, terms = self._distill_terms(images)
-        return logits, {"ce": F.cross_entropy(logits, labels), **terms}
-
-    def label_free_terms(self, images):
-        return self._distill_terms(images)[1]
-
-    def _distill_terms(self, images):
+    def distill_terms(self, images):
         with torch.no_grad():
             _, (teacher_embedding,) = self.teacher_capture.run(images)
         logits, (student_embedding,) = self.student_capture.run(images)

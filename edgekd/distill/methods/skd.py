@@ -124,7 +124,7 @@ class SKD(OFD):
 
     method = "skd"
 
-    def _distill_terms(self, images):
+    def distill_terms(self, images):
         options = self.options
         _, teacher_features = self.teacher_features(images)
         logits, student_features = self.student_features(images)
