@@ -148,7 +148,7 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     stored_file = run_dir / RECIPE_FILE
     if not stored_file.is_file():
         raise EdgekdError(f"--resume: '{run_dir}' has no {RECIPE_FILE}, so it is not an edgekd run folder")
-    stored = yaml.safe_load(stored_file.read_text())
+    stored = with_current_defaults(yaml.safe_load(stored_file.read_text()))
     current = recipe.model_dump(mode="json")
     changed = _changed_fields(stored, current)
     if changed:
@@ -156,6 +156,15 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
             f"--resume: the recipe differs from the one that started '{run_dir}' in {', '.join(changed[:5])} "
             "(use --force to start over)"
         )
+
+
+def with_current_defaults(stored: Any) -> Any:
+    """The stored recipe with the fields this version added filled in with their defaults, so a run started
+    by an older edgekd still resumes; kept as written when this version cannot read it (then it differs)."""
+    try:
+        return Recipe.model_validate(stored).model_dump(mode="json")
+    except ValueError:
+        return stored
 
 
 def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:

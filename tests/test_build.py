@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 pytestmark = pytest.mark.slow
 
@@ -74,6 +75,12 @@ def test_existing_run_folder_needs_resume_or_force(cli, write_recipe):
     assert cli("build", path, "--quiet", "--resume").exit_code == 0  # everything finished: nothing retrained
     changed = cli("build", path, "--quiet", "--resume", "--set", "train.epochs=3")
     assert changed.exit_code == 2 and "train.epochs" in changed.output
+    # A run folder written before a field existed still resumes: the stored recipe gets today's defaults.
+    stored_path = path.parent / "runs" / "tiny" / "recipe.yaml"
+    stored = yaml.safe_load(stored_path.read_text())
+    del stored["data"]["unlabeled"]
+    stored_path.write_text(yaml.safe_dump(stored))
+    assert cli("build", path, "--quiet", "--resume").exit_code == 0
 
 
 def _edgekd(*args: str) -> list[str]:
