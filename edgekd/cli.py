@@ -170,6 +170,79 @@ def validate(recipe: Path, overrides: tuple[str, ...], explain: bool, schema_onl
     out.print(f"[green]ok[/]: {recipe} is a valid recipe")
 
 
+@main.command()
+@RECIPE_ARG
+@SET_OPTION
+@click.option(
+    "--grid",
+    "grid",
+    multiple=True,
+    required=True,
+    metavar="FIELD=V1,V2",
+    help="A distill.* or train.* field and the values to try, e.g. distill.skd.fm_scale=0.01,0.1,1; repeat for "
+    "a grid over several fields.",
+)
+@click.option("--method", help="The method (or variant) to train [default: the recipe's main method].")
+@click.option("--seeds", metavar="0,1,2", help="Seeds of every variant (same as --set seeds=[0,1,2]).")
+@click.option(
+    "--force", is_flag=True, help="Start the tuning folder over instead of reusing finished students."
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@user_errors
+def tune(
+    recipe: Path,
+    overrides: tuple[str, ...],
+    grid: tuple[str, ...],
+    method: str | None,
+    seeds: str | None,
+    force: bool,
+    quiet: bool,
+) -> None:
+    """Compare variants of RECIPE on validation accuracy (the test split is never evaluated).
+
+    Trains the method for every grid point and seed with the recipe's teacher and data, and prints the
+    validation accuracy (mean ± std over seeds) with the paired difference to the first variant. Choose a
+    recipe value here, then say in the recipe's comment that it was chosen on validation.
+    """
+    from edgekd.recipe import load_recipe
+    from edgekd.tune import parse_grid
+    from edgekd.tune import tune as run_tune
+
+    if seeds is not None:
+        overrides = (*overrides, f"seeds=[{parse_seeds(seeds)}]")
+    loaded = load_recipe(recipe, overrides)
+    axes = [parse_grid(text) for text in grid]
+    with make_progress(quiet) as progress:
+        result = run_tune(loaded, axes, method, force=force, progress=progress)
+    print_tune(result)
+
+
+def print_tune(result: dict) -> None:
+    from edgekd.report.stats import difference_cell
+
+    console = out if out.is_terminal else Console(highlight=False, width=180)
+    title = (
+        f"'{result['method']}' variants on validation accuracy, seeds {', '.join(map(str, result['seeds']))} "
+        "(test never evaluated)"
+    )
+    columns = ["variant", "val acc %", "val loss", "Δ val acc vs first [CI]", "per seed"]
+    rows = []
+    for row in result["variants"]:
+        std = "" if row["val_acc_std"] is None else f" ± {row['val_acc_std']:.2f}"
+        mark = " (best)" if row["label"] == result["best"] else ""
+        rows.append(
+            [
+                row["label"] + mark,
+                f"{row['val_acc']:.2f}{std}",
+                f"{row['val_loss']:.4f}",
+                difference_cell(row.get("paired_vs_first")) if row.get("paired_vs_first") else "reference",
+                ", ".join(f"{run['val_acc']:.1f}" for run in row["per_seed"].values()),
+            ]
+        )
+    console.print(rich_table(title, columns, rows, left=("variant",)))
+    console.print(f"written: {result['path']}")
+
+
 @main.command(name="export")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option(
@@ -380,12 +453,21 @@ def make_progress(quiet: bool) -> Progress:
 
 
 def print_summary(metrics: dict) -> None:
-    from edgekd.report.tables import ARTIFACT_COLUMNS, SUMMARY_COLUMNS, artifact_rows, summary_rows
+    from edgekd.report.tables import (
+        ARTIFACT_COLUMNS,
+        DATA_COLUMNS,
+        artifact_rows,
+        data_rows,
+        summary_columns,
+        summary_rows,
+    )
 
     # Piped into a log file, rich would squeeze the tables into 80 columns and wrap every cell.
-    console = out if out.is_terminal else Console(highlight=False, width=160)
+    console = out if out.is_terminal else Console(highlight=False, width=180)
     title = f"edgekd run '{metrics['run']['name']}' ({metrics['run']['wall_time_s']:.1f} s)"
-    console.print(rich_table(title, SUMMARY_COLUMNS, summary_rows(metrics), left=("model", "architecture")))
+    columns = summary_columns(metrics)
+    console.print(rich_table(title, columns, summary_rows(metrics), left=("model", "architecture")))
+    console.print(rich_table("what each model used", DATA_COLUMNS, data_rows(metrics), left=("model",)))
     rows = artifact_rows(metrics)
     if rows:
         console.print(rich_table("deployment artifacts", ARTIFACT_COLUMNS, rows, left=("artifact", "parity")))

@@ -24,17 +24,22 @@ from torch import nn
 
 import edgekd
 from edgekd.bench import ParityError
-from edgekd.data import DataBundle, build_data
+from edgekd.data import DataBundle, DataPlan
 from edgekd.deploy import ARTIFACTS_DIR, deploy, parity_failures
 from edgekd.distill import DistillContext, get_method
+from edgekd.distill.registry import resolve_method
 from edgekd.errors import EdgekdError
 from edgekd.fileio import write_json, write_text
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
 from edgekd.recipe import Recipe, dump_recipe
+from edgekd.report.stats import paired_difference
 from edgekd.train import FitResult, Trainer, evaluate
 from edgekd.train.checkpoint import load_weights, save_checkpoint
+from edgekd.train.dist import is_main_process
 
 RECIPE_FILE = "recipe.yaml"
+# Per trained student: the pool indices of the images it trained and was selected on, for audits.
+IMAGES_FILE = "images.json"
 
 
 @dataclass(frozen=True)
@@ -55,11 +60,19 @@ class ModelChoice:
 class Prepared:
     recipe: Recipe
     device: torch.device
+    data_plan: DataPlan
     teacher_data: DataBundle
-    student_data: DataBundle
+    student_data: DataBundle  # the first student seed's view (the deployed student's)
     teacher: nn.Module
     student_choice: ModelChoice
     started: float = field(default_factory=time.time)
+    _student_views: dict[int, DataBundle] = field(default_factory=dict)
+
+    def student_data_for(self, seed: int) -> DataBundle:
+        """The student's view for one seed: its own few-shot, validation and unlabelled draws."""
+        if seed not in self._student_views:
+            self._student_views[seed] = self.data_plan.student(seed)
+        return self._student_views[seed]
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -111,8 +124,13 @@ def choose_student(recipe: Recipe, data: DataBundle) -> ModelChoice:
 def prepare(recipe: Recipe) -> Prepared:
     """Build everything that can fail on bad input, before anything is written."""
     device = pick_device(recipe.device)
-    teacher_data = build_data(recipe.data, subset=False)
-    student_data = build_data(recipe.data, subset=True)
+    if recipe.threads is not None:
+        torch.set_num_threads(recipe.threads)
+    plan = DataPlan(recipe.data)
+    teacher_data = plan.teacher()
+    # Every seed's draw is made now, so a draw that cannot be made fails before anything is written.
+    student_views = {seed: plan.student(seed) for seed in recipe.student_seeds}
+    student_data = student_views[recipe.student_seeds[0]]
     student_choice = choose_student(recipe, student_data)
     seed_everything(recipe.seed)
     spec = teacher_data.input_spec
@@ -124,7 +142,16 @@ def prepare(recipe: Recipe) -> Prepared:
     )
     if recipe.teacher.checkpoint is not None:
         load_weights(teacher, recipe.teacher.checkpoint, "teacher.checkpoint", recipe.teacher.model)
-    return Prepared(recipe, device, teacher_data, student_data, teacher, student_choice)
+    return Prepared(
+        recipe,
+        device,
+        plan,
+        teacher_data,
+        student_data,
+        teacher,
+        student_choice,
+        _student_views=student_views,
+    )
 
 
 def open_run_dir(recipe: Recipe, *, resume: bool, force: bool) -> Path:
@@ -196,12 +223,13 @@ def train_teacher(p: Prepared, run_dir: Path, *, resume: bool, progress) -> FitR
     return trainer.fit(resume=resume)
 
 
-def make_student(p: Prepared, method: str, seed: int) -> tuple[nn.Module, ModelChoice]:
-    """A fresh student for `method`: every method starts from the same seeded initialization."""
+def make_student(p: Prepared, method: str, seed: int) -> nn.Module:
+    """A fresh student for `method`: every method starts from the same seeded initialization (a method that
+    starts from the teacher gets a copy of it, whose head the method adapts)."""
     seed_everything(seed)
     spec, data = p.student_data.input_spec, p.student_data
-    if not get_method(method).student_from_teacher:
-        return p.student_choice.create(data.num_classes, spec.channels), p.student_choice
+    if not resolve_method(p.recipe.distill, method).entry.student_from_teacher:
+        return p.student_choice.create(data.num_classes, spec.channels)
     teacher_copy = create_model(
         p.recipe.teacher.model,
         num_classes=p.teacher_data.num_classes,
@@ -209,47 +237,41 @@ def make_student(p: Prepared, method: str, seed: int) -> tuple[nn.Module, ModelC
         **p.recipe.teacher.model_args,
     )
     teacher_copy.load_state_dict(p.teacher.state_dict())
-    _narrow_head(teacher_copy, data.class_ids)
-    choice = ModelChoice(
+    return teacher_copy
+
+
+def student_choice_of(p: Prepared, method: str, student: nn.Module) -> ModelChoice:
+    if not resolve_method(p.recipe.distill, method).entry.student_from_teacher:
+        return p.student_choice
+    spec = p.student_data.input_spec
+    return ModelChoice(
         p.recipe.teacher.model,
         dict(p.recipe.teacher.model_args),
-        count_params(teacher_copy),
-        count_flops(teacher_copy, (spec.channels, spec.height, spec.width)),
+        count_params(student),
+        count_flops(student, (spec.channels, spec.height, spec.width)),
         "the teacher's architecture",
     )
-    return teacher_copy, choice
-
-
-def _narrow_head(model: nn.Module, class_ids: list[int]) -> None:
-    """Keep the teacher's classifier rows of the student's classes: a K-way head that starts where the teacher is."""
-    head = model.classifier
-    if list(class_ids) == list(range(head.out_features)):
-        return
-    narrow = nn.Linear(head.in_features, len(class_ids), bias=head.bias is not None)
-    index = torch.as_tensor(class_ids)
-    with torch.no_grad():
-        narrow.weight.copy_(head.weight[index])
-        if head.bias is not None:
-            narrow.bias.copy_(head.bias[index])
-    model.classifier = narrow
 
 
 def train_student(
     p: Prepared, method: str, seed: int, out_dir: Path, *, resume: bool, progress
 ) -> tuple[nn.Module, ModelChoice, FitResult, int]:
-    entry = get_method(method)
-    student, choice = make_student(p, method, seed)
-    spec = p.student_data.input_spec
+    resolved = resolve_method(p.recipe.distill, method)
+    data = p.student_data_for(seed)
+    student = make_student(p, method, seed)
+    spec = data.input_spec
     context = DistillContext(
-        p.student_data.num_classes,
-        tuple(p.student_data.class_ids),
+        data.num_classes,
+        tuple(data.class_ids),
         input_shape=(spec.channels, spec.height, spec.width),
     )
-    options = getattr(p.recipe.distill, method)
-    distiller = entry.distiller(student, p.teacher, options, context)
+    distiller = resolved.entry.distiller(student, p.teacher, resolved.options, context)
+    choice = student_choice_of(p, method, distiller.student)
+    if is_main_process():
+        write_json(Path(out_dir) / IMAGES_FILE, data.image_indices())
     trainer = Trainer(
         distiller,
-        p.student_data,
+        data,
         p.recipe.train,
         seed=seed,
         out_dir=out_dir,
@@ -290,11 +312,34 @@ def model_record(
     }
 
 
-def unlabeled_images_used(data: DataBundle, method: str) -> int:
+def unlabeled_images_used(recipe: Recipe, data: DataBundle, method: str) -> int:
     """How many unlabelled images `method` trained on: none for methods without a label-free term."""
-    if data.unlabeled is None or not get_method(method).distiller.learns_from_unlabeled:
+    if (
+        data.unlabeled is None
+        or not resolve_method(recipe.distill, method).entry.distiller.learns_from_unlabeled
+    ):
         return 0
     return len(data.unlabeled)
+
+
+def labels_used(recipe: Recipe, data: DataBundle) -> dict[str, int]:
+    """Labelled images a student's training and its model selection used (selection: none with `last`)."""
+    return {
+        "train": len(data.train),
+        "selection": len(data.val) if recipe.train.select == "best_val" else 0,
+    }
+
+
+def teacher_on_unlabeled(p: Prepared, seeds: list[int]) -> dict[str, Any] | None:
+    """How well the teacher knows the student's unlabelled images (top-1 over its own classes): near 100 %
+    when they are its own training images, its generalization when they are new to it."""
+    if p.student_data.unlabeled is None:
+        return None
+    per_seed = [evaluate(p.teacher, p.student_data_for(s).unlabeled_eval_loader(), p.device) for s in seeds]
+    return {
+        "teacher_acc": round(float(np.mean([acc for acc, _ in per_seed])), 4),
+        "teacher_loss": round(float(np.mean([loss for _, loss in per_seed])), 6),
+    }
 
 
 def wants_embedding(recipe: Recipe, method: str) -> bool:
@@ -323,10 +368,50 @@ def penultimate_features(
     return torch.cat(captured).flatten(1)[:limit].numpy(), torch.cat(labels)[:limit].numpy()
 
 
+def method_uses_teacher(resolved) -> bool:
+    """Whether a method learns from the teacher (its outputs, features or weights)."""
+    return resolved.entry.student_from_teacher or resolved.entry.name != "scratch"
+
+
+def student_data_summary(p: Prepared, seeds: list[int]) -> dict[str, Any]:
+    summary = p.student_data.summary()
+    summary["draw_seeds"] = [p.data_plan.draw_seed(seed) for seed in seeds]
+    if summary["unlabeled"]["images"]:
+        summary["unlabeled"].update(teacher_on_unlabeled(p, seeds))
+    return summary
+
+
+def add_paired_comparisons(records: list[dict[str, Any]], recipe: Recipe) -> None:
+    """Every student's per-seed test accuracy minus the reference baseline's, with its interval."""
+    reference_name = recipe.report.reference or "scratch"
+    students = {r["name"]: r for r in records if r["role"] == "student"}
+    reference = students.get(reference_name)
+    if reference is None:
+        return
+    report = recipe.report
+    reference_values = per_seed_values(reference, "test_acc")
+    for name, record in students.items():
+        if name == reference_name:
+            continue
+        record["paired"] = paired_difference(
+            per_seed_values(record, "test_acc"),
+            reference_values,
+            reference_name=reference_name,
+            confidence=report.confidence,
+            method=report.interval,
+        )
+
+
+def per_seed_values(record: dict[str, Any], key: str) -> dict[int, float]:
+    runs = record.get("per_seed") or [record]
+    return {run["seed"]: run[key] for run in runs}
+
+
 def seed_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """One record per method: the first seed's fields, accuracies as mean (and std over seeds)."""
     record = {key: value for key, value in per_seed[0].items() if key not in ("seed",)}
     if len(per_seed) == 1:
+        record["per_seed"] = [{key: per_seed[0][key] for key in ("seed", "val_acc", "test_acc")}]
         return record
     for key in ("val_acc", "test_acc", "test_loss"):
         values = np.array([run[key] for run in per_seed], dtype=np.float64)
@@ -337,7 +422,7 @@ def seed_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     record["checkpoint"] = per_seed[0]["checkpoint"]
     record["train_time_s"] = round(sum(run["train_time_s"] for run in per_seed), 2)
     record["per_seed"] = [
-        {key: run[key] for key in ("seed", "val_acc", "test_acc", "best_epoch", "checkpoint")}
+        {key: run[key] for key in ("seed", "val_acc", "test_acc", "test_loss", "best_epoch", "checkpoint")}
         for run in per_seed
     ]
     return record
@@ -388,7 +473,7 @@ def build(recipe: Recipe, *, resume: bool = False, force: bool = False, progress
         class_index=p.student_data.class_ids,
     )
     teacher_record.update(
-        student_task_val_acc=on_student["val_acc"],
+        labelled_images={"train": len(p.teacher_data.train), "selection": len(p.teacher_data.val)},
         student_task_test_acc=on_student["test_acc"],
         source=teacher_choice.how,
         best_epoch=teacher_fit.best_epoch if teacher_fit else None,
@@ -405,8 +490,9 @@ def build(recipe: Recipe, *, resume: bool = False, force: bool = False, progress
             student, choice, fit, extra = train_student(
                 p, method, seed, out_dir, resume=resume, progress=progress
             )
+            data = p.student_data_for(seed)
             ckpt = save_checkpoint(student.state_dict(), models_dir / f"{method}{tag}.pt")
-            record = model_record(method, "student", student, choice, p.student_data, p.device, budget, ckpt)
+            record = model_record(method, "student", student, choice, data, p.device, budget, ckpt)
             record.update(seed=seed, best_epoch=fit.best_epoch, train_time_s=round(fit.train_time_s, 2))
             per_seed.append(record)
             histories[method + tag.replace("_", " ")] = fit.history
@@ -416,15 +502,20 @@ def build(recipe: Recipe, *, resume: bool = False, force: bool = False, progress
                 embeddings[method] = penultimate_features(
                     student, p.student_data, p.device, recipe.report.embedding_points
                 )
+        resolved = resolve_method(recipe.distill, method)
         record = seed_summary(per_seed)
         record.update(
-            method=method,
+            method=resolved.entry.name,
+            options=resolved.options.model_dump(mode="json"),
             is_main=method == recipe.distill.method,
             extra_training_params=extra,
-            unlabeled_images=unlabeled_images_used(p.student_data, method),
+            labelled_images=labels_used(recipe, p.student_data),
+            unlabeled_images=unlabeled_images_used(recipe, p.student_data, method),
+            uses_teacher=method_uses_teacher(resolved),
             arch_source=choice.how,
         )
         records.append(record)
+    add_paired_comparisons(records, recipe)
 
     release_worker_signal_handler()
     artifacts = deploy_main_student(p, main_student, main_params, run_dir, progress)
@@ -438,7 +529,7 @@ def build(recipe: Recipe, *, resume: bool = False, force: bool = False, progress
             "resumed": resume,
         },
         "environment": environment(recipe.benchmark.threads),
-        "data": {"teacher": p.teacher_data.summary(), "student": p.student_data.summary()},
+        "data": {"teacher": p.teacher_data.summary(), "student": student_data_summary(p, seeds)},
         "budget": {"params": budget},
         "student_choice": {
             "arch": p.student_choice.arch,

@@ -74,14 +74,53 @@ class DataConfig(Section):
         description="The student's classes (original ids), remapped to 0..K-1 in this order.",
     )
     per_class: int | None = Field(
-        None, ge=1, description="Few-shot: keep this many training images per class."
+        None,
+        ge=1,
+        description="Few-shot: the student gets this many labelled training images per class, drawn from "
+        "`student_pool`.",
+    )
+    student_pool: Literal["teacher_train", "customer"] = Field(
+        "teacher_train",
+        description="Where the student's images (labelled, unlabelled, and validation with val_per_class) "
+        "come from. 'teacher_train': the teacher's own training images (the SKD paper's protocol: the "
+        "teacher has seen, with labels, every image the student learns from). 'customer': a hold-out of "
+        "the training pool (`customer_fraction` of each class) that the teacher never sees, as when a "
+        "customer brings new images of its classes.",
+    )
+    customer_fraction: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="With student_pool 'customer': the part of each class's training images held out from "
+        "the teacher for the student.",
+    )
+    draws: Literal["per_seed", "fixed"] = Field(
+        "per_seed",
+        description="The student's few-shot, validation and unlabelled draws: 'per_seed' draws them anew "
+        "for every student seed (every method of one seed gets the same draw, so comparisons stay paired); "
+        "'fixed' uses one draw (from split_seed) for all seeds.",
+    )
+    val_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="Select the student on this many labelled validation images per class, drawn from "
+        "the student's pool under 'customer' (disjoint from its training images) and from the validation "
+        "split otherwise. Null: the whole validation split of the student's classes.",
+    )
+    last_batch: Literal["even", "drop", "keep"] = Field(
+        "even",
+        description="Training batches when batch_size does not divide the images: 'even' spreads them over "
+        "ceil(N / batch_size) batches of nearly equal size (none smaller than half a batch), 'drop' drops "
+        "the remainder each epoch, 'keep' keeps a smaller last batch (it can hold 1 image: degenerate "
+        "BatchNorm statistics and relational terms).",
     )
     unlabeled: Literal["none", "subset", "all"] = Field(
         "none",
-        description="Training-split images the student is not given labels for, shown to the methods' "
-        "label-free distillation terms (a transfer set): 'subset' = those of the student's classes (the "
-        "customer's unlabelled images), 'all' = those of every class (the teacher's data). Baselines without "
-        "a teacher never see them.",
+        description="Images of the student's pool it is not given labels for, shown to the methods' "
+        "label-free distillation terms (a transfer set): 'subset' = those of the student's classes, 'all' = "
+        "those of every class. Under student_pool 'customer' they are customer images the teacher never saw; "
+        "under 'teacher_train' they are the teacher's own training images. Baselines without a teacher "
+        "never see them.",
     )
     unlabeled_batch_size: int | None = Field(
         None, ge=1, description="Unlabelled images per training step; null: batch_size."
@@ -116,6 +155,10 @@ class DataConfig(Section):
                     f"classes: class id {bad[0]} is out of range for '{self.dataset}' (allowed: {allowed})"
                 )
         return self
+
+    @property
+    def customer(self) -> bool:
+        return self.student_pool == "customer"
 
     @model_validator(mode="after")
     def _check_unlabeled(self) -> DataConfig:
@@ -341,6 +384,17 @@ class ReportConfig(Section):
         "of `scratch` when it is a baseline (SKD paper, Fig. 6).",
     )
     embedding_points: int = Field(1000, ge=10, description="Test images in the embedding plot, at most.")
+    reference: str | None = Field(
+        None,
+        description="The baseline every student is compared with, seed by seed (paired differences of test "
+        "accuracy with a confidence interval). Null: `scratch` when it is trained.",
+    )
+    interval: Literal["t", "bootstrap"] = Field(
+        "t",
+        description="Interval of the mean paired difference: Student's t over seeds (default; honest with "
+        "few seeds) or a percentile bootstrap over seeds (too narrow below ~10 seeds).",
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the paired intervals.")
 
 
 # The `distill:` section has one options block per registered method, so the schema shows them all.
@@ -361,6 +415,13 @@ class Recipe(Section):
     output_dir: Path = Path("runs")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="'auto' uses a CUDA GPU when one is present."
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="PyTorch CPU threads for training and evaluation (recorded in metrics.json); null: "
+        "PyTorch's default. Results are bit-exact for one thread count on one machine; another thread count "
+        "or CPU changes the float rounding, hence the numbers (see the README).",
     )
     data: DataConfig = DataConfig()
     teacher: TeacherConfig
@@ -383,6 +444,16 @@ class Recipe(Section):
     def _check_seeds(self) -> Recipe:
         if self.seeds and len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: {self.seeds} names a seed twice")
+        return self
+
+    @model_validator(mode="after")
+    def _check_reference(self) -> Recipe:
+        reference = self.report.reference
+        trained = [self.distill.method, *self.distill.baselines]
+        if reference is not None and reference not in trained:
+            raise ValueError(
+                f"report.reference: '{reference}' is not trained by this recipe (allowed: {', '.join(trained)})"
+            )
         return self
 
 

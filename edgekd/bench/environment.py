@@ -43,6 +43,10 @@ class EnvironmentRecord:
     packages: dict[str, str | None] = field(default_factory=dict)
     cuda_device: str | None = None
     threads: int | None = None
+    # The vendor and the instruction-set extensions that decide which float kernels run: two machines that
+    # differ here round differently, so results are bit-exact only within one of them.
+    cpu_vendor: str | None = None
+    cpu_isa: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +65,8 @@ def environment_record(threads: int | None = None) -> EnvironmentRecord:
         packages={module: package_version(module) for module in PACKAGES},
         cuda_device=cuda_device_name(),
         threads=threads,
+        cpu_vendor=cpu_vendor(),
+        cpu_isa=cpu_isa(),
     )
 
 
@@ -81,6 +87,40 @@ def cpu_model(cpuinfo: Path = CPUINFO) -> str:
         if value:
             return value[0]
     return platform.processor() or platform.machine() or "unknown"
+
+
+# The /proc/cpuinfo flags that change which kernels oneDNN, ONNX Runtime and OpenVINO pick.
+ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "sve",
+)
+
+
+def cpu_vendor(cpuinfo: Path = CPUINFO) -> str | None:
+    """GenuineIntel, AuthenticAMD, ... (x86 'vendor_id'; ARM's 'CPU implementer' code)."""
+    for key in ("vendor_id", "CPU implementer"):
+        values = _cpuinfo_values(cpuinfo, key)
+        if values:
+            return values[0]
+    return None
+
+
+def cpu_isa(cpuinfo: Path = CPUINFO) -> list[str]:
+    """The ISA_FLAGS this CPU reports, in that order."""
+    flags = _cpuinfo_values(cpuinfo, "flags") or _cpuinfo_values(cpuinfo, "Features")
+    present = set(flags[0].split()) if flags else set()
+    return [flag for flag in ISA_FLAGS if flag in present]
 
 
 def physical_cores(cpuinfo: Path = CPUINFO) -> int | None:

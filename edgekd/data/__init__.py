@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from edgekd.data.bundle import DataBundle, InputSpec, build_data
+from edgekd.data.bundle import DataBundle, DataPlan, InputSpec, build_data
 
-__all__ = ["DataBundle", "InputSpec", "build_data"]
+__all__ = ["DataBundle", "DataPlan", "InputSpec", "build_data"]

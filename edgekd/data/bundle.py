@@ -7,19 +7,21 @@ split, so the student's test images are exactly the teacher's test images of the
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from edgekd.data.batches import EvenBatchSampler, smallest_batch, steps_per_epoch
 from edgekd.data.digits import load_digits_source
 from edgekd.data.imagefolder import load_imagefolder_source
 from edgekd.data.pools import ImagePool, Source
 from edgekd.data.preprocess import Preprocess
-from edgekd.data.splits import Split, make_split
-from edgekd.data.subsets import check_class_ids, few_shot, keep_classes, label_lookup
+from edgekd.data.splits import carve_customer, make_split
+from edgekd.data.student_images import draw_from_pool, draw_validation
+from edgekd.data.subsets import check_class_ids, keep_classes, label_lookup
 from edgekd.data.torchvision_sets import TORCHVISION_SETS, load_torchvision_source
 from edgekd.data.transforms import RandomCropFlip, make_augmentation
 from edgekd.data.views import ImagesOnly, SplitView, channel_stats
@@ -83,15 +85,22 @@ class DataBundle:
     unlabeled: Dataset | None = None
     unlabeled_source: str = "none"
     unlabeled_batch_size: int | None = None
+    last_batch: str = "keep"
+    # Where the images came from and what the teacher saw of them (the report says it per model).
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def _loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
         workers = self.num_workers
+        generator = torch.Generator().manual_seed(seed)
+        batching: dict[str, Any] = {"batch_size": batch_size, "shuffle": shuffle, "drop_last": False}
+        if shuffle and self.last_batch == "even":
+            batching = {"batch_sampler": EvenBatchSampler(len(dataset), batch_size, generator)}
+        elif shuffle and self.last_batch == "drop":
+            batching["drop_last"] = True
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=False,
-            generator=torch.Generator().manual_seed(seed),
+            **batching,
+            generator=generator,
             num_workers=workers,
             # Not persistent: a new loader is made per epoch anyway, and persistent workers outlive it until
             # garbage collection, where torch's SIGCHLD handler can then crash on an unrelated child's exit.
@@ -112,6 +121,32 @@ class DataBundle:
             raise ValueError("this data has no unlabelled images (data.unlabeled is 'none')")
         batch_size = self.unlabeled_batch_size or self.batch_size
         return self._loader(self.unlabeled, batch_size, shuffle=True, seed=seed + _UNLABELED_SEED_SALT)
+
+    def image_indices(self) -> dict[str, list[int] | None]:
+        """Which pool images each part holds (training pool for train/val/unlabelled, test pool for test)."""
+
+        def indices(dataset: Dataset | None) -> list[int] | None:
+            view = dataset.view if isinstance(dataset, ImagesOnly) else dataset
+            return None if view is None else [int(i) for i in view.indices]
+
+        return {
+            "train": indices(self.train),
+            "val": indices(self.val),
+            "unlabeled": indices(self.unlabeled),
+            "test": indices(self.test),
+        }
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(len(self.train), self.batch_size, self.last_batch)
+
+    def unlabeled_eval_loader(self) -> DataLoader:
+        """The unlabelled images with their original (teacher's) labels, as evaluation sees them: only for
+        measuring how well the teacher knows them, never for training."""
+        if self.unlabeled is None:
+            raise ValueError("this data has no unlabelled images (data.unlabeled is 'none')")
+        view = self.unlabeled.view.without_augmentation()
+        return self._loader(view, self.eval_batch_size, shuffle=False, seed=_EVAL_LOADER_SEED)
 
     def eval_loader(self, split: Literal["train", "val", "test"]) -> DataLoader:
         """Batches in a fixed order with no augmentation ("train" shows the training images as evaluated)."""
@@ -138,6 +173,9 @@ class DataBundle:
             },
             "test_split": "official" if self.official_test else "carved",
             "input_spec": self.input_spec.to_dict(),
+            "last_batch": self.last_batch,
+            "smallest_train_batch": smallest_batch(len(self.train), self.batch_size, self.last_batch),
+            **self.provenance,
         }
 
 
@@ -154,96 +192,195 @@ def load_source(cfg: DataConfig) -> Source:
     raise ValueError(f"unknown dataset {cfg.dataset!r}")
 
 
-def _student_indices(
-    cfg: DataConfig, source: Source, split: Split, class_ids: list[int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The split narrowed to the student's classes, with few-shot applied to the training part only."""
-    train_labels = source.train_pool.labels
-    test_pool = source.test_pool if source.test_pool is not None else source.train_pool
-    train = keep_classes(split.train, train_labels, class_ids)
-    val = keep_classes(split.val, train_labels, class_ids)
-    test = keep_classes(split.test, test_pool.labels, class_ids)
-    if cfg.per_class is not None:
-        train = few_shot(train, train_labels, cfg.per_class, class_ids, cfg.split_seed)
-    return train, val, test
+class DataPlan:
+    """One data set read and split once; the teacher's view and each student seed's view come from it.
 
-
-def _unlabeled_indices(
-    cfg: DataConfig, source: Source, split: Split, labelled: np.ndarray, class_ids: list[int]
-) -> np.ndarray:
-    """Training-split images the student has no label for: of its classes ('subset') or of all ('all')."""
-    train_labels = source.train_pool.labels
-    pool = keep_classes(split.train, train_labels, class_ids) if cfg.unlabeled == "subset" else split.train
-    unlabeled = np.setdiff1d(pool, labelled)
-    if not len(unlabeled):
-        raise EdgekdError(
-            f"data.unlabeled: '{cfg.unlabeled}' leaves no training image without a label (the student is "
-            "given every one); allowed: 'none', or a smaller per_class"
-        )
-    return unlabeled
-
-
-def build_data(cfg: DataConfig, *, subset: bool = True) -> DataBundle:
-    """The teacher's view (`subset=False`: every class, every training image) or the student's view
-    (`subset=True`: `classes` and `per_class` applied) of the data described by `cfg`.
-
-    `classes` and `per_class` are checked in both views, so a bad value fails before a teacher is trained.
+    The teacher trains on `teacher_train`: the training split, less the customer hold-out under
+    `student_pool: customer`. The student's test images are the teacher's test images of its classes; its
+    training, validation and unlabelled images are drawn from its pool per `draw` seed (see
+    ``student_images.py``), so every method of one seed sees the same images.
     """
-    source = load_source(cfg)
-    test_size = len(source.test_pool) if source.test_pool is not None else None
-    split = make_split(
-        source.train_pool.labels,
-        test_size,
-        val_fraction=cfg.val_fraction,
-        test_fraction=cfg.test_fraction,
-        seed=cfg.split_seed,
-    )
-    # Statistics come from the full training split, so teacher and student see identically normalized inputs.
-    if source.mean is not None and source.std is not None:
-        mean, std = source.mean, source.std
-    else:
-        mean, std = channel_stats(source.train_pool, split.train)
 
-    all_ids = list(range(source.num_classes))
-    student_ids = list(cfg.classes) if cfg.classes is not None else all_ids
-    check_class_ids(student_ids, source.num_classes)
-    student_train, student_val, student_test = _student_indices(cfg, source, split, student_ids)
-    if subset:
-        class_ids, (train, val, test) = student_ids, (student_train, student_val, student_test)
-    else:
-        class_ids, (train, val, test) = all_ids, (split.train, split.val, split.test)
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+        self.source = load_source(cfg)
+        test_size = len(self.source.test_pool) if self.source.test_pool is not None else None
+        self.split = make_split(
+            self.source.train_pool.labels,
+            test_size,
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+            seed=cfg.split_seed,
+        )
+        labels = self.source.train_pool.labels
+        if cfg.customer:
+            self.teacher_train, self.customer = carve_customer(
+                self.split, labels, cfg.customer_fraction, cfg.split_seed
+            )
+        else:
+            self.teacher_train, self.customer = self.split.train, None
+        # Statistics come from the teacher's training images, so teacher and student see identically
+        # normalized inputs, and a customer's images play no part in the teacher's preprocessing.
+        if self.source.mean is not None and self.source.std is not None:
+            self.mean, self.std = self.source.mean, self.source.std
+        else:
+            self.mean, self.std = channel_stats(self.source.train_pool, self.teacher_train)
+        self.all_ids = list(range(self.source.num_classes))
+        self.student_ids = list(cfg.classes) if cfg.classes is not None else self.all_ids
+        check_class_ids(self.student_ids, self.source.num_classes)
 
-    lookup = None if class_ids == all_ids else label_lookup(class_ids, source.num_classes)
-    test_pool = source.test_pool if source.test_pool is not None else source.train_pool
+    @property
+    def test_pool(self) -> ImagePool:
+        return self.source.test_pool if self.source.test_pool is not None else self.source.train_pool
 
-    def view(pool: ImagePool, indices: np.ndarray, augment: RandomCropFlip | None = None) -> SplitView:
-        return SplitView(pool, indices, mean=mean, std=std, label_lookup=lookup, augment=augment)
+    def draw_seed(self, seed: int | None) -> int | None:
+        """The seed of the student's draws for a student seed (None: the fixed draw of split_seed)."""
+        return seed if self.cfg.draws == "per_seed" and seed is not None else None
 
-    unlabeled = None
-    if subset and cfg.unlabeled != "none":
-        indices = _unlabeled_indices(cfg, source, split, student_train, student_ids)
-        # No relabelling: images of classes outside the subset have no student label anyway.
-        unlabeled = ImagesOnly(
-            SplitView(source.train_pool, indices, mean=mean, std=std, augment=make_augmentation(cfg.augment))
+    def teacher(self) -> DataBundle:
+        """Every class, the teacher's training images, the shared validation and test splits."""
+        split = self.split
+        return self._bundle(
+            self.all_ids,
+            self.teacher_train,
+            split.val,
+            split.test,
+            unlabeled=None,
+            per_class=None,
+            provenance={"role": "teacher", "student_pool": self.cfg.student_pool},
         )
 
-    channels, height, width = source.train_pool.image_shape
-    return DataBundle(
-        train=view(source.train_pool, train, make_augmentation(cfg.augment)),
-        val=view(source.train_pool, val),
-        test=view(test_pool, test),
-        num_classes=len(class_ids),
-        class_names=[source.class_names[c] for c in class_ids],
-        class_ids=class_ids,
-        input_spec=InputSpec(channels, height, width, tuple(mean), tuple(std)),
-        batch_size=cfg.batch_size,
-        eval_batch_size=cfg.eval_batch_size,
-        num_workers=cfg.num_workers,
-        dataset=cfg.dataset,
-        per_class=cfg.per_class if subset else None,
-        is_subset=subset and cfg.classes is not None,
-        official_test=split.official_test,
-        unlabeled=unlabeled,
-        unlabeled_source=cfg.unlabeled if unlabeled is not None else "none",
-        unlabeled_batch_size=cfg.unlabeled_batch_size,
-    )
+    def student(self, seed: int | None = None) -> DataBundle:
+        """The student's view for one student seed: its classes, drawn images, unlabelled images."""
+        cfg, labels, ids = self.cfg, self.source.train_pool.labels, self.student_ids
+        draw = self.draw_seed(seed)
+        pool = self.customer if self.customer is not None else self.teacher_train
+        pool = keep_classes(pool, labels, ids)
+        from_pool_val = cfg.val_per_class if cfg.customer else None
+        train, val = draw_from_pool(
+            pool,
+            labels,
+            ids,
+            per_class=cfg.per_class,
+            val_per_class=from_pool_val,
+            split_seed=cfg.split_seed,
+            draw=draw,
+        )
+        if val is None:
+            val = keep_classes(self.split.val, labels, ids)
+            if cfg.val_per_class is not None:
+                val = draw_validation(
+                    val, labels, ids, cfg.val_per_class, split_seed=cfg.split_seed, draw=draw
+                )
+        test = keep_classes(self.split.test, self.test_pool.labels, ids)
+        unlabeled = self._unlabeled(pool, np.union1d(train, val)) if cfg.unlabeled != "none" else None
+        return self._bundle(
+            ids,
+            train,
+            val,
+            test,
+            unlabeled=unlabeled,
+            per_class=cfg.per_class,
+            provenance=self._student_provenance(draw),
+        )
+
+    def _unlabeled(self, student_pool: np.ndarray, labelled: np.ndarray) -> np.ndarray:
+        """The student's pool ('subset') or every class of it ('all'), less the images it has labels for."""
+        cfg = self.cfg
+        if cfg.unlabeled == "subset":
+            candidates = student_pool
+        else:
+            candidates = self.customer if self.customer is not None else self.teacher_train
+        unlabeled = np.setdiff1d(candidates, labelled)
+        if not len(unlabeled):
+            raise EdgekdError(
+                f"data.unlabeled: '{cfg.unlabeled}' leaves no training image without a label (the student is "
+                "given every one); allowed: 'none', or a smaller per_class"
+            )
+        return unlabeled
+
+    def _student_provenance(self, draw: int | None) -> dict[str, Any]:
+        """What the report says about the student's images: where from, and what the teacher saw of them."""
+        cfg = self.cfg
+        if cfg.customer:
+            val_source = "customer pool" if cfg.val_per_class else "validation split"
+        else:
+            val_source = "validation split"
+        return {
+            "role": "student",
+            "student_pool": cfg.student_pool,
+            "customer_fraction": cfg.customer_fraction if cfg.customer else None,
+            "draw_seed": draw,
+            "draws": cfg.draws,
+            "val_per_class": cfg.val_per_class,
+            "val_source": val_source,
+            # The teacher trained on the student's pool only under the paper's protocol; it selected its
+            # epoch on the validation split (never trained on it).
+            "teacher_trained_on_student_images": not cfg.customer,
+            "teacher_selected_on_student_val": val_source == "validation split",
+        }
+
+    def _bundle(
+        self,
+        class_ids: list[int],
+        train: np.ndarray,
+        val: np.ndarray,
+        test: np.ndarray,
+        *,
+        unlabeled: np.ndarray | None,
+        per_class: int | None,
+        provenance: dict[str, Any],
+    ) -> DataBundle:
+        cfg, source = self.cfg, self.source
+        lookup = None if class_ids == self.all_ids else label_lookup(class_ids, source.num_classes)
+
+        def view(pool: ImagePool, indices: np.ndarray, augment: RandomCropFlip | None = None) -> SplitView:
+            return SplitView(
+                pool, indices, mean=self.mean, std=self.std, label_lookup=lookup, augment=augment
+            )
+
+        images_only = None
+        if unlabeled is not None:
+            # No relabelling: images of classes outside the subset have no student label anyway.
+            images_only = ImagesOnly(
+                SplitView(
+                    source.train_pool,
+                    unlabeled,
+                    mean=self.mean,
+                    std=self.std,
+                    augment=make_augmentation(cfg.augment),
+                )
+            )
+        channels, height, width = source.train_pool.image_shape
+        is_student = provenance["role"] == "student"
+        return DataBundle(
+            train=view(source.train_pool, train, make_augmentation(cfg.augment)),
+            val=view(source.train_pool, val),
+            test=view(self.test_pool, test),
+            num_classes=len(class_ids),
+            class_names=[source.class_names[c] for c in class_ids],
+            class_ids=class_ids,
+            input_spec=InputSpec(channels, height, width, tuple(self.mean), tuple(self.std)),
+            batch_size=cfg.batch_size,
+            eval_batch_size=cfg.eval_batch_size,
+            num_workers=cfg.num_workers,
+            dataset=cfg.dataset,
+            per_class=per_class,
+            is_subset=is_student and cfg.classes is not None,
+            official_test=self.split.official_test,
+            unlabeled=images_only,
+            unlabeled_source=cfg.unlabeled if images_only is not None else "none",
+            unlabeled_batch_size=cfg.unlabeled_batch_size,
+            last_batch=cfg.last_batch,
+            provenance=provenance,
+        )
+
+
+def build_data(cfg: DataConfig, *, subset: bool = True, seed: int | None = None) -> DataBundle:
+    """The teacher's view (`subset=False`: every class, the teacher's training images) or the student's view
+    for student seed `seed` (`subset=True`: `classes`, `per_class`, `val_per_class` and `unlabeled` applied).
+
+    `classes` is checked in both views, so a bad value fails before a teacher is trained.
+    """
+    plan = DataPlan(cfg)
+    return plan.student(seed) if subset else plan.teacher()

@@ -15,12 +15,21 @@ import numpy as np
 TEST_SALT = 1
 VAL_SALT = 2
 FEW_SHOT_SALT = 3
+CUSTOMER_SALT = 4
+VAL_DRAW_SALT = 5
 
 
 def seeded_rng(seed: int, *salt: int) -> np.random.RandomState:
     """A RandomState for (seed, *salt); any Python int seed works, negative or beyond 32 bits."""
     words = [seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, *salt]
     return np.random.RandomState(np.asarray(words, dtype=np.uint32))
+
+
+def draw_rng(split_seed: int, salt: int, label: int, draw: int | None) -> np.random.RandomState:
+    """The stream of one class's draw: fixed by split_seed alone (`draw` None) or also by a draw seed."""
+    if draw is None:
+        return seeded_rng(split_seed, salt, label)
+    return seeded_rng(split_seed, salt, label, draw & 0xFFFFFFFF, (draw >> 32) & 0xFFFFFFFF)
 
 
 def holdout_count(class_size: int, fraction: float) -> int:
@@ -76,3 +85,11 @@ def make_split(
         rest, test = stratified_holdout(pool, train_labels, test_fraction, seed, TEST_SALT)
     train, val = stratified_holdout(rest, train_labels, val_fraction, seed, VAL_SALT)
     return Split(train=train, val=val, test=test, official_test=test_size is not None)
+
+
+def carve_customer(
+    split: Split, train_labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the teacher's training images, the customer's images): `fraction` of each class of the training split
+    is held out, never shown to the teacher, for the student to draw from."""
+    return stratified_holdout(split.train, np.asarray(train_labels), fraction, seed, CUSTOMER_SALT)

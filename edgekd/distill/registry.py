@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from edgekd.errors import EdgekdError
 from edgekd.schema_base import Section
@@ -66,12 +67,14 @@ def distill_section_model() -> type[Section]:
     }
 
     def check_names(section: Any) -> Any:
+        check_variants(section.variants)
         names = [section.method, *section.baselines]
+        known = [*method_names(), *sorted(section.variants)]
         for where, name in zip(
             ["method", *(f"baselines.{i}" for i in range(len(names) - 1))], names, strict=True
         ):
-            if name not in _METHODS:
-                raise ValueError(f"{where}: unknown method '{name}' (available: {', '.join(method_names())})")
+            if name not in known:
+                raise ValueError(f"{where}: unknown method '{name}' (available: {', '.join(known)})")
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"baselines: method '{repeated[0]}' is named twice in method/baselines")
@@ -89,5 +92,69 @@ def distill_section_model() -> type[Section]:
                 description="Other methods trained with the same data and seed, to compare.",
             ),
         ),
+        variants=(
+            dict[str, MethodVariant],
+            Field(
+                default_factory=dict,
+                description="Named variants of a method with other options, to compare in one run, e.g. "
+                "{finetune_fresh: {method: finetune, options: {head: fresh}}}; method and baselines may name "
+                "them. Options not given are the method's block above.",
+            ),
+        ),
         **option_fields,
     )
+
+
+class MethodVariant(Section):
+    """A registered method run under its own name with other options."""
+
+    method: str = Field(description="The registered method this variant runs.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of that method (its own block's fields)."
+    )
+
+
+_VARIANT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def check_variants(variants: dict[str, MethodVariant]) -> None:
+    for name, variant in variants.items():
+        if not _VARIANT_NAME.match(name):
+            raise ValueError(
+                f"variants.{name}: a variant name is letters, digits and '_', starting with a letter"
+            )
+        if name in _METHODS:
+            raise ValueError(
+                f"variants.{name}: '{name}' is a registered method; give the variant another name"
+            )
+        if variant.method not in _METHODS:
+            raise ValueError(
+                f"variants.{name}.method: unknown method '{variant.method}' (available: {', '.join(method_names())})"
+            )
+        try:
+            _METHODS[variant.method].options.model_validate(variant.options)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ValueError(
+                f"variants.{name}.options.{where}: got {first.get('input')!r}: {first['msg'].lower()}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class ResolvedMethod:
+    """What a name in distill.method/baselines runs: the registered method and its options."""
+
+    name: str
+    entry: MethodEntry
+    options: Section
+
+
+def resolve_method(distill: Any, name: str) -> ResolvedMethod:
+    """A method or variant named in the recipe's `distill:` section, with the options it runs with."""
+    variant = distill.variants.get(name)
+    if variant is None:
+        return ResolvedMethod(name, get_method(name), getattr(distill, name))
+    entry = get_method(variant.method)
+    base = getattr(distill, variant.method).model_dump()
+    return ResolvedMethod(name, entry, entry.options.model_validate({**base, **variant.options}))

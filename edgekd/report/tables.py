@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgekd.report.stats import difference_cell
+
 SUMMARY_COLUMNS = [
     "model",
     "architecture",
@@ -12,9 +14,20 @@ SUMMARY_COLUMNS = [
     "budget",
     "val acc %",
     "test acc %",
-    "vs scratch",
+    "paired Δ test acc",
     "best epoch",
 ]
+
+
+def summary_columns(metrics: dict[str, Any]) -> list[str]:
+    """The summary's columns, the paired-difference one naming its reference and confidence."""
+    paired = next((r["paired"] for r in metrics["models"] if r.get("paired")), None)
+    if paired is None:
+        return SUMMARY_COLUMNS
+    label = f"Δ vs {paired['reference']}"
+    if paired["interval"] is not None:
+        label += f" [{100 * paired['confidence']:.0f}% CI, {paired['interval_method']}]"
+    return [label if c == "paired Δ test acc" else c for c in SUMMARY_COLUMNS]
 
 
 def human_count(n: int | None) -> str:
@@ -41,15 +54,12 @@ def model_label(record: dict[str, Any]) -> str:
 
 def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
     records = metrics["models"]
-    scratch = next((r for r in records if r["name"] == "scratch"), None)
     rows = []
     for r in records:
         test = accuracy_cell(r, "test_acc")
         if r["role"] == "teacher" and r.get("student_task_test_acc") is not None and _is_subset(metrics):
             test += f" ({r['student_task_test_acc']:.2f} on the student's classes)"
-        delta = "-"
-        if scratch is not None and r["role"] == "student" and r is not scratch:
-            delta = f"{r['test_acc'] - scratch['test_acc']:+.2f}"
+        delta = "reference" if _is_reference(r, records) else difference_cell(r.get("paired"))
         rows.append(
             [
                 model_label(r),
@@ -61,6 +71,56 @@ def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
                 test,
                 delta,
                 str(r.get("best_epoch") or "-"),
+            ]
+        )
+    return rows
+
+
+def _is_reference(record: dict[str, Any], records: list[dict[str, Any]]) -> bool:
+    return any((r.get("paired") or {}).get("reference") == record["name"] for r in records)
+
+
+# ------------------------------------------------------------------------------------------ data used
+DATA_COLUMNS = [
+    "model",
+    "labelled (train)",
+    "labelled (selection)",
+    "unlabelled",
+    "learns from the teacher",
+    "teacher trained on the student's images",
+]
+
+
+def data_rows(metrics: dict[str, Any]) -> list[list[str]]:
+    """What each model learnt from: labelled images for training and for selection, unlabelled images, and
+    whether the teacher it learns from had seen the student's images (then it is not a new-data result)."""
+    student_data = metrics["data"]["student"]
+    teacher_saw = student_data.get("teacher_trained_on_student_images")
+    rows = []
+    for r in metrics["models"]:
+        labelled = r.get("labelled_images") or {}
+        if r["role"] == "teacher":
+            rows.append(
+                [
+                    r["name"],
+                    str(labelled.get("train", "-")),
+                    str(labelled.get("selection", "-")),
+                    "0",
+                    "-",
+                    "-",
+                ]
+            )
+            continue
+        uses_teacher = r.get("uses_teacher")
+        saw = "-" if not uses_teacher or teacher_saw is None else ("yes" if teacher_saw else "no")
+        rows.append(
+            [
+                model_label(r),
+                str(labelled.get("train", "-")),
+                str(labelled.get("selection", "-")),
+                str(r.get("unlabeled_images", 0)),
+                "yes" if uses_teacher else "no",
+                saw,
             ]
         )
     return rows

@@ -13,11 +13,13 @@ from edgekd.report import plots
 from edgekd.report.tables import (
     ARTIFACT_COLUMNS,
     BENCH_CSV_COLUMNS,
-    SUMMARY_COLUMNS,
+    DATA_COLUMNS,
     artifact_rows,
     bench_csv_rows,
+    data_rows,
     human_count,
     markdown_table,
+    summary_columns,
     summary_rows,
 )
 
@@ -71,12 +73,16 @@ def report_markdown(recipe: Recipe, metrics: dict[str, Any], plot_files: list[st
         "",
         "## Models",
         "",
-        markdown_table(SUMMARY_COLUMNS, summary_rows(metrics)),
+        markdown_table(summary_columns(metrics), summary_rows(metrics)),
         "",
-        "Accuracies are top-1 on the held-out test split; models are selected by validation accuracy only. "
-        "`OVER` marks a model that breaks the budget (a fine-tuned teacher does, by design).",
+        "Accuracies are top-1 on the held-out test split (mean ± sample std over seeds); models are selected "
+        "on the validation images only. `OVER` marks a model that breaks the budget (a fine-tuned teacher "
+        "does, by design).",
         "",
     ]
+    lines += paired_lines(metrics)
+    lines += protocol_lines(recipe, metrics)
+    lines += ["### What each model used", "", markdown_table(DATA_COLUMNS, data_rows(metrics)), ""]
     lines += unlabeled_lines(metrics)
     extra = [r for r in metrics["models"] if r.get("extra_training_params")]
     if extra:
@@ -95,6 +101,87 @@ def report_markdown(recipe: Recipe, metrics: dict[str, Any], plot_files: list[st
         "",
     ]
     return "\n".join(lines)
+
+
+def paired_lines(metrics: dict[str, Any]) -> list[str]:
+    """The paired comparisons spelled out: per-seed differences, mean, interval and what it shows."""
+    compared = [r for r in metrics["models"] if r.get("paired")]
+    if not compared:
+        return []
+    first = compared[0]["paired"]
+    lines = [
+        f"### Paired comparison with `{first['reference']}`",
+        "",
+        f"Per seed, each student's test accuracy minus `{first['reference']}`'s on the same seed (same "
+        "images, same test set); the interval is on the mean difference "
+        + (
+            f"({100 * first['confidence']:.0f} %, {_interval_name(first['interval_method'])}). "
+            '"better"/"worse": the interval excludes zero.'
+            if first["interval"] is not None
+            else "(one seed: no interval; train with --seeds for one)."
+        ),
+        "",
+    ]
+    for record in compared:
+        paired = record["paired"]
+        per_seed = ", ".join(f"{d:+.2f}" for d in paired["differences"])
+        interval = "" if paired["interval"] is None else " [{:+.2f}, {:+.2f}]".format(*paired["interval"])
+        lines.append(
+            f"- `{record['name']}`: {paired['mean']:+.2f}{interval} — {paired['verdict']} "
+            f"(seeds {', '.join(map(str, paired['seeds']))}: {per_seed})"
+        )
+    return [*lines, ""]
+
+
+def _interval_name(method: str) -> str:
+    return "Student's t over seeds" if method == "t" else "percentile bootstrap over seeds"
+
+
+def protocol_lines(recipe: Recipe, metrics: dict[str, Any]) -> list[str]:
+    """Where the student's images came from, and what the teacher had seen of them."""
+    data = metrics["data"]["student"]
+    if data.get("student_pool") == "customer":
+        pool = (
+            f"a customer hold-out ({100 * data['customer_fraction']:.0f} % of each class of the training "
+            "split) that the teacher never trained on"
+        )
+    else:
+        pool = "the teacher's own training images (the SKD paper's protocol: the teacher has seen them, labelled)"
+    draws = data.get("draw_seeds") or []
+    if data.get("draws") == "per_seed" and len(draws) > 1:
+        draw = "drawn anew for each seed (every method of one seed gets the same draw)"
+    elif data.get("draws") == "per_seed":
+        draw = "drawn for the seed"
+    else:
+        draw = "one fixed draw for every seed"
+    val = data.get("val_source", "validation split")
+    per_class = data.get("val_per_class")
+    val_text = (
+        f"{per_class} per class from the {val}" if per_class else f"the whole {val} of the student's classes"
+    )
+    lines = [
+        "### Protocol",
+        "",
+        f"- the student's images come from {pool}; its labelled images are {draw};",
+        f"- model selection: `train.select: {recipe.train.select}` on {data['sizes']['val']} labelled validation "
+        f"images ({val_text});",
+        f"- training batches: `data.last_batch: {data.get('last_batch', 'keep')}`, the smallest holds "
+        f"{data.get('smallest_train_batch', '?')} images;",
+    ]
+    unlabeled = data.get("unlabeled") or {}
+    if unlabeled.get("images") and unlabeled.get("teacher_acc") is not None:
+        lines.append(
+            f"- the teacher's top-1 on the student's {unlabeled['images']:,} unlabelled images is "
+            f"{unlabeled['teacher_acc']:.2f} % (near 100 % means it trained on them: its outputs there are "
+            "close to the true labels);"
+        )
+    env = metrics.get("environment") or {}
+    lines.append(
+        f"- trained on {env.get('cpu', '?')} ({env.get('cpu_vendor') or '?'}; "
+        f"{', '.join(env.get('cpu_isa') or []) or '?'}), {env.get('torch_threads', '?')} PyTorch threads: "
+        "bit-exact on this machine and thread count, not across CPUs."
+    )
+    return [*lines, ""]
 
 
 def unlabeled_lines(metrics: dict[str, Any]) -> list[str]:

@@ -9,7 +9,6 @@ most the epoch in progress.
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -255,7 +254,7 @@ class Trainer:
     def _start_progress(self, start_epoch: int):
         if self.progress is None or not is_main_process():
             return None
-        batches = math.ceil(len(self.data.train) / self.data.batch_size)
+        batches = self.data.steps_per_epoch
         return self.progress.add_task(
             self._describe(start_epoch, None),
             total=batches * self.cfg.epochs,

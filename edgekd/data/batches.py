@@ -1,0 +1,58 @@
+"""Training batches that are never degenerate.
+
+With N images and batch size B, a plain loader ends each epoch with N mod B images, which can be one: its
+BatchNorm statistics come from one image and a relational loss (RKD's angles and distances) has nothing to
+relate. The 'even' sampler keeps every image and the same number of steps, ceil(N / B), and spreads the
+images over them evenly, so every batch holds at least half a batch (or all N images when N < B) and at most B.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+def even_batch_sizes(count: int, batch_size: int) -> list[int]:
+    """Sizes of ceil(count / batch_size) batches that differ by at most one image."""
+    if count <= 0:
+        return []
+    batches = math.ceil(count / batch_size)
+    base, extra = divmod(count, batches)
+    return [base + 1] * extra + [base] * (batches - extra)
+
+
+def smallest_batch(count: int, batch_size: int, last_batch: str) -> int:
+    """The fewest images any training batch can hold under `last_batch` (the documented guarantee)."""
+    if last_batch == "even":
+        return min(even_batch_sizes(count, batch_size), default=0)
+    if last_batch == "drop":
+        return batch_size if count >= batch_size else 0
+    return count % batch_size or min(count, batch_size)
+
+
+def steps_per_epoch(count: int, batch_size: int, last_batch: str) -> int:
+    if last_batch == "drop":
+        return count // batch_size
+    return math.ceil(count / batch_size)
+
+
+class EvenBatchSampler(Sampler[list[int]]):
+    """A shuffled epoch cut into `even_batch_sizes` batches; the order comes from `generator`."""
+
+    def __init__(self, count: int, batch_size: int, generator: torch.Generator):
+        self.count = count
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(even_batch_sizes(self.count, self.batch_size))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.count, generator=self.generator).tolist()
+        start = 0
+        for size in even_batch_sizes(self.count, self.batch_size):
+            yield order[start : start + size]
+            start += size

@@ -1,0 +1,161 @@
+"""`edgekd tune`: compare recipe variants on validation accuracy, never on the test split.
+
+A grid over `distill.*` and `train.*` fields (the student's method and training: the teacher and the data
+stay those of the recipe, so one teacher serves every variant) is trained for every seed; each variant is
+scored by the validation accuracy of its selected model, mean ± std over seeds, with the paired difference
+to the first variant. The test split is never evaluated here, so a value chosen with this command says so
+honestly: "chosen on validation". Results go to <output_dir>/<name>-tune/tune.json, and finished students
+are reused when the same command runs again (resumable).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from edgekd.errors import EdgekdError
+from edgekd.fileio import write_json
+from edgekd.recipe import Recipe, apply_override, validate_recipe
+from edgekd.report.stats import paired_difference
+
+TUNABLE_SECTIONS = ("distill", "train")
+TUNE_FILE = "tune.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class GridAxis:
+    field: str
+    values: list[str]  # as typed: each is read as YAML when applied, like --set
+
+
+def parse_grid(text: str) -> GridAxis:
+    """`distill.skd.fm_scale=0.01,0.1,1` -> the field and its values (each read as YAML)."""
+    field, sep, values = text.partition("=")
+    field = field.strip()
+    if not sep or not field or not values.strip():
+        raise EdgekdError(f"--grid: '{text}' is not of the form section.field=value1,value2,...")
+    if field.split(".")[0] not in TUNABLE_SECTIONS:
+        raise EdgekdError(
+            f"--grid: '{field}' is not tunable here (allowed: fields under {', '.join(TUNABLE_SECTIONS)}: the "
+            "teacher and the data must stay the recipe's, so that one teacher serves every variant)"
+        )
+    return GridAxis(field, _split_values(values))
+
+
+def _split_values(text: str) -> list[str]:
+    """Split on commas outside brackets, so list values like [1,2] stay whole."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[{"
+        depth -= char in "]}"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [part.strip() for part in [*parts, current] if part.strip()]
+
+
+def variants(base: dict[str, Any], axes: list[GridAxis]) -> list[tuple[str, list[str], Recipe]]:
+    """(label, overrides, recipe) for every point of the grid, in the order the values were given."""
+    out = []
+    for point in itertools.product(*(axis.values for axis in axes)):
+        overrides = [f"{axis.field}={value}" for axis, value in zip(axes, point, strict=True)]
+        raw = yaml.safe_load(yaml.safe_dump(base))
+        for override in overrides:
+            apply_override(raw, override)
+        label = ", ".join(overrides)
+        out.append((label, overrides, validate_recipe(raw)))
+    return out
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)[:120]
+
+
+def tune(
+    recipe: Recipe, axes: list[GridAxis], method: str | None, *, force: bool = False, progress=None
+) -> dict[str, Any]:
+    """Train `method` (default: the recipe's main method) for every grid point and seed; score on val."""
+    from edgekd.pipeline import environment, open_run_dir, prepare, train_student, train_teacher
+    from edgekd.train import evaluate
+
+    method = method or recipe.distill.method
+    names = [recipe.distill.method, *recipe.distill.baselines, *recipe.distill.variants]
+    if method not in names:
+        raise EdgekdError(f"--method: '{method}' is not in this recipe (allowed: {', '.join(names)})")
+    started = time.perf_counter()
+    grid = variants(recipe.model_dump(mode="json"), axes)
+    tune_recipe = recipe.model_copy(update={"name": f"{recipe.name}-tune"})
+    prepared = prepare(tune_recipe)
+    run_dir = open_run_dir(tune_recipe, resume=not force, force=force)
+    train_teacher(prepared, run_dir, resume=True, progress=progress)
+    prepared.teacher.to(prepared.device).eval()
+    rows = []
+    for label, overrides, variant in grid:
+        p = dataclasses.replace(prepared, recipe=variant.model_copy(update={"name": tune_recipe.name}))
+        per_seed = {}
+        for seed in recipe.student_seeds:
+            out_dir = run_dir / "variants" / slug(label) / f"{method}_seed{seed}"
+            student, _, fit, _ = train_student(p, method, seed, out_dir, resume=True, progress=progress)
+            val_acc, val_loss = evaluate(student, p.student_data_for(seed).eval_loader("val"), p.device)
+            per_seed[seed] = {
+                "val_acc": round(val_acc, 4),
+                "val_loss": round(val_loss, 6),
+                "best_epoch": fit.best_epoch,
+            }
+        rows.append(variant_row(label, overrides, per_seed))
+    add_paired_to_first(rows, recipe)
+    result = {
+        "recipe": recipe.name,
+        "method": method,
+        "seeds": recipe.student_seeds,
+        "grid": [{"field": axis.field, "values": axis.values} for axis in axes],
+        "scored_on": "validation split of the student (test never evaluated)",
+        "variants": rows,
+        "best": best_variant(rows)["label"],
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "environment": environment(None),
+    }
+    write_json(Path(run_dir) / TUNE_FILE, result)
+    result["path"] = str(Path(run_dir) / TUNE_FILE)
+    return result
+
+
+def variant_row(label: str, overrides: list[str], per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    accs = np.array([run["val_acc"] for run in per_seed.values()])
+    losses = np.array([run["val_loss"] for run in per_seed.values()])
+    return {
+        "label": label,
+        "overrides": overrides,
+        "val_acc": round(float(accs.mean()), 4),
+        "val_acc_std": round(float(accs.std(ddof=1)), 4) if len(accs) > 1 else None,
+        "val_loss": round(float(losses.mean()), 6),
+        "per_seed": {str(seed): run for seed, run in per_seed.items()},
+    }
+
+
+def add_paired_to_first(rows: list[dict[str, Any]], recipe: Recipe) -> None:
+    first = {int(s): run["val_acc"] for s, run in rows[0]["per_seed"].items()}
+    for row in rows[1:]:
+        values = {int(s): run["val_acc"] for s, run in row["per_seed"].items()}
+        row["paired_vs_first"] = paired_difference(
+            values,
+            first,
+            reference_name=rows[0]["label"],
+            metric="val_acc",
+            confidence=recipe.report.confidence,
+            method=recipe.report.interval,
+        )
+
+
+def best_variant(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Highest mean validation accuracy; ties go to the lower mean validation loss, then to the first."""
+    return max(rows, key=lambda row: (row["val_acc"], -row["val_loss"]))
