@@ -228,6 +228,9 @@ def print_tune(result: dict) -> None:
     columns = ["variant", "val acc %", "val loss", "Δ val acc vs first [CI]", "per seed"]
     rows = []
     for row in result["variants"]:
+        if row.get("diverged"):
+            rows.append([row["label"], "diverged", "-", "-", row["diverged"]])
+            continue
         std = "" if row["val_acc_std"] is None else f" ± {row['val_acc_std']:.2f}"
         mark = " (best)" if row["label"] == result["best"] else ""
         rows.append(

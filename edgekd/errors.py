@@ -23,3 +23,7 @@ class RecipeError(EdgekdError):
     def __init__(self, field: str, message: str):
         self.field = field
         super().__init__(f"{field}: {message}" if field else message)
+
+
+class TrainingDiverged(EdgekdError):
+    """A training loss became NaN or infinite: the recipe's values do not train (exit code 2, as bad input)."""

@@ -185,9 +185,29 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
         )
 
 
+# Fields added after a run folder may have been written whose default is not what the older edgekd did: a
+# stored recipe without them ran with these values (a resume with today's defaults must not mix the two).
+LEGACY_BEHAVIOUR = {
+    ("data", "last_batch"): "keep",
+    ("data", "draws"): "fixed",
+    ("distill", "finetune", "head"): "restricted",
+    ("distill", "finetune", "trainable"): "all",
+}
+
+
 def with_current_defaults(stored: Any) -> Any:
-    """The stored recipe with the fields this version added filled in with their defaults, so a run started
-    by an older edgekd still resumes; kept as written when this version cannot read it (then it differs)."""
+    """The stored recipe with the fields this version added filled in, so a run started by an older edgekd
+    still resumes: with what that version did (LEGACY_BEHAVIOUR) where today's default differs, else with
+    the default. Kept as written when this version cannot read it (then it differs)."""
+    if isinstance(stored, dict):
+        stored = yaml.safe_load(yaml.safe_dump(stored))  # a copy to fill in
+        for path, value in LEGACY_BEHAVIOUR.items():
+            *parents, leaf = path
+            node = stored
+            for key in parents:
+                node = node.setdefault(key, {}) if isinstance(node, dict) else None
+            if isinstance(node, dict) and leaf not in node:
+                node[leaf] = value
     try:
         return Recipe.model_validate(stored).model_dump(mode="json")
     except ValueError:
@@ -370,7 +390,7 @@ def penultimate_features(
 
 def method_uses_teacher(resolved) -> bool:
     """Whether a method learns from the teacher (its outputs, features or weights)."""
-    return resolved.entry.student_from_teacher or resolved.entry.name != "scratch"
+    return resolved.entry.student_from_teacher or resolved.entry.distiller.uses_teacher
 
 
 def student_data_summary(p: Prepared, seeds: list[int]) -> dict[str, Any]:

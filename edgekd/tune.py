@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, TrainingDiverged
 from edgekd.fileio import write_json
 from edgekd.recipe import Recipe, apply_override, validate_recipe
 from edgekd.report.stats import paired_difference
@@ -104,7 +104,11 @@ def tune(
         per_seed = {}
         for seed in recipe.student_seeds:
             out_dir = run_dir / "variants" / slug(label) / f"{method}_seed{seed}"
-            student, _, fit, _ = train_student(p, method, seed, out_dir, resume=True, progress=progress)
+            try:
+                student, _, fit, _ = train_student(p, method, seed, out_dir, resume=True, progress=progress)
+            except TrainingDiverged as exc:
+                per_seed[seed] = {"diverged": str(exc)}
+                break  # a variant that does not train is out; its other seeds need not run
             val_acc, val_loss = evaluate(student, p.student_data_for(seed).eval_loader("val"), p.device)
             per_seed[seed] = {
                 "val_acc": round(val_acc, 4),
@@ -130,6 +134,17 @@ def tune(
 
 
 def variant_row(label: str, overrides: list[str], per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    diverged = [run["diverged"] for run in per_seed.values() if "diverged" in run]
+    if diverged:
+        return {
+            "label": label,
+            "overrides": overrides,
+            "diverged": diverged[0],
+            "val_acc": None,
+            "val_acc_std": None,
+            "val_loss": None,
+            "per_seed": {str(seed): run for seed, run in per_seed.items()},
+        }
     accs = np.array([run["val_acc"] for run in per_seed.values()])
     losses = np.array([run["val_loss"] for run in per_seed.values()])
     return {
@@ -143,8 +158,12 @@ def variant_row(label: str, overrides: list[str], per_seed: dict[int, dict[str, 
 
 
 def add_paired_to_first(rows: list[dict[str, Any]], recipe: Recipe) -> None:
+    if rows[0].get("diverged"):
+        return
     first = {int(s): run["val_acc"] for s, run in rows[0]["per_seed"].items()}
     for row in rows[1:]:
+        if row.get("diverged"):
+            continue
         values = {int(s): run["val_acc"] for s, run in row["per_seed"].items()}
         row["paired_vs_first"] = paired_difference(
             values,
@@ -158,4 +177,7 @@ def add_paired_to_first(rows: list[dict[str, Any]], recipe: Recipe) -> None:
 
 def best_variant(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Highest mean validation accuracy; ties go to the lower mean validation loss, then to the first."""
-    return max(rows, key=lambda row: (row["val_acc"], -row["val_loss"]))
+    trained = [row for row in rows if not row.get("diverged")]
+    if not trained:
+        raise EdgekdError("tune: every variant diverged (a loss became NaN or infinite); try smaller values")
+    return max(trained, key=lambda row: (row["val_acc"], -row["val_loss"]))

@@ -81,6 +81,12 @@ def test_existing_run_folder_needs_resume_or_force(cli, write_recipe):
     del stored["data"]["unlabeled"]
     stored_path.write_text(yaml.safe_dump(stored))
     assert cli("build", path, "--quiet", "--resume").exit_code == 0
+    # ... but not when the new field's default changes what the older version did (it kept a small last batch)
+    del stored["data"]["last_batch"]
+    stored_path.write_text(yaml.safe_dump(stored))
+    legacy = cli("build", path, "--quiet", "--resume")
+    assert legacy.exit_code == 2 and "data.last_batch" in legacy.output
+    assert cli("build", path, "--quiet", "--resume", "--set", "data.last_batch=keep").exit_code == 0
 
 
 def _edgekd(*args: str) -> list[str]:

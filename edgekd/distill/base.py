@@ -45,6 +45,10 @@ class Distiller(nn.Module):
 
     teacher: nn.Module | None
 
+    # Whether the method learns from the teacher at all (its outputs, features or weights): the report says
+    # so per model, since such a student inherits whatever the teacher saw.
+    uses_teacher: bool = True
+
     # Whether the method has distillation terms that need no label (`distill_terms`), which the trainer then
     # also applies to unlabelled images (data.unlabeled). The baselines without a teacher have none.
     learns_from_unlabeled: bool = False

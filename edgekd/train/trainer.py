@@ -21,7 +21,7 @@ from torch import nn
 
 from edgekd.data import DataBundle
 from edgekd.distill.base import Distiller
-from edgekd.errors import EdgekdError
+from edgekd.errors import TrainingDiverged
 from edgekd.fileio import read_json, write_json
 from edgekd.recipe import TrainConfig
 from edgekd.train.checkpoint import load_checkpoint, save_checkpoint
@@ -186,7 +186,7 @@ class Trainer:
     def _step(self, terms: dict[str, torch.Tensor], epoch: int) -> torch.Tensor:
         loss = sum(terms.values())
         if not torch.isfinite(loss):
-            raise EdgekdError(
+            raise TrainingDiverged(
                 f"train: the {self.label} loss became {loss.item()} in epoch {epoch + 1} "
                 f"(terms: {', '.join(terms)}); lower train.optimizer.lr or set train.grad_clip"
             )

@@ -16,6 +16,8 @@ class ScratchOptions(Section):
 
 @register_method("scratch", ScratchOptions, "The student trained from scratch with cross-entropy only.")
 class Scratch(Distiller):
+    uses_teacher = False
+
     def forward_train(self, images, labels):
         logits = self.student(images)
         return logits, {"ce": F.cross_entropy(logits, labels, label_smoothing=self.options.label_smoothing)}
