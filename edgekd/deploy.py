@@ -248,9 +248,7 @@ def check_artifact(
     )
     test_acc = accuracy(logits_of(runner, evaluation.test[0]), evaluation.test[1])
     drop = round(student_test_acc - test_acc, 4)
-    failure = result.failure
-    if failure is None and artifact.precision == "int8" and drop > parity.int8_max_acc_drop:
-        failure = f"test accuracy drop {drop:.2f} pt > int8_max_acc_drop {parity.int8_max_acc_drop:.2f} pt"
+    failure = artifact_failure(result, artifact.precision, drop, parity)
     return ArtifactRecord(
         name=f"{artifact.format} {artifact.precision}",
         format=artifact.format,
@@ -261,9 +259,25 @@ def check_artifact(
         val_acc=accuracy(logits_of(runner, evaluation.val[0]), evaluation.val[1]),
         test_acc=test_acc,
         test_acc_drop=drop,
-        parity={**result.to_dict(), "failure": failure},
+        # One verdict: `passed` is the same check that fails the build (logit parity and the INT8 accuracy
+        # gate), not the logit check alone.
+        parity={
+            **result.to_dict(),
+            "logits_passed": result.passed,
+            "passed": failure is None,
+            "failure": failure,
+        },
         details=dict(artifact.details),
     )
+
+
+def artifact_failure(result, precision: str, drop: float, parity: ParityConfig) -> str | None:
+    """Why an artifact fails its checks (logit parity, then the INT8 accuracy gate), or None."""
+    if result.failure is not None:
+        return result.failure
+    if precision == "int8" and drop > parity.int8_max_acc_drop:
+        return f"test accuracy drop {drop:.2f} pt > int8_max_acc_drop {parity.int8_max_acc_drop:.2f} pt"
+    return None
 
 
 def pytorch_record(

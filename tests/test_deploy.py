@@ -139,6 +139,38 @@ def test_parity_gate_catches_a_disagreeing_artifact(built_run, tmp_path):
     assert "max_abs" in record.parity["failure"] and "1.000e-03" in record.parity["failure"]
 
 
+def test_int8_accuracy_gate_and_passed_are_one_verdict(built_run):
+    """An INT8 artifact whose logits agree but whose accuracy drop is over the gate: `passed` must say it
+    failed, as the build's exit code does (it once said true beside the failure)."""
+    from edgekd.bench import OnnxRuntimeRunner, TorchRunner
+    from edgekd.data import build_data
+    from edgekd.deploy import evaluation_data, model_io, parity_failures
+    from edgekd.models import create_model
+    from edgekd.recipe import load_recipe
+    from edgekd.train.checkpoint import load_weights
+
+    run_dir, _, _ = built_run
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    data = build_data(recipe.data, subset=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    main = next(record for record in metrics["models"] if record.get("is_main"))
+    student = create_model(main["arch"], 10, 1, **main["model_args"])
+    load_weights(student, main["checkpoint"], "student", main["arch"])
+    evaluation = evaluation_data(data, recipe.export)
+    reference = {"parity": logits_of(TorchRunner(student.eval()), evaluation.parity_images)}
+    path = run_dir / "artifacts" / "kd_onnx_int8.onnx"
+    artifact = Artifact(path, "onnx", "int8", model_io(data), path.stat().st_size)
+    gate = ParityConfig(int8_min_top1=0.0, int8_max_acc_drop=0.5)
+    # The PyTorch student said to score 100 %: the real artifact's accuracy is then a drop over the gate.
+    record = check_artifact(artifact, OnnxRuntimeRunner(path), reference, evaluation, gate, 100.0).to_dict()
+    assert record["parity"]["logits_passed"] is True
+    assert record["parity"]["passed"] is False and "int8_max_acc_drop" in record["parity"]["failure"]
+    assert record["status"] == "parity failed" and parity_failures([record])
+    for stored in metrics["artifacts"]:  # the build's own records agree with themselves too
+        if stored.get("parity"):
+            assert stored["parity"]["passed"] == (stored["parity"]["failure"] is None)
+
+
 def test_too_strict_tolerance_fails_the_build_with_exit_1(cli, write_recipe):
     export = {"targets": {"onnx": ["fp32"]}, "parity": {"fp32_max_abs": 1e-12}}
     path = write_recipe(export=export, benchmark={"enabled": False}, distill={"method": "kd"})
