@@ -33,6 +33,7 @@ from edgekd.fileio import write_json, write_text
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
 from edgekd.recipe import Recipe, dump_recipe
 from edgekd.report.stats import paired_difference
+from edgekd.runlock import run_folder_lock
 from edgekd.train import FitResult, Trainer, evaluate
 from edgekd.train.checkpoint import load_weights, save_checkpoint
 from edgekd.train.dist import is_main_process
@@ -460,9 +461,17 @@ def environment(threads: int | None) -> dict[str, Any]:
 
 
 def build(recipe: Recipe, *, resume: bool = False, force: bool = False, progress=None) -> dict[str, Any]:
-    """Run the recipe end to end and return metrics.json's content (also written to the run folder)."""
+    """Run the recipe end to end and return metrics.json's content (also written to the run folder).
+
+    The run folder is locked for the whole build: a second build of the same folder (or its --force) is
+    refused, naming the holder, before it writes anything."""
     started = time.perf_counter()
     p = prepare(recipe)
+    with run_folder_lock(recipe.run_dir):
+        return _build_locked(p, recipe, started, resume=resume, force=force, progress=progress)
+
+
+def _build_locked(p: Prepared, recipe: Recipe, started: float, *, resume: bool, force: bool, progress):
     run_dir = open_run_dir(recipe, resume=resume, force=force)
     budget = recipe.student.budget.params if recipe.student.budget else None
     spec = p.teacher_data.input_spec

@@ -24,6 +24,7 @@ from edgekd.errors import EdgekdError, TrainingDiverged
 from edgekd.fileio import write_json
 from edgekd.recipe import Recipe, apply_override, validate_recipe
 from edgekd.report.stats import paired_difference
+from edgekd.runlock import run_folder_lock
 
 TUNABLE_SECTIONS = ("distill", "train")
 TUNE_FILE = "tune.json"
@@ -84,8 +85,7 @@ def tune(
     recipe: Recipe, axes: list[GridAxis], method: str | None, *, force: bool = False, progress=None
 ) -> dict[str, Any]:
     """Train `method` (default: the recipe's main method) for every grid point and seed; score on val."""
-    from edgekd.pipeline import environment, open_run_dir, prepare, train_student, train_teacher
-    from edgekd.train import evaluate
+    from edgekd.pipeline import environment, open_run_dir, prepare, train_teacher
 
     method = method or recipe.distill.method
     names = [recipe.distill.method, *recipe.distill.baselines, *recipe.distill.variants]
@@ -95,42 +95,54 @@ def tune(
     grid = variants(recipe.model_dump(mode="json"), axes)
     tune_recipe = recipe.model_copy(update={"name": f"{recipe.name}-tune"})
     prepared = prepare(tune_recipe)
-    run_dir = open_run_dir(tune_recipe, resume=not force, force=force)
-    train_teacher(prepared, run_dir, resume=True, progress=progress)
-    prepared.teacher.to(prepared.device).eval()
-    rows = []
-    for label, overrides, variant in grid:
-        p = dataclasses.replace(prepared, recipe=variant.model_copy(update={"name": tune_recipe.name}))
-        per_seed = {}
-        for seed in recipe.student_seeds:
-            out_dir = run_dir / "variants" / slug(label) / f"{method}_seed{seed}"
-            try:
-                student, _, fit, _ = train_student(p, method, seed, out_dir, resume=True, progress=progress)
-            except TrainingDiverged as exc:
-                per_seed[seed] = {"diverged": str(exc)}
-                break  # a variant that does not train is out; its other seeds need not run
-            val_acc, val_loss = evaluate(student, p.student_data_for(seed).eval_loader("val"), p.device)
-            per_seed[seed] = {
-                "val_acc": round(val_acc, 4),
-                "val_loss": round(val_loss, 6),
-                "best_epoch": fit.best_epoch,
-            }
-        rows.append(variant_row(label, overrides, per_seed))
-    add_paired_to_first(rows, recipe)
-    result = {
-        "recipe": recipe.name,
-        "method": method,
-        "seeds": recipe.student_seeds,
-        "grid": [{"field": axis.field, "values": axis.values} for axis in axes],
-        "scored_on": "validation split of the student (test never evaluated)",
-        "variants": rows,
-        "best": best_variant(rows)["label"],
-        "wall_time_s": round(time.perf_counter() - started, 1),
-        "environment": environment(None),
-    }
-    write_json(Path(run_dir) / TUNE_FILE, result)
+    with run_folder_lock(tune_recipe.run_dir):
+        run_dir = open_run_dir(tune_recipe, resume=not force, force=force)
+        train_teacher(prepared, run_dir, resume=True, progress=progress)
+        prepared.teacher.to(prepared.device).eval()
+        rows = [
+            score_variant(prepared, variant, label, overrides, method, run_dir, progress)
+            for label, overrides, variant in grid
+        ]
+        add_paired_to_first(rows, recipe)
+        result = {
+            "recipe": recipe.name,
+            "method": method,
+            "seeds": recipe.student_seeds,
+            "grid": [{"field": axis.field, "values": axis.values} for axis in axes],
+            "scored_on": "validation split of the student (test never evaluated)",
+            "variants": rows,
+            "best": best_variant(rows)["label"],
+            "wall_time_s": round(time.perf_counter() - started, 1),
+            "environment": environment(None),
+        }
+        write_json(Path(run_dir) / TUNE_FILE, result)
     result["path"] = str(Path(run_dir) / TUNE_FILE)
     return result
+
+
+def score_variant(
+    prepared, variant: Recipe, label: str, overrides: list[str], method: str, run_dir: Path, progress
+) -> dict[str, Any]:
+    """Train `method` under one grid point for every seed (reusing finished students); its validation row."""
+    from edgekd.pipeline import train_student
+    from edgekd.train import evaluate
+
+    p = dataclasses.replace(prepared, recipe=variant.model_copy(update={"name": prepared.recipe.name}))
+    per_seed: dict[int, dict[str, Any]] = {}
+    for seed in variant.student_seeds:
+        out_dir = run_dir / "variants" / slug(label) / f"{method}_seed{seed}"
+        try:
+            student, _, fit, _ = train_student(p, method, seed, out_dir, resume=True, progress=progress)
+        except TrainingDiverged as exc:
+            per_seed[seed] = {"diverged": str(exc)}
+            break  # a variant that does not train is out; its other seeds need not run
+        val_acc, val_loss = evaluate(student, p.student_data_for(seed).eval_loader("val"), p.device)
+        per_seed[seed] = {
+            "val_acc": round(val_acc, 4),
+            "val_loss": round(val_loss, 6),
+            "best_epoch": fit.best_epoch,
+        }
+    return variant_row(label, overrides, per_seed)
 
 
 def variant_row(label: str, overrides: list[str], per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:

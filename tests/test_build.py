@@ -141,6 +141,37 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(write_recipe, tmp_path
     assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_second_build_of_a_busy_run_folder_is_refused_naming_the_holder(write_recipe, tmp_path):
+    path = write_recipe(train={"epochs": 1000, "optimizer": {"lr": 0.1}}, distill={"method": "kd"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(
+        _edgekd("build", str(path), "--quiet"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    run_dir = tmp_path / "runs" / "tiny"
+    try:
+        _wait_for_epochs(run_dir / "train" / "kd" / "history.json", 1, first)
+        for extra in ([], ["--force"], ["--resume"]):
+            second = subprocess.run(
+                _edgekd("build", str(path), "--quiet", *extra), env=env, capture_output=True, text=True
+            )
+            assert second.returncode == 2, (extra, second.stderr)
+            message = second.stderr.strip()
+            assert "\n" not in message and f"in use by edgekd pid {first.pid}" in message, message
+        assert (run_dir / "train" / "kd" / "history.json").is_file()  # --force deleted nothing
+        first.send_signal(signal.SIGKILL)  # a dead holder leaves its lock file, but no lock
+    finally:
+        first.wait()
+    # the dead holder's lock is taken over: a new build (a short one) runs into the same folder
+    forced = subprocess.run(
+        _edgekd("build", str(path), "--quiet", "--force", "--set", "train.epochs=1"),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert forced.returncode == 0, forced.stderr
+    assert (run_dir / "metrics.json").is_file()
+
+
 def test_bad_recipe_is_one_line_exit_2_and_writes_nothing(cli, write_recipe, tmp_path):
     path = write_recipe(data={"dataset": "digits", "batch_sise": 3})
     result = cli("build", path)
