@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -50,7 +51,8 @@ def user_errors(command):
         except EdgekdError as exc:
             if debug:
                 raise
-            err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            # The message is data: a path or pattern holding [brackets] must not be read as markup.
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             err.print(
@@ -73,7 +75,7 @@ class OneLineUsageErrors(click.Group):
         except click.UsageError as exc:
             command = exc.ctx.command_path if exc.ctx is not None else "edgekd"
             err.print(
-                f"[bold red]error:[/] {command}: {exc.format_message()} (see {command} --help)",
+                f"[bold red]error:[/] {escape(f'{command}: {exc.format_message()} (see {command} --help)')}",
                 soft_wrap=True,
             )
             sys.exit(exc.exit_code)

@@ -28,7 +28,7 @@ from edgekd.data import DataBundle, DataPlan
 from edgekd.deploy import ARTIFACTS_DIR, deploy, parity_failures
 from edgekd.distill import DistillContext, get_method
 from edgekd.distill.registry import resolve_method
-from edgekd.errors import EdgekdError
+from edgekd.errors import CheckFailed, EdgekdError
 from edgekd.fileio import write_json, write_text
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
 from edgekd.recipe import Recipe, dump_recipe
@@ -97,6 +97,17 @@ def pick_device(wanted: str) -> torch.device:
     return torch.device(wanted)
 
 
+@contextlib.contextmanager
+def blame(field: str):
+    """Errors raised inside name the recipe field they come from (`teacher.model: model 'x' is unknown`)."""
+    try:
+        yield
+    except EdgekdError as exc:
+        if str(exc).startswith(f"{field}:") or isinstance(exc, CheckFailed):
+            raise
+        raise EdgekdError(f"{field}: {exc}") from None
+
+
 def choose_student(recipe: Recipe, data: DataBundle) -> ModelChoice:
     spec, student = data.input_spec, recipe.student
     if student.family is not None:
@@ -110,9 +121,10 @@ def choose_student(recipe: Recipe, data: DataBundle) -> ModelChoice:
             fit.flops,
             f"largest of {fit.candidates_considered} '{student.family}' members within the budget",
         )
-    model = create_model(
-        student.model, num_classes=data.num_classes, in_channels=spec.channels, **student.model_args
-    )
+    with blame("student.model"):
+        model = create_model(
+            student.model, num_classes=data.num_classes, in_channels=spec.channels, **student.model_args
+        )
     return ModelChoice(
         student.model,
         dict(student.model_args),
@@ -135,12 +147,13 @@ def prepare(recipe: Recipe) -> Prepared:
     student_choice = choose_student(recipe, student_data)
     seed_everything(recipe.seed)
     spec = teacher_data.input_spec
-    teacher = create_model(
-        recipe.teacher.model,
-        num_classes=teacher_data.num_classes,
-        in_channels=spec.channels,
-        **recipe.teacher.model_args,
-    )
+    with blame("teacher.model"):
+        teacher = create_model(
+            recipe.teacher.model,
+            num_classes=teacher_data.num_classes,
+            in_channels=spec.channels,
+            **recipe.teacher.model_args,
+        )
     if recipe.teacher.checkpoint is not None:
         load_weights(teacher, recipe.teacher.checkpoint, "teacher.checkpoint", recipe.teacher.model)
     return Prepared(

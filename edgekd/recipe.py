@@ -522,10 +522,16 @@ def describe_validation_error(exc: ValidationError) -> tuple[str, str]:
     elif kind.startswith("value_error"):
         field, message = _split_field_prefix(field, first["msg"].removeprefix("Value error, "))
     else:
-        message = f"got {first.get('input')!r}: {first['msg'].lower()}"
+        message = f"got {first.get('input')!r}: {_lower_first(first['msg'])}"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     return field, message
+
+
+def _lower_first(text: str) -> str:
+    """pydantic's 'String should match pattern ...' reads on after a colon; only its first letter is lowered,
+    so a pattern or value quoted in it keeps its case."""
+    return text[:1].lower() + text[1:]
 
 
 def _split_field_prefix(field: str, message: str) -> tuple[str, str]:
