@@ -25,10 +25,24 @@ def load_checkpoint(path: Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle with code in it, a truncated file, not a torch file at all
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgekdError(
-            f"{what}: '{path}' cannot be loaded as a weights-only checkpoint ({first_line})"
-        ) from None
+        raise EdgekdError(f"{what}: '{path}' cannot be loaded: {why_unloadable(path, exc)}") from None
+
+
+def why_unloadable(path: Path, exc: Exception) -> str:
+    """Our own words for a refused checkpoint. PyTorch's message is not shown: it ends with the advice to
+    load with weights_only=False, which would run whatever code the file carries."""
+    size = path.stat().st_size
+    head = path.read_bytes()[:4] if size else b""
+    if size == 0:
+        return "the file is empty"
+    if not head.startswith(b"PK") and head[:1] != b"\x80":
+        return "not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)"
+    if "weights only load failed" in str(exc).lower() or "unsupported global" in str(exc).lower():
+        return (
+            "it holds Python objects besides tensors, which could run code when unpickled; refused (save "
+            "the model's state_dict: a mapping of names to tensors)"
+        )
+    return "a damaged or truncated PyTorch checkpoint"
 
 
 def extract_state_dict(obj: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
