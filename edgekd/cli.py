@@ -340,7 +340,7 @@ def export_command(
 )
 @click.option(
     "--warmup-s",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=3600),
     default=LatencyConfig.warmup_s,
     show_default=True,
     help="Untimed warm-up time (at least).",
@@ -354,7 +354,7 @@ def export_command(
 )
 @click.option(
     "--min-time-s",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=3600),
     default=LatencyConfig.min_time_s,
     show_default=True,
     help="Timed seconds per batch size (at least).",

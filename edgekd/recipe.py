@@ -16,6 +16,7 @@ from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from edgekd.bench.latency import LatencyConfig
 from edgekd.distill.registry import distill_section_model
 from edgekd.errors import RecipeError
+from edgekd.safe_yaml import YamlRefused, load_yaml_text, read_yaml_file
 from edgekd.schema_base import Section
 
 # Class counts of the data sets whose label set is known without reading them.
@@ -37,6 +38,13 @@ def parse_count(value: Any) -> Any:
 
 
 Count = Annotated[int, BeforeValidator(parse_count), Field(gt=0)]
+# Bounds no real run needs but an accident (a typo, 1e12) reaches: refused before anything is built.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_IMAGE_SIZE = 4_096
+MAX_SECONDS = 3_600.0
+# Sections are strict (a number must be a number, a flag a flag); a path may be written as a string.
+LoosePath = Annotated[Path, Field(strict=False)]
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -46,12 +54,12 @@ class DataConfig(Section):
     dataset: Literal["digits", "cifar10", "cifar100", "mnist", "fashionmnist", "imagefolder"] = Field(
         "digits", description="'digits' is scikit-learn's bundled 8x8 handwritten digits: no download needed."
     )
-    root: Path | None = Field(
+    root: LoosePath | None = Field(
         None, description="Local folder of a torchvision data set or an ImageFolder tree."
     )
     download: bool = Field(False, description="Let torchvision download the data set into `root`.")
     image_size: int | None = Field(
-        None, ge=4, description="Resize images to this square size; null keeps it."
+        None, ge=4, le=MAX_IMAGE_SIZE, description="Resize images to this square size; null keeps it."
     )
     channels: Literal[1, 3] | None = Field(
         None, description="Force 1 (grayscale) or 3 (RGB) input channels; null keeps the data set's own."
@@ -125,9 +133,9 @@ class DataConfig(Section):
     unlabeled_batch_size: int | None = Field(
         None, ge=1, description="Unlabelled images per training step; null: batch_size."
     )
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(256, ge=1)
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH)
+    eval_batch_size: int = Field(256, ge=1, le=MAX_BATCH)
+    num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes.")
     augment: Literal["none", "crop", "crop_flip"] = Field(
         "none",
         description="Training augmentation: random crop (padding 1/8 of the size), optionally with flips.",
@@ -146,7 +154,7 @@ class DataConfig(Section):
                 )
         if self.classes is not None:
             if len(set(self.classes)) != len(self.classes):
-                raise ValueError(f"classes: {self.classes} repeats an id")
+                raise ValueError(f"classes: {shown_value(self.classes)} repeats an id")
             total = KNOWN_NUM_CLASSES.get(self.dataset)
             bad = [c for c in self.classes if c < 0 or (total is not None and c >= total)]
             if bad:
@@ -201,7 +209,7 @@ class ScheduleConfig(Section):
 class TrainConfig(Section):
     """How one network is trained: used for the teacher (when trained by the run) and for every student."""
 
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(30, ge=1, le=MAX_EPOCHS)
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
@@ -216,13 +224,14 @@ class TrainConfig(Section):
         factors = self.schedule.factors
         if factors is not None and len(factors) != len(self.schedule.milestones):
             raise ValueError(
-                f"schedule.factors: {factors} has {len(factors)} values; give one per milestone "
+                f"schedule.factors: {shown_value(factors)} has {len(factors)} values; give one per milestone "
                 f"({len(self.schedule.milestones)})"
             )
         bad = [m for m in self.schedule.milestones if not 0 < m < self.epochs]
         if bad:
             raise ValueError(
-                f"schedule.milestones: {bad} must lie inside 1..{self.epochs - 1} (epochs is {self.epochs})"
+                f"schedule.milestones: {shown_value(bad)} must lie inside 1..{self.epochs - 1} "
+                f"(epochs is {self.epochs})"
             )
         return self
 
@@ -240,7 +249,7 @@ class TeacherConfig(Section):
     model_args: ModelArgs = Field(
         default_factory=dict, description="Extra keyword arguments of the constructor."
     )
-    checkpoint: Path | None = Field(
+    checkpoint: LoosePath | None = Field(
         None, description="A state_dict saved with torch.save (loaded weights_only)."
     )
     train: TrainConfig | None = Field(
@@ -347,7 +356,7 @@ class ExportConfig(Section):
                         f"exporter (allowed: {', '.join(allowed)})"
                     )
             if len(set(precisions)) != len(precisions):
-                raise ValueError(f"targets.{format_name}: {precisions} names a precision twice")
+                raise ValueError(f"targets.{format_name}: {shown_value(precisions)} names a precision twice")
         return self
 
 
@@ -355,19 +364,31 @@ class BenchmarkConfig(Section):
     """Latency and accuracy of the PyTorch student and of every exported artifact."""
 
     enabled: bool = Field(True, description="Measure latency (accuracy of the artifacts is always measured).")
-    batches: list[Annotated[int, Field(ge=1)]] = Field([1], min_length=1, description="Batch sizes timed.")
+    batches: list[Annotated[int, Field(ge=1, le=MAX_BATCH)]] = Field(
+        [1], min_length=1, max_length=16, description="Batch sizes timed."
+    )
     threads: int | None = Field(
         None, ge=1, description="Inference threads of every backend (recorded); unset: all cores."
     )
     # The harness's own defaults, so that a recipe, `edgekd bench` and the library time alike.
     warmup_iters: int = Field(
-        LatencyConfig.warmup_iters, ge=0, description="Untimed runs before timing, at least this many..."
+        LatencyConfig.warmup_iters,
+        ge=0,
+        le=10_000_000,
+        description="Untimed runs before timing, at least this many...",
     )
-    warmup_s: float = Field(LatencyConfig.warmup_s, ge=0, description="...and for at least this long.")
+    warmup_s: float = Field(
+        LatencyConfig.warmup_s, ge=0, le=MAX_SECONDS, description="...and for at least this long."
+    )
     min_iters: int = Field(
-        LatencyConfig.min_iters, ge=1, description="Timed runs per batch size, at least this many..."
+        LatencyConfig.min_iters,
+        ge=1,
+        le=10_000_000,
+        description="Timed runs per batch size, at least this many...",
     )
-    min_time_s: float = Field(LatencyConfig.min_time_s, ge=0, description="...and for at least this long.")
+    min_time_s: float = Field(
+        LatencyConfig.min_time_s, ge=0, le=MAX_SECONDS, description="...and for at least this long."
+    )
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -409,10 +430,11 @@ class Recipe(Section):
     seeds: list[int] | None = Field(
         None,
         min_length=1,
+        max_length=1_000,
         description="Train every student once per seed and report mean ± std (the teacher is trained "
         "once, with `seed`; the data split stays fixed by data.split_seed). Unset: just `seed`.",
     )
-    output_dir: Path = Path("runs")
+    output_dir: LoosePath = Path("runs")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="'auto' uses a CUDA GPU when one is present."
     )
@@ -443,7 +465,7 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _check_seeds(self) -> Recipe:
         if self.seeds and len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds: {self.seeds} names a seed twice")
+            raise ValueError(f"seeds: {shown_value(self.seeds)} names a seed twice")
         return self
 
     @model_validator(mode="after")
@@ -470,7 +492,9 @@ def read_recipe_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError("", f"recipe file '{path}' does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml_file(path)
+    except YamlRefused as exc:
+        raise RecipeError("", f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -486,7 +510,9 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if not sep or not key.strip():
         raise RecipeError("--set", f"'{override}' is not of the form section.field=value")
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml_text(text)
+    except YamlRefused as exc:
+        raise RecipeError(key.strip(), f"--set value refused: {exc}") from None
     except yaml.YAMLError:
         value = text
     node = raw
@@ -522,10 +548,16 @@ def describe_validation_error(exc: ValidationError) -> tuple[str, str]:
     elif kind.startswith("value_error"):
         field, message = _split_field_prefix(field, first["msg"].removeprefix("Value error, "))
     else:
-        message = f"got {first.get('input')!r}: {_lower_first(first['msg'])}"
+        message = f"got {shown_value(first.get('input'))}: {_lower_first(first['msg'])}"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     return field, message
+
+
+def shown_value(value: Any, limit: int = 80) -> str:
+    """A rejected value as the error shows it: its repr, cut to `limit` characters (a value can be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text):,} chars)"
 
 
 def _lower_first(text: str) -> str:

@@ -74,3 +74,62 @@ def test_refused_checkpoints_say_why_and_never_advise_weights_only_false(tmp_pat
     message = str(info.value)
     assert message.startswith(f"teacher.checkpoint: '{path}' cannot be loaded: ") and words in message
     assert "weights_only" not in message and "\n" not in message
+
+
+# ------------------------------------------------------------------------------------------ recipe limits
+def _recipe_text(tmp_path, text: str, name: str = "r.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+BASE = "teacher: {model: resnet8, train: {epochs: 1}}\nstudent: {model: resnet8}\n"
+
+
+def _bomb(levels: int = 9) -> str:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        lines.append(f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 9) + "]")
+    return "\n".join([*lines, f"name: *a{levels - 1}", BASE])
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("name: a\nname: b\n" + BASE, "line 2: key 'name' appears twice in one mapping (first at line 1)"),
+        (_bomb(), "expands to more than 100,000 values"),
+        ("name: " + "[" * 3000 + "]" * 3000 + "\n" + BASE, "nested too deeply"),
+        ("name: x\n" + "#" * (2 << 20) + "\n" + BASE, "allowed: at most 1,048,576"),
+    ],
+    ids=["duplicate-key", "alias-bomb", "deep-nesting", "huge-file"],
+)
+def test_recipe_files_beyond_the_limits_are_one_line_errors(cli, tmp_path, text, words):
+    result = cli("validate", _recipe_text(tmp_path, text), "--schema-only")
+    assert result.exit_code == 2 and words in result.output
+    assert result.output.strip().count("\n") == 0 and len(result.output) < 300
+
+
+def test_binary_recipe_is_refused_without_a_traceback(cli, tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_bytes(b"name: \xff\xfe\x00 binary\n")
+    result = cli("validate", path, "--schema-only")
+    assert result.exit_code == 2 and "not UTF-8 text (byte 0xff at offset 6)" in result.output
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("train.optimizer.lr='0.1'", "train.optimizer.lr"),  # a string is not a number
+        ("data.batch_size=yes", "data.batch_size"),  # YAML's yes is a flag, not 1
+        ("train.epochs=1000000000000", "train.epochs"),
+        ("data.batch_size=1000000000", "data.batch_size"),
+        ("data.image_size=1000000", "data.image_size"),
+        ("train.optimizer.lr=.inf", "train.optimizer.lr"),
+        ("benchmark.min_time_s=.inf", "benchmark.min_time_s"),
+        ("data.classes=[" + ",".join(["9"] * 5000) + "]", "data.classes"),
+    ],
+)
+def test_lax_types_and_absurd_values_are_refused_briefly(cli, write_recipe, override, field):
+    result = cli("validate", write_recipe(), "--schema-only", "--set", override)
+    assert result.exit_code == 2 and result.output.startswith(f"error: {field}: "), result.output
+    assert len(result.output) < 300  # the rejected value is shown cut short
