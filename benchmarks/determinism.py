@@ -35,7 +35,7 @@ def build(recipe: Path, seeds: str, threads: int, overrides: list[str]) -> dict[
         for override in overrides:
             command += ["--set", override]
         subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-        (run_dir,) = Path(output_dir).iterdir()
+        (run_dir,) = [path for path in Path(output_dir).iterdir() if path.is_dir()]  # not the lock file
         return json.loads((run_dir / "metrics.json").read_text())
 
 

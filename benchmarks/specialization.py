@@ -50,7 +50,7 @@ def run_build(
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     elapsed = time.perf_counter() - started
-    (run_dir,) = Path(output_dir).iterdir()
+    (run_dir,) = [path for path in Path(output_dir).iterdir() if path.is_dir()]  # not the lock file
     return elapsed, json.loads((run_dir / "metrics.json").read_text())
 
 

@@ -114,10 +114,11 @@ def _tampered_copy(artifact_path, tmp_path):
     return path
 
 
-def test_parity_gate_catches_a_disagreeing_artifact(built_run, tmp_path):
-    from edgekd.bench import OnnxRuntimeRunner, TorchRunner
+def _student_reference(built_run):
+    """The built run's data, evaluation images and the PyTorch student's reference logits on them."""
+    from edgekd.bench import TorchRunner
     from edgekd.data import build_data
-    from edgekd.deploy import evaluation_data, model_io
+    from edgekd.deploy import evaluation_data
     from edgekd.models import create_model
     from edgekd.recipe import load_recipe
     from edgekd.train.checkpoint import load_weights
@@ -131,6 +132,14 @@ def test_parity_gate_catches_a_disagreeing_artifact(built_run, tmp_path):
     load_weights(student, main["checkpoint"], "student", main["arch"])
     evaluation = evaluation_data(data, recipe.export)
     reference = {"parity": logits_of(TorchRunner(student.eval()), evaluation.parity_images)}
+    return run_dir, data, evaluation, reference
+
+
+def test_parity_gate_catches_a_disagreeing_artifact(built_run, tmp_path):
+    from edgekd.bench import OnnxRuntimeRunner
+    from edgekd.deploy import model_io
+
+    run_dir, data, evaluation, reference = _student_reference(built_run)
 
     path = _tampered_copy(run_dir / "artifacts" / "kd_onnx_fp32.onnx", tmp_path)
     artifact = Artifact(path, "onnx", "fp32", model_io(data), path.stat().st_size)
@@ -142,22 +151,11 @@ def test_parity_gate_catches_a_disagreeing_artifact(built_run, tmp_path):
 def test_int8_accuracy_gate_and_passed_are_one_verdict(built_run):
     """An INT8 artifact whose logits agree but whose accuracy drop is over the gate: `passed` must say it
     failed, as the build's exit code does (it once said true beside the failure)."""
-    from edgekd.bench import OnnxRuntimeRunner, TorchRunner
-    from edgekd.data import build_data
-    from edgekd.deploy import evaluation_data, model_io, parity_failures
-    from edgekd.models import create_model
-    from edgekd.recipe import load_recipe
-    from edgekd.train.checkpoint import load_weights
+    from edgekd.bench import OnnxRuntimeRunner
+    from edgekd.deploy import model_io, parity_failures
 
-    run_dir, _, _ = built_run
-    recipe = load_recipe(run_dir / "recipe.yaml")
-    data = build_data(recipe.data, subset=True)
+    run_dir, data, evaluation, reference = _student_reference(built_run)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    main = next(record for record in metrics["models"] if record.get("is_main"))
-    student = create_model(main["arch"], 10, 1, **main["model_args"])
-    load_weights(student, main["checkpoint"], "student", main["arch"])
-    evaluation = evaluation_data(data, recipe.export)
-    reference = {"parity": logits_of(TorchRunner(student.eval()), evaluation.parity_images)}
     path = run_dir / "artifacts" / "kd_onnx_int8.onnx"
     artifact = Artifact(path, "onnx", "int8", model_io(data), path.stat().st_size)
     gate = ParityConfig(int8_min_top1=0.0, int8_max_acc_drop=0.5)
