@@ -14,29 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from specialization import run_build  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "determinism.json"
 
 
 def build(recipe: Path, seeds: str, threads: int, overrides: list[str]) -> dict[str, Any]:
+    """The recipe's metrics under `threads` PyTorch threads, trained only (no export, benchmark or plots)."""
+    fixed = [f"threads={threads}", "export.targets={}", "benchmark.enabled=false", "report.plots=false"]
     with tempfile.TemporaryDirectory() as output_dir:
-        command = [
-            sys.executable, "-m", "edgekd.cli", "build", str(recipe), "--quiet", "--seeds", seeds,
-            "--set", f"output_dir={output_dir}", "--set", f"threads={threads}",
-            "--set", "export.targets={}", "--set", "benchmark.enabled=false", "--set", "report.plots=false",
-        ]  # fmt: skip
-        for override in overrides:
-            command += ["--set", override]
-        subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-        (run_dir,) = [path for path in Path(output_dir).iterdir() if path.is_dir()]  # not the lock file
-        return json.loads((run_dir / "metrics.json").read_text())
+        return run_build(recipe, seeds, output_dir, [*fixed, *overrides])[1]
 
 
 def per_seed(metrics: dict[str, Any]) -> dict[str, dict[int, float]]:

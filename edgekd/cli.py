@@ -131,8 +131,7 @@ def build(
     from edgekd.pipeline import build as run_build
     from edgekd.recipe import load_recipe
 
-    if seeds is not None:
-        overrides = (*overrides, f"seeds=[{parse_seeds(seeds)}]")
+    overrides = with_seeds(overrides, seeds)
     loaded = load_recipe(recipe, overrides)
     if resume and force:
         raise EdgekdError("--resume and --force exclude each other")
@@ -210,8 +209,7 @@ def tune(
     from edgekd.tune import parse_grid
     from edgekd.tune import tune as run_tune
 
-    if seeds is not None:
-        overrides = (*overrides, f"seeds=[{parse_seeds(seeds)}]")
+    overrides = with_seeds(overrides, seeds)
     loaded = load_recipe(recipe, overrides)
     axes = [parse_grid(text) for text in grid]
     with make_progress(quiet) as progress:
@@ -222,7 +220,7 @@ def tune(
 def print_tune(result: dict) -> None:
     from edgekd.report.stats import difference_cell
 
-    console = out if out.is_terminal else Console(highlight=False, width=180)
+    console = table_console()
     title = (
         f"'{result['method']}' variants on validation accuracy, seeds {', '.join(map(str, result['seeds']))} "
         "(test never evaluated)"
@@ -434,6 +432,11 @@ def list_things(what: str) -> None:
         out.print("\n".join(DataConfig.model_fields["dataset"].annotation.__args__))
 
 
+def with_seeds(overrides: tuple[str, ...], seeds: str | None) -> tuple[str, ...]:
+    """--seeds 0,1,2 as the override seeds=[0, 1, 2], after the --set ones."""
+    return overrides if seeds is None else (*overrides, f"seeds=[{parse_seeds(seeds)}]")
+
+
 def parse_seeds(text: str) -> str:
     parts = [part.strip() for part in text.split(",")]
     if not parts or not all(part.lstrip("-").isdigit() for part in parts):
@@ -444,6 +447,12 @@ def parse_seeds(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- output
+def table_console() -> Console:
+    """Where tables go: the terminal, or a wide console when piped into a log file (rich would otherwise
+    squeeze them into 80 columns and wrap every cell)."""
+    return out if out.is_terminal else Console(highlight=False, width=180)
+
+
 def make_progress(quiet: bool) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -467,8 +476,7 @@ def print_summary(metrics: dict) -> None:
         summary_rows,
     )
 
-    # Piped into a log file, rich would squeeze the tables into 80 columns and wrap every cell.
-    console = out if out.is_terminal else Console(highlight=False, width=180)
+    console = table_console()
     title = f"edgekd run '{metrics['run']['name']}' ({metrics['run']['wall_time_s']:.1f} s)"
     columns = summary_columns(metrics)
     console.print(rich_table(title, columns, summary_rows(metrics), left=("model", "architecture")))
@@ -481,7 +489,7 @@ def print_summary(metrics: dict) -> None:
 def print_artifacts(records: list[dict], title: str) -> None:
     from edgekd.report.tables import ARTIFACT_COLUMNS, artifact_rows
 
-    console = out if out.is_terminal else Console(highlight=False, width=160)
+    console = table_console()
     metrics = {"budget": {"params": None}, "artifacts": records}
     console.print(rich_table(title, ARTIFACT_COLUMNS, artifact_rows(metrics), left=("artifact", "parity")))
     for record in records:
@@ -492,7 +500,7 @@ def print_artifacts(records: list[dict], title: str) -> None:
 def print_latency(result: dict) -> None:
     from edgekd.report.tables import latency_table_rows
 
-    console = out if out.is_terminal else Console(highlight=False, width=160)
+    console = table_console()
     columns = ["batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "img/s", "iters"]
     title = f"{result['artifact']} on {result['runner']['backend']} (threads {result['latency']['threads']})"
     console.print(rich_table(title, columns, latency_table_rows(result["latency"]), left=()))

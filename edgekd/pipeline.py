@@ -7,6 +7,7 @@ folder is touched, so bad input leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import random
 import shutil
@@ -27,7 +28,7 @@ from edgekd.bench import ParityError
 from edgekd.data import DataBundle, DataPlan
 from edgekd.deploy import ARTIFACTS_DIR, deploy, parity_failures
 from edgekd.distill import DistillContext, get_method
-from edgekd.distill.registry import resolve_method
+from edgekd.distill.registry import ResolvedMethod, resolve_method
 from edgekd.errors import CheckFailed, EdgekdError
 from edgekd.fileio import write_json, write_text
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
@@ -214,7 +215,7 @@ def with_current_defaults(stored: Any) -> Any:
     still resumes: with what that version did (LEGACY_BEHAVIOUR) where today's default differs, else with
     the default. Kept as written when this version cannot read it (then it differs)."""
     if isinstance(stored, dict):
-        stored = yaml.safe_load(yaml.safe_dump(stored))  # a copy to fill in
+        stored = copy.deepcopy(stored)  # a copy to fill in
         for path, value in LEGACY_BEHAVIOUR.items():
             *parents, leaf = path
             node = stored
@@ -257,12 +258,12 @@ def train_teacher(p: Prepared, run_dir: Path, *, resume: bool, progress) -> FitR
     return trainer.fit(resume=resume)
 
 
-def make_student(p: Prepared, method: str, seed: int) -> nn.Module:
-    """A fresh student for `method`: every method starts from the same seeded initialization (a method that
+def make_student(p: Prepared, resolved: ResolvedMethod, seed: int) -> nn.Module:
+    """A fresh student for a method: every method starts from the same seeded initialization (a method that
     starts from the teacher gets a copy of it, whose head the method adapts)."""
     seed_everything(seed)
     spec, data = p.student_data.input_spec, p.student_data
-    if not resolve_method(p.recipe.distill, method).entry.student_from_teacher:
+    if not resolved.entry.student_from_teacher:
         return p.student_choice.create(data.num_classes, spec.channels)
     teacher_copy = create_model(
         p.recipe.teacher.model,
@@ -274,8 +275,8 @@ def make_student(p: Prepared, method: str, seed: int) -> nn.Module:
     return teacher_copy
 
 
-def student_choice_of(p: Prepared, method: str, student: nn.Module) -> ModelChoice:
-    if not resolve_method(p.recipe.distill, method).entry.student_from_teacher:
+def student_choice_of(p: Prepared, resolved: ResolvedMethod, student: nn.Module) -> ModelChoice:
+    if not resolved.entry.student_from_teacher:
         return p.student_choice
     spec = p.student_data.input_spec
     return ModelChoice(
@@ -292,7 +293,7 @@ def train_student(
 ) -> tuple[nn.Module, ModelChoice, FitResult, int]:
     resolved = resolve_method(p.recipe.distill, method)
     data = p.student_data_for(seed)
-    student = make_student(p, method, seed)
+    student = make_student(p, resolved, seed)
     spec = data.input_spec
     context = DistillContext(
         data.num_classes,
@@ -300,7 +301,7 @@ def train_student(
         input_shape=(spec.channels, spec.height, spec.width),
     )
     distiller = resolved.entry.distiller(student, p.teacher, resolved.options, context)
-    choice = student_choice_of(p, method, distiller.student)
+    choice = student_choice_of(p, resolved, distiller.student)
     if is_main_process():
         write_json(Path(out_dir) / IMAGES_FILE, data.image_indices())
     trainer = Trainer(
@@ -346,12 +347,9 @@ def model_record(
     }
 
 
-def unlabeled_images_used(recipe: Recipe, data: DataBundle, method: str) -> int:
-    """How many unlabelled images `method` trained on: none for methods without a label-free term."""
-    if (
-        data.unlabeled is None
-        or not resolve_method(recipe.distill, method).entry.distiller.learns_from_unlabeled
-    ):
+def unlabeled_images_used(data: DataBundle, resolved: ResolvedMethod) -> int:
+    """How many unlabelled images a method trained on: none for methods without a label-free term."""
+    if data.unlabeled is None or not resolved.entry.distiller.learns_from_unlabeled:
         return 0
     return len(data.unlabeled)
 
@@ -400,11 +398,6 @@ def penultimate_features(
         hook.remove()
         model.train(was_training)
     return torch.cat(captured).flatten(1)[:limit].numpy(), torch.cat(labels)[:limit].numpy()
-
-
-def method_uses_teacher(resolved) -> bool:
-    """Whether a method learns from the teacher (its outputs, features or weights)."""
-    return resolved.entry.student_from_teacher or resolved.entry.distiller.uses_teacher
 
 
 def student_data_summary(p: Prepared, seeds: list[int]) -> dict[str, Any]:
@@ -516,6 +509,7 @@ def _build_locked(p: Prepared, recipe: Recipe, started: float, *, resume: bool, 
     )
     teacher_record.update(
         labelled_images={"train": len(p.teacher_data.train), "selection": len(p.teacher_data.val)},
+        student_task_val_acc=on_student["val_acc"],
         student_task_test_acc=on_student["test_acc"],
         source=teacher_choice.how,
         best_epoch=teacher_fit.best_epoch if teacher_fit else None,
@@ -552,8 +546,8 @@ def _build_locked(p: Prepared, recipe: Recipe, started: float, *, resume: bool, 
             is_main=method == recipe.distill.method,
             extra_training_params=extra,
             labelled_images=labels_used(recipe, p.student_data),
-            unlabeled_images=unlabeled_images_used(recipe, p.student_data, method),
-            uses_teacher=method_uses_teacher(resolved),
+            unlabeled_images=unlabeled_images_used(p.student_data, resolved),
+            uses_teacher=resolved.entry.distiller.uses_teacher,
             arch_source=choice.how,
         )
         records.append(record)

@@ -17,7 +17,7 @@ from edgekd.bench.latency import LatencyConfig
 from edgekd.distill.registry import distill_section_model
 from edgekd.errors import RecipeError
 from edgekd.safe_yaml import YamlRefused, load_yaml_text, read_yaml_file
-from edgekd.schema_base import Section
+from edgekd.schema_base import Section, lower_first, shown_value
 
 # Class counts of the data sets whose label set is known without reading them.
 KNOWN_NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "mnist": 10, "fashionmnist": 10}
@@ -548,22 +548,10 @@ def describe_validation_error(exc: ValidationError) -> tuple[str, str]:
     elif kind.startswith("value_error"):
         field, message = _split_field_prefix(field, first["msg"].removeprefix("Value error, "))
     else:
-        message = f"got {shown_value(first.get('input'))}: {_lower_first(first['msg'])}"
+        message = f"got {shown_value(first.get('input'))}: {lower_first(first['msg'])}"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     return field, message
-
-
-def shown_value(value: Any, limit: int = 80) -> str:
-    """A rejected value as the error shows it: its repr, cut to `limit` characters (a value can be huge)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text):,} chars)"
-
-
-def _lower_first(text: str) -> str:
-    """pydantic's 'String should match pattern ...' reads on after a colon; only its first letter is lowered,
-    so a pattern or value quoted in it keeps its case."""
-    return text[:1].lower() + text[1:]
 
 
 def _split_field_prefix(field: str, message: str) -> tuple[str, str]:

@@ -1,5 +1,7 @@
 """The base of every recipe section, apart from recipe.py so that method files can define their options."""
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -10,3 +12,15 @@ class Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, validate_default=True, strict=True, allow_inf_nan=False
     )
+
+
+def shown_value(value: Any, limit: int = 80) -> str:
+    """A rejected value as an error shows it: its repr, cut to `limit` characters (a value can be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text):,} chars)"
+
+
+def lower_first(text: str) -> str:
+    """pydantic's 'String should match pattern ...' reads on after a colon; only its first letter is lowered,
+    so a pattern or value quoted in it keeps its case."""
+    return text[:1].lower() + text[1:]

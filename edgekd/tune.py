@@ -10,6 +10,7 @@ are reused when the same command runs again (resumable).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import re
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from edgekd.errors import EdgekdError, TrainingDiverged
 from edgekd.fileio import write_json
@@ -69,7 +69,7 @@ def variants(base: dict[str, Any], axes: list[GridAxis]) -> list[tuple[str, list
     out = []
     for point in itertools.product(*(axis.values for axis in axes)):
         overrides = [f"{axis.field}={value}" for axis, value in zip(axes, point, strict=True)]
-        raw = yaml.safe_load(yaml.safe_dump(base))
+        raw = copy.deepcopy(base)
         for override in overrides:
             apply_override(raw, override)
         label = ", ".join(overrides)

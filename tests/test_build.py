@@ -93,6 +93,13 @@ def _edgekd(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgekd.cli", *args]
 
 
+def _start_build(path: Path, env: dict[str, str]) -> subprocess.Popen:
+    """`edgekd build` of `path` in a background process, output discarded."""
+    return subprocess.Popen(
+        _edgekd("build", str(path), "--quiet"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
 def _wait_for_epochs(history: Path, epochs: int, process: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -111,9 +118,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(write_recipe, tmp_path
     train = {"epochs": 6, "optimizer": {"lr": 0.1}}
     path = write_recipe(train=train, distill={"method": "kd"})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        _edgekd("build", str(path), "--quiet"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    process = _start_build(path, env)
     run_dir = tmp_path / "runs" / "tiny"
     try:
         _wait_for_epochs(run_dir / "train" / "kd" / "history.json", 2, process)
@@ -144,9 +149,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(write_recipe, tmp_path
 def test_a_second_build_of_a_busy_run_folder_is_refused_naming_the_holder(write_recipe, tmp_path):
     path = write_recipe(train={"epochs": 1000, "optimizer": {"lr": 0.1}}, distill={"method": "kd"})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen(
-        _edgekd("build", str(path), "--quiet"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    first = _start_build(path, env)
     run_dir = tmp_path / "runs" / "tiny"
     try:
         _wait_for_epochs(run_dir / "train" / "kd" / "history.json", 1, first)

@@ -314,10 +314,9 @@ class DataPlan:
             "draws": cfg.draws,
             "val_per_class": cfg.val_per_class,
             "val_source": val_source,
-            # The teacher trained on the student's pool only under the paper's protocol; it selected its
-            # epoch on the validation split (never trained on it).
+            # The teacher trained on the student's pool only under the paper's protocol (it selects its own
+            # epoch on the validation split, which val_source says when the student's val comes from it).
             "teacher_trained_on_student_images": not cfg.customer,
-            "teacher_selected_on_student_val": val_source == "validation split",
         }
 
     def _bundle(

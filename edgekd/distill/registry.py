@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, ValidationError, create_model, model_validator
 
 from edgekd.errors import EdgekdError
-from edgekd.schema_base import Section
+from edgekd.schema_base import Section, lower_first, shown_value
 
 if TYPE_CHECKING:
     from edgekd.distill.base import Distiller
@@ -67,7 +67,7 @@ def distill_section_model() -> type[Section]:
     }
 
     def check_names(section: Any) -> Any:
-        check_variants(section.variants)
+        check_variants(section)
         names = [section.method, *section.baselines]
         known = [*method_names(), *sorted(section.variants)]
         for where, name in zip(
@@ -117,8 +117,8 @@ class MethodVariant(Section):
 _VARIANT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
-def check_variants(variants: dict[str, MethodVariant]) -> None:
-    for name, variant in variants.items():
+def check_variants(section: Any) -> None:
+    for name, variant in section.variants.items():
         if not _VARIANT_NAME.match(name):
             raise ValueError(
                 f"variants.{name}: a variant name is letters, digits and '_', starting with a letter"
@@ -132,13 +132,21 @@ def check_variants(variants: dict[str, MethodVariant]) -> None:
                 f"variants.{name}.method: unknown method '{variant.method}' (available: {', '.join(method_names())})"
             )
         try:
-            _METHODS[variant.method].options.model_validate(variant.options)
+            variant_options(section, variant)
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
             where = ".".join(str(part) for part in first["loc"])
             raise ValueError(
-                f"variants.{name}.options.{where}: got {first.get('input')!r}: {first['msg'].lower()}"
+                f"variants.{name}.options.{where}: got {shown_value(first.get('input'))}: "
+                f"{lower_first(first['msg'])}"
             ) from None
+
+
+def variant_options(distill: Any, variant: MethodVariant) -> Section:
+    """A variant's options: its method's block in the recipe, overridden by what the variant gives (so
+    checks that span fields see the values the variant will run with)."""
+    base = getattr(distill, variant.method).model_dump()
+    return _METHODS[variant.method].options.model_validate({**base, **variant.options})
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,4 @@ def resolve_method(distill: Any, name: str) -> ResolvedMethod:
     variant = distill.variants.get(name)
     if variant is None:
         return ResolvedMethod(name, get_method(name), getattr(distill, name))
-    entry = get_method(variant.method)
-    base = getattr(distill, variant.method).model_dump()
-    return ResolvedMethod(name, entry, entry.options.model_validate({**base, **variant.options}))
+    return ResolvedMethod(name, get_method(variant.method), variant_options(distill, variant))
