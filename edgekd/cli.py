@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -22,11 +23,30 @@ from rich.table import Table
 
 from edgekd.bench.latency import LatencyConfig
 from edgekd.errors import EdgekdError
+from edgekd.schema_base import MAX_ITERS, MAX_SECONDS, MAX_THREADS
 
 EXIT_INTERRUPTED = 130
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
+
+
+class FiniteSeconds(click.FloatRange):
+    """Seconds in [0, 1 hour]: click's FloatRange lets nan through (every comparison with nan is false)."""
+
+    name = "seconds"
+
+    def __init__(self) -> None:
+        super().__init__(min=0, max=MAX_SECONDS)
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return number
+
+
+SECONDS = FiniteSeconds()
 
 RECIPE_ARG = click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 SET_OPTION = click.option(
@@ -327,32 +347,36 @@ def export_command(
     show_default=True,
     help="Batch size to time; repeat for several.",
 )
-@click.option("--threads", type=click.IntRange(min=1), help="Inference threads [default: the runtime's].")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1, max=MAX_THREADS),
+    help="Inference threads [default: the runtime's].",
+)
 @click.option("--shape", metavar="C,H,W", help="Input image shape, for files without edgekd metadata.")
 @click.option(
     "--warmup-iters",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_ITERS),
     default=LatencyConfig.warmup_iters,
     show_default=True,
     help="Untimed runs before timing (at least).",
 )
 @click.option(
     "--warmup-s",
-    type=click.FloatRange(min=0, max=3600),
+    type=SECONDS,
     default=LatencyConfig.warmup_s,
     show_default=True,
     help="Untimed warm-up time (at least).",
 )
 @click.option(
     "--min-iters",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_ITERS),
     default=LatencyConfig.min_iters,
     show_default=True,
     help="Timed runs per batch size (at least).",
 )
 @click.option(
     "--min-time-s",
-    type=click.FloatRange(min=0, max=3600),
+    type=SECONDS,
     default=LatencyConfig.min_time_s,
     show_default=True,
     help="Timed seconds per batch size (at least).",
@@ -453,8 +477,25 @@ def table_console() -> Console:
     return out if out.is_terminal else Console(highlight=False, width=180)
 
 
+class LazyProgress(Progress):
+    """Draws nothing until its first task: a build refused before training (a busy run folder, a late
+    check) leaves only its one-line error, not an empty progress line above it."""
+
+    def start(self) -> None:
+        pass  # __enter__ calls this; drawing starts at the first task
+
+    def add_task(self, *args, **kwargs):
+        if not self.live.is_started:
+            super().start()
+        return super().add_task(*args, **kwargs)
+
+    def stop(self) -> None:
+        if self.live.is_started:  # rich's stop prints a newline on a non-terminal even when nothing was drawn
+            super().stop()
+
+
 def make_progress(quiet: bool) -> Progress:
-    return Progress(
+    return LazyProgress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

@@ -32,6 +32,7 @@ from edgekd.distill.registry import ResolvedMethod, resolve_method
 from edgekd.errors import CheckFailed, EdgekdError
 from edgekd.fileio import write_json, write_text
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
+from edgekd.preflight import check_memory
 from edgekd.recipe import Recipe, dump_recipe
 from edgekd.report.stats import paired_difference
 from edgekd.runlock import run_folder_lock
@@ -104,17 +105,20 @@ def blame(field: str):
     try:
         yield
     except EdgekdError as exc:
-        if str(exc).startswith(f"{field}:") or isinstance(exc, CheckFailed):
+        message = str(exc)
+        if message.startswith(f"{field}:") or isinstance(exc, CheckFailed):
             raise
-        raise EdgekdError(f"{field}: {exc}") from None
+        if message.startswith("model_args."):  # a model's option: `student.model_args.width: ...`
+            raise EdgekdError(f"{field.rpartition('.')[0]}.{message}") from None
+        raise EdgekdError(f"{field}: {message}") from None
 
 
-def choose_student(recipe: Recipe, data: DataBundle) -> ModelChoice:
-    spec, student = data.input_spec, recipe.student
+def choose_student(recipe: Recipe, num_classes: int, input_shape: tuple[int, int, int]) -> ModelChoice:
+    """The student's architecture: fitted to the budget, or the recipe's model, sized on the meta device."""
+    channels, height, width = input_shape
+    student = recipe.student
     if student.family is not None:
-        fit = fit_to_budget(
-            student.family, student.budget.params, data.num_classes, spec.channels, (spec.height, spec.width)
-        )
+        fit = fit_to_budget(student.family, student.budget.params, num_classes, channels, (height, width))
         return ModelChoice(
             fit.model,
             dict(fit.model_args),
@@ -122,39 +126,53 @@ def choose_student(recipe: Recipe, data: DataBundle) -> ModelChoice:
             fit.flops,
             f"largest of {fit.candidates_considered} '{student.family}' members within the budget",
         )
-    with blame("student.model"):
+    with blame("student.model"), torch.device("meta"):
         model = create_model(
-            student.model, num_classes=data.num_classes, in_channels=spec.channels, **student.model_args
+            student.model, num_classes=num_classes, in_channels=channels, **student.model_args
         )
     return ModelChoice(
         student.model,
         dict(student.model_args),
         count_params(model),
-        count_flops(model, (spec.channels, spec.height, spec.width)),
+        count_flops(model, input_shape),
         "given by the recipe",
     )
 
 
+def create_teacher(recipe: Recipe, num_classes: int, channels: int) -> nn.Module:
+    with blame("teacher.model"):
+        return create_model(
+            recipe.teacher.model, num_classes=num_classes, in_channels=channels, **recipe.teacher.model_args
+        )
+
+
 def prepare(recipe: Recipe) -> Prepared:
-    """Build everything that can fail on bad input, before anything is written."""
+    """Build everything that can fail on bad input, before anything is written.
+
+    Cheap checks come first: the models are sized on the meta device and checked against the machine's
+    memory before any image is processed or any weight allocated."""
     device = pick_device(recipe.device)
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
     plan = DataPlan(recipe.data)
+    shape, all_classes = plan.image_shape, plan.source.num_classes
+    student_choice = choose_student(recipe, len(plan.student_ids), shape)
+    with torch.device("meta"):
+        create_teacher(recipe, all_classes, shape[0])  # a bad name or option fails before the memory check
+    check_memory(
+        recipe,
+        device,
+        shape,
+        lambda: create_teacher(recipe, all_classes, shape[0]),
+        lambda: student_choice.create(len(plan.student_ids), shape[0]),
+        student_choice.arch,
+    )
     teacher_data = plan.teacher()
     # Every seed's draw is made now, so a draw that cannot be made fails before anything is written.
     student_views = {seed: plan.student(seed) for seed in recipe.student_seeds}
     student_data = student_views[recipe.student_seeds[0]]
-    student_choice = choose_student(recipe, student_data)
     seed_everything(recipe.seed)
-    spec = teacher_data.input_spec
-    with blame("teacher.model"):
-        teacher = create_model(
-            recipe.teacher.model,
-            num_classes=teacher_data.num_classes,
-            in_channels=spec.channels,
-            **recipe.teacher.model_args,
-        )
+    teacher = create_teacher(recipe, all_classes, shape[0])
     if recipe.teacher.checkpoint is not None:
         load_weights(teacher, recipe.teacher.checkpoint, "teacher.checkpoint", recipe.teacher.model)
     return Prepared(

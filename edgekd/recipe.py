@@ -6,6 +6,7 @@ in this schema, so ``edgekd schema`` shows all of it. Unknown keys are errors.
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,7 +18,19 @@ from edgekd.bench.latency import LatencyConfig
 from edgekd.distill.registry import distill_section_model
 from edgekd.errors import RecipeError
 from edgekd.safe_yaml import YamlRefused, load_yaml_text, read_yaml_file
-from edgekd.schema_base import Section, lower_first, shown_value
+from edgekd.schema_base import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_IMAGE_SIZE,
+    MAX_IMAGES,
+    MAX_ITERS,
+    MAX_SECONDS,
+    MAX_SEED,
+    MAX_THREADS,
+    Section,
+    lower_first,
+    shown_value,
+)
 
 # Class counts of the data sets whose label set is known without reading them.
 KNOWN_NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "mnist": 10, "fashionmnist": 10}
@@ -39,10 +52,6 @@ def parse_count(value: Any) -> Any:
 
 Count = Annotated[int, BeforeValidator(parse_count), Field(gt=0)]
 # Bounds no real run needs but an accident (a typo, 1e12) reaches: refused before anything is built.
-MAX_EPOCHS = 100_000
-MAX_BATCH = 65_536
-MAX_IMAGE_SIZE = 4_096
-MAX_SECONDS = 3_600.0
 # Sections are strict (a number must be a number, a flag a flag); a path may be written as a string.
 LoosePath = Annotated[Path, Field(strict=False)]
 
@@ -74,16 +83,18 @@ class DataConfig(Section):
         description="Part held out as test set, for data sets without an official test split.",
     )
     split_seed: int = Field(
-        0, description="Seed of the train/val/test split (kept apart from the run's seed)."
+        0, ge=0, le=MAX_SEED, description="Seed of the train/val/test split (kept apart from the run's seed)."
     )
-    classes: list[int] | None = Field(
+    classes: list[Annotated[int, Field(ge=0)]] | None = Field(
         None,
         min_length=1,
+        max_length=100_000,
         description="The student's classes (original ids), remapped to 0..K-1 in this order.",
     )
     per_class: int | None = Field(
         None,
         ge=1,
+        le=MAX_IMAGES,
         description="Few-shot: the student gets this many labelled training images per class, drawn from "
         "`student_pool`.",
     )
@@ -111,6 +122,7 @@ class DataConfig(Section):
     val_per_class: int | None = Field(
         None,
         ge=1,
+        le=MAX_IMAGES,
         description="Select the student on this many labelled validation images per class, drawn from "
         "the student's pool under 'customer' (disjoint from its training images) and from the validation "
         "split otherwise. Null: the whole validation split of the student's classes.",
@@ -131,7 +143,7 @@ class DataConfig(Section):
         "never see them.",
     )
     unlabeled_batch_size: int | None = Field(
-        None, ge=1, description="Unlabelled images per training step; null: batch_size."
+        None, ge=1, le=MAX_BATCH, description="Unlabelled images per training step; null: batch_size."
     )
     batch_size: int = Field(64, ge=1, le=MAX_BATCH)
     eval_batch_size: int = Field(256, ge=1, le=MAX_BATCH)
@@ -194,8 +206,8 @@ class OptimizerConfig(Section):
 
 class ScheduleConfig(Section):
     name: Literal["multistep", "cosine", "constant"] = "cosine"
-    milestones: list[int] = Field(
-        default_factory=list, description="Epochs at which multistep multiplies lr by gamma."
+    milestones: list[Annotated[int, Field(ge=1, le=MAX_EPOCHS)]] = Field(
+        default_factory=list, max_length=100, description="Epochs at which multistep multiplies lr by gamma."
     )
     gamma: float = Field(0.1, gt=0, le=1)
     factors: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
@@ -203,7 +215,9 @@ class ScheduleConfig(Section):
         description="Multistep only: the lr factor (relative to the initial lr) from each milestone on, "
         "one per milestone, e.g. [0.1, 0.01, 0.002]; replaces gamma.",
     )
-    warmup_epochs: int = Field(0, ge=0, description="Linear warm-up from lr/10 over this many epochs.")
+    warmup_epochs: int = Field(
+        0, ge=0, le=MAX_EPOCHS, description="Linear warm-up from lr/10 over this many epochs."
+    )
 
 
 class TrainConfig(Section):
@@ -265,7 +279,10 @@ class TeacherConfig(Section):
         if self.checkpoint is not None and self.train is not None:
             raise ValueError("train: give `checkpoint` or `train`, not both")
         if self.checkpoint is not None and not self.checkpoint.is_file():
-            raise ValueError(f"checkpoint: '{self.checkpoint}' is not a file")
+            what = "is a folder" if self.checkpoint.is_dir() else "does not exist"
+            raise ValueError(
+                f"checkpoint: '{self.checkpoint}' {what}; allowed: a checkpoint file (torch.save)"
+            )
         return self
 
 
@@ -307,7 +324,9 @@ FORMAT_PRECISIONS: dict[str, tuple[str, ...]] = {
 class ParityConfig(Section):
     """How close each artifact's logits must be to the PyTorch student's on the same validation images."""
 
-    images: int = Field(256, ge=8, description="Validation images compared (all, when fewer exist).")
+    images: int = Field(
+        256, ge=8, le=MAX_IMAGES, description="Validation images compared (all, when fewer exist)."
+    )
     fp32_max_abs: float = Field(1e-3, gt=0, description="FP32: largest allowed absolute logit difference.")
     fp16_max_abs: float = Field(5e-2, gt=0, description="FP16: largest allowed absolute logit difference.")
     fp16_min_top1: float = Field(0.99, ge=0, le=1, description="FP16: least top-1 agreement (fraction).")
@@ -330,7 +349,10 @@ class ExportConfig(Section):
     )
     opset: int = Field(18, ge=13, le=23, description="ONNX opset.")
     calibration_images: int = Field(
-        300, ge=1, description="Training images (no augmentation) that calibrate INT8 quantization."
+        300,
+        ge=1,
+        le=MAX_IMAGES,
+        description="Training images (no augmentation) that calibrate INT8 quantization.",
     )
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
         "minmax", description="ONNX Runtime INT8 calibrator."
@@ -342,7 +364,9 @@ class ExportConfig(Section):
         description="OpenVINO INT8 with NNCF accuracy control: largest allowed top-1 drop on the validation "
         "split (a fraction: 0.01 = one point); unset: plain post-training quantization.",
     )
-    max_batch: int = Field(64, ge=1, description="Largest batch of TensorRT's dynamic-batch profile.")
+    max_batch: int = Field(
+        64, ge=1, le=MAX_BATCH, description="Largest batch of TensorRT's dynamic-batch profile."
+    )
     parity: ParityConfig = ParityConfig()
 
     @model_validator(mode="after")
@@ -368,13 +392,16 @@ class BenchmarkConfig(Section):
         [1], min_length=1, max_length=16, description="Batch sizes timed."
     )
     threads: int | None = Field(
-        None, ge=1, description="Inference threads of every backend (recorded); unset: all cores."
+        None,
+        ge=1,
+        le=MAX_THREADS,
+        description="Inference threads of every backend (recorded); unset: all cores.",
     )
     # The harness's own defaults, so that a recipe, `edgekd bench` and the library time alike.
     warmup_iters: int = Field(
         LatencyConfig.warmup_iters,
         ge=0,
-        le=10_000_000,
+        le=MAX_ITERS,
         description="Untimed runs before timing, at least this many...",
     )
     warmup_s: float = Field(
@@ -383,7 +410,7 @@ class BenchmarkConfig(Section):
     min_iters: int = Field(
         LatencyConfig.min_iters,
         ge=1,
-        le=10_000_000,
+        le=MAX_ITERS,
         description="Timed runs per batch size, at least this many...",
     )
     min_time_s: float = Field(
@@ -404,7 +431,9 @@ class ReportConfig(Section):
         description="Plot a 2-D t-SNE of the penultimate features on the test split of the main student and "
         "of `scratch` when it is a baseline (SKD paper, Fig. 6).",
     )
-    embedding_points: int = Field(1000, ge=10, description="Test images in the embedding plot, at most.")
+    embedding_points: int = Field(
+        1000, ge=10, le=MAX_IMAGES, description="Test images in the embedding plot, at most."
+    )
     reference: str | None = Field(
         None,
         description="The baseline every student is compared with, seed by seed (paired differences of test "
@@ -424,10 +453,12 @@ DistillConfig = distill_section_model()
 
 class Recipe(Section):
     name: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: the run folder is output_dir/name."
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Run name: the run folder is output_dir/name.",
     )
-    seed: int = Field(0, description="Seeds initialization, data order and augmentation.")
-    seeds: list[int] | None = Field(
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds initialization, data order and augmentation.")
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = Field(
         None,
         min_length=1,
         max_length=1_000,
@@ -441,6 +472,7 @@ class Recipe(Section):
     threads: int | None = Field(
         None,
         ge=1,
+        le=MAX_THREADS,
         description="PyTorch CPU threads for training and evaluation (recorded in metrics.json); null: "
         "PyTorch's default. Results are bit-exact for one thread count on one machine; another thread count "
         "or CPU changes the float rounding, hence the numbers (see the README).",
@@ -466,6 +498,18 @@ class Recipe(Section):
     def _check_seeds(self) -> Recipe:
         if self.seeds and len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: {shown_value(self.seeds)} names a seed twice")
+        return self
+
+    @model_validator(mode="after")
+    def _check_output_dir(self) -> Recipe:
+        """The run folder must be creatable: no file where output_dir, one of its parents or the run folder is."""
+        for path in (self.run_dir, *self.run_dir.parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise ValueError(
+                        f"output_dir: '{path}' is a file; allowed: a folder (created when missing)"
+                    )
+                break
         return self
 
     @model_validator(mode="after")
@@ -499,6 +543,8 @@ def read_recipe_yaml(path: Path) -> dict[str, Any]:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
         raise RecipeError("", f"{path}: not valid YAML{line} ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        raise RecipeError("", f"{path}: the recipe is empty; allowed: a mapping of sections (see recipes/)")
     if not isinstance(raw, dict):
         raise RecipeError("", f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
     return raw
@@ -536,13 +582,18 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
 
 def describe_validation_error(exc: ValidationError) -> tuple[str, str]:
     """The first error as (field path, 'what was given, what is allowed'); the count of the others is added."""
-    errors = exc.errors(include_url=False)
+    # An unknown key first: a misspelt field explains the "is required" of the field it was meant to be.
+    errors = sorted(exc.errors(include_url=False), key=lambda error: error["type"] != "extra_forbidden")
     first = errors[0]
-    loc = [str(p) for p in first["loc"]]
+    # pydantic marks a rejected dict key with a '[key]' step: the key itself is the path's last step
+    loc = [str(p) for p in first["loc"] if p != "[key]"]
     field = ".".join(loc)
     kind = first["type"]
     if kind == "extra_forbidden":
-        message = f"unknown field (allowed here: {', '.join(_allowed_fields(loc[:-1]))})"
+        allowed = _allowed_fields(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        message = f"unknown field ({hint}allowed here: {', '.join(allowed)})"
     elif kind == "missing":
         message = "is required"
     elif kind.startswith("value_error"):

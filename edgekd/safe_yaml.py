@@ -37,6 +37,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """Python refuses int() of more than 4,300 digits with a ValueError; say so as the recipe's error."""
+    try:
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    except ValueError:
+        raise YamlRefused(
+            f"line {node.start_mark.line + 1}: a number of {len(node.value):,} characters; allowed: a number "
+            "of at most 4,300 digits"
+        ) from None
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
 def read_yaml_file(path: Path) -> Any:
     size = path.stat().st_size
     if size > MAX_BYTES:

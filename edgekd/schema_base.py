@@ -4,6 +4,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+# Bounds that a real run never needs but an accident can reach (`epochs: 1e12`): refused before any work.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_IMAGE_SIZE = 4_096
+MAX_SECONDS = 3_600.0
+MAX_SEED = 2**32 - 1  # numpy's seed range
+MAX_THREADS = 1_024
+MAX_ITERS = 10_000_000  # timed or warm-up runs of a benchmark
+MAX_IMAGES = 10_000_000  # counts of images: per class, calibration, parity, plotted
+
 
 class Section(BaseModel):
     """A recipe section: unknown keys are errors, types are strict (`lr: '0.1'` or `batch_size: yes` is an

@@ -87,7 +87,8 @@ def _load_checkpoint(
 
     data = build_data(recipe.data, subset=True)
     if model is None:
-        choice = choose_student(recipe, data)
+        spec = data.input_spec
+        choice = choose_student(recipe, data.num_classes, (spec.channels, spec.height, spec.width))
         model, args = choice.arch, choice.model_args
     else:
         args = {}
@@ -146,7 +147,7 @@ def artifact_shape(path: Path, shape: str | None) -> tuple[int, int, int]:
 
     if path.suffix not in (".onnx", ".xml"):
         raise EdgekdError(f"--shape: '{path}' carries no input shape edgekd can read; give it as C,H,W")
-    return ModelIO.from_metadata(read_metadata(path)).image_shape
+    return ModelIO.from_metadata(read_metadata(path), f"artifact '{path}'").image_shape
 
 
 def bench_artifact(

@@ -50,6 +50,17 @@ def cli():
     return invoke
 
 
+@pytest.fixture(scope="session")
+def cli_processes():
+    """Runs `edgekd ...` as a real process per call (forked from a server that imported edgekd once): exit
+    code, stdout, stderr as a user sees them, native libraries' output included; 10 s and 3 GiB at most."""
+    from cli_forkserver import CliProcesses
+
+    processes = CliProcesses()
+    yield processes
+    processes.close()
+
+
 @pytest.fixture(autouse=True)
 def _restore_sigchld():
     """torch's DataLoader installs a SIGCHLD handler for its workers that outlives them; a later, unrelated

@@ -249,10 +249,14 @@ def test_corrupt_files_fail_on_load_with_one_line(files, tmp_path):
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"this is not a protobuf")
     assert "onnxruntime cannot load it" in one_line_error(runner_for(corrupt).load)
-    assert "OpenVINO cannot read it" in one_line_error(runner_for(corrupt, backend="openvino").load)
+    assert "cannot be read as ONNX" in one_line_error(runner_for(corrupt, backend="openvino").load)
     broken_xml = tmp_path / "broken.xml"
     broken_xml.write_text("<net><layers>")
+    broken_xml.with_suffix(".bin").write_bytes(b"\0" * 16)
     assert "OpenVINO cannot read it" in one_line_error(runner_for(broken_xml).load)
+    text_xml = tmp_path / "text.xml"  # OpenVINO's other frontends would print parser noise for it
+    text_xml.write_text("this is not xml")
+    assert "is not an OpenVINO IR" in one_line_error(runner_for(text_xml).load)
     lonely_xml = tmp_path / "lonely.xml"  # an IR whose .bin is missing
     lonely_xml.write_text(files["ir"].read_text())
     message = one_line_error(runner_for(lonely_xml).load)

@@ -158,8 +158,9 @@ def test_a_second_build_of_a_busy_run_folder_is_refused_naming_the_holder(write_
                 _edgekd("build", str(path), "--quiet", *extra), env=env, capture_output=True, text=True
             )
             assert second.returncode == 2, (extra, second.stderr)
-            message = second.stderr.strip()
-            assert "\n" not in message and f"in use by edgekd pid {first.pid}" in message, message
+            message = second.stderr  # one line, with nothing (no empty progress line) before it
+            assert message.startswith("error: ") and message.count("\n") == 1, message
+            assert f"in use by edgekd pid {first.pid}" in message, message
         assert (run_dir / "train" / "kd" / "history.json").is_file()  # --force deleted nothing
         first.send_signal(signal.SIGKILL)  # a dead holder leaves its lock file, but no lock
     finally:

@@ -133,3 +133,32 @@ def test_lax_types_and_absurd_values_are_refused_briefly(cli, write_recipe, over
     result = cli("validate", write_recipe(), "--schema-only", "--set", override)
     assert result.exit_code == 2 and result.output.startswith(f"error: {field}: "), result.output
     assert len(result.output) < 300  # the rejected value is shown cut short
+
+
+# ------------------------------------------------------------------------------------------ artifacts
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("empty.onnx", b"", "'empty.onnx' is empty (0 bytes)"),
+        ("text.onnx", b"this is not a protobuf", "cannot"),
+        ("empty.xml", b"", "'empty.xml' is empty (0 bytes)"),
+        ("text.xml", b"random text, not XML\n", "'text.xml' is not an OpenVINO IR"),
+        ("lonely.xml", b'<?xml version="1.0"?>\n<net name="m" version="11"></net>\n', "'lonely.bin' beside"),
+    ],
+)
+@pytest.mark.parametrize("shape", [[], ["--shape", "1,8,8"]], ids=["metadata", "shape"])
+def test_artifact_errors_say_what_is_wrong_with_the_file(
+    cli_processes, tmp_path, name, content, words, shape
+):
+    """In a real process: OpenVINO's native parsers print to the process's stderr, which CliRunner cannot see."""
+    (tmp_path / name).write_bytes(content)
+    result = cli_processes.run(["bench", name, *shape], tmp_path)
+    assert result["exit"] == 2, result["stderr"]
+    assert result["stderr"].startswith("error: ") and result["stderr"].count("\n") == 1, result["stderr"]
+    assert words in result["stderr"] and name in result["stderr"]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e9"])
+def test_bench_seconds_must_be_finite_and_bounded(cli, tmp_path, value):
+    result = cli("bench", tmp_path / "m.onnx", "--min-time-s", value)
+    assert result.exit_code == 2 and "--min-time-s" in result.output and "Traceback" not in result.output

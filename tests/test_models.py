@@ -224,6 +224,15 @@ def test_available_models_shows_patterns() -> None:
         ("torchvision:not_a_net", {}, 3, r"unknown.*resnet18"),
         ("torchvision:squeezenet1_0", {}, 3, r"no final nn\.Linear"),
         ("resnet20", {}, 0, r"in_channels"),
+        # absurd sizes are refused by their constructors, before a single layer is built
+        ("resnet6000002", {}, 3, r"6n\+2 from 8 to 2402"),
+        ("wrn_16_10000000", {}, 3, r"widen factor must be a whole number from 1 to 128"),
+        ("wrn_6000004_2", {}, 3, r"6n\+4 from 10 to 1000"),
+        ("resnet8", {"width": 10_000_000}, 3, r"model_args\.width: 10000000 is not allowed.*8,192"),
+        ("resnet8", {"stem_width": 10_000_000}, 3, r"model_args\.stem_width"),
+        ("mobilenetv2", {"width_mult": 1e9}, 3, r"model_args\.width_mult.*<= 32"),
+        ("mobilenetv2", {"width_mult": float("inf")}, 3, r"model_args\.width_mult"),
+        ("resnet" + "9" * 5000, {}, 3, r"\(5,008 chars\) is unknown"),  # no int() of 5000 digits
     ],
 )
 def test_bad_model_requests_raise_one_line_errors(
@@ -344,3 +353,19 @@ def test_unknown_family_lists_the_families() -> None:
         fit_to_budget("vgg", 10**6, 10, 3, (32, 32))
     with pytest.raises(EdgekdError, match="unknown"):
         family_members("vgg")
+
+
+def test_memory_footprint_counts_weights_and_every_leaf_output_without_allocating() -> None:
+    from edgekd.models.memory import FLOAT_BYTES, OPTIMIZER_STATES, footprint
+
+    def build() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten())
+
+    measured = footprint(build, (1, 8, 8))
+    assert measured.weight_bytes == (2 * 9 + 2) * FLOAT_BYTES
+    assert measured.outputs_per_image == 3 * 2 * 8 * 8 * FLOAT_BYTES  # conv, relu, flatten outputs
+    assert measured.largest_output_per_image == 2 * 8 * 8 * FLOAT_BYTES
+    assert measured.training_bytes(10) == measured.weight_bytes * (2 + OPTIMIZER_STATES) + 10 * 1536
+    # a model far larger than this machine is sized in an instant: nothing is allocated
+    huge = footprint(lambda: create_model("resnet1202", 10, 3, width=4096), (3, 64, 64))
+    assert huge.weight_bytes > 1 << 40

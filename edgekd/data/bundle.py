@@ -6,6 +6,7 @@ split, so the student's test images are exactly the teacher's test images of the
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -219,15 +220,25 @@ class DataPlan:
             )
         else:
             self.teacher_train, self.customer = self.split.train, None
-        # Statistics come from the teacher's training images, so teacher and student see identically
-        # normalized inputs, and a customer's images play no part in the teacher's preprocessing.
-        if self.source.mean is not None and self.source.std is not None:
-            self.mean, self.std = self.source.mean, self.source.std
-        else:
-            self.mean, self.std = channel_stats(self.source.train_pool, self.teacher_train)
         self.all_ids = list(range(self.source.num_classes))
         self.student_ids = list(cfg.classes) if cfg.classes is not None else self.all_ids
         check_class_ids(self.student_ids, self.source.num_classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """C, H, W of every processed image (known before any image is processed)."""
+        return self.source.train_pool.image_shape
+
+    @functools.cached_property
+    def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel normalization (mean, std), computed on first use: reading every training image is
+        the slow part of a plan, so callers can check what a run needs before paying for it.
+
+        Statistics come from the teacher's training images, so teacher and student see identically
+        normalized inputs, and a customer's images play no part in the teacher's preprocessing."""
+        if self.source.mean is not None and self.source.std is not None:
+            return self.source.mean, self.source.std
+        return channel_stats(self.source.train_pool, self.teacher_train)
 
     @property
     def test_pool(self) -> ImagePool:
@@ -333,10 +344,10 @@ class DataPlan:
         cfg, source = self.cfg, self.source
         lookup = None if class_ids == self.all_ids else label_lookup(class_ids, source.num_classes)
 
+        mean, std = self.stats
+
         def view(pool: ImagePool, indices: np.ndarray, augment: RandomCropFlip | None = None) -> SplitView:
-            return SplitView(
-                pool, indices, mean=self.mean, std=self.std, label_lookup=lookup, augment=augment
-            )
+            return SplitView(pool, indices, mean=mean, std=std, label_lookup=lookup, augment=augment)
 
         images_only = None
         if unlabeled is not None:
@@ -345,8 +356,8 @@ class DataPlan:
                 SplitView(
                     source.train_pool,
                     unlabeled,
-                    mean=self.mean,
-                    std=self.std,
+                    mean=mean,
+                    std=std,
                     augment=make_augmentation(cfg.augment),
                 )
             )
@@ -359,7 +370,7 @@ class DataPlan:
             num_classes=len(class_ids),
             class_names=[source.class_names[c] for c in class_ids],
             class_ids=class_ids,
-            input_spec=InputSpec(channels, height, width, tuple(self.mean), tuple(self.std)),
+            input_spec=InputSpec(channels, height, width, tuple(mean), tuple(std)),
             batch_size=cfg.batch_size,
             eval_batch_size=cfg.eval_batch_size,
             num_workers=cfg.num_workers,

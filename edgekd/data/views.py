@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from edgekd.data.pools import ImagePool
 
 _STATS_CHUNK = 2048
+_STATS_CHUNK_BYTES = 256 << 20  # float64 images summed at once: bounded, whatever the image size
 
 
 class SplitView(Dataset):
@@ -95,8 +96,11 @@ def channel_stats(pool: ImagePool, indices: np.ndarray) -> tuple[tuple[float, ..
     total = torch.zeros(channels, dtype=torch.float64)
     total_sq = torch.zeros(channels, dtype=torch.float64)
     count = 0
-    for start in range(0, len(indices), _STATS_CHUNK):
-        images = pool.load(indices[start : start + _STATS_CHUNK]).double()
+    # Chunks of 2048 images as before (the float64 sums, hence the statistics, stay bit-identical), fewer
+    # when the images are large.
+    per_chunk = max(1, min(_STATS_CHUNK, _STATS_CHUNK_BYTES // (int(np.prod(pool.image_shape)) * 8)))
+    for start in range(0, len(indices), per_chunk):
+        images = pool.load(indices[start : start + per_chunk]).double()
         total += images.sum(dim=(0, 2, 3))
         total_sq += (images * images).sum(dim=(0, 2, 3))
         count += images.shape[0] * images.shape[2] * images.shape[3]

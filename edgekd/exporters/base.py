@@ -113,8 +113,14 @@ class ModelIO:
         }
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str]) -> ModelIO:
-        """Rebuild the io description from :meth:`metadata` as read back from an artifact."""
+    def from_metadata(cls, metadata: dict[str, str], source: str = "artifact") -> ModelIO:
+        """Rebuild the io description from :meth:`metadata` as read back from the artifact `source`."""
+        missing = [key for key in ("input_shape", "mean", "std", "class_names") if key not in metadata]
+        if missing:
+            raise EdgekdError(
+                f"{source}: carries no edgekd metadata ({', '.join(missing)} missing): it was not written by "
+                "edgekd export"
+            )
         try:
             _, channels, height, width = json.loads(metadata["input_shape"])
             return cls(
@@ -127,9 +133,9 @@ class ModelIO:
                 input_name=metadata.get("input_name", "images"),
                 output_name=metadata.get("output_name", "logits"),
             )
-        except (KeyError, ValueError, TypeError) as error:
+        except (ValueError, TypeError) as error:
             raise EdgekdError(
-                f"artifact metadata: {error!r} is missing or malformed; was it written by edgekd?"
+                f"{source}: its edgekd metadata is malformed ({one_line(error)}); was it edited after export?"
             ) from None
 
 

@@ -358,13 +358,30 @@ def save_onnx(
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The ``metadata_props`` of an ONNX file (edgekd's io description among them), as strings."""
+    proto = load_checked(path)
+    return {entry.key: entry.value for entry in proto.metadata_props}
+
+
+def refuse_empty(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise EdgekdError(
+            f"onnx file: '{path}' is empty (0 bytes); allowed: an ONNX model written by edgekd export"
+        )
+
+
+def load_checked(path: Path) -> onnx.ModelProto:
+    """The ONNX model in `path` (weights inline), or an EdgekdError that says what is wrong with the file."""
     import onnx
 
+    refuse_empty(path)
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as error:
         raise EdgekdError(f"onnx file: '{path}' cannot be read as ONNX ({one_line(error)})") from None
-    return {entry.key: entry.value for entry in proto.metadata_props}
+    if not proto.graph.node:
+        # protobuf reads many byte strings as a valid, empty message
+        raise EdgekdError(f"onnx file: '{path}' is not an ONNX model (it holds no graph)")
+    return proto
 
 
 def run_at_batches(path: Path, io: ModelIO, batches: tuple[int, ...] = _PROBE_BATCHES) -> list[int]:

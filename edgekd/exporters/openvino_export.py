@@ -8,6 +8,7 @@ into a temporary folder beside them and are then moved in, so a failure leaves n
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterable
@@ -192,12 +193,37 @@ def set_metadata(ov_model: ov.Model, io: ModelIO, precision: str, details: dict[
         ov_model.set_rt_info(value, [RT_INFO_SECTION, key])
 
 
+_IR_HEAD = re.compile(rb"^(\xef\xbb\xbf)?\s*(<\?xml[^>]*>\s*)?(<!--.*?-->\s*)*<net[\s>]", re.DOTALL)
+
+
+def check_ir_files(xml_path: Path) -> None:
+    """An OpenVINO IR is an .xml whose root is <net> and a .bin beside it. Checked here because OpenVINO,
+    given anything else, tries its other frontends (TensorFlow text, ...) and prints their parser noise."""
+    with open(xml_path, "rb") as file:
+        head = file.read(4096)
+    if not head:
+        raise EdgekdError(
+            f"openvino IR: '{xml_path}' is empty (0 bytes); allowed: an .xml written by edgekd export"
+        )
+    if not _IR_HEAD.match(head):
+        raise EdgekdError(
+            f"openvino IR: '{xml_path}' is not an OpenVINO IR (an XML file whose root element is <net>)"
+        )
+    bin_path = xml_path.with_suffix(".bin")
+    if not bin_path.is_file():
+        raise EdgekdError(
+            f"openvino IR: the weights '{bin_path}' beside '{xml_path}' are missing; an IR is the .xml and "
+            "its .bin"
+        )
+
+
 def read_metadata(xml_path: Path) -> dict[str, str]:
     """edgekd's rt_info fields of a saved IR, as strings."""
     import openvino as ov
 
+    check_ir_files(xml_path)
     try:
-        ov_model = ov.Core().read_model(str(xml_path))
+        ov_model = ov.Core().read_model(str(xml_path), str(xml_path.with_suffix(".bin")))
     except Exception as error:
         raise EdgekdError(f"openvino IR: '{xml_path}' cannot be read ({one_line(error)})") from None
     if not ov_model.has_rt_info([RT_INFO_SECTION]):

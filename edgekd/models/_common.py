@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from torch import nn
 
 from edgekd.errors import EdgekdError
+from edgekd.schema_base import shown_value
+
+# Far beyond any real network, yet small enough that building one on the meta device stays instant: a
+# channel count or depth past these is a typo or an accident (`width: 1e7`), not a model.
+MAX_CHANNELS = 8192
+MAX_WIDTH_MULT = 32.0
 
 
-def positive_int(field: str, value: object) -> int:
-    """``value`` as an int >= 1, or an EdgekdError naming ``field``.
+def positive_int(field: str, value: object, most: int | None = None) -> int:
+    """``value`` as an int in [1, most], or an EdgekdError naming ``field``.
 
     Bools are rejected although they are ints: YAML reads ``yes`` as True.
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise EdgekdError(f"{field}: {value!r} is not allowed; give a whole number >= 1")
+    whole = not isinstance(value, bool) and isinstance(value, int)
+    if not whole or value < 1 or (most is not None and value > most):
+        allowed = "a whole number >= 1" if most is None else f"a whole number from 1 to {most:,}"
+        raise EdgekdError(f"{field}: {shown_value(value)} is not allowed; give {allowed}")
     return value
 
 
-def positive_float(field: str, value: object) -> float:
-    """``value`` as a float > 0 (ints are accepted), or an EdgekdError naming ``field``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise EdgekdError(f"{field}: {value!r} is not allowed; give a number > 0")
+def positive_float(field: str, value: object, most: float | None = None) -> float:
+    """``value`` as a finite float in (0, most] (ints are accepted), or an EdgekdError naming ``field``."""
+    number = not isinstance(value, bool) and isinstance(value, int | float)
+    if not number or not math.isfinite(value) or not 0 < value <= (most if most is not None else math.inf):
+        allowed = "a number > 0" if most is None else f"a number > 0 and <= {most:g}"
+        raise EdgekdError(f"{field}: {shown_value(value)} is not allowed; give {allowed}")
     return float(value)
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import EdgekdError
-from edgekd.models._common import init_weights_, positive_int
+from edgekd.models._common import MAX_CHANNELS, init_weights_, positive_int
 from edgekd.models.registry import register_model
 
 
@@ -83,10 +83,15 @@ class CifarResNet(nn.Module):
         return self.classifier(x)
 
 
+# He et al. (2016) train resnet1202 as their deepest CIFAR network; twice that is room, not a limit anyone meets.
+MAX_DEPTH = 2402
+
+
 def _check_depth(name: str, depth: int) -> None:
-    if depth < 8 or (depth - 2) % 6 != 0:
+    if depth < 8 or (depth - 2) % 6 != 0 or depth > MAX_DEPTH:
         raise EdgekdError(
-            f"model '{name}': CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)"
+            f"model '{name}': CIFAR ResNet depth must be 6n+2 from 8 to {MAX_DEPTH} "
+            "(8, 14, 20, 32, 44, 56, 110, ...)"
         )
 
 
@@ -96,8 +101,10 @@ def resnet(
 ) -> CifarResNet:
     """``width`` is the first stage's channel count (default 16); ``stem_width`` defaults to ``width``."""
     _check_depth(f"resnet{depth}", depth)
-    width = positive_int("model_args.width", width)
-    stem_width = width if stem_width is None else positive_int("model_args.stem_width", stem_width)
+    width = positive_int("model_args.width", width, MAX_CHANNELS)
+    stem_width = (
+        width if stem_width is None else positive_int("model_args.stem_width", stem_width, MAX_CHANNELS)
+    )
     return CifarResNet(depth, num_classes, in_channels, width, stem_width)
 
 
@@ -107,8 +114,10 @@ def resnet_x4(
 ) -> CifarResNet:
     """RepDistiller's layout: stages ``width``/2x/4x (default 64/128/256) after a stem of ``width // 2``."""
     _check_depth(f"resnet{depth}x4", depth)
-    width = positive_int("model_args.width", width)
+    width = positive_int("model_args.width", width, MAX_CHANNELS)
     stem_width = (
-        max(1, width // 2) if stem_width is None else positive_int("model_args.stem_width", stem_width)
+        max(1, width // 2)
+        if stem_width is None
+        else positive_int("model_args.stem_width", stem_width, MAX_CHANNELS)
     )
     return CifarResNet(depth, num_classes, in_channels, width, stem_width)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgekd.models._common import init_weights_, positive_float
+from edgekd.models._common import MAX_WIDTH_MULT, init_weights_, positive_float
 from edgekd.models.registry import register_model
 
 # (expansion t, output channels c, blocks n, stride of the first block s), grouped per stage
@@ -111,5 +111,5 @@ class MobileNetV2(nn.Module):
 @register_model("mobilenetv2", hint="CIFAR-style MobileNetV2, option width_mult (default 1.0)")
 def mobilenetv2(num_classes: int, in_channels: int, width_mult: float = 1.0) -> MobileNetV2:
     """``width_mult`` scales every channel count (the 1280-channel head only grows, never shrinks)."""
-    width_mult = positive_float("model_args.width_mult", width_mult)
+    width_mult = positive_float("model_args.width_mult", width_mult, MAX_WIDTH_MULT)
     return MobileNetV2(num_classes, in_channels, width_mult)

@@ -26,6 +26,7 @@ from torch import nn
 
 from edgekd.errors import EdgekdError
 from edgekd.models._common import positive_int
+from edgekd.schema_base import shown_value
 
 Constructor = TypeVar("Constructor", bound=Callable[..., nn.Module])
 
@@ -50,7 +51,8 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
     for match in _PLACEHOLDER.finditer(pattern):
         parts.append(re.escape(pattern[position : match.start()]))
         field = match.group(1)
-        value_regex = r"[A-Za-z0-9_]+" if field in _WORD_FIELDS else r"\d+"
+        # Nine digits at most: a longer number is no model, and int() of thousands of digits raises.
+        value_regex = r"[A-Za-z0-9_]{1,100}" if field in _WORD_FIELDS else r"\d{1,9}"
         parts.append(f"(?P<{field}>{value_regex})")
         position = match.end()
     parts.append(re.escape(pattern[position:]))
@@ -94,7 +96,7 @@ def _find_entry(name: str) -> tuple[_Entry, dict[str, int | str]]:
                 for field, value in match.groupdict().items()
             }
             return entry, fields
-    raise EdgekdError(f"model '{name}' is unknown; available: {_describe_available()}")
+    raise EdgekdError(f"model {shown_value(name)} is unknown; available: {_describe_available()}")
 
 
 def _check_options(name: str, entry: _Entry, fields: dict[str, Any], kwargs: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ A state_dict saved from the plain torchvision network (keys like ``fc.weight``) 
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import torch
@@ -151,14 +152,23 @@ def _stage_ends(sizes: dict[str, tuple[int, int]]) -> list[str]:
     return taps
 
 
+_COMMON = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x1_0")
+
+
+def _suggest(name: str, available: list[str]) -> str:
+    """The closest torchvision names, not all ~80 of them: the error stays one readable line."""
+    close = difflib.get_close_matches(name, available, n=3, cutoff=0.7)
+    listed = close or [common for common in _COMMON if common in available]
+    lead = "did you mean" if close else "e.g."
+    return f"{lead} {', '.join(listed)} ({len(available)} classifiers: torchvision.models.list_models())"
+
+
 @register_model("torchvision:<name>", hint="any torchvision.models classifier, e.g. torchvision:resnet18")
 def torchvision_model(num_classes: int, in_channels: int, name: str, **kwargs: Any) -> TorchvisionClassifier:
     """``kwargs`` go to the torchvision builder (e.g. ``dropout``); ``weights`` is always None."""
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
-        raise EdgekdError(
-            f"model 'torchvision:{name}' is unknown; torchvision classifiers: {', '.join(available)}"
-        )
+        raise EdgekdError(f"model 'torchvision:{name}' is unknown; {_suggest(name, available)}")
     if in_channels != 3:
         raise EdgekdError(
             f"model 'torchvision:{name}' takes 3-channel images but the data has {in_channels}; "

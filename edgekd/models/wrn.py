@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import EdgekdError
-from edgekd.models._common import init_weights_, probability
+from edgekd.models._common import MAX_CHANNELS, init_weights_, probability
 from edgekd.models.registry import register_model
 
 
@@ -77,15 +77,22 @@ class WideResNet(nn.Module):
         return self.classifier(x)
 
 
+# Zagoruyko & Komodakis go to depth 40 and widen 10; these bounds only stop accidents (`wrn_16_10000000`).
+MAX_DEPTH = 1000
+MAX_WIDEN = MAX_CHANNELS // 64
+
+
 @register_model("wrn_<depth>_<widen>", hint="Wide ResNet, depth 6n+4, e.g. wrn_16_2, wrn_40_2, wrn_28_4")
 def wrn(num_classes: int, in_channels: int, depth: int, widen: int, dropout: float = 0.0) -> WideResNet:
     """``dropout`` is the rate between a block's two convolutions (0 = none)."""
-    if depth < 10 or (depth - 4) % 6 != 0:
+    if depth < 10 or (depth - 4) % 6 != 0 or depth > MAX_DEPTH:
         raise EdgekdError(
-            f"model 'wrn_{depth}_{widen}': Wide ResNet depth must be 6n+4 with n >= 1 "
+            f"model 'wrn_{depth}_{widen}': Wide ResNet depth must be 6n+4 from 10 to {MAX_DEPTH} "
             "(10, 16, 22, 28, 40, ...)"
         )
-    if widen < 1:
-        raise EdgekdError(f"model 'wrn_{depth}_{widen}': the widen factor must be a whole number >= 1")
+    if not 1 <= widen <= MAX_WIDEN:
+        raise EdgekdError(
+            f"model 'wrn_{depth}_{widen}': the widen factor must be a whole number from 1 to {MAX_WIDEN}"
+        )
     dropout = probability("model_args.dropout", dropout)
     return WideResNet(depth, widen, num_classes, in_channels, dropout)

@@ -58,6 +58,9 @@ class OnnxRuntimeRunner(Runner):
     def _load(self) -> None:
         ort = import_backend("onnxruntime", "onnxruntime", "the ONNX Runtime runner")
         providers = self._providers(ort)
+        from edgekd.exporters.onnx_export import refuse_empty
+
+        refuse_empty(self.path)
         try:
             session = ort.InferenceSession(
                 str(self.path), sess_options=self._session_options(ort), providers=providers

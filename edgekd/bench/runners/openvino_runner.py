@@ -124,6 +124,16 @@ class OpenVinoRunner(Runner):
         self._static_requests[batch] = compiled.create_infer_request()
 
     def _read(self, core: Any) -> Any:
+        # Checked first: given a file it cannot read, OpenVINO tries its other frontends (TensorFlow text, ...)
+        # and prints their parser noise.
+        if self.path.suffix == ".xml":
+            from edgekd.exporters.openvino_export import check_ir_files
+
+            check_ir_files(self.path)
+        elif self.path.suffix == ".onnx":
+            from edgekd.exporters.onnx_export import load_checked
+
+            load_checked(self.path)
         try:
             model = core.read_model(str(self.path))
         except RuntimeError as err:

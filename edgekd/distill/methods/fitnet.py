@@ -36,7 +36,7 @@ from edgekd.distill.features import (
 from edgekd.distill.methods.kd import kd_loss
 from edgekd.distill.registry import register_method
 from edgekd.errors import EdgekdError
-from edgekd.schema_base import Section
+from edgekd.schema_base import MAX_EPOCHS, Section
 
 
 class FitNetOptions(Section):
@@ -58,6 +58,7 @@ class FitNetOptions(Section):
     hint_epochs: int | None = Field(
         None,
         ge=0,
+        le=MAX_EPOCHS,
         description="Epochs of the hint stage before the task stage (0: none). Default: romero one eighth "
         "of train.epochs (at least 1 when there are 2 or more; edgekd's choice, the paper fixes none), "
         "repdistiller 0.",
