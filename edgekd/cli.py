@@ -436,10 +436,7 @@ def schema(output: Path | None) -> None:
 def list_things(what: str) -> None:
     """List the distillation methods, zoo models, budget families or data sets a recipe can name."""
     if what == "methods":
-        from edgekd.distill.registry import get_method, method_names
-
-        for name in method_names():
-            out.print(f"{name:<10} {get_method(name).summary}")
+        print_methods()
     elif what == "models":
         from edgekd.models import available_models
 
@@ -454,6 +451,24 @@ def list_things(what: str) -> None:
         from edgekd.recipe import DataConfig
 
         out.print("\n".join(DataConfig.model_fields["dataset"].annotation.__args__))
+
+
+def print_methods() -> None:
+    """Each method: what it does, its stages and the label relations it supports (with default options)."""
+    from edgekd.distill.plan import describe_plan
+    from edgekd.distill.registry import get_method, method_names
+    from edgekd.recipe import TrainConfig
+
+    train = TrainConfig()
+    for name in method_names():
+        entry = get_method(name)
+        options = entry.options()
+        out.print(f"{name:<10} {escape(entry.summary)}", soft_wrap=True)
+        out.print(f"{'':<10} stages: {describe_plan(entry.plan(options, train))}", soft_wrap=True)
+        relations = ", ".join(
+            r for r in ("same", "subset", "disjoint") if r in entry.supported_relations(options)
+        )
+        out.print(f"{'':<10} label relations: {relations}", soft_wrap=True)
 
 
 def with_seeds(overrides: tuple[str, ...], seeds: str | None) -> tuple[str, ...]:

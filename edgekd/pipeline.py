@@ -30,7 +30,7 @@ from edgekd.deploy import ARTIFACTS_DIR, deploy, parity_failures
 from edgekd.distill import DistillContext, get_method
 from edgekd.distill.registry import ResolvedMethod, resolve_method
 from edgekd.errors import CheckFailed, EdgekdError
-from edgekd.fileio import write_json, write_text
+from edgekd.fileio import read_json, write_json, write_text
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
 from edgekd.preflight import check_memory
 from edgekd.recipe import Recipe, dump_recipe
@@ -39,8 +39,12 @@ from edgekd.runlock import run_folder_lock
 from edgekd.train import FitResult, Trainer, evaluate
 from edgekd.train.checkpoint import load_weights, save_checkpoint
 from edgekd.train.dist import is_main_process
+from edgekd.train.stages import PlanResult, run_plan
 
 RECIPE_FILE = "recipe.yaml"
+# The run folder's layout; version 2: every method's stages in train/<method>[/seed<k>]/<stage>/.
+LAYOUT_FILE = "layout.json"
+LAYOUT_VERSION = 2
 # Per trained student: the pool indices of the images it trained and was selected on, for audits.
 IMAGES_FILE = "images.json"
 
@@ -139,6 +143,21 @@ def choose_student(recipe: Recipe, num_classes: int, input_shape: tuple[int, int
     )
 
 
+def check_methods(recipe: Recipe, relation: str) -> None:
+    """Every method and baseline supports the run's label relation, and its plan of stages can be made."""
+    distill = recipe.distill
+    fields = ["distill.method", *(f"distill.baselines.{i}" for i in range(len(distill.baselines)))]
+    for where, name in zip(fields, [distill.method, *distill.baselines], strict=True):
+        resolved = resolve_method(distill, name)
+        supported = resolved.entry.supported_relations(resolved.options)
+        if relation not in supported:
+            raise EdgekdError(
+                f"{where}: '{name}' cannot distil across the label relation '{relation}' of teacher.classes and "
+                f"data.classes (it supports: {', '.join(sorted(supported))})"
+            )
+        resolved.entry.plan(resolved.options, recipe.train)
+
+
 def create_teacher(recipe: Recipe, num_classes: int, channels: int) -> nn.Module:
     with blame("teacher.model"):
         return create_model(
@@ -154,8 +173,9 @@ def prepare(recipe: Recipe) -> Prepared:
     device = pick_device(recipe.device)
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
-    plan = DataPlan(recipe.data)
-    shape, all_classes = plan.image_shape, plan.source.num_classes
+    plan = DataPlan(recipe.data, recipe.teacher.classes)
+    check_methods(recipe, plan.relation)
+    shape, all_classes = plan.image_shape, len(plan.teacher_ids)
     student_choice = choose_student(recipe, len(plan.student_ids), shape)
     with torch.device("meta"):
         create_teacher(recipe, all_classes, shape[0])  # a bad name or option fails before the memory check
@@ -192,6 +212,7 @@ def open_run_dir(recipe: Recipe, *, resume: bool, force: bool) -> Path:
     if run_dir.exists() and any(run_dir.iterdir()):
         if resume:
             _check_same_recipe(run_dir, recipe)
+            _check_layout(run_dir)
         elif force:
             shutil.rmtree(run_dir)
         else:
@@ -201,7 +222,18 @@ def open_run_dir(recipe: Recipe, *, resume: bool, force: bool) -> Path:
             )
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / RECIPE_FILE, dump_recipe(recipe))
+    write_json(run_dir / LAYOUT_FILE, {"layout": LAYOUT_VERSION})
     return run_dir
+
+
+def _check_layout(run_dir: Path) -> None:
+    """A folder of an older layout (before methods had stages: train/<method>/last.pt) cannot resume."""
+    stored = read_json(run_dir / LAYOUT_FILE) if (run_dir / LAYOUT_FILE).is_file() else {}
+    if stored.get("layout") != LAYOUT_VERSION:
+        raise EdgekdError(
+            f"--resume: '{run_dir}' was written by an older edgekd, before methods had stages "
+            "(train/<method>/<stage>/); start it over with --force"
+        )
 
 
 def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
@@ -308,32 +340,36 @@ def student_choice_of(p: Prepared, resolved: ResolvedMethod, student: nn.Module)
 
 def train_student(
     p: Prepared, method: str, seed: int, out_dir: Path, *, resume: bool, progress
-) -> tuple[nn.Module, ModelChoice, FitResult, int]:
+) -> tuple[nn.Module, ModelChoice, PlanResult]:
+    """Train one method's student for one seed through the method's plan of stages."""
     resolved = resolve_method(p.recipe.distill, method)
     data = p.student_data_for(seed)
     student = make_student(p, resolved, seed)
     spec = data.input_spec
     context = DistillContext(
         data.num_classes,
-        tuple(data.class_ids),
+        p.data_plan.teacher_positions(),
         input_shape=(spec.channels, spec.height, spec.width),
     )
-    distiller = resolved.entry.distiller(student, p.teacher, resolved.options, context)
-    choice = student_choice_of(p, resolved, distiller.student)
+    choice = student_choice_of(p, resolved, student)
     if is_main_process():
         write_json(Path(out_dir) / IMAGES_FILE, data.image_indices())
-    trainer = Trainer(
-        distiller,
+    result = run_plan(
+        resolved.entry.plan(resolved.options, p.recipe.train),
+        student,
+        p.teacher,
+        resolved.options,
+        context,
         data,
         p.recipe.train,
         seed=seed,
         out_dir=out_dir,
         device=p.device,
         label=method if len(p.recipe.student_seeds) == 1 else f"{method} seed {seed}",
+        resume=resume,
         progress=progress,
     )
-    result = trainer.fit(resume=resume)
-    return distiller.student, choice, result, distiller.extra_parameter_count()
+    return result.student, choice, result
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -363,6 +399,19 @@ def model_record(
         "fits_budget": None if budget is None else choice.params <= budget,
         "checkpoint": str(checkpoint),
     }
+
+
+def teacher_on_student_task(
+    p: Prepared, choice: ModelChoice, budget: int | None, checkpoint: Path
+) -> dict[str, Any]:
+    """The teacher's accuracy on the student's classes (its logits of those classes only); no meaning, hence
+    None, when it has none of them (label relation 'disjoint')."""
+    positions = p.data_plan.teacher_positions()
+    if positions is None:
+        return {"val_acc": None, "test_acc": None}
+    return model_record(
+        "teacher", "teacher", p.teacher, choice, p.student_data, p.device, budget, checkpoint, positions
+    )
 
 
 def unlabeled_images_used(data: DataBundle, resolved: ResolvedMethod) -> int:
@@ -514,17 +563,7 @@ def _build_locked(p: Prepared, recipe: Recipe, started: float, *, resume: bool, 
     teacher_record = model_record(
         "teacher", "teacher", p.teacher, teacher_choice, p.teacher_data, p.device, budget, teacher_ckpt
     )
-    on_student = model_record(
-        "teacher",
-        "teacher",
-        p.teacher,
-        teacher_choice,
-        p.student_data,
-        p.device,
-        budget,
-        teacher_ckpt,
-        class_index=p.student_data.class_ids,
-    )
+    on_student = teacher_on_student_task(p, teacher_choice, budget, teacher_ckpt)
     teacher_record.update(
         labelled_images={"train": len(p.teacher_data.train), "selection": len(p.teacher_data.val)},
         student_task_val_acc=on_student["val_acc"],
@@ -541,15 +580,19 @@ def _build_locked(p: Prepared, recipe: Recipe, started: float, *, resume: bool, 
         for seed in seeds:
             tag = "" if len(seeds) == 1 else f"_seed{seed}"
             out_dir = run_dir / "train" / (method if len(seeds) == 1 else f"{method}/seed{seed}")
-            student, choice, fit, extra = train_student(
-                p, method, seed, out_dir, resume=resume, progress=progress
-            )
+            student, choice, plan = train_student(p, method, seed, out_dir, resume=resume, progress=progress)
+            extra = plan.extra_params
             data = p.student_data_for(seed)
             ckpt = save_checkpoint(student.state_dict(), models_dir / f"{method}{tag}.pt")
             record = model_record(method, "student", student, choice, data, p.device, budget, ckpt)
-            record.update(seed=seed, best_epoch=fit.best_epoch, train_time_s=round(fit.train_time_s, 2))
+            record.update(
+                seed=seed,
+                best_epoch=plan.final.best_epoch,
+                train_time_s=round(plan.train_time_s, 2),
+                stages=[stage.record() for stage in plan.stages],
+            )
             per_seed.append(record)
-            histories[method + tag.replace("_", " ")] = fit.history
+            histories[method + tag.replace("_", " ")] = plan.history()
             if method == recipe.distill.method and seed == seeds[0]:
                 main_student, main_params = student, choice.params
             if seed == seeds[0] and wants_embedding(recipe, method):

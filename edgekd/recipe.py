@@ -263,6 +263,14 @@ class TeacherConfig(Section):
     model_args: ModelArgs = Field(
         default_factory=dict, description="Extra keyword arguments of the constructor."
     )
+    classes: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None,
+        min_length=2,
+        max_length=100_000,
+        description="The classes (original ids) the teacher was trained on, in the order of its outputs; null: "
+        "every class of the data set. With data.classes they fix the label relation: the same classes, a "
+        "subset (specialization) or none of them (cross-task, e.g. REFILLED).",
+    )
     checkpoint: LoosePath | None = Field(
         None, description="A state_dict saved with torch.save (loaded weights_only)."
     )
@@ -283,6 +291,8 @@ class TeacherConfig(Section):
             raise ValueError(
                 f"checkpoint: '{self.checkpoint}' {what}; allowed: a checkpoint file (torch.save)"
             )
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes: {shown_value(self.classes)} repeats an id")
         return self
 
 

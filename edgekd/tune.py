@@ -132,7 +132,7 @@ def score_variant(
     for seed in variant.student_seeds:
         out_dir = run_dir / "variants" / slug(label) / f"{method}_seed{seed}"
         try:
-            student, _, fit, _ = train_student(p, method, seed, out_dir, resume=True, progress=progress)
+            student, _, plan = train_student(p, method, seed, out_dir, resume=True, progress=progress)
         except TrainingDiverged as exc:
             per_seed[seed] = {"diverged": str(exc)}
             break  # a variant that does not train is out; its other seeds need not run
@@ -140,7 +140,7 @@ def score_variant(
         per_seed[seed] = {
             "val_acc": round(val_acc, 4),
             "val_loss": round(val_loss, 6),
-            "best_epoch": fit.best_epoch,
+            "best_epoch": plan.final.best_epoch,
         }
     return variant_row(label, overrides, per_seed)
 

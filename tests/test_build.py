@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 
 RUN_FILES = [
     "recipe.yaml",
+    "layout.json",
     "metrics.json",
     "history.json",
     "history.csv",
@@ -31,9 +32,16 @@ RUN_FILES = [
 
 
 def stable_metrics(run_dir: Path) -> list[dict]:
-    """The per-model numbers, without wall-clock times."""
-    records = json.loads((run_dir / "metrics.json").read_text())["models"]
-    return [{k: v for k, v in r.items() if not k.endswith("time_s") and k != "checkpoint"} for r in records]
+    """The per-model numbers, without wall-clock times (nor the checkpoint paths, which name the folder)."""
+
+    def stable(value):
+        if isinstance(value, dict):
+            return {k: stable(v) for k, v in value.items() if not k.endswith("time_s") and k != "checkpoint"}
+        if isinstance(value, list):
+            return [stable(item) for item in value]
+        return value
+
+    return stable(json.loads((run_dir / "metrics.json").read_text())["models"])
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -114,19 +122,31 @@ def _wait_for_epochs(history: Path, epochs: int, process: subprocess.Popen, time
     raise AssertionError("no epoch finished in time")
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(write_recipe, tmp_path):
+@pytest.mark.parametrize(
+    ("method", "options", "stage", "stage_epochs"),
+    [
+        ("kd", {}, "train", [1, 2, 3, 4, 5, 6]),
+        # a two-stage plan killed in its second stage: the finished hint stage is not trained again
+        ("fitnet", {"hint_epochs": 2}, "task", [1, 2, 3, 4]),
+    ],
+)
+def test_sigkill_then_resume_matches_an_uninterrupted_run(
+    write_recipe, tmp_path, method, options, stage, stage_epochs
+):
     train = {"epochs": 6, "optimizer": {"lr": 0.1}}
-    path = write_recipe(train=train, distill={"method": "kd"})
+    path = write_recipe(train=train, distill={"method": method, method: options})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = _start_build(path, env)
     run_dir = tmp_path / "runs" / "tiny"
+    stage_dir = run_dir / "train" / method / stage
     try:
-        _wait_for_epochs(run_dir / "train" / "kd" / "history.json", 2, process)
+        _wait_for_epochs(stage_dir / "history.json", 2, process)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait()
     assert process.returncode == -signal.SIGKILL
     assert not (run_dir / "metrics.json").exists()
+    finished = {path: path.stat().st_mtime_ns for path in (run_dir / "train" / method).glob("*/fit.json")}
     resumed = subprocess.run(
         _edgekd("build", str(path), "--quiet", "--resume"), env=env, capture_output=True, text=True
     )
@@ -141,9 +161,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(write_recipe, tmp_path
     assert reference.returncode == 0, reference.stderr
     reference_dir = tmp_path / "runs" / "reference"
     assert stable_metrics(run_dir) == stable_metrics(reference_dir)
-    assert same_weights(run_dir / "models" / "kd.pt", reference_dir / "models" / "kd.pt")
-    history = json.loads((run_dir / "train" / "kd" / "history.json").read_text())
-    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]
+    assert same_weights(run_dir / "models" / f"{method}.pt", reference_dir / "models" / f"{method}.pt")
+    history = json.loads((stage_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history] == stage_epochs
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())  # not trained again
 
 
 def test_a_second_build_of_a_busy_run_folder_is_refused_naming_the_holder(write_recipe, tmp_path):
@@ -152,7 +173,7 @@ def test_a_second_build_of_a_busy_run_folder_is_refused_naming_the_holder(write_
     first = _start_build(path, env)
     run_dir = tmp_path / "runs" / "tiny"
     try:
-        _wait_for_epochs(run_dir / "train" / "kd" / "history.json", 1, first)
+        _wait_for_epochs(run_dir / "train" / "kd" / "train" / "history.json", 1, first)
         for extra in ([], ["--force"], ["--resume"]):
             second = subprocess.run(
                 _edgekd("build", str(path), "--quiet", *extra), env=env, capture_output=True, text=True
@@ -161,7 +182,7 @@ def test_a_second_build_of_a_busy_run_folder_is_refused_naming_the_holder(write_
             message = second.stderr  # one line, with nothing (no empty progress line) before it
             assert message.startswith("error: ") and message.count("\n") == 1, message
             assert f"in use by edgekd pid {first.pid}" in message, message
-        assert (run_dir / "train" / "kd" / "history.json").is_file()  # --force deleted nothing
+        assert (run_dir / "train" / "kd" / "train" / "history.json").is_file()  # --force deleted nothing
         first.send_signal(signal.SIGKILL)  # a dead holder leaves its lock file, but no lock
     finally:
         first.wait()

@@ -389,3 +389,21 @@ def test_missing_torchvision_set_names_root_and_download(tmp_path: Path, dataset
     message = str(info.value)
     assert message.startswith("data.root:") and str(tmp_path) in message and "download: true" in message
     assert "\n" not in message
+
+
+def test_teacher_classes_fix_the_teachers_view_and_the_label_relation():
+    from edgekd.data import DataPlan
+    from edgekd.recipe import DataConfig
+
+    cross = DataPlan(DataConfig(classes=[5, 6, 7, 8, 9]), teacher_classes=[0, 1, 2, 3, 4])
+    teacher = cross.teacher()
+    assert cross.relation == "disjoint" and cross.teacher_positions() is None
+    assert teacher.num_classes == 5 and teacher.class_ids == [0, 1, 2, 3, 4]
+    labels = cross.source.train_pool.labels
+    assert set(labels[teacher.train.indices]) == {0, 1, 2, 3, 4}  # the teacher never sees a student class
+    summary = cross.student(0).summary()
+    assert summary["teacher_trained_on_student_images"] is False and summary["label_relation"] == "disjoint"
+
+    subset = DataPlan(DataConfig(classes=[3, 1]), teacher_classes=[1, 2, 3])
+    assert subset.relation == "subset" and subset.teacher_positions() == (2, 0)
+    assert DataPlan(DataConfig()).relation == "same"

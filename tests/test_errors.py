@@ -162,3 +162,29 @@ def test_artifact_errors_say_what_is_wrong_with_the_file(
 def test_bench_seconds_must_be_finite_and_bounded(cli, tmp_path, value):
     result = cli("bench", tmp_path / "m.onnx", "--min-time-s", value)
     assert result.exit_code == 2 and "--min-time-s" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------------------ label relation
+@pytest.mark.parametrize(
+    ("distill", "field"),
+    [
+        ({"method": "kd"}, "distill.method"),
+        (
+            {"method": "scratch", "baselines": ["finetune"], "finetune": {"head": "restricted"}},
+            "distill.baselines.0",
+        ),
+    ],
+)
+def test_a_method_that_needs_the_teachers_classes_refuses_a_disjoint_pair(cli, write_recipe, distill, field):
+    path = write_recipe(distill=distill)
+    result = cli(
+        "validate", path, "--set", "teacher.classes=[0,1,2,3,4]", "--set", "data.classes=[5,6,7,8,9]"
+    )
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"error: {field}: ") and "label relation 'disjoint'" in result.output
+
+
+def test_a_partial_overlap_of_classes_is_refused(cli, write_recipe):
+    path = write_recipe(distill={"method": "scratch"})
+    result = cli("validate", path, "--set", "teacher.classes=[0,1,2]", "--set", "data.classes=[2,3]")
+    assert result.exit_code == 2 and "data.classes" in result.output and "share [2]" in result.output

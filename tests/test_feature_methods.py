@@ -20,6 +20,7 @@ from edgekd.distill.methods.skd import spectral_norm, transmitting_matrix
 from edgekd.distill.registry import distill_section_model
 from edgekd.errors import EdgekdError
 from edgekd.models import create_model
+from edgekd.recipe import TrainConfig
 
 FEATURE_METHODS = ["fitnet", "at", "rkd", "ofd", "skd"]
 DIGITS_SHAPE = (1, 8, 8)
@@ -67,8 +68,7 @@ def fixed_batches(x, y, count=4, size=64):
 def train(distiller, batches, steps=16, lr=0.05) -> list[float]:
     """Plain SGD over a fixed cycle of batches: the first and last cycles see the same data."""
     torch.manual_seed(2)
-    params = [p for p in distiller.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=lr, momentum=0.9)
     distiller.train()
     losses = []
     for step in range(steps):
@@ -264,7 +264,7 @@ def test_tap_options_validate_pairing():
 # ------------------------------------------------------------------------------------------- connectors
 @pytest.mark.parametrize("method", ["ofd", "skd", "fitnet"])
 def test_connectors_belong_to_the_distiller_not_the_student(method, teacher):
-    distiller = make_distiller(method, teacher)
+    distiller = make_distiller(method, teacher, **({"task_hint_weight": 1.0} if method == "fitnet" else {}))
     fresh = create_model("resnet8", 10, 1, width=8)
     assert set(distiller.student.state_dict()) == set(fresh.state_dict())
     student_ids = {id(p) for p in distiller.student.parameters()}
@@ -300,26 +300,38 @@ def test_each_method_lowers_its_loss_on_digits(method, teacher, digits):
     assert falls(losses), losses
 
 
-def test_fitnet_hint_stage_trains_only_up_to_the_guided_layer(teacher, digits):
-    distiller = make_distiller("fitnet", teacher, hint_epochs=1, kd_alpha=0.5)
-    assert hint_stage_epochs(distiller.options, 4) == 1
-    distiller.on_epoch_start(0, 4)
+def test_fitnet_is_a_plan_of_a_hint_stage_then_a_task_stage(teacher, digits):
+    entry = get_method("fitnet")
+    options = entry.options(hint_epochs=1, kd_alpha=0.5)
+    hint, task = entry.plan(options, TrainConfig(epochs=4))
+    assert (hint.name, hint.epochs, hint.select) == ("hint", 1, "last")
+    assert (task.name, task.epochs, task.select) == ("task", 3, None)  # the total stays train.epochs
+
+    torch.manual_seed(1)
+    student = create_model("resnet8", 10, 1, width=8)
+    context = DistillContext(10, tuple(range(10)), input_shape=DIGITS_SHAPE)
+    objective = hint.objective(student, teacher, options, context)
+    # the hint stage's optimizer holds the student up to the guided layer and the regressor, nothing else
+    trained = {id(p) for p in objective.trainable_parameters()}
+    assert id(student.layer2[0].conv1.weight) in trained
+    assert all(id(p) in trained for p in objective.regressor.parameters())
+    assert id(student.layer3[0].conv1.weight) not in trained and id(student.classifier.weight) not in trained
     images, labels = digits[0][:64], digits[1][:64]
-    _, terms = distiller.forward_train(images, labels)
-    assert set(terms) == {"ce", "hint", "kd"} and terms["ce"].item() == 0.0
-    sum(terms.values()).backward()
-    student = distiller.student
-    assert student.layer3[0].conv1.weight.grad is None and student.classifier.weight.grad is None
-    assert student.layer2[0].conv1.weight.grad.abs().sum() > 0
-    hint_losses = train(distiller, fixed_batches(*digits), steps=12)
-    assert falls(hint_losses), hint_losses
-    distiller.on_epoch_start(1, 4)
-    _, terms = distiller.forward_train(images, labels)
-    assert terms["ce"].item() > 0 and terms["kd"].item() > 0 and terms["hint"].item() == 0.0
+    assert set(objective.forward_train(images, labels)[1]) == {"hint"}
+    classifier_before = student.classifier.weight.detach().clone()
+    assert falls(train(objective, fixed_batches(*digits), steps=12))
+    assert torch.equal(student.classifier.weight, classifier_before)
+
+    _, terms = task.objective(student, teacher, options, context).forward_train(images, labels)
+    assert set(terms) == {"ce", "kd"} and terms["ce"].item() > 0 and terms["kd"].item() > 0
     with pytest.raises(EdgekdError, match="hint_epochs"):
-        distiller.on_epoch_start(0, 1)
-    default = get_method("fitnet").options()
+        entry.plan(entry.options(hint_epochs=1), TrainConfig(epochs=1))
+    default = entry.options()
     assert hint_stage_epochs(default, 240) == 30 and hint_stage_epochs(default, 1) == 0
+    assert [stage.name for stage in entry.plan(default, TrainConfig(epochs=1))] == ["train"]
+    assert [stage.name for stage in entry.plan(entry.options(variant="repdistiller"), TrainConfig())] == [
+        "train"
+    ]
 
 
 def test_training_is_deterministic(teacher, digits):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ from edgekd.data.pools import ImagePool, Source
 from edgekd.data.preprocess import Preprocess
 from edgekd.data.splits import carve_customer, make_split
 from edgekd.data.student_images import draw_from_pool, draw_validation
-from edgekd.data.subsets import check_class_ids, keep_classes, label_lookup
+from edgekd.data.subsets import check_class_ids, keep_classes, label_lookup, label_relation
 from edgekd.data.torchvision_sets import TORCHVISION_SETS, load_torchvision_source
 from edgekd.data.transforms import RandomCropFlip, make_augmentation
 from edgekd.data.views import ImagesOnly, SplitView, channel_stats
@@ -202,7 +203,7 @@ class DataPlan:
     ``student_images.py``), so every method of one seed sees the same images.
     """
 
-    def __init__(self, cfg: DataConfig):
+    def __init__(self, cfg: DataConfig, teacher_classes: Sequence[int] | None = None):
         self.cfg = cfg
         self.source = load_source(cfg)
         test_size = len(self.source.test_pool) if self.source.test_pool is not None else None
@@ -221,8 +222,17 @@ class DataPlan:
         else:
             self.teacher_train, self.customer = self.split.train, None
         self.all_ids = list(range(self.source.num_classes))
+        self.teacher_ids = list(teacher_classes) if teacher_classes is not None else self.all_ids
+        check_class_ids(self.teacher_ids, self.source.num_classes, "teacher.classes")
         self.student_ids = list(cfg.classes) if cfg.classes is not None else self.all_ids
         check_class_ids(self.student_ids, self.source.num_classes)
+        self.relation = label_relation(self.teacher_ids, self.student_ids)
+
+    def teacher_positions(self) -> tuple[int, ...] | None:
+        """Column of the teacher's logits for each student class; None when the teacher has none of them."""
+        if self.relation == "disjoint":
+            return None
+        return tuple(self.teacher_ids.index(c) for c in self.student_ids)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -238,7 +248,10 @@ class DataPlan:
         normalized inputs, and a customer's images play no part in the teacher's preprocessing."""
         if self.source.mean is not None and self.source.std is not None:
             return self.source.mean, self.source.std
-        return channel_stats(self.source.train_pool, self.teacher_train)
+        labels = self.source.train_pool.labels
+        return channel_stats(
+            self.source.train_pool, keep_classes(self.teacher_train, labels, self.teacher_ids)
+        )
 
     @property
     def test_pool(self) -> ImagePool:
@@ -250,12 +263,12 @@ class DataPlan:
 
     def teacher(self) -> DataBundle:
         """Every class, the teacher's training images, the shared validation and test splits."""
-        split = self.split
+        split, ids, labels = self.split, self.teacher_ids, self.source.train_pool.labels
         return self._bundle(
-            self.all_ids,
-            self.teacher_train,
-            split.val,
-            split.test,
+            ids,
+            keep_classes(self.teacher_train, labels, ids),
+            keep_classes(split.val, labels, ids),
+            keep_classes(split.test, self.test_pool.labels, ids),
             unlabeled=None,
             per_class=None,
             provenance={"role": "teacher", "student_pool": self.cfg.student_pool},
@@ -326,8 +339,11 @@ class DataPlan:
             "val_per_class": cfg.val_per_class,
             "val_source": val_source,
             # The teacher trained on the student's pool only under the paper's protocol (it selects its own
-            # epoch on the validation split, which val_source says when the student's val comes from it).
-            "teacher_trained_on_student_images": not cfg.customer,
+            # epoch on the validation split, which val_source says when the student's val comes from it),
+            # and never when it has none of the student's classes.
+            "teacher_trained_on_student_images": not cfg.customer and self.relation != "disjoint",
+            "label_relation": self.relation,
+            "teacher_classes": list(self.teacher_ids),
         }
 
     def _bundle(

@@ -13,14 +13,31 @@ import numpy as np
 from edgekd.errors import EdgekdError
 
 
-def check_class_ids(class_ids: Sequence[int], num_classes: int) -> None:
+def check_class_ids(class_ids: Sequence[int], num_classes: int, field: str = "data.classes") -> None:
     """Every id must name a class of the data set (the recipe can only check data sets of known size)."""
     bad = [c for c in class_ids if not 0 <= c < num_classes]
     if bad:
         raise EdgekdError(
-            f"data.classes: class id {bad[0]} is out of range; the data set has {num_classes} classes "
+            f"{field}: class id {bad[0]} is out of range; the data set has {num_classes} classes "
             f"(allowed: 0..{num_classes - 1})"
         )
+
+
+def label_relation(teacher_ids: Sequence[int], student_ids: Sequence[int]) -> str:
+    """How the student's classes relate to the teacher's: 'same', 'subset' (specialization) or 'disjoint'
+    (cross-task). A partial overlap is none of these and is refused."""
+    teacher, student = set(teacher_ids), set(student_ids)
+    if student == teacher:
+        return "same"
+    if student < teacher:
+        return "subset"
+    if not student & teacher:
+        return "disjoint"
+    shared = sorted(student & teacher)
+    raise EdgekdError(
+        f"data.classes: the student's classes share {shared[:5]} with teacher.classes but not all of them; "
+        "allowed: the teacher's classes, a subset of them, or classes the teacher has none of"
+    )
 
 
 def label_lookup(class_ids: Sequence[int], num_classes: int) -> np.ndarray:

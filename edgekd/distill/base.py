@@ -23,8 +23,9 @@ class DistillContext:
     """What a method may need to know about the run besides the two networks."""
 
     num_classes: int
-    # Column of the teacher's logits for each of the student's classes (identity unless a class subset).
-    teacher_class_ids: tuple[int, ...]
+    # Column of the teacher's logits for each of the student's classes (identity unless a class subset);
+    # None when the teacher has none of the student's classes (label relation 'disjoint').
+    teacher_class_ids: tuple[int, ...] | None
     # (channels, height, width) of one input image: feature methods size their connectors with a dry pass.
     input_shape: tuple[int, int, int] | None = None
 
@@ -69,10 +70,30 @@ class Distiller(nn.Module):
         return self.distill_terms(images)[1]
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
-        """Called by the trainer before each epoch (0-based) of ``epochs``: staged methods switch here.
+        """Called by the trainer before each epoch (0-based) of the stage's ``epochs``.
 
         Must depend only on its arguments, so a resumed run behaves like an uninterrupted one.
         """
+
+    def on_step_start(self, step: int, steps: int) -> None:
+        """Called before each optimizer step (0-based, counted over the stage's ``steps``), for objectives
+        whose weights or schedules change within an epoch. Must depend only on its arguments."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the stage's optimizer updates: by default every parameter that requires a gradient (the
+        student's and the method's own parts). A stage that trains less says so here."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # A stage selected by its own metric (`select: metric`), e.g. an embedding stage that has no classifier
+    # accuracy, names it and computes it on the validation split; higher is better.
+    selection_metric_name: str = ""
+
+    @property
+    def has_selection_metric(self) -> bool:
+        return bool(self.selection_metric_name)
+
+    def selection_metric(self, data, device: torch.device) -> float:
+        raise NotImplementedError(f"{type(self).__name__} defines no selection metric")
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
@@ -92,8 +113,14 @@ class Distiller(nn.Module):
     @torch.no_grad()
     def teacher_logits_on_student_classes(self, images: torch.Tensor) -> torch.Tensor:
         assert self.teacher is not None, "this method needs a teacher"
-        logits = self.teacher(images)
-        if list(self.context.teacher_class_ids) == list(range(logits.shape[1])):
-            return logits
-        index = torch.as_tensor(self.context.teacher_class_ids, device=logits.device)
-        return logits.index_select(1, index)
+        return restrict_to_student_classes(self.teacher(images), self.context)
+
+
+def restrict_to_student_classes(logits: torch.Tensor, context: DistillContext) -> torch.Tensor:
+    """The teacher's logits of the student's classes (the identity without a class subset)."""
+    ids = context.teacher_class_ids
+    if ids is None:  # the pipeline refuses such a method before training; a library caller gets this
+        raise ValueError("the teacher has none of the student's classes: its logits cannot teach them")
+    if list(ids) == list(range(logits.shape[1])):
+        return logits
+    return logits.index_select(1, torch.as_tensor(ids, device=logits.device))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from edgekd.distill.base import DistillContext, Distiller
+from edgekd.distill.base import DistillContext, Distiller, restrict_to_student_classes
 from edgekd.errors import EdgekdError
 from edgekd.models._common import evaluating
 from edgekd.schema_base import Section
@@ -341,13 +341,6 @@ def resize_to(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(features, size=size, mode="bilinear", align_corners=False)
 
 
-def restrict_to_student_classes(logits: torch.Tensor, context: DistillContext) -> torch.Tensor:
-    """The teacher's logits of the student's classes (the identity without a class subset)."""
-    if list(context.teacher_class_ids) == list(range(logits.shape[1])):
-        return logits
-    return logits.index_select(1, torch.as_tensor(context.teacher_class_ids, device=logits.device))
-
-
 # ------------------------------------------------------------------------------------------------ base
 class FeatureDistiller(Distiller):
     """A Distiller that reads feature maps of both networks at paired taps.
@@ -396,9 +389,12 @@ class FeatureDistiller(Distiller):
         )
 
     @torch.no_grad()
-    def teacher_features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The teacher's logits on the student's classes and its tap features, without gradient."""
+    def teacher_features(self, images: torch.Tensor) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """The teacher's logits on the student's classes (None when it has none of them) and its tap
+        features, without gradient."""
         logits, features = self.teacher_capture.run(images)
+        if self.context.teacher_class_ids is None:
+            return None, features
         return restrict_to_student_classes(logits, self.context), features
 
     def student_features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError, create_model, model_validator
 
+from edgekd.distill.plan import PlanBuilder, Stage, single_stage
 from edgekd.errors import EdgekdError
 from edgekd.schema_base import Section, lower_first, shown_value
 
 if TYPE_CHECKING:
     from edgekd.distill.base import Distiller
+    from edgekd.recipe import TrainConfig
+
+
+# How the student's classes relate to the teacher's: the same classes, a subset of them (specialization),
+# or none of them (cross-task: REFILLED's setting).
+RELATIONS = ("same", "subset", "disjoint")
+ANY_RELATION = frozenset(RELATIONS)
+# Methods that read the teacher's logits on the student's classes need those classes among the teacher's.
+SHARED_CLASSES = frozenset({"same", "subset"})
+Relations = frozenset[str] | Callable[[Any], frozenset[str]]
 
 
 @dataclass(frozen=True)
@@ -24,18 +36,42 @@ class MethodEntry:
     # The student is the teacher's architecture, initialized from its weights (fine-tuning baselines):
     # such a model ignores the budget, and the report marks it so.
     student_from_teacher: bool = False
+    # The plan of stages; None: one stage of `distiller` (see plan.py).
+    plan_builder: PlanBuilder | None = None
+    # The label relations (teacher classes vs student classes) the method works under, maybe by its options.
+    relations: Relations = SHARED_CLASSES
+
+    def plan(self, options: Section, train: TrainConfig) -> list[Stage]:
+        if self.plan_builder is None:
+            return single_stage(self.distiller, self.summary)(options, train)
+        return self.plan_builder(options, train)
+
+    def supported_relations(self, options: Section) -> frozenset[str]:
+        return self.relations(options) if callable(self.relations) else self.relations
 
 
 _METHODS: dict[str, MethodEntry] = {}
 
 
-def register_method(name: str, options: type[Section], summary: str, *, student_from_teacher: bool = False):
-    """Class decorator: make a Distiller available to recipes as `distill.method: <name>`."""
+def register_method(
+    name: str,
+    options: type[Section],
+    summary: str,
+    *,
+    student_from_teacher: bool = False,
+    plan: PlanBuilder | None = None,
+    relations: Relations = SHARED_CLASSES,
+):
+    """Class decorator: make a Distiller available to recipes as `distill.method: <name>`.
+
+    `plan` builds the method's stages from its options (default: the decorated Distiller, one stage);
+    `relations` are the teacher/student label relations it supports (a set, or a function of its options).
+    """
 
     def register(cls: type[Distiller]) -> type[Distiller]:
         if name in _METHODS:
             raise ValueError(f"distillation method '{name}' is registered twice")
-        _METHODS[name] = MethodEntry(name, cls, options, summary, student_from_teacher)
+        _METHODS[name] = MethodEntry(name, cls, options, summary, student_from_teacher, plan, relations)
         return cls
 
     return register

@@ -1,9 +1,13 @@
-"""The training loop: one Distiller, epoch by epoch, resumable from its last completed epoch.
+"""The training loop of one stage: one objective (a Distiller), epoch by epoch, resumable from its last
+completed epoch.
 
-Every epoch reseeds torch from (seed, epoch), so the data order and augmentation of epoch e do not depend on
-what ran before it: a run resumed at epoch e repeats bit for bit what an uninterrupted run would have done.
-The checkpoint of an epoch is written atomically once the epoch is complete, so a crash or Ctrl-C loses at
-most the epoch in progress.
+Every epoch reseeds torch from (seed, stage, epoch), so the data order and augmentation of an epoch do not
+depend on what ran before it: a run resumed at epoch e repeats bit for bit what an uninterrupted run would
+have done. The checkpoint of an epoch is written atomically once the epoch is complete, so a crash or Ctrl-C
+loses at most the epoch in progress.
+
+The selected epoch's state is the objective's whole state (the student and whatever the stage trains
+beside it: a regressor, a fresh head), so the next stage of a plan starts from exactly what was selected.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ HISTORY = "history.json"
 DONE = "fit.json"
 # Seeds of successive passes over the unlabelled images within one epoch (far from any other epoch's seed).
 _ROUND_SEED_STEP = 7_777_777
+# Seeds of a plan's later stages (stage 0 keeps the seeds of a one-stage run).
+_STAGE_SEED_STEP = 104_729
 
 
 @dataclass(frozen=True)
@@ -43,13 +49,15 @@ class FitResult:
     epochs: int
     train_time_s: float
     history: list[dict[str, Any]]
+    select: str = "best_val"
+    best_score: float | None = None  # the stage metric at the selected epoch (select: metric)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 1_000_003 + epoch
+def epoch_seed(seed: int, epoch: int, stage: int = 0) -> int:
+    return seed * 1_000_003 + epoch + stage * _STAGE_SEED_STEP
 
 
 @torch.no_grad()
@@ -85,8 +93,14 @@ class Trainer:
         device: torch.device,
         label: str,
         progress=None,
+        select: str | None = None,
+        stage_index: int = 0,
     ):
         self.distiller = distiller.to(device)
+        self.select = select or cfg.select
+        if self.select == "metric" and not distiller.has_selection_metric:
+            raise ValueError(f"{type(distiller).__name__} defines no selection metric")
+        self.stage_index = stage_index
         self.data = data
         self.cfg = cfg
         self.seed = seed
@@ -94,13 +108,15 @@ class Trainer:
         self.device = device
         self.label = label
         self.progress = progress
-        params = [p for p in distiller.parameters() if p.requires_grad]
+        params = distiller.trainable_parameters()
         self.optimizer = build_optimizer(params, cfg.optimizer, distiller.learning_rate_factor())
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.epochs)
         self.history: list[dict[str, Any]] = []
         self.best_val_acc = -1.0
         self.best_val_loss = float("inf")
+        self.best_score = float("-inf")
         self.best_epoch = -1
+        self.steps_done = 0
         self.train_time_s = 0.0
 
     # ------------------------------------------------------------------------------------------ public
@@ -113,7 +129,13 @@ class Trainer:
             row = self._run_epoch(epoch, task)
             self._end_epoch(epoch, row)
         result = FitResult(
-            self.best_epoch, self.best_val_acc, self.cfg.epochs, self.train_time_s, self.history
+            self.best_epoch,
+            self.best_val_acc,
+            self.cfg.epochs,
+            self.train_time_s,
+            self.history,
+            self.select,
+            self.best_score if self.select == "metric" else None,
         )
         if is_main_process():
             write_json(self.out_dir / DONE, {k: v for k, v in result.to_dict().items() if k != "history"})
@@ -121,20 +143,24 @@ class Trainer:
         return result
 
     def load_best_student(self) -> None:
+        """The selected epoch's student (and the parts the stage trained beside it)."""
         state = load_checkpoint(self.out_dir / BEST, f"{self.label} best checkpoint")
-        self.distiller.student.load_state_dict(state)
+        self.distiller.load_state_dict(state)
 
     # ------------------------------------------------------------------------------------------ epochs
     def _run_epoch(self, epoch: int, task) -> dict[str, Any]:
-        torch.manual_seed(epoch_seed(self.seed, epoch))
+        seed = epoch_seed(self.seed, epoch, self.stage_index)
+        torch.manual_seed(seed)
         self.distiller.on_epoch_start(epoch, self.cfg.epochs)
         self.distiller.train()
         started = time.perf_counter()
         sums: dict[str, float] = {}
         correct, seen, task_loss = 0, 0, 0.0
-        unlabeled = self._unlabeled_batches(epoch)
-        for images, labels in self.data.train_loader(epoch_seed(self.seed, epoch)):
+        unlabeled = self._unlabeled_batches(seed)
+        steps = self.data.steps_per_epoch * self.cfg.epochs
+        for images, labels in self.data.train_loader(seed):
             images, labels = images.to(self.device), labels.to(self.device)
+            self.distiller.on_step_start(self.steps_done, steps)
             logits, terms = self.distiller.forward_train(images, labels)
             if unlabeled is not None:
                 extra = self.distiller.label_free_terms(next(unlabeled).to(self.device))
@@ -147,11 +173,13 @@ class Trainer:
                 sums[name] = sums.get(name, 0.0) + value.detach().item() * batch
             correct += (logits.detach().argmax(1) == labels).sum().item()
             seen += batch
+            self.steps_done += 1
             if task is not None:
                 self.progress.advance(task)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         val_acc, val_loss = evaluate(self.distiller.student, self.data.eval_loader("val"), self.device)
+        score = self.distiller.selection_metric(self.data, self.device) if self.select == "metric" else None
         self.train_time_s += time.perf_counter() - started
         row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v / seen for k, v in sums.items()}}
         row.update(
@@ -161,11 +189,13 @@ class Trainer:
             val_loss=val_loss,
             epoch_time_s=time.perf_counter() - started,
         )
+        if score is not None:
+            row[f"val_{self.distiller.selection_metric_name}"] = score
         if task is not None:
             self.progress.update(task, description=self._describe(epoch + 1, val_acc))
         return row
 
-    def _unlabeled_batches(self, epoch: int) -> Iterator[torch.Tensor] | None:
+    def _unlabeled_batches(self, seed: int) -> Iterator[torch.Tensor] | None:
         """One unlabelled batch per labelled step, for methods with label-free terms (None otherwise).
 
         The labelled set sets the epoch's length; the unlabelled one is usually larger, so each epoch starts
@@ -177,9 +207,7 @@ class Trainer:
 
         def batches() -> Iterator[torch.Tensor]:
             for round_ in itertools.count():
-                yield from self.data.unlabeled_loader(
-                    epoch_seed(self.seed, epoch) + _ROUND_SEED_STEP * round_
-                )
+                yield from self.data.unlabeled_loader(seed + _ROUND_SEED_STEP * round_)
 
         return batches()
 
@@ -193,7 +221,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.distiller.parameters(), self.cfg.grad_clip)
+            nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         return loss
 
@@ -205,16 +233,20 @@ class Trainer:
                 row["val_loss"],
                 epoch + 1,
             )
+            if self.select == "metric":
+                self.best_score = row[f"val_{self.distiller.selection_metric_name}"]
             if is_main_process():
-                save_checkpoint(self.distiller.student.state_dict(), self.out_dir / BEST)
+                save_checkpoint(self.distiller.state_dict(), self.out_dir / BEST)
         if is_main_process():
             write_json(self.out_dir / HISTORY, self.history)
             save_checkpoint(self._state(epoch + 1), self.out_dir / LAST)
 
     def _is_better(self, row: dict[str, Any]) -> bool:
         """Small validation splits tie often on accuracy; the validation loss breaks the tie."""
-        if self.cfg.select == "last":
+        if self.select == "last":
             return True
+        if self.select == "metric":
+            return row[f"val_{self.distiller.selection_metric_name}"] > self.best_score
         return (row["val_acc"], -row["val_loss"]) > (self.best_val_acc, -self.best_val_loss)
 
     # ------------------------------------------------------------------------------------------ resume
@@ -227,6 +259,8 @@ class Trainer:
             "best_val_acc": self.best_val_acc,
             "best_val_loss": self.best_val_loss,
             "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
+            "steps_done": self.steps_done,
             "train_time_s": self.train_time_s,
         }
 
@@ -241,6 +275,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.best_val_acc, self.best_epoch = state["best_val_acc"], state["best_epoch"]
         self.best_val_loss = state["best_val_loss"]
+        self.best_score, self.steps_done = state["best_score"], state["steps_done"]
         self.train_time_s = state["train_time_s"]
         self.history = read_json(self.out_dir / HISTORY)[: state["epochs_done"]]
         return state["epochs_done"]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from edgekd.distill.features import FeatureDistiller, TapOptions, probe_shapes, resize_to, resolve_taps
-from edgekd.distill.registry import register_method
+from edgekd.distill.registry import ANY_RELATION, register_method
 
 
 class ATOptions(TapOptions):
@@ -51,6 +51,7 @@ def attention_loss(student: torch.Tensor, teacher: torch.Tensor, p: float) -> to
     "at",
     ATOptions,
     "Attention transfer (Zagoruyko 2017): match normalized spatial attention maps at each tap, weight 1000.",
+    relations=ANY_RELATION,  # feature maps only: the teacher's classes play no part
 )
 class AT(FeatureDistiller):
     method = "at"

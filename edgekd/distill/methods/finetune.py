@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from edgekd.distill.base import Distiller
-from edgekd.distill.registry import register_method
+from edgekd.distill.registry import ANY_RELATION, SHARED_CLASSES, register_method
 from edgekd.models import get_taps
 from edgekd.schema_base import Section
 
@@ -66,6 +66,7 @@ def trainable_from(model: nn.Module, trainable: str) -> str | None:
     FinetuneOptions,
     "The teacher's architecture and weights fine-tuned on the student's data (over budget, reported as such).",
     student_from_teacher=True,
+    relations=lambda options: ANY_RELATION if options.head == "fresh" else SHARED_CLASSES,
 )
 class Finetune(Distiller):
     def __init__(self, student, teacher, options, context):

@@ -13,14 +13,17 @@ Two published forms, chosen by ``variant``:
   tables quote: no hint stage, ``CE + β·hint`` from the first epoch (β = ``task_hint_weight``, 100 there), no
   KD term.
 
-Options left unset take their variant's value; a value given explicitly wins. Until issue-level stage plans
-land, both stages share one optimizer, one schedule and one best-epoch selection.
+Options left unset take their variant's value; a value given explicitly wins. The romero stages are a plan
+(see plan.py): each has its own optimizer and schedule over what it trains; the hint stage keeps its last
+epoch (the classifier has not trained, so validation accuracy means nothing there), the task stage is
+selected as the recipe says. ``train.epochs`` is the total of both stages.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from pydantic import Field
 
@@ -34,8 +37,10 @@ from edgekd.distill.features import (
     resize_to,
 )
 from edgekd.distill.methods.kd import kd_loss
-from edgekd.distill.registry import register_method
+from edgekd.distill.plan import Stage
+from edgekd.distill.registry import ANY_RELATION, SHARED_CLASSES, register_method
 from edgekd.errors import EdgekdError
+from edgekd.models._common import evaluating
 from edgekd.schema_base import MAX_EPOCHS, Section
 
 
@@ -104,26 +109,12 @@ def hint_stage_epochs(options: FitNetOptions, epochs: int) -> int:
     return options.hint_epochs
 
 
-@register_method(
-    "fitnet",
-    FitNetOptions,
-    "FitNets (Romero 2015): hint stage (regressor, MSE on a middle tap), then KD; or RepDistiller's "
-    "single-stage CE + hint.",
-)
-class FitNet(FeatureDistiller):
+class _FitNetBase(FeatureDistiller):
+    """The hint pairing both stages share: the teacher's hint tap and the student's guided tap."""
+
     method = "fitnet"
     preact = False
     learns_from_unlabeled = True
-
-    def __init__(self, student, teacher, options, context):
-        super().__init__(student, teacher, options, context)
-        self.regressor = self.make_connectors(options.regressor_kernel)[0]
-        self.kd_alpha = resolved_option(options, "kd_alpha")
-        self.task_hint_weight = resolved_option(options, "task_hint_weight")
-        # until the trainer says which epoch it is: the hint stage, unless there is none
-        self.in_hint_stage = options.hint_epochs != 0 and not (
-            options.variant == "repdistiller" and options.hint_epochs is None
-        )
 
     def build_pairs(self, student, teacher, options):
         if options.teacher_tap is not None:
@@ -141,38 +132,100 @@ class FitNet(FeatureDistiller):
             teacher, student, taps, self.input_shape, preact=False, where=self.where, fields=fields
         )
 
-    def on_epoch_start(self, epoch: int, epochs: int) -> None:
-        self.in_hint_stage = epoch < hint_stage_epochs(self.options, epochs)
-
     def hint_loss(self, images):
         _, (hint,) = self.teacher_features(images)
         logits, (guided,) = self.student_features(images)
         predicted = resize_to(self.regressor(guided), hint.shape[-2:])
         return logits, F.mse_loss(predicted, hint)
 
+
+class FitNetHint(_FitNetBase):
+    """Stage 1 (romero): the regressor and the student up to its guided layer learn to predict the hint.
+
+    The loss is the hint's MSE alone; the stage's optimizer holds exactly the parameters that loss reaches
+    (found by one backward pass on a blank batch at construction), so the student's later layers and its
+    classifier are left as initialized, untouched by weight decay too.
+    """
+
+    def __init__(self, student, teacher, options, context):
+        super().__init__(student, teacher, options, context)
+        self.regressor = self.make_connectors(options.regressor_kernel)[0]
+        self._trained = self._parameters_reached_by_the_hint()
+
+    def _parameters_reached_by_the_hint(self) -> list[torch.nn.Parameter]:
+        candidates = [p for p in self.parameters() if p.requires_grad]
+        blank = torch.zeros(2, *self.input_shape, device=candidates[0].device, dtype=candidates[0].dtype)
+        with evaluating(self):  # eval: BatchNorm statistics must not move for a probe
+            _, loss = self.hint_loss(blank)
+            grads = torch.autograd.grad(loss, candidates, allow_unused=True)
+        return [p for p, grad in zip(candidates, grads, strict=True) if grad is not None]
+
+    def trainable_parameters(self):
+        return list(self._trained)
+
+    def distill_terms(self, images):
+        logits, hint = self.hint_loss(images)
+        return logits, {"hint": hint}
+
+    def forward_train(self, images, labels):
+        return self.distill_terms(images)  # no label term: the classifier does not train in this stage
+
+
+class FitNetTask(_FitNetBase):
+    """The task stage (romero stage 2, or the one stage of repdistiller): ``(1 - kd_alpha)·CE + kd_alpha·KD``
+    plus ``task_hint_weight·hint`` when that weight is above zero."""
+
+    def __init__(self, student, teacher, options, context):
+        super().__init__(student, teacher, options, context)
+        self.kd_alpha = resolved_option(options, "kd_alpha")
+        self.task_hint_weight = resolved_option(options, "task_hint_weight")
+        if self.task_hint_weight > 0:
+            self.regressor = self.make_connectors(options.regressor_kernel)[0]
+
     def forward_train(self, images, labels):
         logits, terms = self.distill_terms(images)
-        if self.in_hint_stage:
-            return logits, {"ce": logits.new_zeros(()), **terms}
         ce = (1 - self.kd_alpha) * F.cross_entropy(logits, labels)
         return logits, {"ce": ce, **terms}
 
     def distill_terms(self, images):
-        """The hint (and KD) terms of the current stage; a term off in this stage is a zero, so every epoch
-        logs the same names."""
-        options = self.options
-        if self.in_hint_stage:
-            logits, hint = self.hint_loss(images)
-            zero = logits.new_zeros(())
-            return logits, {"hint": hint, **({"kd": zero} if self.kd_alpha > 0 else {})}
+        terms = {}
         if self.task_hint_weight > 0:
             logits, hint = self.hint_loss(images)
-            hint = self.task_hint_weight * hint
+            terms["hint"] = self.task_hint_weight * hint
         else:
             logits = self.student(images)
-            hint = logits.new_zeros(())
-        terms = {"hint": hint}
         if self.kd_alpha > 0:
             teacher_logits, _ = self.teacher_features(images)
-            terms["kd"] = self.kd_alpha * kd_loss(logits, teacher_logits, options.temperature)
+            terms["kd"] = self.kd_alpha * kd_loss(logits, teacher_logits, self.options.temperature)
         return logits, terms
+
+
+def fitnet_plan(options: FitNetOptions, train) -> list[Stage]:
+    hint = hint_stage_epochs(options, train.epochs)
+    if hint == 0:
+        return [Stage("train", FitNetTask, "CE + KD and/or hint, one stage")]
+    return [
+        Stage("hint", FitNetHint, "regressor + student up to the guided layer, hint MSE", "last", hint),
+        Stage(
+            "task",
+            FitNetTask,
+            "the whole student, (1 - kd_alpha)·CE + kd_alpha·KD",
+            None,
+            train.epochs - hint,
+        ),
+    ]
+
+
+def fitnet_relations(options: FitNetOptions) -> frozenset[str]:
+    """A KD term reads the teacher's logits on the student's classes; a hint alone reads only features."""
+    return SHARED_CLASSES if resolved_option(options, "kd_alpha") > 0 else ANY_RELATION
+
+
+register_method(
+    "fitnet",
+    FitNetOptions,
+    "FitNets (Romero 2015): hint stage (regressor, MSE on a middle tap), then KD; or RepDistiller's "
+    "single-stage CE + hint.",
+    plan=fitnet_plan,
+    relations=fitnet_relations,
+)(FitNetTask)

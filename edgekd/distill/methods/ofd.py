@@ -20,7 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from edgekd.distill.features import FeatureDistiller, TapOptions, resize_to
-from edgekd.distill.registry import register_method
+from edgekd.distill.registry import ANY_RELATION, register_method
 
 # Below this probability of a negative response the conditional mean is numerically meaningless; the paper's
 # code then uses -3 standard deviations.
@@ -119,6 +119,7 @@ def overhaul_distances(
     "ofd",
     OFDOptions,
     "Overhaul of feature distillation (Heo 2019): pre-ReLU maps, teacher margin, partial L2.",
+    relations=ANY_RELATION,  # feature maps only: the teacher's classes play no part
 )
 class OFD(FeatureDistiller):
     method = "ofd"

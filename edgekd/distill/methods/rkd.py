@@ -15,7 +15,7 @@ from pydantic import Field
 
 from edgekd.distill.base import Distiller
 from edgekd.distill.features import FeatureCapture, Tap
-from edgekd.distill.registry import register_method
+from edgekd.distill.registry import ANY_RELATION, register_method
 from edgekd.errors import EdgekdError
 from edgekd.schema_base import Section
 
@@ -71,6 +71,7 @@ def angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     "rkd",
     RKDOptions,
     "Relational KD (Park 2019): distance (25) and angle (50) structure of penultimate embeddings.",
+    relations=ANY_RELATION,  # embeddings only: the teacher's classes play no part
 )
 class RKD(Distiller):
     learns_from_unlabeled = True

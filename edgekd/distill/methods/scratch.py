@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from edgekd.distill.base import Distiller
-from edgekd.distill.registry import register_method
+from edgekd.distill.registry import ANY_RELATION, register_method
 from edgekd.schema_base import Section
 
 
@@ -14,7 +14,12 @@ class ScratchOptions(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
-@register_method("scratch", ScratchOptions, "The student trained from scratch with cross-entropy only.")
+@register_method(
+    "scratch",
+    ScratchOptions,
+    "The student trained from scratch with cross-entropy only.",
+    relations=ANY_RELATION,
+)
 class Scratch(Distiller):
     uses_teacher = False
 

@@ -37,7 +37,7 @@ from pydantic import Field
 
 from edgekd.distill.features import TapOptions, resize_to
 from edgekd.distill.methods.ofd import OFD, depth_weights, overhaul_distances
-from edgekd.distill.registry import register_method
+from edgekd.distill.registry import ANY_RELATION, register_method
 
 
 class SKDOptions(TapOptions):
@@ -118,6 +118,7 @@ def lipschitz_gaps(
     SKDOptions,
     "SKD (paper 001): CE + Overhaul feature distance + Lipschitz spectral-norm term, features only; "
     "works with a class subset.",
+    relations=ANY_RELATION,  # feature maps only: the teacher's classes play no part
 )
 class SKD(OFD):
     """OFD's pre-ReLU taps, connectors and margins, plus the Lipschitz term, weighted by depth."""

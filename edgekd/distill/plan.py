@@ -1,0 +1,80 @@
+"""A method is a plan of training stages.
+
+Most methods worth shipping are more than one training run: FitNet trains a hint, then the task; REFILLED
+an embedding, then a classifier; SRM dictionaries, then intermediate layers, then KD. Each stage of a plan
+has its own objective (a Distiller: what it trains and the loss terms it returns), its own optimizer and
+schedule over exactly what it trains, its own epoch count, its own rule for which epoch's result it keeps,
+and its own folder in the run. The student is handed from stage to stage: a stage starts from the weights
+the previous stage selected.
+
+A one-stage plan (`single_stage`) is the common case: the method's Distiller trained for the recipe's epochs
+and selected by the recipe's `train.select`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from edgekd.distill.base import Distiller
+    from edgekd.recipe import TrainConfig
+    from edgekd.schema_base import Section
+
+Selection = Literal["best_val", "last", "metric"]
+SELECTIONS: dict[str, str] = {
+    "best_val": "the epoch of best validation accuracy (ties: lower validation loss)",
+    "last": "the last epoch",
+    "metric": "the epoch of best validation score of the stage's own metric",
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training run of a plan.
+
+    `select` None follows the recipe's `train.select`; `epochs` None trains the recipe's `train.epochs`.
+    `fresh_head` gives the student a newly initialized classifier before the stage starts (a stage after an
+    embedding stage, or a fine-tuning on other classes).
+    """
+
+    name: str
+    objective: type[Distiller]
+    summary: str
+    select: Selection | None = None
+    epochs: int | None = None
+    fresh_head: bool = False
+
+    def train_config(self, base: TrainConfig) -> TrainConfig:
+        """The recipe's training section with this stage's epochs and selection rule."""
+        changes: dict[str, object] = {}
+        if self.epochs is not None:
+            changes["epochs"] = self.epochs
+        if self.select in ("best_val", "last"):
+            changes["select"] = self.select
+        return base.model_copy(update=changes) if changes else base
+
+    def selection(self, base: TrainConfig) -> Selection:
+        return self.select if self.select is not None else base.select
+
+    def with_epochs(self, epochs: int) -> Stage:
+        return replace(self, epochs=epochs)
+
+
+# A method's plan, given its options and the recipe's training section (stages may split its epochs).
+PlanBuilder = Callable[["Section", "TrainConfig"], list[Stage]]
+
+
+def single_stage(objective: type[Distiller], summary: str) -> PlanBuilder:
+    """The plan of a method that is one training run: its Distiller for the recipe's epochs."""
+
+    def plan(_options: Section, _train: TrainConfig) -> list[Stage]:
+        return [Stage("train", objective, summary)]
+
+    return plan
+
+
+def describe_plan(stages: list[Stage]) -> str:
+    """'hint (last) -> task (best_val)' for `edgekd list methods` and the report."""
+    return " -> ".join(f"{stage.name} ({stage.select or 'train.select'})" for stage in stages)
