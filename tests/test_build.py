@@ -128,6 +128,8 @@ def _wait_for_epochs(history: Path, epochs: int, process: subprocess.Popen, time
         ("kd", {}, "train", [1, 2, 3, 4, 5, 6]),
         # a two-stage plan killed in its second stage: the finished hint stage is not trained again
         ("fitnet", {"hint_epochs": 2}, "task", [1, 2, 3, 4]),
+        # stage 1 selected by its own metric, stage 2 with a fresh head and centres computed at its start
+        ("refilled", {"embedding_epochs": 2}, "classifier", [1, 2, 3, 4]),
     ],
 )
 def test_sigkill_then_resume_matches_an_uninterrupted_run(

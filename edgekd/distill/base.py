@@ -75,6 +75,11 @@ class Distiller(nn.Module):
         Must depend only on its arguments, so a resumed run behaves like an uninterrupted one.
         """
 
+    def prepare_stage(self, data, device: torch.device) -> None:
+        """Called by the trainer before the stage's first epoch (and again when it resumes): an objective
+        that needs a pass over the data first (REFILLED's class centres) makes it here. Must depend only on
+        the data and the frozen teacher, so a resumed stage computes the same thing."""
+
     def on_step_start(self, step: int, steps: int) -> None:
         """Called before each optimizer step (0-based, counted over the stage's ``steps``), for objectives
         whose weights or schedules change within an epoch. Must depend only on its arguments."""

@@ -124,6 +124,7 @@ class Trainer:
         if resume and (self.out_dir / DONE).is_file():
             return self._finished_result()
         start_epoch = self._restore() if resume else 0
+        self.distiller.prepare_stage(self.data, self.device)
         task = self._start_progress(start_epoch)
         for epoch in range(start_epoch, self.cfg.epochs):
             row = self._run_epoch(epoch, task)

@@ -1,0 +1,61 @@
+"""Embeddings: a network's penultimate features (its classifier's input), L2-normalised, and what they are
+worth without a classifier: nearest-neighbour accuracy and the NMI of a k-means clustering.
+
+REFILLED distils in this space; its embedding stage is selected by the validation 1-NN accuracy here, the
+teacher-embedding baselines (1-NN, logistic regression) classify in it, and the report gives each student's
+NMI beside its accuracy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekd.distill.features import FeatureCapture, Tap
+from edgekd.models._common import evaluating
+
+EMBEDDING = Tap("classifier", "classifier", "input")
+
+
+def embed(capture: FeatureCapture, images: torch.Tensor) -> torch.Tensor:
+    """The L2-normalised embedding of `images` under `capture` (a capture of the EMBEDDING tap)."""
+    _, (features,) = capture.run(images)
+    return F.normalize(features.flatten(1), dim=1)
+
+
+@torch.no_grad()
+def embed_all(model: nn.Module, loader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised embeddings (float64) and labels of every batch of `loader`, the model in eval mode."""
+    capture = FeatureCapture(model, [EMBEDDING])
+    vectors, labels = [], []
+    with evaluating(model):
+        for images, batch_labels in loader:
+            vectors.append(embed(capture, images.to(device)).cpu().double())
+            labels.append(batch_labels)
+    return torch.cat(vectors).numpy(), torch.cat(labels).numpy()
+
+
+def nearest_neighbour_accuracy(
+    gallery: np.ndarray, gallery_labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray
+) -> float:
+    """Top-1 accuracy (%) of labelling each query with its nearest gallery image's label (cosine =
+    Euclidean on normalised vectors; ties go to the first gallery image)."""
+    if not len(queries):
+        return 0.0
+    nearest = np.argmax(queries @ gallery.T, axis=1)
+    return 100.0 * float(np.mean(gallery_labels[nearest] == query_labels))
+
+
+def clustering_nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+    """Normalised mutual information between the labels and a k-means clustering (k = number of classes)
+    of the embeddings: 1 when the clusters are the classes, 0 when they say nothing about them."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    classes = len(np.unique(labels))
+    if classes < 2:
+        return 0.0
+    clusters = KMeans(n_clusters=classes, n_init=10, random_state=seed).fit_predict(embeddings)
+    return float(normalized_mutual_info_score(labels, clusters))
