@@ -62,6 +62,7 @@ def model_rows(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "test_acc_std": record.get("test_acc_std", 0.0),
             "test_acc_per_seed": [run["test_acc"] for run in record.get("per_seed", [record])],
             "val_acc_mean": record["val_acc"],
+            "test_nmi_mean": record.get("test_nmi"),
             "params": record["params"],
             "fits_budget": record.get("fits_budget"),
             "labelled_images": record.get("labelled_images"),

@@ -28,11 +28,13 @@ from edgekd.bench import ParityError
 from edgekd.data import DataBundle, DataPlan
 from edgekd.deploy import ARTIFACTS_DIR, deploy, parity_failures
 from edgekd.distill import DistillContext, get_method
+from edgekd.distill.embedding import clustering_nmi, embed_all
 from edgekd.distill.registry import ResolvedMethod, resolve_method
 from edgekd.errors import CheckFailed, EdgekdError
 from edgekd.fileio import read_json, write_json, write_text
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
 from edgekd.preflight import check_memory
+from edgekd.probes import PROBES, probe_accuracies
 from edgekd.recipe import Recipe, dump_recipe
 from edgekd.report.stats import paired_difference
 from edgekd.runlock import run_folder_lock
@@ -386,6 +388,7 @@ def model_record(
 ) -> dict[str, Any]:
     val_acc, _ = evaluate(model, data.eval_loader("val"), device, class_index)
     test_acc, test_loss = evaluate(model, data.eval_loader("test"), device, class_index)
+    embeddings, labels = embed_all(model, data.eval_loader("test"), device)
     return {
         "name": name,
         "role": role,
@@ -396,9 +399,39 @@ def model_record(
         "val_acc": round(val_acc, 4),
         "test_acc": round(test_acc, 4),
         "test_loss": round(test_loss, 6),
+        # how well the embedding alone separates the test classes (k-means, k = classes): REFILLED's Table 4
+        "test_nmi": round(clustering_nmi(embeddings, labels), 4),
         "fits_budget": None if budget is None else choice.params <= budget,
         "checkpoint": str(checkpoint),
     }
+
+
+def probe_record(p: Prepared, probe: str, teacher_record: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+    """A teacher-embedding baseline (no student trained), per seed like the students."""
+    per_seed = []
+    for seed in seeds:
+        scores = probe_accuracies(probe, p.teacher, p.student_data_for(seed), p.device)
+        per_seed.append({"seed": seed, **{k: round(v, 4) for k, v in scores.items()}})
+    record: dict[str, Any] = {
+        "name": probe,
+        "role": "probe",
+        "arch": PROBES[probe],
+        "model_args": {},
+        "params": teacher_record["params"],
+        "flops": teacher_record["flops"],
+        "fits_budget": None,
+        "best_epoch": None,
+        "per_seed": per_seed,
+        "labelled_images": labels_used(p.recipe, p.student_data),
+        "unlabeled_images": 0,
+        "uses_teacher": True,
+    }
+    for key in ("val_acc", "test_acc"):
+        values = np.array([run[key] for run in per_seed], dtype=np.float64)
+        record[key] = round(float(values.mean()), 4)
+        if len(per_seed) > 1:
+            record[f"{key}_std"] = round(float(values.std(ddof=1)), 4)
+    return record
 
 
 def teacher_on_student_task(
@@ -478,7 +511,7 @@ def student_data_summary(p: Prepared, seeds: list[int]) -> dict[str, Any]:
 def add_paired_comparisons(records: list[dict[str, Any]], recipe: Recipe) -> None:
     """Every student's per-seed test accuracy minus the reference baseline's, with its interval."""
     reference_name = recipe.report.reference or "scratch"
-    students = {r["name"]: r for r in records if r["role"] == "student"}
+    students = {r["name"]: r for r in records if r["role"] in ("student", "probe")}
     reference = students.get(reference_name)
     if reference is None:
         return
@@ -505,9 +538,9 @@ def seed_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """One record per method: the first seed's fields, accuracies as mean (and std over seeds)."""
     record = {key: value for key, value in per_seed[0].items() if key not in ("seed",)}
     if len(per_seed) == 1:
-        record["per_seed"] = [{key: per_seed[0][key] for key in ("seed", "val_acc", "test_acc")}]
+        record["per_seed"] = [{key: per_seed[0][key] for key in ("seed", "val_acc", "test_acc", "test_nmi")}]
         return record
-    for key in ("val_acc", "test_acc", "test_loss"):
+    for key in ("val_acc", "test_acc", "test_loss", "test_nmi"):
         values = np.array([run[key] for run in per_seed], dtype=np.float64)
         record[key] = round(float(values.mean()), 4)
         # Sample std (ddof=1): the spread a new seed would show, not just these runs'.
@@ -516,7 +549,19 @@ def seed_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     record["checkpoint"] = per_seed[0]["checkpoint"]
     record["train_time_s"] = round(sum(run["train_time_s"] for run in per_seed), 2)
     record["per_seed"] = [
-        {key: run[key] for key in ("seed", "val_acc", "test_acc", "test_loss", "best_epoch", "checkpoint")}
+        {
+            key: run[key]
+            for key in (
+                "seed",
+                "val_acc",
+                "test_acc",
+                "test_loss",
+                "test_nmi",
+                "best_epoch",
+                "checkpoint",
+                "stages",
+            )
+        }
         for run in per_seed
     ]
     return record
@@ -612,6 +657,7 @@ def _build_locked(p: Prepared, recipe: Recipe, started: float, *, resume: bool, 
             arch_source=choice.how,
         )
         records.append(record)
+    records += [probe_record(p, probe, teacher_record, seeds) for probe in recipe.distill.probes]
     add_paired_comparisons(records, recipe)
 
     release_worker_signal_handler()

@@ -173,3 +173,44 @@ def digits_batches():
     images = torch.tensor(data.images[keep][:96], dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.tensor(data.target[keep][:96] - 5)
     return [(images[i : i + 32], labels[i : i + 32]) for i in range(0, 96, 32)]
+
+
+def test_rkd_then_finetune_is_an_embedding_stage_then_a_fresh_classifier_with_cross_entropy(networks):
+    teacher, student, _, context = networks
+    entry = get_method("rkd_ft")
+    embedding, classifier = entry.plan(entry.options(), TrainConfig(epochs=7))
+    assert (embedding.select, embedding.epochs, classifier.epochs, classifier.fresh_head) == (
+        "metric",
+        3,
+        4,
+        True,
+    )
+    stage = embedding.objective(student, teacher, entry.options(), context)
+    assert set(stage.forward_train(torch.randn(6, *SHAPE), torch.arange(6) % 5)[1]) == {
+        "rkd_distance",
+        "rkd_angle",
+    }
+    assert not classifier.objective(student, teacher, entry.options(), context).uses_teacher
+
+
+def test_teacher_probes_classify_the_students_classes_with_the_teachers_embedding():
+    from edgekd.probes import probe_accuracies
+
+    torch.manual_seed(0)
+    teacher = create_model("resnet8", 5, 1).eval()
+    data = DataPlan(
+        DataConfig(classes=[5, 6, 7, 8, 9], per_class=10), teacher_classes=[0, 1, 2, 3, 4]
+    ).student(0)
+    knn = probe_accuracies("teacher_knn", teacher, data, torch.device("cpu"))
+    logreg = probe_accuracies("teacher_logreg", teacher, data, torch.device("cpu"))
+    # even an untrained teacher's features beat chance (20 %) on digits: the probes do classify
+    assert 20 < knn["test_acc"] <= 100 and 20 < logreg["test_acc"] <= 100
+    assert logreg["logreg_c"] in (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+def test_list_methods_shows_stages_and_label_relations(cli):
+    output = cli("list", "methods").output
+    assert "embedding (metric) -> classifier (train.select)" in output
+    assert "hint (last) -> task (train.select)" in output
+    kd_block = output[output.index("\nkd ") : output.index("\nofd ")]
+    assert kd_block.rstrip().endswith("label relations: same, subset")

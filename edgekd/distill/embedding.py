@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.distill.base import Distiller
 from edgekd.distill.features import FeatureCapture, Tap
 from edgekd.models._common import evaluating
 
@@ -59,3 +60,20 @@ def clustering_nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) ->
         return 0.0
     clusters = KMeans(n_clusters=classes, n_init=10, random_state=seed).fit_predict(embeddings)
     return float(normalized_mutual_info_score(labels, clusters))
+
+
+class EmbeddingStage(Distiller):
+    """A stage that trains the student's embedding only (its classifier gets neither gradient nor weight
+    decay) and keeps the epoch of best validation 1-NN accuracy, training images as the gallery: a score
+    that needs no classifier."""
+
+    selection_metric_name = "knn_acc"
+
+    def trainable_parameters(self):
+        head = {id(p) for p in self.student.classifier.parameters()}
+        return [p for p in self.student.parameters() if p.requires_grad and id(p) not in head]
+
+    def selection_metric(self, data, device) -> float:
+        gallery, gallery_labels = embed_all(self.student, data.eval_loader("train"), device)
+        queries, query_labels = embed_all(self.student, data.eval_loader("val"), device)
+        return nearest_neighbour_accuracy(gallery, gallery_labels, queries, query_labels)

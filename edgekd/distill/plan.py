@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+from edgekd.errors import EdgekdError
+
 if TYPE_CHECKING:
     from edgekd.distill.base import Distiller
     from edgekd.recipe import TrainConfig
@@ -73,6 +75,16 @@ def single_stage(objective: type[Distiller], summary: str) -> PlanBuilder:
         return [Stage("train", objective, summary)]
 
     return plan
+
+
+def split_epochs(field: str, embedding_epochs: int | None, epochs: int) -> int:
+    """The first stage's epochs of a two-stage plan that shares train.epochs (default: half)."""
+    first = embedding_epochs if embedding_epochs is not None else max(1, epochs // 2)
+    if first >= epochs:
+        raise EdgekdError(
+            f"{field}: {first} leaves no second stage in train.epochs {epochs}; give fewer, or more train.epochs"
+        )
+    return first
 
 
 def describe_plan(stages: list[Stage]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, create_model, model_validator
 
@@ -126,6 +126,16 @@ def distill_section_model() -> type[Section]:
             Field(
                 default_factory=list,
                 description="Other methods trained with the same data and seed, to compare.",
+            ),
+        ),
+        probes=(
+            list[Literal["teacher_knn", "teacher_logreg"]],
+            Field(
+                default_factory=list,
+                max_length=2,
+                description="Baselines that train no student: the frozen teacher's embedding classified by 1-NN "
+                "('teacher_knn') or logistic regression ('teacher_logreg', C chosen on validation) on the "
+                "student's labelled images; paired by seed with the students, never exported.",
             ),
         ),
         variants=(

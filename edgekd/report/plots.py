@@ -37,6 +37,8 @@ def accuracy_vs_params(metrics: dict[str, Any], path: Path) -> Path:
     """Test accuracy of every model against its parameter count, with the budget as a vertical line."""
     fig, ax = plt.subplots(figsize=(7.6, 4.2))
     for record in metrics["models"]:
+        if record["role"] == "probe":
+            continue  # the teacher's embedding with a classifier on top: no model of its own size
         marker = "s" if record["role"] == "teacher" else "o"
         # A legend, not labels beside the points: students of one budget share their x.
         label = f"{record['name']} ({_accuracy_label(record)})"

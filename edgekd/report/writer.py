@@ -91,6 +91,7 @@ def report_markdown(recipe: Recipe, metrics: dict[str, Any], plot_files: list[st
             + ", ".join(f"{r['name']} {r['extra_training_params']:,}" for r in extra),
             "",
         ]
+    lines += stage_lines(metrics)
     lines += artifact_section(metrics)
     for name in plot_files:
         lines += [f"![{name}]({name})", ""]
@@ -101,6 +102,51 @@ def report_markdown(recipe: Recipe, metrics: dict[str, Any], plot_files: list[st
         "",
     ]
     return "\n".join(lines)
+
+
+STAGE_COLUMNS = [
+    "model",
+    "stage",
+    "epochs",
+    "kept",
+    "selected epoch",
+    "selection score",
+    "parameters trained",
+]
+
+
+def stage_lines(metrics: dict[str, Any]) -> list[str]:
+    """Each multi-stage model's stages (first seed): what each trained and which epoch it kept, and why."""
+    rows = []
+    for record in metrics["models"]:
+        stages = record.get("stages") or []
+        if len(stages) < 2:
+            continue
+        for stage in stages:
+            score = stage["best_score"]
+            rows.append(
+                [
+                    record["name"],
+                    stage["stage"],
+                    str(stage["epochs"]),
+                    stage["select"],
+                    str(stage["best_epoch"]),
+                    "-" if score is None else f"{score:.2f}",
+                    f"{stage['trained_params']:,}",
+                ]
+            )
+    if not rows:
+        return []
+    return [
+        "### Stages",
+        "",
+        "Methods that train in stages, first seed: each stage's own optimizer and schedule ran over the "
+        "parameters it trains, and kept the epoch its rule chose (`metric`: the stage's own validation score, "
+        "e.g. the embedding's 1-NN accuracy).",
+        "",
+        markdown_table(STAGE_COLUMNS, rows),
+        "",
+    ]
 
 
 def paired_lines(metrics: dict[str, Any]) -> list[str]:

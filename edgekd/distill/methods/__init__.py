@@ -1,3 +1,3 @@
 """Every distillation method; importing this package registers them all."""
 
-from edgekd.distill.methods import at, finetune, fitnet, kd, ofd, refilled, rkd, scratch, skd  # noqa: F401
+from edgekd.distill.methods import at, finetune, fitnet, kd, ofd, refilled, rkd, rkd_ft, scratch, skd  # noqa: F401

@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from edgekd.distill.base import Distiller
-from edgekd.distill.embedding import EMBEDDING, embed, embed_all, nearest_neighbour_accuracy
+from edgekd.distill.embedding import EMBEDDING, EmbeddingStage, embed, embed_all
 from edgekd.distill.features import FeatureCapture
 from edgekd.distill.methods.rkd import pairwise_distances
-from edgekd.distill.plan import Stage
+from edgekd.distill.plan import Stage, split_epochs
 from edgekd.distill.registry import ANY_RELATION, register_method
 from edgekd.errors import EdgekdError
 from edgekd.schema_base import MAX_EPOCHS, Section
@@ -141,14 +141,8 @@ class _RefilledStage(Distiller):
         return embed(self.teacher_capture, images)
 
 
-class RefilledEmbedding(_RefilledStage):
+class RefilledEmbedding(EmbeddingStage, _RefilledStage):
     """Stage 1: align the teacher's and the student's triplet probabilities on the student's hard triplets."""
-
-    selection_metric_name = "knn_acc"
-
-    def trainable_parameters(self):
-        head = {id(p) for p in self.student.classifier.parameters()}
-        return [p for p in self.student.parameters() if p.requires_grad and id(p) not in head]
 
     def forward_train(self, images, labels):
         # the logits (of a head this stage does not train) only feed the trainer's logs
@@ -169,11 +163,6 @@ class RefilledEmbedding(_RefilledStage):
             triplet_logits(student_distances, triplets) / student_temperature,
         )
         return options.triplet_weight * kl.mean()
-
-    def selection_metric(self, data, device) -> float:
-        gallery, gallery_labels = embed_all(self.student, data.eval_loader("train"), device)
-        queries, query_labels = embed_all(self.student, data.eval_loader("val"), device)
-        return nearest_neighbour_accuracy(gallery, gallery_labels, queries, query_labels)
 
 
 class RefilledClassifier(_RefilledStage):
@@ -213,14 +202,7 @@ class RefilledClassifier(_RefilledStage):
 
 
 def refilled_plan(options: RefilledOptions, train) -> list[Stage]:
-    embedding = (
-        options.embedding_epochs if options.embedding_epochs is not None else max(1, train.epochs // 2)
-    )
-    if embedding >= train.epochs:
-        raise EdgekdError(
-            f"distill.refilled.embedding_epochs: {embedding} leaves no classifier stage in train.epochs "
-            f"{train.epochs}; give fewer, or more train.epochs"
-        )
+    embedding = split_epochs("distill.refilled.embedding_epochs", options.embedding_epochs, train.epochs)
     return [
         Stage(
             "embedding",

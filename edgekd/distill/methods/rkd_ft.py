@@ -1,0 +1,73 @@
+"""RKD, then fine-tuning: the REFILLED paper's relational baseline across label sets, as a two-stage plan.
+
+Stage 1, *embedding*: the student's embedding learns the teacher's relational structure alone (RKD's
+distance and angle terms on the penultimate features, no label term), selected by validation 1-NN accuracy
+like REFILLED's embedding stage. Stage 2, *classifier*: a fresh classifier and the whole student fine-tuned
+with cross-entropy. Unlike `rkd` (CE + RKD in one stage), the teacher shapes only the embedding, which is
+what a cross-task teacher can offer.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from pydantic import Field
+
+from edgekd.distill.base import Distiller
+from edgekd.distill.embedding import EmbeddingStage
+from edgekd.distill.methods.rkd import RKD, RKDOptions
+from edgekd.distill.plan import Stage, split_epochs
+from edgekd.distill.registry import ANY_RELATION, register_method
+from edgekd.schema_base import MAX_EPOCHS
+
+
+class RKDFinetuneOptions(RKDOptions):
+    embedding_epochs: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Epochs of the RKD embedding stage; fine-tuning gets the rest of train.epochs. Default: "
+        "half of train.epochs.",
+    )
+
+
+class RKDEmbedding(EmbeddingStage, RKD):
+    """RKD's terms alone, on the embedding."""
+
+    def forward_train(self, images, labels):
+        return self.distill_terms(images)
+
+
+class CrossEntropyStage(Distiller):
+    """Plain cross-entropy on the labels: a fine-tuning stage."""
+
+    uses_teacher = False
+
+    def forward_train(self, images, labels):
+        logits = self.student(images)
+        return logits, {"ce": F.cross_entropy(logits, labels)}
+
+
+def rkd_finetune_plan(options: RKDFinetuneOptions, train) -> list[Stage]:
+    first = split_epochs("distill.rkd_ft.embedding_epochs", options.embedding_epochs, train.epochs)
+    return [
+        Stage(
+            "embedding", RKDEmbedding, "RKD distance + angle on the embedding, no label term", "metric", first
+        ),
+        Stage(
+            "classifier",
+            CrossEntropyStage,
+            "fresh head, the whole student fine-tuned with CE",
+            None,
+            train.epochs - first,
+            fresh_head=True,
+        ),
+    ]
+
+
+register_method(
+    "rkd_ft",
+    RKDFinetuneOptions,
+    "RKD on the embedding, then a fresh classifier fine-tuned with CE (REFILLED's cross-task baseline).",
+    plan=rkd_finetune_plan,
+    relations=ANY_RELATION,
+)(RKDEmbedding)
