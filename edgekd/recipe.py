@@ -161,9 +161,12 @@ class DataConfig(Section):
                     f"root: dataset '{self.dataset}' needs `root`, the local folder that holds it"
                 )
             if not self.download and not self.root.exists():
-                raise ValueError(
-                    f"root: '{self.root}' does not exist (set `download: true` to let torchvision fetch it)"
+                how = (
+                    "an ImageFolder tree: <root>/<class>/<image>"
+                    if self.dataset == "imagefolder"
+                    else "set `download: true` to let torchvision fetch it"
                 )
+                raise ValueError(f"root: '{self.root}' does not exist ({how})")
         if self.classes is not None:
             if len(set(self.classes)) != len(self.classes):
                 raise ValueError(f"classes: {shown_value(self.classes)} repeats an id")
