@@ -17,15 +17,19 @@ Writes benchmarks/results/crosstask.json (or --results):
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from specialization import model_rows, run_build  # the digits benchmarks' shared runner (same folder)
+from specialization import (  # the digits benchmarks' shared runner (same folder)
+    command_line,
+    machine_record,
+    model_rows,
+    run_build,
+    write_and_print,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "digits_crosstask.yaml"
@@ -53,8 +57,6 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the results file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    import torch
-
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as output_dir:
         elapsed, metrics = run_build(RECIPE, args.seeds, output_dir, args.overrides)
@@ -62,36 +64,16 @@ def main() -> None:
     result = {
         "benchmark": "cross-task: a teacher of digits 0-4, students of digits 5-9 (10 labels per class), "
         "mean ± sample std over seeds",
-        "command": " ".join(
-            [f"edgekd build {RECIPE.relative_to(ROOT)} --seeds {args.seeds}"]
-            + [f"--set {override}" for override in args.overrides]
-        ),
+        "command": command_line(RECIPE, args.seeds, args.overrides),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "wall_time_s": round(elapsed, 1),
         "data": metrics["data"],
         "models": rows,
         "targets": targets(rows),
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-            "load_average_before": [round(x, 2) for x in load_before],
-        },
+        "machine": machine_record(load_before),
         "environment": metrics["environment"],
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=2) + "\n")
-    for name, row in rows.items():
-        paired = row["paired_vs_reference"]
-        versus = ""
-        if paired is not None and paired["interval"] is not None:
-            low, high = paired["interval"]
-            versus = f"  Δ vs {paired['reference']} {paired['mean']:+.2f} [{low:+.2f}, {high:+.2f}] {paired['verdict']}"
-        nmi = f"  NMI {row['test_nmi_mean']:.3f}" if row.get("test_nmi_mean") is not None else ""
-        print(f"{name:>16}: {row['test_acc_mean']:6.2f} ± {row['test_acc_std']:.2f}{nmi}{versus}")
-    print(json.dumps(result["targets"], indent=2))
-    print(f"wrote {args.results} ({elapsed:.0f} s)")
+    write_and_print(result, args.results, elapsed)
 
 
 if __name__ == "__main__":

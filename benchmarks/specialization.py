@@ -102,8 +102,6 @@ def main() -> None:
         help="recipe override passed to edgekd build (repeatable), e.g. data.unlabeled=subset",
     )
     args = parser.parse_args()
-    import torch
-
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as output_dir:
         elapsed, metrics = run_build(args.recipe, args.seeds, output_dir, args.overrides)
@@ -111,37 +109,52 @@ def main() -> None:
     rows = model_rows(metrics)
     result = {
         "benchmark": "specialization: students on a class subset, few-shot, mean ± sample std over seeds",
-        "command": " ".join(
-            [f"edgekd build {args.recipe.relative_to(ROOT)} --seeds {args.seeds}"]
-            + [f"--set {override}" for override in args.overrides]
-        ),
+        "command": command_line(args.recipe, args.seeds, args.overrides),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "wall_time_s": round(elapsed, 1),
         "data": metrics["data"],
         "models": rows,
         "targets": target_checks(rows, method),
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-            "load_average_before": [round(x, 2) for x in load_before],
-        },
+        "machine": machine_record(load_before),
         "environment": metrics["environment"],
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=2) + "\n")
-    for name, row in rows.items():
+    write_and_print(result, args.results, elapsed)
+
+
+def command_line(recipe: Path, seeds: str, overrides: list[str]) -> str:
+    parts = [f"edgekd build {recipe.resolve().relative_to(ROOT)} --seeds {seeds}"]
+    return " ".join(parts + [f"--set {override}" for override in overrides])
+
+
+def machine_record(load_before: tuple[float, float, float]) -> dict[str, Any]:
+    import torch
+
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "load_average_before": [round(x, 2) for x in load_before],
+    }
+
+
+def write_and_print(result: dict[str, Any], path: Path, elapsed: float) -> None:
+    """Write the results file, then a line per model (mean ± std, NMI, paired Δ) and the targets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    for name, row in result["models"].items():
         paired = row["paired_vs_reference"]
         versus = ""
         if paired is not None and paired["interval"] is not None:
             low, high = paired["interval"]
             versus = f"  Δ vs {paired['reference']} {paired['mean']:+.2f} [{low:+.2f}, {high:+.2f}] {paired['verdict']}"
+        nmi = f"  NMI {row['test_nmi_mean']:.3f}" if row.get("test_nmi_mean") is not None else ""
         print(
-            f"{name:>20}: {row['test_acc_mean']:6.2f} ± {row['test_acc_std']:.2f}  ({row['params']} params){versus}"
+            f"{name:>20}: {row['test_acc_mean']:6.2f} ± {row['test_acc_std']:.2f}  ({row['params']} params)"
+            f"{nmi}{versus}"
         )
     print(json.dumps(result["targets"], indent=2))
-    print(f"wrote {args.results} ({elapsed:.0f} s)")
+    print(f"wrote {path} ({elapsed:.0f} s)")
 
 
 if __name__ == "__main__":
