@@ -34,7 +34,7 @@ from edgekd.errors import CheckFailed, EdgekdError
 from edgekd.fileio import read_json, write_json, write_text
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
 from edgekd.preflight import check_memory
-from edgekd.probes import PROBES, probe_accuracies
+from edgekd.probes import PROBES, probe_accuracies, teacher_embeddings
 from edgekd.recipe import Recipe, dump_recipe
 from edgekd.report.stats import paired_difference
 from edgekd.runlock import run_folder_lock
@@ -179,8 +179,7 @@ def prepare(recipe: Recipe) -> Prepared:
     check_methods(recipe, plan.relation)
     shape, all_classes = plan.image_shape, len(plan.teacher_ids)
     student_choice = choose_student(recipe, len(plan.student_ids), shape)
-    with torch.device("meta"):
-        create_teacher(recipe, all_classes, shape[0])  # a bad name or option fails before the memory check
+    # the teacher is first built (on the meta device) here: a bad name or option fails before any memory sum
     check_memory(
         recipe,
         device,
@@ -406,12 +405,23 @@ def model_record(
     }
 
 
-def probe_record(p: Prepared, probe: str, teacher_record: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
-    """A teacher-embedding baseline (no student trained), per seed like the students."""
-    per_seed = []
-    for seed in seeds:
-        scores = probe_accuracies(probe, p.teacher, p.student_data_for(seed), p.device)
-        per_seed.append({"seed": seed, **{k: round(v, 4) for k, v in scores.items()}})
+def probe_records(p: Prepared, teacher_record: dict[str, Any], seeds: list[int]) -> list[dict[str, Any]]:
+    """The teacher-embedding baselines (no student trained), per seed like the students. The teacher embeds
+    each seed's images once; every probe classifies those embeddings."""
+    probes = p.recipe.distill.probes
+    per_seed: dict[str, list[dict[str, Any]]] = {probe: [] for probe in probes}
+    for seed in seeds if probes else []:
+        data = p.student_data_for(seed)
+        embeddings = teacher_embeddings(p.teacher, data, p.device)
+        for probe in probes:
+            scores = probe_accuracies(probe, p.teacher, data, p.device, embeddings)
+            per_seed[probe].append({"seed": seed, **{k: round(v, 4) for k, v in scores.items()}})
+    return [probe_record(p, probe, teacher_record, runs) for probe, runs in per_seed.items()]
+
+
+def probe_record(
+    p: Prepared, probe: str, teacher_record: dict[str, Any], per_seed: list[dict[str, Any]]
+) -> dict[str, Any]:
     record: dict[str, Any] = {
         "name": probe,
         "role": "probe",
@@ -442,9 +452,10 @@ def teacher_on_student_task(
     positions = p.data_plan.teacher_positions()
     if positions is None:
         return {"val_acc": None, "test_acc": None}
-    return model_record(
-        "teacher", "teacher", p.teacher, choice, p.student_data, p.device, budget, checkpoint, positions
-    )
+    data = p.student_data
+    val_acc, _ = evaluate(p.teacher, data.eval_loader("val"), p.device, positions)
+    test_acc, _ = evaluate(p.teacher, data.eval_loader("test"), p.device, positions)
+    return {"val_acc": round(val_acc, 4), "test_acc": round(test_acc, 4)}
 
 
 def unlabeled_images_used(data: DataBundle, resolved: ResolvedMethod) -> int:
@@ -657,7 +668,7 @@ def _build_locked(p: Prepared, recipe: Recipe, started: float, *, resume: bool, 
             arch_source=choice.how,
         )
         records.append(record)
-    records += [probe_record(p, probe, teacher_record, seeds) for probe in recipe.distill.probes]
+    records += probe_records(p, teacher_record, seeds)
     add_paired_comparisons(records, recipe)
 
     release_worker_signal_handler()

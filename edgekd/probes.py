@@ -26,13 +26,29 @@ PROBES = {
 LOGREG_C = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
+Embeddings = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def teacher_embeddings(teacher: nn.Module, data: DataBundle, device: torch.device) -> Embeddings:
+    """The teacher's normalised embeddings and labels of the student's train, val and test images."""
+    return {split: embed_all(teacher, data.eval_loader(split), device) for split in ("train", "val", "test")}
+
+
 def probe_accuracies(
-    probe: str, teacher: nn.Module, data: DataBundle, device: torch.device
+    probe: str,
+    teacher: nn.Module,
+    data: DataBundle,
+    device: torch.device,
+    embeddings: Embeddings | None = None,
 ) -> dict[str, Any]:
-    """Validation and test accuracy (%) of one probe on one student view (one seed's draw)."""
-    train, train_labels = embed_all(teacher, data.eval_loader("train"), device)
-    val, val_labels = embed_all(teacher, data.eval_loader("val"), device)
-    test, test_labels = embed_all(teacher, data.eval_loader("test"), device)
+    """Validation and test accuracy (%) of one probe on one student view (one seed's draw); `embeddings`
+    (from teacher_embeddings) spare the teacher's passes when several probes read the same view."""
+    embeddings = embeddings or teacher_embeddings(teacher, data, device)
+    (train, train_labels), (val, val_labels), (test, test_labels) = (
+        embeddings["train"],
+        embeddings["val"],
+        embeddings["test"],
+    )
     if probe == "teacher_knn":
         return {
             "val_acc": nearest_neighbour_accuracy(train, train_labels, val, val_labels),

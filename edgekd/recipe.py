@@ -57,6 +57,12 @@ LoosePath = Annotated[Path, Field(strict=False)]
 
 
 # ----------------------------------------------------------------------------------------------- data
+def check_unique_classes(classes: list[int]) -> None:
+    """A class list (the student's or the teacher's) names each class once."""
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes: {shown_value(classes)} repeats an id")
+
+
 class DataConfig(Section):
     """Where the images come from and how they are split, subset and fed."""
 
@@ -168,8 +174,7 @@ class DataConfig(Section):
                 )
                 raise ValueError(f"root: '{self.root}' does not exist ({how})")
         if self.classes is not None:
-            if len(set(self.classes)) != len(self.classes):
-                raise ValueError(f"classes: {shown_value(self.classes)} repeats an id")
+            check_unique_classes(self.classes)
             total = KNOWN_NUM_CLASSES.get(self.dataset)
             bad = [c for c in self.classes if c < 0 or (total is not None and c >= total)]
             if bad:
@@ -294,8 +299,8 @@ class TeacherConfig(Section):
             raise ValueError(
                 f"checkpoint: '{self.checkpoint}' {what}; allowed: a checkpoint file (torch.save)"
             )
-        if self.classes is not None and len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"classes: {shown_value(self.classes)} repeats an id")
+        if self.classes is not None:
+            check_unique_classes(self.classes)
         return self
 
 
