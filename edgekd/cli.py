@@ -23,6 +23,8 @@ from rich.table import Table
 
 from edgekd.bench.latency import LatencyConfig
 from edgekd.errors import EdgekdError
+from edgekd.layout import RunLayout
+from edgekd.records import RunMetrics
 from edgekd.schema_base import MAX_ITERS, MAX_SECONDS, MAX_THREADS
 
 EXIT_INTERRUPTED = 130
@@ -158,7 +160,7 @@ def build(
     with make_progress(quiet) as progress:
         metrics = run_build(loaded, resume=resume, force=force, progress=progress)
     print_summary(metrics)
-    out.print(f"run folder: {loaded.run_dir}  (report: {loaded.run_dir / 'report.md'})")
+    out.print(f"run folder: {loaded.run_dir}  (report: {RunLayout(loaded.run_dir).report_md})")
 
 
 @main.command()
@@ -464,7 +466,7 @@ def print_methods() -> None:
         entry = get_method(name)
         options = entry.options()
         out.print(f"{name:<10} {escape(entry.summary)}", soft_wrap=True)
-        out.print(f"{'':<10} stages: {describe_plan(entry.plan(options, train))}", soft_wrap=True)
+        out.print(f"{'':<10} stages: {escape(describe_plan(entry.plan(options, train)))}", soft_wrap=True)
         relations = ", ".join(
             r for r in ("same", "subset", "disjoint") if r in entry.supported_relations(options)
         )
@@ -522,7 +524,7 @@ def make_progress(quiet: bool) -> Progress:
     )
 
 
-def print_summary(metrics: dict) -> None:
+def print_summary(metrics: RunMetrics) -> None:
     from edgekd.report.tables import (
         ARTIFACT_COLUMNS,
         DATA_COLUMNS,
@@ -533,21 +535,22 @@ def print_summary(metrics: dict) -> None:
     )
 
     console = table_console()
-    title = f"edgekd run '{metrics['run']['name']}' ({metrics['run']['wall_time_s']:.1f} s)"
+    title = f"edgekd run '{metrics.run.name}' ({metrics.run.wall_time_s:.1f} s)"
     columns = summary_columns(metrics)
     console.print(rich_table(title, columns, summary_rows(metrics), left=("model", "architecture")))
     console.print(rich_table("what each model used", DATA_COLUMNS, data_rows(metrics), left=("model",)))
-    rows = artifact_rows(metrics)
+    rows = artifact_rows(metrics.artifacts, metrics.budget_check)
     if rows:
         console.print(rich_table("deployment artifacts", ARTIFACT_COLUMNS, rows, left=("artifact", "parity")))
 
 
 def print_artifacts(records: list[dict], title: str) -> None:
+    from edgekd.records import ArtifactRecord
     from edgekd.report.tables import ARTIFACT_COLUMNS, artifact_rows
 
     console = table_console()
-    metrics = {"budget": {"params": None}, "artifacts": records}
-    console.print(rich_table(title, ARTIFACT_COLUMNS, artifact_rows(metrics), left=("artifact", "parity")))
+    rows = artifact_rows([ArtifactRecord.model_validate(record) for record in records])
+    console.print(rich_table(title, ARTIFACT_COLUMNS, rows, left=("artifact", "parity")))
     for record in records:
         if record.get("path"):
             console.print(f"{record['name']}: {record['path']}")

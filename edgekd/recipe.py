@@ -465,8 +465,52 @@ class ReportConfig(Section):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the paired intervals.")
 
 
+# The training fields a stage of a method's plan may change (`distill.stages`).
+STAGE_TRAIN_FIELDS = ("epochs", "optimizer", "schedule", "grad_clip")
+
+
+def stage_train_config(base: TrainConfig, changes: dict[str, Any] | None) -> TrainConfig:
+    """`base` with a stage's changes merged in field by field (`optimizer: {lr: 0.01}` keeps the rest of
+    the optimizer); raises ValueError naming the field when the result is not a valid training section."""
+    if not changes:
+        return base
+    unknown = sorted(set(changes) - set(STAGE_TRAIN_FIELDS))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: a stage cannot change it (allowed: {', '.join(STAGE_TRAIN_FIELDS)})")
+    merged = _deep_merge(base.model_dump(), changes)
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as exc:
+        field, message = describe_validation_error(exc)
+        raise ValueError(f"{field}: {message}") from None
+
+
+def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 # The `distill:` section has one options block per registered method, so the schema shows them all.
-DistillConfig = distill_section_model()
+class DistillConfig(distill_section_model()):  # type: ignore[misc]
+    stages: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict,
+        description="Per method (or variant) and stage of its plan, changes to the recipe's `train:` section "
+        "for that stage alone: epochs, optimizer, schedule, grad_clip, merged field by field, e.g. "
+        "{fitnet: {hint: {optimizer: {lr: 0.01}, schedule: {name: constant}}}}. `edgekd list methods` names "
+        "each method's stages. epochs given here replace what the method's plan gives the stage.",
+    )
+    artifacts: dict[str, dict[str, LoosePath]] = Field(
+        default_factory=dict,
+        description="Per method (or variant), artifacts to load from another run instead of producing them, "
+        "e.g. {refilled: {embedding: runs/other/train/refilled/embedding/artifacts/embedding.pt}}; "
+        "'{seed}' in a path is replaced by each student seed. The stage that produces them is skipped. "
+        "`edgekd list methods` names each method's artifacts.",
+    )
 
 
 class Recipe(Section):
@@ -528,6 +572,26 @@ class Recipe(Section):
                         f"output_dir: '{path}' is a file; allowed: a folder (created when missing)"
                     )
                 break
+        return self
+
+    @model_validator(mode="after")
+    def _check_stage_changes(self) -> Recipe:
+        """Methods named in distill.stages/artifacts are trained by this recipe, and every stage's changed
+        training section is valid (the stage names are checked against the plans when the run is prepared)."""
+        trained = [self.distill.method, *self.distill.baselines]
+        for section in ("stages", "artifacts"):
+            for method in getattr(self.distill, section):
+                if method not in trained:
+                    raise ValueError(
+                        f"distill.{section}.{method}: '{method}' is not trained by this recipe "
+                        f"(allowed: {', '.join(trained)})"
+                    )
+        for method, stages in self.distill.stages.items():
+            for stage, changes in stages.items():
+                try:
+                    stage_train_config(self.train, changes)
+                except ValueError as exc:
+                    raise ValueError(f"distill.stages.{method}.{stage}.{exc}") from None
         return self
 
     @model_validator(mode="after")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +10,9 @@ from torch import nn
 
 from edgekd.errors import EdgekdError
 from edgekd.fileio import write_json
+from edgekd.layout import RunLayout
 from edgekd.recipe import FORMAT_PRECISIONS, BenchmarkConfig, ExportConfig, Recipe, load_recipe
-
-RUN_RECIPE = "recipe.yaml"
-RUN_METRICS = "metrics.json"
+from edgekd.records import RunMetrics
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -43,7 +41,7 @@ def load_source(
         return _load_run(source, overrides)
     if source.suffix != ".pt" or not source.is_file():
         raise EdgekdError(
-            f"SOURCE: '{source}' is neither a run folder (with {RUN_RECIPE}) nor a .pt checkpoint"
+            f"SOURCE: '{source}' is neither a run folder (with {RunLayout(source).recipe.name}) nor a .pt checkpoint"
         )
     if recipe_path is None:
         raise EdgekdError(
@@ -56,23 +54,16 @@ def _load_run(run_dir: Path, overrides: tuple[str, ...]) -> tuple[Recipe, nn.Mod
     from edgekd.models import create_model
     from edgekd.train.checkpoint import load_weights
 
-    for name in (RUN_RECIPE, RUN_METRICS):
-        if not (run_dir / name).is_file():
-            raise EdgekdError(f"SOURCE: '{run_dir}' has no {name}; give a finished edgekd run folder")
-    recipe = load_recipe(run_dir / RUN_RECIPE, overrides)
-    metrics = json.loads((run_dir / RUN_METRICS).read_text())
-    main = next(record for record in metrics["models"] if record.get("is_main"))
-    student = create_model(main["arch"], _num_classes(metrics), _channels(metrics), **main["model_args"])
-    load_weights(student, Path(main["checkpoint"]), "student checkpoint", main["arch"])
-    return recipe, student, main["name"], main["params"]
-
-
-def _num_classes(metrics: dict[str, Any]) -> int:
-    return metrics["data"]["student"]["num_classes"]
-
-
-def _channels(metrics: dict[str, Any]) -> int:
-    return metrics["data"]["student"]["input_spec"]["channels"]
+    layout = RunLayout(run_dir)
+    for path in (layout.recipe, layout.metrics):
+        if not path.is_file():
+            raise EdgekdError(f"SOURCE: '{run_dir}' has no {path.name}; give a finished edgekd run folder")
+    recipe = load_recipe(layout.recipe, overrides)
+    metrics = RunMetrics.load(layout.metrics)
+    main, data = metrics.main, metrics.student_data
+    student = create_model(main.arch, data["num_classes"], data["input_spec"]["channels"], **main.model_args)
+    load_weights(student, Path(main.checkpoint), "student checkpoint", main.arch)
+    return recipe, student, main.name, main.params
 
 
 def _load_checkpoint(
@@ -115,13 +106,13 @@ def export_source(
 ) -> list[dict[str, Any]]:
     from edgekd.bench import ParityError
     from edgekd.data import build_data
-    from edgekd.deploy import ARTIFACTS_DIR, deploy, parity_failures
+    from edgekd.deploy import deploy, parity_failures
 
     targets = export_targets(formats, precisions)
     recipe, student, stem, params = load_source(source, recipe_path, model, model_args, overrides)
     export = ExportConfig(**{**recipe.export.model_dump(), "targets": targets})
     if output is None:
-        output = source / ARTIFACTS_DIR if source.is_dir() else source.parent
+        output = RunLayout(source).artifacts if source.is_dir() else source.parent
     data = build_data(recipe.data, subset=True)
     records = deploy(student, params, data, export, BenchmarkConfig(enabled=False), output, stem, say=say)
     failures = parity_failures(records)

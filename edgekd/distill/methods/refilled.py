@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from edgekd.distill.base import Distiller
-from edgekd.distill.embedding import EMBEDDING, EmbeddingStage, embed, embed_all
+from edgekd.distill.embedding import EMBEDDING, EMBEDDING_WEIGHTS, EmbeddingStage, embed, embed_all
 from edgekd.distill.features import FeatureCapture
 from edgekd.distill.methods.rkd import pairwise_distances
 from edgekd.distill.plan import Stage, split_epochs
@@ -210,6 +210,7 @@ def refilled_plan(options: RefilledOptions, train) -> list[Stage]:
             "triplet KL on the student's semi-hard triplets, embedding only",
             "metric",
             embedding,
+            produces=(EMBEDDING_WEIGHTS,),
         ),
         Stage(
             "classifier",
@@ -218,6 +219,7 @@ def refilled_plan(options: RefilledOptions, train) -> list[Stage]:
             None,
             train.epochs - embedding,
             fresh_head=True,
+            consumes=(EMBEDDING_WEIGHTS,),
         ),
     ]
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from edgekd.distill.base import Distiller
-from edgekd.distill.embedding import EmbeddingStage
+from edgekd.distill.embedding import EMBEDDING_WEIGHTS, EmbeddingStage
 from edgekd.distill.methods.rkd import RKD, RKDOptions
 from edgekd.distill.plan import Stage, split_epochs
 from edgekd.distill.registry import ANY_RELATION, register_method
@@ -51,7 +51,12 @@ def rkd_finetune_plan(options: RKDFinetuneOptions, train) -> list[Stage]:
     first = split_epochs("distill.rkd_ft.embedding_epochs", options.embedding_epochs, train.epochs)
     return [
         Stage(
-            "embedding", RKDEmbedding, "RKD distance + angle on the embedding, no label term", "metric", first
+            "embedding",
+            RKDEmbedding,
+            "RKD distance + angle on the embedding, no label term",
+            "metric",
+            first,
+            produces=(EMBEDDING_WEIGHTS,),
         ),
         Stage(
             "classifier",
@@ -60,6 +65,7 @@ def rkd_finetune_plan(options: RKDFinetuneOptions, train) -> list[Stage]:
             None,
             train.epochs - first,
             fresh_head=True,
+            consumes=(EMBEDDING_WEIGHTS,),
         ),
     ]
 
