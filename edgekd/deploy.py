@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from edgekd.bench import (
-    LatencyConfig,
     ParityTolerance,
     Runner,
     TorchRunner,
@@ -36,6 +35,7 @@ from edgekd.exporters import (
     onnx_for_tensorrt,
     trtexec_command,
 )
+from edgekd.formats import FORMATS, PRECISIONS
 from edgekd.recipe import BenchmarkConfig, ExportConfig, ParityConfig
 
 ARTIFACTS_DIR = "artifacts"
@@ -43,9 +43,6 @@ ARTIFACTS_DIR = "artifacts"
 # NNCF imports torch.utils.cpp_extension, which warns about a missing CUDA runtime on a CUDA build of torch
 # without a GPU: irrelevant to CPU export, and noise in every build log.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-# Order matters: the FP32 ONNX is exported first so that TensorRT can be built from it.
-FORMAT_ORDER = ("onnx", "openvino", "tensorrt")
-PRECISION_ORDER = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -107,10 +104,11 @@ def evaluation_data(data: DataBundle, export: ExportConfig) -> EvalData:
 
 # ----------------------------------------------------------------------------------------------- export
 def export_targets(export: ExportConfig) -> list[tuple[str, str]]:
+    # In edgekd.formats' order: the FP32 ONNX is exported first so that TensorRT can be built from it.
     targets = [
         (format_name, precision)
-        for format_name in FORMAT_ORDER
-        for precision in PRECISION_ORDER
+        for format_name in FORMATS
+        for precision in PRECISIONS
         if precision in export.targets.get(format_name, [])
     ]
     # TensorRT builds from the FP32 ONNX (and INT8 from the Q/DQ ONNX); export them even when not asked for.
@@ -298,28 +296,17 @@ def pytorch_record(
 
 
 # --------------------------------------------------------------------------------------------- latency
-def latency_config(bench: BenchmarkConfig) -> LatencyConfig:
-    return LatencyConfig(
-        batches=tuple(bench.batches),
-        threads=bench.threads,
-        warmup_iters=bench.warmup_iters,
-        warmup_s=bench.warmup_s,
-        min_iters=bench.min_iters,
-        min_time_s=bench.min_time_s,
-    )
-
-
 def time_runners(
     runners: Iterable[tuple[ArtifactRecord, Callable[[], Runner]]],
     io: ModelIO,
     bench: BenchmarkConfig,
     progress,
 ) -> None:
-    config = latency_config(bench)
     for record, make_runner in runners:
         if progress is not None:
             progress(record.name)
-        record.latency = measure_latency(make_runner(), io.image_shape, config).to_dict()
+        # The benchmark section is the harness's latency settings (plus `enabled`): handed over as it is.
+        record.latency = measure_latency(make_runner(), io.image_shape, bench).to_dict()
 
 
 # ----------------------------------------------------------------------------------------------- stage
