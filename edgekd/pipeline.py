@@ -97,7 +97,7 @@ def run(p: Prepared, layout: RunLayout, started: float, *, resume: bool, progres
         histories.update(method.histories)
         embeddings.update(method.embedding)
     write_outputs(layout, recipe, metrics, histories, embeddings)
-    failures = parity_failures([artifact.model_dump() for artifact in artifacts])
+    failures = parity_failures(artifacts)
     if failures:
         raise ParityError(
             f"parity: {len(failures)} artifact(s) outside tolerance (report written): " + "; ".join(failures)
@@ -310,7 +310,7 @@ def deploy_main_student(
         )
     if task is not None:
         progress.update(task, description="export + benchmark: done", total=1, completed=1)
-    return [ArtifactRecord.model_validate(record) for record in artifacts]
+    return artifacts
 
 
 # -------------------------------------------------------------------------------------------- outputs

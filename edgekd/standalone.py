@@ -10,9 +10,11 @@ from torch import nn
 
 from edgekd.errors import EdgekdError
 from edgekd.fileio import write_json
+from edgekd.formats import FORMAT_PRECISIONS, formats_writing
+from edgekd.latency_settings import LatencySettings
 from edgekd.layout import RunLayout
-from edgekd.recipe import FORMAT_PRECISIONS, BenchmarkConfig, ExportConfig, Recipe, load_recipe
-from edgekd.records import RunMetrics
+from edgekd.recipe import BenchmarkConfig, ExportConfig, Recipe, load_recipe
+from edgekd.records import ArtifactRecord, RunMetrics
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -21,10 +23,9 @@ def export_targets(formats: tuple[str, ...], precisions: tuple[str, ...]) -> dic
     targets = {fmt: [p for p in precisions if p in FORMAT_PRECISIONS[fmt]] for fmt in dict.fromkeys(formats)}
     for precision in precisions:
         if not any(precision in chosen for chosen in targets.values()):
-            writers = [fmt for fmt, allowed in FORMAT_PRECISIONS.items() if precision in allowed]
             raise EdgekdError(
                 f"--precision: {precision} is not written by {', '.join(targets)} "
-                f"(formats that write it: {', '.join(writers)})"
+                f"(formats that write it: {', '.join(formats_writing(precision))})"
             )
     return {fmt: chosen for fmt, chosen in targets.items() if chosen}
 
@@ -103,7 +104,7 @@ def export_source(
     output: Path | None,
     overrides: tuple[str, ...],
     say=None,
-) -> list[dict[str, Any]]:
+) -> list[ArtifactRecord]:
     from edgekd.bench import ParityError
     from edgekd.data import build_data
     from edgekd.deploy import deploy, parity_failures
@@ -142,34 +143,21 @@ def artifact_shape(path: Path, shape: str | None) -> tuple[int, int, int]:
 
 
 def bench_artifact(
-    path: Path,
-    backend: str | None,
-    batches: tuple[int, ...],
-    threads: int | None,
-    shape: str | None,
-    timing: tuple[int, float, int, float],
-    json_path: Path | None,
+    path: Path, backend: str | None, shape: str | None, settings: LatencySettings, json_path: Path | None
 ) -> dict[str, Any]:
-    from edgekd.bench import LatencyConfig, environment_record, measure_latency, runner_for
+    from edgekd.bench import environment_record, measure_latency, runner_for
 
-    runner = runner_for(path, backend, threads=threads)
+    runner = runner_for(path, backend, threads=settings.threads)
     image_shape = artifact_shape(path, shape)
-    warmup_iters, warmup_s, min_iters, min_time_s = timing
-    config = LatencyConfig(
-        batches=tuple(dict.fromkeys(batches)),
-        threads=threads,
-        warmup_iters=warmup_iters,
-        warmup_s=warmup_s,
-        min_iters=min_iters,
-        min_time_s=min_time_s,
-    )
+    # A batch size given twice is timed once.
+    config = settings.model_copy(update={"batches": list(dict.fromkeys(settings.batches))})
     latency = measure_latency(runner, image_shape, config).to_dict()
     result = {
         "artifact": str(path),
         "input_shape": list(image_shape),
         "runner": runner.describe(),
         "latency": latency,
-        "environment": environment_record(threads).to_dict(),
+        "environment": environment_record(settings.threads).to_dict(),
     }
     if json_path is not None:
         write_json(json_path, _jsonable(result))
