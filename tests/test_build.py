@@ -32,11 +32,16 @@ RUN_FILES = [
 
 
 def stable_metrics(run_dir: Path) -> list[dict]:
-    """The per-model numbers, without wall-clock times (nor the checkpoint paths, which name the folder)."""
+    """The per-model numbers, without wall-clock times (nor the checkpoint and stage-artifact paths, which name
+    the folder; the artifacts' SHA-256 stay)."""
 
     def stable(value):
         if isinstance(value, dict):
-            return {k: stable(v) for k, v in value.items() if not k.endswith("time_s") and k != "checkpoint"}
+            return {
+                k: stable(v)
+                for k, v in value.items()
+                if not k.endswith("time_s") and k not in ("checkpoint", "path")
+            }
         if isinstance(value, list):
             return [stable(item) for item in value]
         return value
