@@ -48,6 +48,8 @@ from edgekd.bench import (
     runner_for,
 )
 from edgekd.exporters import Artifact, ExportOptions, ModelIO, get_exporter
+from edgekd.layout import RunLayout
+from edgekd.records import RunMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "export_speed.json"
@@ -110,16 +112,15 @@ def _trained_student(run_dir: Path) -> tuple[nn.Module, ModelIO, dict[str, Any]]
     from edgekd.models import create_model
     from edgekd.train.checkpoint import load_weights
 
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    choice = metrics["student_choice"]
-    spec = metrics["data"]["student"]["input_spec"]
-    classes = metrics["data"]["student"]["class_names"]
-    main = next(record for record in metrics["models"] if record.get("is_main"))
-    model = create_model(choice["arch"], len(classes), spec["channels"], **choice["model_args"])
-    checkpoint = run_dir / "models" / f"{main['method']}.pt"
-    load_weights(model, checkpoint, "student checkpoint", choice["arch"])
+    layout = RunLayout(run_dir)
+    metrics = RunMetrics.load(layout.metrics)
+    main, data = metrics.main, metrics.student_data
+    spec, classes = data["input_spec"], data["class_names"]
+    model = create_model(main.arch, len(classes), spec["channels"], **main.model_args)
+    checkpoint = layout.model_weights(main.name)
+    load_weights(model, checkpoint, "student checkpoint", main.arch)
     io = ModelIO(spec["channels"], spec["height"], spec["width"], spec["mean"], spec["std"], tuple(classes))
-    return model, io, {"source": f"{checkpoint} ({choice['arch']} {choice['model_args']}, trained)"}
+    return model, io, {"source": f"{checkpoint} ({main.arch} {main.model_args}, trained)"}
 
 
 def torchvision_subject(name: str, calibration_images: int) -> Subject:

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgekd.layout import RunLayout
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quickstart_time.json"
 
@@ -47,7 +49,7 @@ def time_one_build(output_dir: str) -> tuple[float, dict]:
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     elapsed = time.perf_counter() - started
-    metrics = json.loads((Path(output_dir) / "quickstart" / "metrics.json").read_text())
+    metrics = json.loads(RunLayout(Path(output_dir) / "quickstart").metrics.read_text())
     return elapsed, metrics
 
 

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgekd.layout import RunLayout
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "specialization.json"
 
@@ -51,7 +53,7 @@ def run_build(
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     elapsed = time.perf_counter() - started
     (run_dir,) = [path for path in Path(output_dir).iterdir() if path.is_dir()]  # not the lock file
-    return elapsed, json.loads((run_dir / "metrics.json").read_text())
+    return elapsed, json.loads(RunLayout(run_dir).metrics.read_text())
 
 
 def model_rows(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:

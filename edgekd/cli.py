@@ -21,9 +21,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from edgekd.bench.latency import LatencyConfig
 from edgekd.errors import EdgekdError
-from edgekd.schema_base import MAX_ITERS, MAX_SECONDS, MAX_THREADS
+from edgekd.formats import BACKENDS, FORMATS, PRECISIONS
+from edgekd.latency_settings import LatencyConfig, LatencySettings
+from edgekd.layout import RunLayout
+from edgekd.records import ArtifactRecord, RunMetrics
 
 EXIT_INTERRUPTED = 130
 
@@ -32,12 +34,9 @@ err = Console(stderr=True, highlight=False)
 
 
 class FiniteSeconds(click.FloatRange):
-    """Seconds in [0, 1 hour]: click's FloatRange lets nan through (every comparison with nan is false)."""
+    """Seconds within bounds: click's FloatRange lets nan through (every comparison with nan is false)."""
 
     name = "seconds"
-
-    def __init__(self) -> None:
-        super().__init__(min=0, max=MAX_SECONDS)
 
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
@@ -46,7 +45,53 @@ class FiniteSeconds(click.FloatRange):
         return number
 
 
-SECONDS = FiniteSeconds()
+# A list setting is one option given once per value, so its flag is singular.
+LATENCY_FLAGS = {"batches": "--batch"}
+
+
+def latency_options(command):
+    """One `edgekd bench` option per LatencySettings field, its bounds, default and help read from the
+    field's JSON schema: the command line times as a recipe's benchmark section and the library do."""
+    properties = LatencySettings.model_json_schema()["properties"]
+    for name, spec in reversed(properties.items()):  # click lists options in the reverse order of decoration
+        flag = LATENCY_FLAGS.get(name, "--" + name.replace("_", "-"))
+        command = click.option(flag, name, **latency_option(spec))(command)
+    return command
+
+
+def latency_option(spec: dict) -> dict:
+    """click's settings for one field: a repeatable option for a list, a bounded number otherwise."""
+    many = spec.get("type") == "array"
+    value = spec["items"] if many else next(s for s in spec.get("anyOf", [spec]) if s["type"] != "null")
+    bounds = {
+        "min": value.get("minimum", value.get("exclusiveMinimum")),
+        "max": value.get("maximum", value.get("exclusiveMaximum")),
+        "min_open": "exclusiveMinimum" in value,
+        "max_open": "exclusiveMaximum" in value,
+    }
+    # The settings' only non-integers are durations (warmup_s, min_time_s).
+    kind = click.IntRange(**bounds) if value["type"] == "integer" else FiniteSeconds(**bounds)
+    option = {
+        "type": kind,
+        "multiple": many,
+        "help": spec["description"] + (" Repeat for several." if many else ""),
+    }
+    if spec.get("default") is not None:
+        option.update(default=tuple(spec["default"]) if many else spec["default"], show_default=True)
+    return option
+
+
+def partial_writers() -> str:
+    """'onnx: fp32, int8': the formats that write only some precisions, for --precision's help."""
+    return "; ".join(
+        f"{fmt.name}: {', '.join(fmt.precisions)}" for fmt in FORMATS.values() if fmt.precisions != PRECISIONS
+    )
+
+
+def backends_by_suffix() -> str:
+    """'.onnx onnxruntime, .xml openvino, ...': the runtime each format's files run on, for --backend's help."""
+    return ", ".join(f"{'/'.join(fmt.suffixes)} {fmt.backend}" for fmt in FORMATS.values())
+
 
 RECIPE_ARG = click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 SET_OPTION = click.option(
@@ -158,7 +203,7 @@ def build(
     with make_progress(quiet) as progress:
         metrics = run_build(loaded, resume=resume, force=force, progress=progress)
     print_summary(metrics)
-    out.print(f"run folder: {loaded.run_dir}  (report: {loaded.run_dir / 'report.md'})")
+    out.print(f"run folder: {loaded.run_dir}  (report: {RunLayout(loaded.run_dir).report_md})")
 
 
 @main.command()
@@ -273,7 +318,7 @@ def print_tune(result: dict) -> None:
     "formats",
     multiple=True,
     required=True,
-    type=click.Choice(["onnx", "openvino", "tensorrt"]),
+    type=click.Choice(list(FORMATS)),
     help="Deployment format; repeat for several.",
 )
 @click.option(
@@ -282,8 +327,8 @@ def print_tune(result: dict) -> None:
     multiple=True,
     default=("fp32",),
     show_default=True,
-    type=click.Choice(["fp32", "fp16", "int8"]),
-    help="Precision; repeat for several. Each format writes those it supports (onnx: fp32, int8).",
+    type=click.Choice(list(PRECISIONS)),
+    help=f"Precision; repeat for several. Each format writes those it supports ({partial_writers()}).",
 )
 @click.option(
     "--recipe",
@@ -335,52 +380,11 @@ def export_command(
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option(
     "--backend",
-    type=click.Choice(["onnxruntime", "openvino", "tensorrt"]),
-    help="Runtime [default: from the suffix: .onnx onnxruntime, .xml openvino, .engine/.plan tensorrt].",
-)
-@click.option(
-    "--batch",
-    "batches",
-    multiple=True,
-    type=click.IntRange(min=1),
-    default=(1,),
-    show_default=True,
-    help="Batch size to time; repeat for several.",
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1, max=MAX_THREADS),
-    help="Inference threads [default: the runtime's].",
+    type=click.Choice(list(BACKENDS)),
+    help=f"Runtime [default: from the suffix: {backends_by_suffix()}].",
 )
 @click.option("--shape", metavar="C,H,W", help="Input image shape, for files without edgekd metadata.")
-@click.option(
-    "--warmup-iters",
-    type=click.IntRange(min=0, max=MAX_ITERS),
-    default=LatencyConfig.warmup_iters,
-    show_default=True,
-    help="Untimed runs before timing (at least).",
-)
-@click.option(
-    "--warmup-s",
-    type=SECONDS,
-    default=LatencyConfig.warmup_s,
-    show_default=True,
-    help="Untimed warm-up time (at least).",
-)
-@click.option(
-    "--min-iters",
-    type=click.IntRange(min=1, max=MAX_ITERS),
-    default=LatencyConfig.min_iters,
-    show_default=True,
-    help="Timed runs per batch size (at least).",
-)
-@click.option(
-    "--min-time-s",
-    type=SECONDS,
-    default=LatencyConfig.min_time_s,
-    show_default=True,
-    help="Timed seconds per batch size (at least).",
-)
+@latency_options
 @click.option(
     "--json",
     "json_path",
@@ -389,16 +393,7 @@ def export_command(
 )
 @user_errors
 def bench_command(
-    artifact: Path,
-    backend: str | None,
-    batches: tuple[int, ...],
-    threads: int | None,
-    shape: str | None,
-    warmup_iters: int,
-    warmup_s: float,
-    min_iters: int,
-    min_time_s: float,
-    json_path: Path | None,
+    artifact: Path, backend: str | None, shape: str | None, json_path: Path | None, **latency
 ) -> None:
     """Time ARTIFACT (.onnx, .xml or .engine) on this machine: cold start, p50/p90/p99, throughput.
 
@@ -407,9 +402,7 @@ def bench_command(
     """
     from edgekd.standalone import bench_artifact
 
-    result = bench_artifact(
-        artifact, backend, batches, threads, shape, (warmup_iters, warmup_s, min_iters, min_time_s), json_path
-    )
+    result = bench_artifact(artifact, backend, shape, LatencyConfig(**latency), json_path)
     print_latency(result)
 
 
@@ -464,7 +457,7 @@ def print_methods() -> None:
         entry = get_method(name)
         options = entry.options()
         out.print(f"{name:<10} {escape(entry.summary)}", soft_wrap=True)
-        out.print(f"{'':<10} stages: {describe_plan(entry.plan(options, train))}", soft_wrap=True)
+        out.print(f"{'':<10} stages: {escape(describe_plan(entry.plan(options, train)))}", soft_wrap=True)
         relations = ", ".join(
             r for r in ("same", "subset", "disjoint") if r in entry.supported_relations(options)
         )
@@ -522,7 +515,7 @@ def make_progress(quiet: bool) -> Progress:
     )
 
 
-def print_summary(metrics: dict) -> None:
+def print_summary(metrics: RunMetrics) -> None:
     from edgekd.report.tables import (
         ARTIFACT_COLUMNS,
         DATA_COLUMNS,
@@ -533,24 +526,23 @@ def print_summary(metrics: dict) -> None:
     )
 
     console = table_console()
-    title = f"edgekd run '{metrics['run']['name']}' ({metrics['run']['wall_time_s']:.1f} s)"
+    title = f"edgekd run '{metrics.run.name}' ({metrics.run.wall_time_s:.1f} s)"
     columns = summary_columns(metrics)
     console.print(rich_table(title, columns, summary_rows(metrics), left=("model", "architecture")))
     console.print(rich_table("what each model used", DATA_COLUMNS, data_rows(metrics), left=("model",)))
-    rows = artifact_rows(metrics)
+    rows = artifact_rows(metrics.artifacts, metrics.budget_check)
     if rows:
         console.print(rich_table("deployment artifacts", ARTIFACT_COLUMNS, rows, left=("artifact", "parity")))
 
 
-def print_artifacts(records: list[dict], title: str) -> None:
+def print_artifacts(records: list[ArtifactRecord], title: str) -> None:
     from edgekd.report.tables import ARTIFACT_COLUMNS, artifact_rows
 
     console = table_console()
-    metrics = {"budget": {"params": None}, "artifacts": records}
-    console.print(rich_table(title, ARTIFACT_COLUMNS, artifact_rows(metrics), left=("artifact", "parity")))
+    console.print(rich_table(title, ARTIFACT_COLUMNS, artifact_rows(records), left=("artifact", "parity")))
     for record in records:
-        if record.get("path"):
-            console.print(f"{record['name']}: {record['path']}")
+        if record.path:
+            console.print(f"{record.name}: {record.path}")
 
 
 def print_latency(result: dict) -> None:

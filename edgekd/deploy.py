@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from edgekd.bench import (
-    LatencyConfig,
     ParityTolerance,
     Runner,
     TorchRunner,
@@ -36,16 +35,13 @@ from edgekd.exporters import (
     onnx_for_tensorrt,
     trtexec_command,
 )
+from edgekd.formats import FORMATS, PRECISIONS
 from edgekd.recipe import BenchmarkConfig, ExportConfig, ParityConfig
-
-ARTIFACTS_DIR = "artifacts"
+from edgekd.records import ArtifactRecord
 
 # NNCF imports torch.utils.cpp_extension, which warns about a missing CUDA runtime on a CUDA build of torch
 # without a GPU: irrelevant to CPU export, and noise in every build log.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-# Order matters: the FP32 ONNX is exported first so that TensorRT can be built from it.
-FORMAT_ORDER = ("onnx", "openvino", "tensorrt")
-PRECISION_ORDER = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -56,27 +52,6 @@ class EvalData:
     parity_images: np.ndarray
     val: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
-
-
-@dataclass
-class ArtifactRecord:
-    """Everything measured about one deployable model (the PyTorch student included)."""
-
-    name: str
-    format: str
-    precision: str
-    path: str | None
-    size_bytes: int | None
-    status: str  # "ok", "parity failed", or "not built: <why>"
-    val_acc: float | None = None
-    test_acc: float | None = None
-    test_acc_drop: float | None = None
-    parity: dict[str, Any] | None = None
-    latency: dict[str, Any] | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in self.__dict__.items()}
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -107,10 +82,11 @@ def evaluation_data(data: DataBundle, export: ExportConfig) -> EvalData:
 
 # ----------------------------------------------------------------------------------------------- export
 def export_targets(export: ExportConfig) -> list[tuple[str, str]]:
+    # In edgekd.formats' order: the FP32 ONNX is exported first so that TensorRT can be built from it.
     targets = [
         (format_name, precision)
-        for format_name in FORMAT_ORDER
-        for precision in PRECISION_ORDER
+        for format_name in FORMATS
+        for precision in PRECISIONS
         if precision in export.targets.get(format_name, [])
     ]
     # TensorRT builds from the FP32 ONNX (and INT8 from the Q/DQ ONNX); export them even when not asked for.
@@ -298,28 +274,17 @@ def pytorch_record(
 
 
 # --------------------------------------------------------------------------------------------- latency
-def latency_config(bench: BenchmarkConfig) -> LatencyConfig:
-    return LatencyConfig(
-        batches=tuple(bench.batches),
-        threads=bench.threads,
-        warmup_iters=bench.warmup_iters,
-        warmup_s=bench.warmup_s,
-        min_iters=bench.min_iters,
-        min_time_s=bench.min_time_s,
-    )
-
-
 def time_runners(
     runners: Iterable[tuple[ArtifactRecord, Callable[[], Runner]]],
     io: ModelIO,
     bench: BenchmarkConfig,
     progress,
 ) -> None:
-    config = latency_config(bench)
     for record, make_runner in runners:
         if progress is not None:
             progress(record.name)
-        record.latency = measure_latency(make_runner(), io.image_shape, config).to_dict()
+        # The benchmark section is the harness's latency settings (plus `enabled`): handed over as it is.
+        record.latency = measure_latency(make_runner(), io.image_shape, bench).to_dict()
 
 
 # ----------------------------------------------------------------------------------------------- stage
@@ -363,12 +328,12 @@ def deploy(
     records += not_built
     if bench.enabled:
         time_runners(timed, io, bench, say)
-    return [record.to_dict() for record in records]
+    return records
 
 
-def parity_failures(records: list[dict[str, Any]]) -> list[str]:
+def parity_failures(records: list[ArtifactRecord]) -> list[str]:
     return [
-        f"{record['name']} ({record['path']}): {record['parity']['failure']}"
+        f"{record.name} ({record.path}): {(record.parity or {}).get('failure')}"
         for record in records
-        if record["status"] == "parity failed"
+        if record.status == "parity failed"
     ]

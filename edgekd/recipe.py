@@ -14,17 +14,16 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
-from edgekd.bench.latency import LatencyConfig
 from edgekd.distill.registry import distill_section_model
 from edgekd.errors import RecipeError
+from edgekd.formats import FORMAT_PRECISIONS, PARITY_DEFAULTS, FormatName, Precision
+from edgekd.latency_settings import LatencySettings
 from edgekd.safe_yaml import YamlRefused, load_yaml_text, read_yaml_file
 from edgekd.schema_base import (
     MAX_BATCH,
     MAX_EPOCHS,
     MAX_IMAGE_SIZE,
     MAX_IMAGES,
-    MAX_ITERS,
-    MAX_SECONDS,
     MAX_SEED,
     MAX_THREADS,
     Section,
@@ -330,26 +329,28 @@ class StudentConfig(Section):
 
 
 # ------------------------------------------------------------------------------------ export/benchmark
-Precision = Literal["fp32", "fp16", "int8"]
-# The precisions each exporter writes; kept here so that a recipe is checked without importing a backend.
-FORMAT_PRECISIONS: dict[str, tuple[str, ...]] = {
-    "onnx": ("fp32", "int8"),
-    "openvino": ("fp32", "fp16", "int8"),
-    "tensorrt": ("fp32", "fp16", "int8"),
-}
-
-
+# The formats, their precisions and the default parity limits are declared in edgekd.formats, so that a
+# recipe is checked without importing a backend and the parity check's own defaults are these.
 class ParityConfig(Section):
     """How close each artifact's logits must be to the PyTorch student's on the same validation images."""
 
     images: int = Field(
         256, ge=8, le=MAX_IMAGES, description="Validation images compared (all, when fewer exist)."
     )
-    fp32_max_abs: float = Field(1e-3, gt=0, description="FP32: largest allowed absolute logit difference.")
-    fp16_max_abs: float = Field(5e-2, gt=0, description="FP16: largest allowed absolute logit difference.")
-    fp16_min_top1: float = Field(0.99, ge=0, le=1, description="FP16: least top-1 agreement (fraction).")
+    fp32_max_abs: float = Field(
+        PARITY_DEFAULTS["fp32"].max_abs, gt=0, description="FP32: largest allowed absolute logit difference."
+    )
+    fp16_max_abs: float = Field(
+        PARITY_DEFAULTS["fp16"].max_abs, gt=0, description="FP16: largest allowed absolute logit difference."
+    )
+    fp16_min_top1: float = Field(
+        PARITY_DEFAULTS["fp16"].min_top1, ge=0, le=1, description="FP16: least top-1 agreement (fraction)."
+    )
     int8_min_top1: float = Field(
-        0.95, ge=0, le=1, description="INT8: least top-1 agreement with the PyTorch student (fraction)."
+        PARITY_DEFAULTS["int8"].min_top1,
+        ge=0,
+        le=1,
+        description="INT8: least top-1 agreement with the PyTorch student (fraction).",
     )
     int8_max_acc_drop: float = Field(
         2.0, ge=0, description="INT8: largest test-accuracy drop against the PyTorch student, in points."
@@ -359,7 +360,7 @@ class ParityConfig(Section):
 class ExportConfig(Section):
     """Which deployment artifacts of the main student to write, and how they are checked."""
 
-    targets: dict[Literal["onnx", "openvino", "tensorrt"], list[Precision]] = Field(
+    targets: dict[FormatName, list[Precision]] = Field(
         default_factory=dict,
         description="Format -> precisions, e.g. {onnx: [fp32, int8], openvino: [fp32, fp16, int8]}; "
         "empty: no export. TensorRT engines are built only where TensorRT and a GPU exist; elsewhere the "
@@ -402,38 +403,12 @@ class ExportConfig(Section):
         return self
 
 
-class BenchmarkConfig(Section):
+# The timing fields are the latency harness's own settings, inherited, so that a recipe, `edgekd bench` and
+# the library time alike; the YAML keys under `benchmark:` are those fields' names.
+class BenchmarkConfig(LatencySettings):
     """Latency and accuracy of the PyTorch student and of every exported artifact."""
 
     enabled: bool = Field(True, description="Measure latency (accuracy of the artifacts is always measured).")
-    batches: list[Annotated[int, Field(ge=1, le=MAX_BATCH)]] = Field(
-        [1], min_length=1, max_length=16, description="Batch sizes timed."
-    )
-    threads: int | None = Field(
-        None,
-        ge=1,
-        le=MAX_THREADS,
-        description="Inference threads of every backend (recorded); unset: all cores.",
-    )
-    # The harness's own defaults, so that a recipe, `edgekd bench` and the library time alike.
-    warmup_iters: int = Field(
-        LatencyConfig.warmup_iters,
-        ge=0,
-        le=MAX_ITERS,
-        description="Untimed runs before timing, at least this many...",
-    )
-    warmup_s: float = Field(
-        LatencyConfig.warmup_s, ge=0, le=MAX_SECONDS, description="...and for at least this long."
-    )
-    min_iters: int = Field(
-        LatencyConfig.min_iters,
-        ge=1,
-        le=MAX_ITERS,
-        description="Timed runs per batch size, at least this many...",
-    )
-    min_time_s: float = Field(
-        LatencyConfig.min_time_s, ge=0, le=MAX_SECONDS, description="...and for at least this long."
-    )
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -465,8 +440,52 @@ class ReportConfig(Section):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the paired intervals.")
 
 
+# The training fields a stage of a method's plan may change (`distill.stages`).
+STAGE_TRAIN_FIELDS = ("epochs", "optimizer", "schedule", "grad_clip")
+
+
+def stage_train_config(base: TrainConfig, changes: dict[str, Any] | None) -> TrainConfig:
+    """`base` with a stage's changes merged in field by field (`optimizer: {lr: 0.01}` keeps the rest of
+    the optimizer); raises ValueError naming the field when the result is not a valid training section."""
+    if not changes:
+        return base
+    unknown = sorted(set(changes) - set(STAGE_TRAIN_FIELDS))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: a stage cannot change it (allowed: {', '.join(STAGE_TRAIN_FIELDS)})")
+    merged = _deep_merge(base.model_dump(), changes)
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as exc:
+        field, message = describe_validation_error(exc)
+        raise ValueError(f"{field}: {message}") from None
+
+
+def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 # The `distill:` section has one options block per registered method, so the schema shows them all.
-DistillConfig = distill_section_model()
+class DistillConfig(distill_section_model()):  # type: ignore[misc]
+    stages: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict,
+        description="Per method (or variant) and stage of its plan, changes to the recipe's `train:` section "
+        "for that stage alone: epochs, optimizer, schedule, grad_clip, merged field by field, e.g. "
+        "{fitnet: {hint: {optimizer: {lr: 0.01}, schedule: {name: constant}}}}. `edgekd list methods` names "
+        "each method's stages. epochs given here replace what the method's plan gives the stage.",
+    )
+    artifacts: dict[str, dict[str, LoosePath]] = Field(
+        default_factory=dict,
+        description="Per method (or variant), artifacts to load from another run instead of producing them, "
+        "e.g. {refilled: {embedding: runs/other/train/refilled/embedding/artifacts/embedding.pt}}; "
+        "'{seed}' in a path is replaced by each student seed. The stage that produces them is skipped. "
+        "`edgekd list methods` names each method's artifacts.",
+    )
 
 
 class Recipe(Section):
@@ -528,6 +547,26 @@ class Recipe(Section):
                         f"output_dir: '{path}' is a file; allowed: a folder (created when missing)"
                     )
                 break
+        return self
+
+    @model_validator(mode="after")
+    def _check_stage_changes(self) -> Recipe:
+        """Methods named in distill.stages/artifacts are trained by this recipe, and every stage's changed
+        training section is valid (the stage names are checked against the plans when the run is prepared)."""
+        trained = [self.distill.method, *self.distill.baselines]
+        for section in ("stages", "artifacts"):
+            for method in getattr(self.distill, section):
+                if method not in trained:
+                    raise ValueError(
+                        f"distill.{section}.{method}: '{method}' is not trained by this recipe "
+                        f"(allowed: {', '.join(trained)})"
+                    )
+        for method, stages in self.distill.stages.items():
+            for stage, changes in stages.items():
+                try:
+                    stage_train_config(self.train, changes)
+                except ValueError as exc:
+                    raise ValueError(f"distill.stages.{method}.{stage}.{exc}") from None
         return self
 
     @model_validator(mode="after")

@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
+from edgekd.layout import RunLayout
 
 
 def lock_path(run_dir: Path) -> Path:
-    return run_dir.parent / f".{run_dir.name}.lock"
+    return RunLayout(run_dir).lock
 
 
 @contextlib.contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +10,11 @@ from torch import nn
 
 from edgekd.errors import EdgekdError
 from edgekd.fileio import write_json
-from edgekd.recipe import FORMAT_PRECISIONS, BenchmarkConfig, ExportConfig, Recipe, load_recipe
-
-RUN_RECIPE = "recipe.yaml"
-RUN_METRICS = "metrics.json"
+from edgekd.formats import FORMAT_PRECISIONS, formats_writing
+from edgekd.latency_settings import LatencySettings
+from edgekd.layout import RunLayout
+from edgekd.recipe import BenchmarkConfig, ExportConfig, Recipe, load_recipe
+from edgekd.records import ArtifactRecord, RunMetrics
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -23,10 +23,9 @@ def export_targets(formats: tuple[str, ...], precisions: tuple[str, ...]) -> dic
     targets = {fmt: [p for p in precisions if p in FORMAT_PRECISIONS[fmt]] for fmt in dict.fromkeys(formats)}
     for precision in precisions:
         if not any(precision in chosen for chosen in targets.values()):
-            writers = [fmt for fmt, allowed in FORMAT_PRECISIONS.items() if precision in allowed]
             raise EdgekdError(
                 f"--precision: {precision} is not written by {', '.join(targets)} "
-                f"(formats that write it: {', '.join(writers)})"
+                f"(formats that write it: {', '.join(formats_writing(precision))})"
             )
     return {fmt: chosen for fmt, chosen in targets.items() if chosen}
 
@@ -43,7 +42,7 @@ def load_source(
         return _load_run(source, overrides)
     if source.suffix != ".pt" or not source.is_file():
         raise EdgekdError(
-            f"SOURCE: '{source}' is neither a run folder (with {RUN_RECIPE}) nor a .pt checkpoint"
+            f"SOURCE: '{source}' is neither a run folder (with {RunLayout(source).recipe.name}) nor a .pt checkpoint"
         )
     if recipe_path is None:
         raise EdgekdError(
@@ -56,23 +55,16 @@ def _load_run(run_dir: Path, overrides: tuple[str, ...]) -> tuple[Recipe, nn.Mod
     from edgekd.models import create_model
     from edgekd.train.checkpoint import load_weights
 
-    for name in (RUN_RECIPE, RUN_METRICS):
-        if not (run_dir / name).is_file():
-            raise EdgekdError(f"SOURCE: '{run_dir}' has no {name}; give a finished edgekd run folder")
-    recipe = load_recipe(run_dir / RUN_RECIPE, overrides)
-    metrics = json.loads((run_dir / RUN_METRICS).read_text())
-    main = next(record for record in metrics["models"] if record.get("is_main"))
-    student = create_model(main["arch"], _num_classes(metrics), _channels(metrics), **main["model_args"])
-    load_weights(student, Path(main["checkpoint"]), "student checkpoint", main["arch"])
-    return recipe, student, main["name"], main["params"]
-
-
-def _num_classes(metrics: dict[str, Any]) -> int:
-    return metrics["data"]["student"]["num_classes"]
-
-
-def _channels(metrics: dict[str, Any]) -> int:
-    return metrics["data"]["student"]["input_spec"]["channels"]
+    layout = RunLayout(run_dir)
+    for path in (layout.recipe, layout.metrics):
+        if not path.is_file():
+            raise EdgekdError(f"SOURCE: '{run_dir}' has no {path.name}; give a finished edgekd run folder")
+    recipe = load_recipe(layout.recipe, overrides)
+    metrics = RunMetrics.load(layout.metrics)
+    main, data = metrics.main, metrics.student_data
+    student = create_model(main.arch, data["num_classes"], data["input_spec"]["channels"], **main.model_args)
+    load_weights(student, Path(main.checkpoint), "student checkpoint", main.arch)
+    return recipe, student, main.name, main.params
 
 
 def _load_checkpoint(
@@ -112,16 +104,16 @@ def export_source(
     output: Path | None,
     overrides: tuple[str, ...],
     say=None,
-) -> list[dict[str, Any]]:
+) -> list[ArtifactRecord]:
     from edgekd.bench import ParityError
     from edgekd.data import build_data
-    from edgekd.deploy import ARTIFACTS_DIR, deploy, parity_failures
+    from edgekd.deploy import deploy, parity_failures
 
     targets = export_targets(formats, precisions)
     recipe, student, stem, params = load_source(source, recipe_path, model, model_args, overrides)
     export = ExportConfig(**{**recipe.export.model_dump(), "targets": targets})
     if output is None:
-        output = source / ARTIFACTS_DIR if source.is_dir() else source.parent
+        output = RunLayout(source).artifacts if source.is_dir() else source.parent
     data = build_data(recipe.data, subset=True)
     records = deploy(student, params, data, export, BenchmarkConfig(enabled=False), output, stem, say=say)
     failures = parity_failures(records)
@@ -151,34 +143,21 @@ def artifact_shape(path: Path, shape: str | None) -> tuple[int, int, int]:
 
 
 def bench_artifact(
-    path: Path,
-    backend: str | None,
-    batches: tuple[int, ...],
-    threads: int | None,
-    shape: str | None,
-    timing: tuple[int, float, int, float],
-    json_path: Path | None,
+    path: Path, backend: str | None, shape: str | None, settings: LatencySettings, json_path: Path | None
 ) -> dict[str, Any]:
-    from edgekd.bench import LatencyConfig, environment_record, measure_latency, runner_for
+    from edgekd.bench import environment_record, measure_latency, runner_for
 
-    runner = runner_for(path, backend, threads=threads)
+    runner = runner_for(path, backend, threads=settings.threads)
     image_shape = artifact_shape(path, shape)
-    warmup_iters, warmup_s, min_iters, min_time_s = timing
-    config = LatencyConfig(
-        batches=tuple(dict.fromkeys(batches)),
-        threads=threads,
-        warmup_iters=warmup_iters,
-        warmup_s=warmup_s,
-        min_iters=min_iters,
-        min_time_s=min_time_s,
-    )
+    # A batch size given twice is timed once.
+    config = settings.model_copy(update={"batches": list(dict.fromkeys(settings.batches))})
     latency = measure_latency(runner, image_shape, config).to_dict()
     result = {
         "artifact": str(path),
         "input_shape": list(image_shape),
         "runner": runner.describe(),
         "latency": latency,
-        "environment": environment_record(threads).to_dict(),
+        "environment": environment_record(settings.threads).to_dict(),
     }
     if json_path is not None:
         write_json(json_path, _jsonable(result))

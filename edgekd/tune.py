@@ -15,19 +15,18 @@ import dataclasses
 import itertools
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekd.errors import EdgekdError, TrainingDiverged
 from edgekd.fileio import write_json
+from edgekd.layout import RunLayout
 from edgekd.recipe import Recipe, apply_override, validate_recipe
 from edgekd.report.stats import paired_difference
 from edgekd.runlock import run_folder_lock
 
 TUNABLE_SECTIONS = ("distill", "train")
-TUNE_FILE = "tune.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +84,10 @@ def tune(
     recipe: Recipe, axes: list[GridAxis], method: str | None, *, force: bool = False, progress=None
 ) -> dict[str, Any]:
     """Train `method` (default: the recipe's main method) for every grid point and seed; score on val."""
-    from edgekd.pipeline import environment, open_run_dir, prepare, train_teacher
+    from edgekd.evaluation import environment
+    from edgekd.pipeline import train_teacher
+    from edgekd.prepare import prepare
+    from edgekd.runfolder import open_run_dir
 
     method = method or recipe.distill.method
     names = [recipe.distill.method, *recipe.distill.baselines, *recipe.distill.variants]
@@ -96,11 +98,11 @@ def tune(
     tune_recipe = recipe.model_copy(update={"name": f"{recipe.name}-tune"})
     prepared = prepare(tune_recipe)
     with run_folder_lock(tune_recipe.run_dir):
-        run_dir = open_run_dir(tune_recipe, resume=not force, force=force)
-        train_teacher(prepared, run_dir, resume=True, progress=progress)
+        layout = open_run_dir(tune_recipe, resume=not force, force=force)
+        train_teacher(prepared, layout, resume=True, progress=progress)
         prepared.teacher.to(prepared.device).eval()
         rows = [
-            score_variant(prepared, variant, label, overrides, method, run_dir, progress)
+            score_variant(prepared, variant, label, overrides, method, layout, progress)
             for label, overrides, variant in grid
         ]
         add_paired_to_first(rows, recipe)
@@ -115,13 +117,13 @@ def tune(
             "wall_time_s": round(time.perf_counter() - started, 1),
             "environment": environment(None),
         }
-        write_json(Path(run_dir) / TUNE_FILE, result)
-    result["path"] = str(Path(run_dir) / TUNE_FILE)
+        write_json(layout.tune_result, result)
+    result["path"] = str(layout.tune_result)
     return result
 
 
 def score_variant(
-    prepared, variant: Recipe, label: str, overrides: list[str], method: str, run_dir: Path, progress
+    prepared, variant: Recipe, label: str, overrides: list[str], method: str, layout: RunLayout, progress
 ) -> dict[str, Any]:
     """Train `method` under one grid point for every seed (reusing finished students); its validation row."""
     from edgekd.pipeline import train_student
@@ -130,9 +132,11 @@ def score_variant(
     p = dataclasses.replace(prepared, recipe=variant.model_copy(update={"name": prepared.recipe.name}))
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in variant.student_seeds:
-        out_dir = run_dir / "variants" / slug(label) / f"{method}_seed{seed}"
+        folder = layout.tune_variant(slug(label), method, seed)
         try:
-            student, _, plan = train_student(p, method, seed, out_dir, resume=True, progress=progress)
+            student, _, plan = train_student(
+                p, layout, method, seed, resume=True, progress=progress, folder=folder
+            )
         except TrainingDiverged as exc:
             per_seed[seed] = {"diverged": str(exc)}
             break  # a variant that does not train is out; its other seeds need not run

@@ -160,10 +160,10 @@ def test_int8_accuracy_gate_and_passed_are_one_verdict(built_run):
     artifact = Artifact(path, "onnx", "int8", model_io(data), path.stat().st_size)
     gate = ParityConfig(int8_min_top1=0.0, int8_max_acc_drop=0.5)
     # The PyTorch student said to score 100 %: the real artifact's accuracy is then a drop over the gate.
-    record = check_artifact(artifact, OnnxRuntimeRunner(path), reference, evaluation, gate, 100.0).to_dict()
-    assert record["parity"]["logits_passed"] is True
-    assert record["parity"]["passed"] is False and "int8_max_acc_drop" in record["parity"]["failure"]
-    assert record["status"] == "parity failed" and parity_failures([record])
+    record = check_artifact(artifact, OnnxRuntimeRunner(path), reference, evaluation, gate, 100.0)
+    assert record.parity["logits_passed"] is True
+    assert record.parity["passed"] is False and "int8_max_acc_drop" in record.parity["failure"]
+    assert record.status == "parity failed" and parity_failures([record])
     for stored in metrics["artifacts"]:  # the build's own records agree with themselves too
         if stored.get("parity"):
             assert stored["parity"]["passed"] == (stored["parity"]["failure"] is None)

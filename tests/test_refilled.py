@@ -210,7 +210,8 @@ def test_teacher_probes_classify_the_students_classes_with_the_teachers_embeddin
 
 def test_list_methods_shows_stages_and_label_relations(cli):
     output = cli("list", "methods").output
-    assert "embedding (metric) -> classifier (train.select)" in output
-    assert "hint (last) -> task (train.select)" in output
+    # each stage with its selection rule, and the artifacts it hands on in brackets
+    assert "embedding (metric) [embedding.pt] -> classifier (train.select)" in output
+    assert "hint (last) [hinted_student.pt] -> task (train.select)" in output
     kd_block = output[output.index("\nkd ") : output.index("\nofd ")]
     assert kd_block.rstrip().endswith("label relations: same, subset")

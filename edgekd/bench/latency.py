@@ -7,7 +7,8 @@ so the results of different backends measured with one config on one machine can
 * Cold start is reported apart from the steady state: the time of ``load()`` (session creation, compilation,
   deserialization) and of the first inference after it, each on its own.
 * Warm-up runs until both ``warmup_iters`` runs and ``warmup_s`` seconds are done (lazy allocations, caches,
-  CPU frequency), per batch size.
+  CPU frequency), per batch size. These settings are :class:`edgekd.latency_settings.LatencySettings`: a
+  recipe's benchmark section is one, and so is the :class:`LatencyConfig` built in Python.
 * Timed runs continue until both ``min_iters`` runs and ``min_time_s`` seconds are done, each timed with
   ``time.perf_counter_ns``; throughput is the images processed divided by the wall time of the whole timed
   loop at that batch size (not 1000 / latency, which would ignore the time between runs).
@@ -19,54 +20,18 @@ import gc
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from edgekd.bench.runners.base import Runner
 from edgekd.errors import EdgekdError
+from edgekd.latency_settings import LatencyConfig, LatencySettings
 
 PERCENTILES = (50, 90, 99)
 _NS_PER_MS = 1e6
 _NS_PER_S = 1e9
-
-
-@dataclass(frozen=True)
-class LatencyConfig:
-    """How to time a runner; the defaults suit a CPU (about 2.5 s per batch size for a small model).
-
-    ``threads`` is given to a runner that is not loaded yet (None: keep the runner's own setting, which
-    defaults to the backend's choice); the thread count actually used is recorded either way.
-    """
-
-    batches: tuple[int, ...] = (1,)
-    threads: int | None = None
-    warmup_iters: int = 10
-    warmup_s: float = 0.5
-    min_iters: int = 50
-    min_time_s: float = 2.0
-    seed: int = 0  # for the random images used when only a shape is given
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "batches", tuple(self.batches))
-        if not self.batches or any(not _is_int(batch) or batch < 1 for batch in self.batches):
-            raise EdgekdError(f"batches: got {list(self.batches)}; allowed: one or more integers >= 1")
-        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
-            raise EdgekdError(f"threads: got {self.threads!r}; allowed: an integer >= 1, or None")
-        for name, minimum in (("warmup_iters", 0), ("min_iters", 1)):
-            value = getattr(self, name)
-            if not _is_int(value) or value < minimum:
-                raise EdgekdError(f"{name}: got {value!r}; allowed: an integer >= {minimum}")
-        for name in ("warmup_s", "min_time_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-                raise EdgekdError(f"{name}: got {value!r}; allowed: a number of seconds >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["batches"] = list(self.batches)
-        return data
 
 
 @dataclass(frozen=True)
@@ -126,8 +91,9 @@ class LatencyResult:
     threads: int | str | None
     cold_start: ColdStart | None  # None when the runner was already loaded before the harness got it
     batches: tuple[BatchLatency, ...]
-    config: LatencyConfig
+    config: LatencySettings
     runner: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # of the random images drawn when only a shape was given
 
     def at_batch(self, batch: int) -> BatchLatency:
         for timing in self.batches:
@@ -141,7 +107,7 @@ class LatencyResult:
             "threads": self.threads,
             "cold_start": self.cold_start.to_dict() if self.cold_start else None,
             "batches": [timing.to_dict() for timing in self.batches],
-            "config": self.config.to_dict(),
+            "config": {**self.config.to_dict(), "seed": self.seed},
             "runner": self.runner,
         }
 
@@ -149,17 +115,21 @@ class LatencyResult:
 def measure_latency(
     runner: Runner,
     images_or_shape: np.ndarray | Sequence[int],
-    config: LatencyConfig | None = None,
+    config: LatencySettings | None = None,
+    *,
+    seed: int = 0,
     **overrides: Any,
 ) -> LatencyResult:
     """Time ``runner`` at each batch size of ``config`` (fields may also be given as keywords).
 
+    ``config`` is any :class:`LatencySettings`: a :class:`LatencyConfig`, or a recipe's benchmark section.
     ``images_or_shape`` is either real N×C×H×W images (each batch takes the first images, repeated when
-    fewer than the batch size exist) or the C×H×W shape of one image (standard-normal images are drawn).
+    fewer than the batch size exist) or the C×H×W shape of one image (standard-normal images are drawn
+    with ``seed``).
     The runner is loaded here if it is not yet, and that load is the reported cold start.
     """
     config = _config(config, overrides)
-    make_batch = _batch_source(images_or_shape, config.seed)
+    make_batch = _batch_source(images_or_shape, seed)
     _apply_threads(runner, config.threads)
     cold_start = None
     if not runner.loaded:
@@ -173,18 +143,20 @@ def measure_latency(
         batches=timings,
         config=config,
         runner=description,
+        seed=seed,
     )
 
 
-def _config(config: LatencyConfig | None, overrides: dict[str, Any]) -> LatencyConfig:
+def _config(config: LatencySettings | None, overrides: dict[str, Any]) -> LatencySettings:
     config = config or LatencyConfig()
-    known = {f.name for f in fields(LatencyConfig)}
+    known = set(LatencySettings.model_fields)
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise EdgekdError(
             f"latency options: {', '.join(unknown)} not known; allowed: {', '.join(sorted(known))}"
         )
-    return replace(config, **overrides) if overrides else config
+    # Rebuilt, not copied: an override is checked like any other value.
+    return LatencyConfig(**{**config.to_dict(), **overrides}) if overrides else config
 
 
 def _apply_threads(runner: Runner, threads: int | None) -> None:
@@ -212,7 +184,7 @@ def _cold_start(runner: Runner, batch: np.ndarray) -> ColdStart:
     )
 
 
-def _time_batch(runner: Runner, batch: np.ndarray, config: LatencyConfig) -> BatchLatency:
+def _time_batch(runner: Runner, batch: np.ndarray, config: LatencySettings) -> BatchLatency:
     runner.prepare_batch(len(batch))
     _check_output(runner, batch)
     warmup_iters, warmup_ns = _repeat(runner.run, batch, config.warmup_iters, config.warmup_s, record=None)

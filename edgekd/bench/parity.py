@@ -1,12 +1,12 @@
 """Parity: does an exported artifact compute what the PyTorch student computes, on the same real images?
 
 Both sides are plain N×classes logit arrays, so this module knows nothing of file formats or backends. What
-"close enough" means depends on the artifact's precision:
+"close enough" means depends on the artifact's precision; the defaults are :data:`edgekd.formats.PARITY_DEFAULTS`
+(the recipe's parity section defaults to them too):
 
-* fp32 must match to rounding: the largest absolute logit difference is bounded (1e-3 by default), which
-  catches a wrong preprocessing, a missed layer or a silent bf16 downcast (2e-2 on ResNet-18 logits).
-* fp16 rounds every activation: a looser absolute bound (5e-2) and at least 99 % top-1 agreement.
-* int8 changes logits by design; it is judged by top-1 agreement (at least 95 %), not by absolute error.
+* fp32 must match to rounding: the largest absolute logit difference is bounded.
+* fp16 rounds every activation: a looser absolute bound and a least top-1 agreement.
+* int8 changes logits by design; it is judged by top-1 agreement, not by absolute error.
 
 Logit errors grow with the logits' magnitude, so a tolerance may also allow ``max_rel`` times the largest
 reference logit on top of ``max_abs`` (like ``numpy.allclose``'s atol + rtol). The defaults use absolute
@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.errors import CheckFailed, EdgekdError
-
-PRECISIONS = ("fp32", "fp16", "int8")
+from edgekd.formats import PARITY_DEFAULTS, PRECISIONS
 
 
 def _not_number(value: Any) -> bool:
@@ -68,9 +67,8 @@ class ParityTolerance:
 
 
 DEFAULT_TOLERANCES: dict[str, ParityTolerance] = {
-    "fp32": ParityTolerance(max_abs=1e-3),
-    "fp16": ParityTolerance(max_abs=5e-2, min_top1=0.99),
-    "int8": ParityTolerance(min_top1=0.95),
+    precision: ParityTolerance(max_abs=limits.max_abs, min_top1=limits.min_top1)
+    for precision, limits in PARITY_DEFAULTS.items()
 }
 
 

@@ -84,6 +84,16 @@ class Distiller(nn.Module):
         """Called before each optimizer step (0-based, counted over the stage's ``steps``), for objectives
         whose weights or schedules change within an epoch. Must depend only on its arguments."""
 
+    def artifact(self, name: str) -> dict:
+        """The payload of an artifact this objective's stage produces with `holds="objective"` (plan.py):
+        tensors, numbers, strings, lists and dicts only (it is read back weights_only)."""
+        raise NotImplementedError(f"{type(self).__name__} produces no artifact '{name}'")
+
+    def use_artifact(self, name: str, payload: dict) -> None:
+        """Take in an artifact (`holds="objective"`) a previous stage or another run produced, before the
+        stage trains."""
+        raise NotImplementedError(f"{type(self).__name__} consumes no artifact '{name}'")
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What the stage's optimizer updates: by default every parameter that requires a gradient (the
         student's and the method's own parts). A stage that trains less says so here."""

@@ -15,9 +15,14 @@ from torch import nn
 
 from edgekd.distill.base import Distiller
 from edgekd.distill.features import FeatureCapture, Tap
+from edgekd.distill.plan import Artifact
 from edgekd.models._common import evaluating
 
 EMBEDDING = Tap("classifier", "classifier", "input")
+# What an embedding stage hands on: the student's weights, its classifier untrained.
+EMBEDDING_WEIGHTS = Artifact(
+    "embedding", "embedding.pt", "student", "the student's weights after its embedding stage"
+)
 
 
 def embed(capture: FeatureCapture, images: torch.Tensor) -> torch.Tensor:

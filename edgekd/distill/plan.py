@@ -9,6 +9,11 @@ the previous stage selected.
 
 A one-stage plan (`single_stage`) is the common case: the method's Distiller trained for the recipe's epochs
 and selected by the recipe's `train.select`.
+
+Stages hand results on as named *artifacts* (a trained embedding, dictionaries, a searched schedule): a stage
+declares what it produces and consumes; each produced artifact is saved in the stage's folder and recorded
+in metrics.json, and a recipe can name another run's file instead (`distill.artifacts`), in which case the
+stage that produces it is skipped.
 """
 
 from __future__ import annotations
@@ -33,6 +38,23 @@ SELECTIONS: dict[str, str] = {
 
 
 @dataclass(frozen=True)
+class Artifact:
+    """A named result of a stage that later stages (or another recipe) consume.
+
+    `holds` says what it is and how it is handed on: "student", the student's weights after the stage
+    (loaded into the student before the consuming stage's fresh head, if any); "objective", whatever the
+    producing objective's `artifact(name)` returns (tensors, numbers, strings, lists, dicts), given to the
+    consuming objective's `use_artifact(name, payload)`. Either way it is saved with torch.save and read
+    back weights_only.
+    """
+
+    name: str
+    file: str
+    holds: Literal["student", "objective"]
+    summary: str
+
+
+@dataclass(frozen=True)
 class Stage:
     """One training run of a plan.
 
@@ -47,6 +69,8 @@ class Stage:
     select: Selection | None = None
     epochs: int | None = None
     fresh_head: bool = False
+    produces: tuple[Artifact, ...] = ()
+    consumes: tuple[Artifact, ...] = ()
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
         """The recipe's training section with this stage's epochs and selection rule."""
@@ -88,5 +112,16 @@ def split_epochs(field: str, embedding_epochs: int | None, epochs: int) -> int:
 
 
 def describe_plan(stages: list[Stage]) -> str:
-    """'hint (last) -> task (best_val)' for `edgekd list methods` and the report."""
-    return " -> ".join(f"{stage.name} ({stage.select or 'train.select'})" for stage in stages)
+    """'hint (last) -> task (best_val)' for `edgekd list methods` and the report; produced artifacts in
+    brackets: 'embedding (metric) [embedding.pt] -> classifier (train.select)'."""
+    return " -> ".join(_describe_stage(stage) for stage in stages)
+
+
+def _describe_stage(stage: Stage) -> str:
+    produced = "".join(f" [{artifact.file}]" for artifact in stage.produces)
+    return f"{stage.name} ({stage.select or 'train.select'}){produced}"
+
+
+def produced_artifacts(stages: list[Stage]) -> dict[str, Artifact]:
+    """Every artifact a plan produces, by name (what `distill.artifacts` may load instead)."""
+    return {artifact.name: artifact for stage in stages for artifact in stage.produces}

@@ -15,7 +15,6 @@ from edgekd.errors import EdgekdError
 # Imported for their side effect too: each backend module registers its exporter class.
 from edgekd.exporters import onnx_export, openvino_export, tensorrt_export  # noqa: F401
 from edgekd.exporters.base import (
-    PRECISIONS,
     Artifact,
     Exporter,
     ExportOptions,
@@ -24,6 +23,7 @@ from edgekd.exporters.base import (
     get_exporter,
 )
 from edgekd.exporters.tensorrt_export import onnx_for_tensorrt, trtexec_command
+from edgekd.formats import PRECISIONS
 
 __all__ = [
     "PRECISIONS",

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgekd.errors import EdgekdError
+from edgekd.formats import FORMATS
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_STEM = "student"
 _STEM_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -228,8 +228,15 @@ class Exporter(ABC):
     """Turns a PyTorch classifier into one deployment format at one of its precisions."""
 
     format: ClassVar[str]
+    # Set from edgekd.formats when a subclass is defined: what a format writes is declared there, once.
     precisions: ClassVar[tuple[str, ...]]
     suffix: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = FORMATS[cls.format]
+        cls.precisions = declared.precisions
+        cls.suffix = declared.suffix
 
     def export(
         self,

@@ -63,8 +63,6 @@ INT8_TARGETS: dict[str, dict[str, Any]] = {
 @register_exporter
 class OnnxExporter(Exporter):
     format = "onnx"
-    precisions = ("fp32", "int8")
-    suffix = ".onnx"
 
     def precision_hint(self, precision: str) -> str:
         if precision == "fp16":

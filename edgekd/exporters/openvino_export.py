@@ -40,8 +40,6 @@ RT_INFO_SECTION = "edgekd"  # our metadata lives under rt_info["edgekd"], beside
 @register_exporter
 class OpenVinoExporter(Exporter):
     format = "openvino"
-    precisions = ("fp32", "fp16", "int8")
-    suffix = ".xml"
 
     def _export(self, request: ExportRequest) -> Artifact:
         ov_model, details = self._convert(request)

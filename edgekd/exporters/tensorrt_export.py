@@ -22,7 +22,6 @@ import numpy as np
 from edgekd.errors import EdgekdError
 from edgekd.exporters.base import (
     DEFAULT_STEM,
-    PRECISIONS,
     Artifact,
     Exporter,
     ExportOptions,
@@ -49,8 +48,6 @@ _WORKSPACE_BYTES = 1 << 30
 @register_exporter
 class TensorRTExporter(Exporter):
     format = "tensorrt"
-    precisions = PRECISIONS
-    suffix = ".engine"
 
     def _export(self, request: ExportRequest) -> Artifact:
         path = self.artifact_path(request)
@@ -181,10 +178,7 @@ def trtexec_command(
     ``onnx_path`` is the FP32 ONNX for fp32 and fp16, and the Q/DQ ONNX (see :func:`onnx_for_tensorrt`)
     for int8: ``--int8`` lets TensorRT 10 run its Q/DQ layers in int8.
     """
-    if precision not in PRECISIONS:
-        raise EdgekdError(
-            f"precision: {precision!r} is not supported by the tensorrt exporter; allowed: {', '.join(PRECISIONS)}"
-        )
+    TensorRTExporter().check_precision(precision)
     options = options or ExportOptions()
     minimum, optimum, maximum = (
         f"{io.input_name}:{'x'.join(str(size) for size in shape)}" for shape in profile_shapes(io, options)

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from edgekd.fileio import write_atomic
+from edgekd.records import ModelRecord, RunMetrics, StageRecord
 
 
 def _save(fig, path: Path) -> Path:
@@ -28,29 +29,29 @@ def _readable_log_x(ax) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _accuracy_label(record: dict[str, Any]) -> str:
-    std = record.get("test_acc_std")
-    return f"{record['test_acc']:.2f} %" if std is None else f"{record['test_acc']:.2f} ± {std:.2f} %"
+def _accuracy_label(record: ModelRecord) -> str:
+    std = record.test_acc_std
+    return f"{record.test_acc:.2f} %" if std is None else f"{record.test_acc:.2f} ± {std:.2f} %"
 
 
-def accuracy_vs_params(metrics: dict[str, Any], path: Path) -> Path:
+def accuracy_vs_params(metrics: RunMetrics, path: Path) -> Path:
     """Test accuracy of every model against its parameter count, with the budget as a vertical line."""
     fig, ax = plt.subplots(figsize=(7.6, 4.2))
-    for record in metrics["models"]:
-        if record["role"] == "probe":
+    for record in metrics.models:
+        if record.role == "probe":
             continue  # the teacher's embedding with a classifier on top: no model of its own size
-        marker = "s" if record["role"] == "teacher" else "o"
+        marker = "s" if record.role == "teacher" else "o"
         # A legend, not labels beside the points: students of one budget share their x.
-        label = f"{record['name']} ({_accuracy_label(record)})"
-        ax.scatter(record["params"], record["test_acc"], marker=marker, s=50, zorder=3, label=label)
-    budget = metrics["budget"]["params"]
+        label = f"{record.name} ({_accuracy_label(record)})"
+        ax.scatter(record.params, record.test_acc, marker=marker, s=50, zorder=3, label=label)
+    budget = metrics.budget["params"]
     if budget:
         ax.axvline(budget, color="tab:red", linestyle="--", label=f"budget {budget:,} params")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     _readable_log_x(ax)
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{metrics['run']['name']}: accuracy against size")
+    ax.set_title(f"{metrics.run.name}: accuracy against size")
     ax.grid(True, alpha=0.3)
     return _save(fig, path)
 
@@ -72,12 +73,12 @@ def training_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> P
     return _save(fig, path)
 
 
-def accuracy_vs_latency(metrics: dict[str, Any], path: Path) -> Path | None:
+def accuracy_vs_latency(metrics: RunMetrics, path: Path) -> Path | None:
     """Test accuracy against batch-1 (or smallest batch) p50 latency, one marker per backend and precision."""
     points = []
-    for record in metrics.get("artifacts", []):
-        timings = (record.get("latency") or {}).get("batches") or []
-        if timings and record.get("test_acc") is not None:
+    for record in metrics.artifacts:
+        timings = (record.latency or {}).get("batches") or []
+        if timings and record.test_acc is not None:
             points.append((record, timings[0]))
     if not points:
         return None
@@ -87,17 +88,17 @@ def accuracy_vs_latency(metrics: dict[str, Any], path: Path) -> Path | None:
         # A legend, not labels beside the points: artifacts of one model often sit a few µs apart.
         ax.scatter(
             timing["p50_ms"],
-            record["test_acc"],
-            marker=markers.get(record["format"], "o"),
+            record.test_acc,
+            marker=markers.get(record.format, "o"),
             s=50,
             zorder=3,
-            label=f"{record['name']} ({timing['p50_ms']:.3g} ms)",
+            label=f"{record.name} ({timing['p50_ms']:.3g} ms)",
         )
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     _readable_log_x(ax)
     ax.set_xlabel(f"p50 latency at batch {points[0][1]['batch']} (ms, log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{metrics['run']['name']}: accuracy against latency per backend")
+    ax.set_title(f"{metrics.run.name}: accuracy against latency per backend")
     ax.grid(True, alpha=0.3)
     return _save(fig, path)
 
@@ -124,6 +125,64 @@ def loss_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> Path 
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def stage_curves(metrics: RunMetrics, histories: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
+    """Per stage of every multi-stage model (first seed): its loss terms per epoch, and the validation score
+    its selection rule reads, with the kept epoch marked. None when no model trains in stages."""
+    panels = [
+        (
+            record.name,
+            stage,
+            [row for row in _first_seed_history(record, histories) if row.get("stage") == stage.stage],
+        )
+        for record in metrics.models
+        if len(record.stages) > 1
+        for stage in record.stages
+        if stage.skipped is None
+    ]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 3.2 * len(panels)), squeeze=False)
+    for (model, stage, rows), (loss_ax, score_ax) in zip(panels, axes, strict=True):
+        _stage_losses(loss_ax, rows, f"{model} / {stage.stage}: training loss terms")
+        _stage_score(score_ax, rows, stage, f"{model} / {stage.stage}: selection ({stage.select})")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _first_seed_history(
+    record: ModelRecord, histories: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    if record.name in histories:
+        return histories[record.name]
+    return histories.get(f"{record.name} seed{record.per_seed[0].seed}", []) if record.per_seed else []
+
+
+def _stage_losses(ax, rows: list[dict[str, Any]], title: str) -> None:
+    epochs = [row["stage_epoch"] for row in rows]
+    terms = sorted({key for row in rows for key in row if key.startswith("train_") and key != "train_acc"})
+    for term in terms:
+        values = [row.get(term) for row in rows]
+        if any(v is not None and v > 0 for v in values):
+            ax.plot(epochs, values, label=term.removeprefix("train_"))
+    ax.set(xlabel="stage epoch", ylabel="loss", title=title, yscale="log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _stage_score(ax, rows: list[dict[str, Any]], stage: StageRecord, title: str) -> None:
+    epochs = [row["stage_epoch"] for row in rows]
+    metric = next(
+        (key for key in rows[0] if key.startswith("val_") and key not in ("val_acc", "val_loss")), None
+    )
+    key = metric if stage.select == "metric" and metric else "val_acc"
+    ax.plot(epochs, [row[key] for row in rows], marker=".", label=key)
+    if stage.best_epoch is not None:
+        ax.axvline(stage.best_epoch, color="tab:red", linestyle="--", label=f"kept: epoch {stage.best_epoch}")
+    ax.set(xlabel="stage epoch", ylabel="validation score", title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def embedding_tsne(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgekd.records import ArtifactRecord, BudgetCheck, ModelRecord, RunMetrics
 from edgekd.report.stats import difference_cell
 
 SUMMARY_COLUMNS = [
@@ -19,14 +20,14 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def summary_columns(metrics: dict[str, Any]) -> list[str]:
+def summary_columns(metrics: RunMetrics) -> list[str]:
     """The summary's columns, the paired-difference one naming its reference and confidence."""
-    paired = next((r["paired"] for r in metrics["models"] if r.get("paired")), None)
+    paired = next((r.paired for r in metrics.models if r.paired), None)
     if paired is None:
         return SUMMARY_COLUMNS
-    label = f"Δ vs {paired['reference']}"
-    if paired["interval"] is not None:
-        label += f" [{100 * paired['confidence']:.0f}% CI, {paired['interval_method']}]"
+    label = f"Δ vs {paired.reference}"
+    if paired.interval is not None:
+        label += f" [{100 * paired.confidence:.0f}% CI, {paired.interval_method}]"
     return [label if c == "paired Δ test acc" else c for c in SUMMARY_COLUMNS]
 
 
@@ -39,45 +40,45 @@ def human_count(n: int | None) -> str:
     return str(n)
 
 
-def budget_cell(record: dict[str, Any]) -> str:
-    if record["fits_budget"] is None:
+def budget_cell(record: ModelRecord) -> str:
+    if record.fits_budget is None:
         return "-"
-    if record["role"] == "teacher":
+    if record.role == "teacher":
         return "teacher"
-    return "fits" if record["fits_budget"] else "OVER"
+    return "fits" if record.fits_budget else "OVER"
 
 
-def model_label(record: dict[str, Any]) -> str:
-    label = record["name"]
-    return f"{label} (main)" if record.get("is_main") else label
+def model_label(record: ModelRecord) -> str:
+    return f"{record.name} (main)" if record.is_main else record.name
 
 
-def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
-    records = metrics["models"]
+def summary_rows(metrics: RunMetrics) -> list[list[str]]:
+    records = metrics.models
     rows = []
     for r in records:
         test = accuracy_cell(r, "test_acc")
-        if r["role"] == "teacher" and r.get("student_task_test_acc") is not None and _is_subset(metrics):
-            test += f" ({r['student_task_test_acc']:.2f} on the student's classes)"
-        delta = "reference" if _is_reference(r, records) else difference_cell(r.get("paired"))
+        if r.role == "teacher" and r.student_task_test_acc is not None and _is_subset(metrics):
+            test += f" ({r.student_task_test_acc:.2f} on the student's classes)"
+        paired = r.paired.model_dump() if r.paired else None
+        delta = "reference" if _is_reference(r, records) else difference_cell(paired)
         rows.append(
             [
                 model_label(r),
-                describe_arch(r["arch"], r.get("model_args") or {}),
-                human_count(r["params"]),
-                human_count(r["flops"]),
+                describe_arch(r.arch, r.model_args),
+                human_count(r.params),
+                human_count(r.flops),
                 budget_cell(r),
                 accuracy_cell(r, "val_acc"),
                 test,
                 delta,
-                str(r.get("best_epoch") or "-"),
+                str(r.best_epoch or "-"),
             ]
         )
     return rows
 
 
-def _is_reference(record: dict[str, Any], records: list[dict[str, Any]]) -> bool:
-    return any((r.get("paired") or {}).get("reference") == record["name"] for r in records)
+def _is_reference(record: ModelRecord, records: list[ModelRecord]) -> bool:
+    return any(r.paired is not None and r.paired.reference == record.name for r in records)
 
 
 # ------------------------------------------------------------------------------------------ data used
@@ -91,45 +92,36 @@ DATA_COLUMNS = [
 ]
 
 
-def data_rows(metrics: dict[str, Any]) -> list[list[str]]:
+def data_rows(metrics: RunMetrics) -> list[list[str]]:
     """What each model learnt from: labelled images for training and for selection, unlabelled images, and
     whether the teacher it learns from had seen the student's images (then it is not a new-data result)."""
-    student_data = metrics["data"]["student"]
-    teacher_saw = student_data.get("teacher_trained_on_student_images")
+    teacher_saw = metrics.student_data.get("teacher_trained_on_student_images")
     rows = []
-    for r in metrics["models"]:
-        labelled = r.get("labelled_images") or {}
-        if r["role"] == "teacher":
-            rows.append(
-                [
-                    r["name"],
-                    str(labelled.get("train", "-")),
-                    str(labelled.get("selection", "-")),
-                    "0",
-                    "-",
-                    "-",
-                ]
-            )
+    for r in metrics.models:
+        labelled = r.labelled_images
+        train = "-" if labelled is None else str(labelled.train)
+        selection = "-" if labelled is None else str(labelled.selection)
+        if r.role == "teacher":
+            rows.append([r.name, train, selection, "0", "-", "-"])
             continue
-        uses_teacher = r.get("uses_teacher")
-        saw = "-" if not uses_teacher or teacher_saw is None else ("yes" if teacher_saw else "no")
+        saw = "-" if not r.uses_teacher or teacher_saw is None else ("yes" if teacher_saw else "no")
         rows.append(
             [
                 model_label(r),
-                str(labelled.get("train", "-")),
-                str(labelled.get("selection", "-")),
-                str(r.get("unlabeled_images", 0)),
-                "yes" if uses_teacher else "no",
+                train,
+                selection,
+                str(r.unlabeled_images),
+                "yes" if r.uses_teacher else "no",
                 saw,
             ]
         )
     return rows
 
 
-def accuracy_cell(record: dict[str, Any], key: str) -> str:
+def accuracy_cell(record: ModelRecord, key: str) -> str:
     """``97.31`` for one seed, ``97.31 ± 0.40`` (mean ± sample std) over several."""
-    std = record.get(f"{key}_std")
-    return f"{record[key]:.2f}" if std is None else f"{record[key]:.2f} ± {std:.2f}"
+    value, std = getattr(record, key), getattr(record, f"{key}_std")
+    return f"{value:.2f}" if std is None else f"{value:.2f} ± {std:.2f}"
 
 
 def describe_arch(arch: str, model_args: dict[str, Any]) -> str:
@@ -139,8 +131,8 @@ def describe_arch(arch: str, model_args: dict[str, Any]) -> str:
     return f"{arch} (" + ", ".join(f"{key}={value}" for key, value in model_args.items()) + ")"
 
 
-def _is_subset(metrics: dict[str, Any]) -> bool:
-    student = metrics["data"]["student"]
+def _is_subset(metrics: RunMetrics) -> bool:
+    student = metrics.student_data
     return bool(student.get("class_subset") or student.get("few_shot_per_class"))
 
 
@@ -175,9 +167,9 @@ def human_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
-def parity_cell(record: dict[str, Any]) -> str:
-    parity = record.get("parity")
-    if record["format"] == "pytorch":
+def parity_cell(record: ArtifactRecord) -> str:
+    parity = record.parity
+    if record.format == "pytorch":
         return "reference"
     if parity is None:
         return "unverified"
@@ -186,14 +178,14 @@ def parity_cell(record: dict[str, Any]) -> str:
     return f"ok (max {parity['max_abs']:.1e}, top-1 {100 * parity['top1_agreement']:.1f}%)"
 
 
-def latency_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+def latency_rows(record: ArtifactRecord) -> list[dict[str, Any]]:
     """One row per timed batch size; empty when the artifact was not timed."""
-    latency = record.get("latency") or {}
+    latency = record.latency or {}
     return list(latency.get("batches", []))
 
 
-def cold_start_ms(record: dict[str, Any]) -> float | None:
-    cold = (record.get("latency") or {}).get("cold_start")
+def cold_start_ms(record: ArtifactRecord) -> float | None:
+    cold = (record.latency or {}).get("cold_start")
     if not cold:
         return None
     return cold["load_ms"] + cold["first_inference_ms"]
@@ -203,25 +195,22 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}" if value < 1 else f"{value:.2f}"
 
 
-def artifact_rows(metrics: dict[str, Any]) -> list[list[str]]:
+def artifact_rows(artifacts: list[ArtifactRecord], budget: BudgetCheck | None = None) -> list[list[str]]:
     """One row per artifact and timed batch size (the PyTorch student first, as the reference)."""
-    budget = metrics["budget"]["params"]
-    check = metrics.get("budget_check") or {}
-    params = check.get("params")
-    fit = (
-        "-"
-        if not budget
-        else f"{human_count(params)} / {human_count(budget)}" + ("" if check.get("fits") else " OVER")
-    )
+    fit = "-"
+    if budget is not None:
+        fit = f"{human_count(budget.params)} / {human_count(budget.budget)}" + (
+            "" if budget.fits else " OVER"
+        )
     rows = []
-    for record in metrics.get("artifacts", []):
-        name = record["name"]
-        if not record["status"].startswith(("ok", "parity")):
-            rows.append([name, "-", fit, "-", "-", record["status"].split(":")[0], "-", "-", "-", "-", "-"])
+    for record in artifacts:
+        name = record.name
+        if not record.built:
+            rows.append([name, "-", fit, "-", "-", record.status.split(":")[0], "-", "-", "-", "-", "-"])
             continue
-        accuracy = "-" if record["test_acc"] is None else f"{record['test_acc']:.2f}"
+        accuracy = "-" if record.test_acc is None else f"{record.test_acc:.2f}"
         # Shown as artifact minus PyTorch (negative: the artifact lost accuracy); `or 0.0` avoids "-0.00".
-        drop = "-" if record["format"] == "pytorch" else f"{(-record['test_acc_drop']) or 0.0:+.2f}"
+        drop = "-" if record.format == "pytorch" else f"{(-(record.test_acc_drop or 0.0)) or 0.0:+.2f}"
         timings = latency_rows(record) or [None]
         for index, timing in enumerate(timings):
             label = name if timing is None else f"{name} @b{timing['batch']}"
@@ -229,7 +218,7 @@ def artifact_rows(metrics: dict[str, Any]) -> list[list[str]]:
             rows.append(
                 [
                     label,
-                    human_bytes(record["size_bytes"]) if first else "",
+                    human_bytes(record.size_bytes) if first else "",
                     fit if first else "",
                     accuracy if first else "",
                     drop if first else "",
@@ -286,22 +275,22 @@ BENCH_CSV_COLUMNS = [
 ]
 
 
-def bench_csv_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+def bench_csv_rows(artifacts: list[ArtifactRecord]) -> list[dict[str, Any]]:
     rows = []
-    for record in metrics.get("artifacts", []):
-        parity = record.get("parity") or {}
-        latency = record.get("latency") or {}
+    for record in artifacts:
+        parity = record.parity or {}
+        latency = record.latency or {}
         cold = latency.get("cold_start") or {}
         base = {
-            "artifact": record["name"],
-            "format": record["format"],
-            "precision": record["precision"],
-            "status": record["status"],
-            "path": record["path"],
-            "size_bytes": record["size_bytes"],
-            "val_acc": record["val_acc"],
-            "test_acc": record["test_acc"],
-            "test_acc_drop": record["test_acc_drop"],
+            "artifact": record.name,
+            "format": record.format,
+            "precision": record.precision,
+            "status": record.status,
+            "path": record.path,
+            "size_bytes": record.size_bytes,
+            "val_acc": record.val_acc,
+            "test_acc": record.test_acc,
+            "test_acc_drop": record.test_acc_drop,
             "parity_max_abs": parity.get("max_abs"),
             "parity_mean_abs": parity.get("mean_abs"),
             "parity_top1_agreement": parity.get("top1_agreement"),

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.fileio import write_text
+from edgekd.layout import RunLayout
 from edgekd.recipe import Recipe
+from edgekd.records import RunMetrics, StageRecord
 from edgekd.report import plots
 from edgekd.report.tables import (
     ARTIFACT_COLUMNS,
@@ -23,13 +25,12 @@ from edgekd.report.tables import (
     summary_rows,
 )
 
-HISTORY_CSV = "history.csv"
 ACCURACY_PLOT = "accuracy_vs_params.png"
 CURVES_PLOT = "training_curves.png"
 LATENCY_PLOT = "accuracy_vs_latency.png"
-BENCH_CSV = "bench.csv"
 LOSS_PLOT = "loss_curves.png"
 EMBEDDING_PLOT = "embedding_tsne.png"
+STAGES_PLOT = "stages.png"
 
 
 def history_csv(histories: dict[str, list[dict[str, Any]]]) -> str:
@@ -49,27 +50,27 @@ def history_csv(histories: dict[str, list[dict[str, Any]]]) -> str:
     return out.getvalue()
 
 
-def bench_csv(metrics: dict[str, Any]) -> str:
+def bench_csv(metrics: RunMetrics) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=BENCH_CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(bench_csv_rows(metrics))
+    writer.writerows(bench_csv_rows(metrics.artifacts))
     return out.getvalue()
 
 
-def report_markdown(recipe: Recipe, metrics: dict[str, Any], plot_files: list[str]) -> str:
-    choice, data = metrics["student_choice"], metrics["data"]["student"]
-    budget = metrics["budget"]["params"]
+def report_markdown(recipe: Recipe, metrics: RunMetrics, plot_files: list[str]) -> str:
+    choice, data = metrics.student_choice, metrics.student_data
+    budget = metrics.budget["params"]
     lines = [
         f"# edgekd run `{recipe.name}`",
         "",
         f"- data: {data['dataset']}, {data['num_classes']} classes, train/val/test = "
         f"{data['sizes']['train']}/{data['sizes']['val']}/{data['sizes']['test']} images",
-        f"- student: `{choice['arch']}` {choice['model_args'] or ''} — {human_count(choice['params'])} params, "
-        f"{human_count(choice['flops'])} FLOPs per image ({choice['how']})",
+        f"- student: `{choice.arch}` {choice.model_args or ''} — {human_count(choice.params)} params, "
+        f"{human_count(choice.flops)} FLOPs per image ({choice.how})",
         f"- budget: {f'{budget:,} params' if budget else 'none'}; method `{recipe.distill.method}`, "
         f"baselines: {', '.join(recipe.distill.baselines) or 'none'}",
-        f"- seed {recipe.seed}, device {metrics['run']['device']}, wall time {metrics['run']['wall_time_s']:.1f} s",
+        f"- seed {recipe.seed}, device {metrics.run.device}, wall time {metrics.run.wall_time_s:.1f} s",
         "",
         "## Models",
         "",
@@ -84,11 +85,11 @@ def report_markdown(recipe: Recipe, metrics: dict[str, Any], plot_files: list[st
     lines += protocol_lines(recipe, metrics)
     lines += ["### What each model used", "", markdown_table(DATA_COLUMNS, data_rows(metrics)), ""]
     lines += unlabeled_lines(metrics)
-    extra = [r for r in metrics["models"] if r.get("extra_training_params")]
+    extra = [r for r in metrics.models if r.extra_training_params]
     if extra:
         lines += [
             "Training-only parameters (connectors; not exported): "
-            + ", ".join(f"{r['name']} {r['extra_training_params']:,}" for r in extra),
+            + ", ".join(f"{r.name} {r.extra_training_params:,}" for r in extra),
             "",
         ]
     lines += stage_lines(metrics)
@@ -112,69 +113,83 @@ STAGE_COLUMNS = [
     "selected epoch",
     "selection score",
     "parameters trained",
+    "labelled (train / selection)",
+    "unlabelled",
+    "artifacts",
 ]
 
 
-def stage_lines(metrics: dict[str, Any]) -> list[str]:
-    """Each multi-stage model's stages (first seed): what each trained and which epoch it kept, and why."""
+def stage_lines(metrics: RunMetrics) -> list[str]:
+    """Each multi-stage model's stages (first seed): what each trained, on which images, which epoch it
+    kept and why, and the artifacts it handed on."""
     rows = []
-    for record in metrics["models"]:
-        stages = record.get("stages") or []
-        if len(stages) < 2:
+    for record in metrics.models:
+        if len(record.stages) < 2:
             continue
-        for stage in stages:
-            score = stage["best_score"]
-            rows.append(
-                [
-                    record["name"],
-                    stage["stage"],
-                    str(stage["epochs"]),
-                    stage["select"],
-                    str(stage["best_epoch"]),
-                    "-" if score is None else f"{score:.2f}",
-                    f"{stage['trained_params']:,}",
-                ]
-            )
+        for stage in record.stages:
+            rows.append(stage_row(record.name, stage))
     if not rows:
         return []
     return [
         "### Stages",
         "",
         "Methods that train in stages, first seed: each stage's own optimizer and schedule ran over the "
-        "parameters it trains, and kept the epoch its rule chose (`metric`: the stage's own validation score, "
-        "e.g. the embedding's 1-NN accuracy).",
+        "parameters it trains, on the images shown, and kept the epoch its rule chose (`metric`: the stage's "
+        "own validation score, e.g. the embedding's 1-NN accuracy). Artifacts: what a stage handed on "
+        "(→, saved in its folder) or took in (←); `loaded` ones come from another run.",
         "",
         markdown_table(STAGE_COLUMNS, rows),
         "",
     ]
 
 
-def paired_lines(metrics: dict[str, Any]) -> list[str]:
+def stage_row(model: str, stage: StageRecord) -> list[str]:
+    if stage.skipped:
+        return [model, stage.stage, "0", "-", "-", "-", "0", "-", "-", stage.skipped]
+    score = stage.best_score
+    data = stage.data
+    handed = [f"→ {a.name}" for a in stage.produces]
+    handed += [f"← {a.name}" + (" (loaded)" if a.origin == "loaded" else "") for a in stage.consumes]
+    return [
+        model,
+        stage.stage,
+        str(stage.epochs),
+        stage.select,
+        str(stage.best_epoch),
+        "-" if score is None else f"{score:.2f}",
+        f"{stage.trained_params:,}",
+        "-" if data is None else f"{data.labelled_train} / {data.labelled_selection}",
+        "-" if data is None else str(data.unlabeled),
+        ", ".join(handed) or "-",
+    ]
+
+
+def paired_lines(metrics: RunMetrics) -> list[str]:
     """The paired comparisons spelled out: per-seed differences, mean, interval and what it shows."""
-    compared = [r for r in metrics["models"] if r.get("paired")]
+    compared = [r for r in metrics.models if r.paired]
     if not compared:
         return []
-    first = compared[0]["paired"]
+    first = compared[0].paired
     lines = [
-        f"### Paired comparison with `{first['reference']}`",
+        f"### Paired comparison with `{first.reference}`",
         "",
-        f"Per seed, each student's test accuracy minus `{first['reference']}`'s on the same seed (same "
+        f"Per seed, each student's test accuracy minus `{first.reference}`'s on the same seed (same "
         "images, same test set); the interval is on the mean difference "
         + (
-            f"({100 * first['confidence']:.0f} %, {_interval_name(first['interval_method'])}). "
+            f"({100 * first.confidence:.0f} %, {_interval_name(first.interval_method)}). "
             '"better"/"worse": the interval excludes zero.'
-            if first["interval"] is not None
+            if first.interval is not None
             else "(one seed: no interval; train with --seeds for one)."
         ),
         "",
     ]
     for record in compared:
-        paired = record["paired"]
-        per_seed = ", ".join(f"{d:+.2f}" for d in paired["differences"])
-        interval = "" if paired["interval"] is None else " [{:+.2f}, {:+.2f}]".format(*paired["interval"])
+        paired = record.paired
+        per_seed = ", ".join(f"{d:+.2f}" for d in paired.differences)
+        interval = "" if paired.interval is None else " [{:+.2f}, {:+.2f}]".format(*paired.interval)
         lines.append(
-            f"- `{record['name']}`: {paired['mean']:+.2f}{interval} — {paired['verdict']} "
-            f"(seeds {', '.join(map(str, paired['seeds']))}: {per_seed})"
+            f"- `{record.name}`: {paired.mean:+.2f}{interval} — {paired.verdict} "
+            f"(seeds {', '.join(map(str, paired.seeds))}: {per_seed})"
         )
     return [*lines, ""]
 
@@ -183,9 +198,9 @@ def _interval_name(method: str) -> str:
     return "Student's t over seeds" if method == "t" else "percentile bootstrap over seeds"
 
 
-def protocol_lines(recipe: Recipe, metrics: dict[str, Any]) -> list[str]:
+def protocol_lines(recipe: Recipe, metrics: RunMetrics) -> list[str]:
     """Where the student's images came from, and what the teacher had seen of them."""
-    data = metrics["data"]["student"]
+    data = metrics.student_data
     if data.get("student_pool") == "customer":
         pool = (
             f"a customer hold-out ({100 * data['customer_fraction']:.0f} % of each class of the training "
@@ -221,7 +236,7 @@ def protocol_lines(recipe: Recipe, metrics: dict[str, Any]) -> list[str]:
             f"{unlabeled['teacher_acc']:.2f} % (near 100 % means it trained on them: its outputs there are "
             "close to the true labels);"
         )
-    env = metrics.get("environment") or {}
+    env = metrics.environment
     lines.append(
         f"- trained on {env.get('cpu', '?')} ({env.get('cpu_vendor') or '?'}; "
         f"{', '.join(env.get('cpu_isa') or []) or '?'}), {env.get('torch_threads', '?')} PyTorch threads: "
@@ -230,15 +245,13 @@ def protocol_lines(recipe: Recipe, metrics: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def unlabeled_lines(metrics: dict[str, Any]) -> list[str]:
+def unlabeled_lines(metrics: RunMetrics) -> list[str]:
     """Which students also trained on unlabelled images: their accuracies are not label-for-label fair."""
-    unlabeled = metrics["data"]["student"].get("unlabeled") or {}
+    unlabeled = metrics.student_data.get("unlabeled") or {}
     if not unlabeled.get("images"):
         return []
-    users = [r["name"] for r in metrics["models"] if r.get("unlabeled_images")]
-    others = [
-        r["name"] for r in metrics["models"] if r["role"] == "student" and not r.get("unlabeled_images")
-    ]
+    users = [r.name for r in metrics.models if r.unlabeled_images]
+    others = [r.name for r in metrics.models if r.role == "student" and not r.unlabeled_images]
     return [
         f"Unlabelled images ({unlabeled['images']:,}, `data.unlabeled: {unlabeled['source']}`) fed the "
         f"distillation terms of: {', '.join(users) or 'none'}; not used by: {', '.join(others) or 'none'} "
@@ -247,15 +260,15 @@ def unlabeled_lines(metrics: dict[str, Any]) -> list[str]:
     ]
 
 
-def artifact_section(metrics: dict[str, Any]) -> list[str]:
-    artifacts = metrics.get("artifacts") or []
+def artifact_section(metrics: RunMetrics) -> list[str]:
+    artifacts = metrics.artifacts
     if not artifacts:
         return []
-    env = metrics.get("environment") or {}
+    env = metrics.environment
     lines = [
         "## Deployment artifacts",
         "",
-        markdown_table(ARTIFACT_COLUMNS, artifact_rows(metrics)),
+        markdown_table(ARTIFACT_COLUMNS, artifact_rows(artifacts, metrics.budget_check)),
         "",
         "Parity: every artifact and the PyTorch student ran on the same validation images (max absolute logit "
         "difference, top-1 agreement). Accuracy: top-1 on the test split through the artifact's own runtime; "
@@ -269,33 +282,48 @@ def artifact_section(metrics: dict[str, Any]) -> list[str]:
             "",
         ]
     for record in artifacts:
-        command = record.get("details", {}).get("trtexec")
+        command = record.details.get("trtexec")
         if command:
-            lines += [f"`{record['name']}`: {record['status']}:", "", "```", command, "```", ""]
+            lines += [f"`{record.name}`: {record.status}:", "", "```", command, "```", ""]
     return lines
 
 
 def write_report(
-    run_dir: Path,
+    layout: RunLayout,
     recipe: Recipe,
-    metrics: dict[str, Any],
+    metrics: RunMetrics,
     histories: dict[str, list[dict]],
     embeddings: dict[str, tuple[Any, Any]] | None = None,
 ) -> Path:
-    run_dir = Path(run_dir)
-    write_text(run_dir / HISTORY_CSV, history_csv(histories))
-    write_text(run_dir / BENCH_CSV, bench_csv(metrics))
-    plot_files = []
-    if recipe.report.plots:
-        plots.accuracy_vs_params(metrics, run_dir / ACCURACY_PLOT)
-        plots.training_curves(histories, run_dir / CURVES_PLOT)
-        plot_files = [ACCURACY_PLOT, CURVES_PLOT]
-        if plots.accuracy_vs_latency(metrics, run_dir / LATENCY_PLOT) is not None:
-            plot_files.append(LATENCY_PLOT)
-        if recipe.report.loss_curves and plots.loss_curves(histories, run_dir / LOSS_PLOT) is not None:
-            plot_files.append(LOSS_PLOT)
-        if embeddings:
-            class_names = metrics["data"]["student"]["class_names"]
-            plots.embedding_tsne(embeddings, class_names, recipe.seed, run_dir / EMBEDDING_PLOT)
-            plot_files.append(EMBEDDING_PLOT)
-    return write_text(run_dir / "report.md", report_markdown(recipe, metrics, plot_files))
+    write_text(layout.history_csv, history_csv(histories))
+    write_text(layout.bench_csv, bench_csv(metrics))
+    return write_text(
+        layout.report_md,
+        report_markdown(recipe, metrics, write_plots(layout, recipe, metrics, histories, embeddings)),
+    )
+
+
+def write_plots(
+    layout: RunLayout,
+    recipe: Recipe,
+    metrics: RunMetrics,
+    histories: dict[str, list[dict]],
+    embeddings: dict[str, tuple[Any, Any]] | None,
+) -> list[str]:
+    """Draw the report's plots; their file names, in the order the report shows them."""
+    if not recipe.report.plots:
+        return []
+    plots.accuracy_vs_params(metrics, layout.plot(ACCURACY_PLOT))
+    plots.training_curves(histories, layout.plot(CURVES_PLOT))
+    plot_files = [ACCURACY_PLOT, CURVES_PLOT]
+    if plots.accuracy_vs_latency(metrics, layout.plot(LATENCY_PLOT)) is not None:
+        plot_files.append(LATENCY_PLOT)
+    if recipe.report.loss_curves and plots.loss_curves(histories, layout.plot(LOSS_PLOT)) is not None:
+        plot_files.append(LOSS_PLOT)
+    if plots.stage_curves(metrics, histories, layout.plot(STAGES_PLOT)) is not None:
+        plot_files.append(STAGES_PLOT)
+    if embeddings:
+        class_names = metrics.student_data["class_names"]
+        plots.embedding_tsne(embeddings, class_names, recipe.seed, layout.plot(EMBEDDING_PLOT))
+        plot_files.append(EMBEDDING_PLOT)
+    return plot_files

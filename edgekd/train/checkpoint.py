@@ -62,6 +62,11 @@ def extract_state_dict(obj: Any, path: Path, what: str) -> dict[str, torch.Tenso
 
 def load_weights(model: nn.Module, path: Path, what: str, arch: str) -> None:
     """Load a state_dict into `model`; a different architecture is an error naming the first mismatches."""
+    model.load_state_dict(fitting_state(model, path, what, arch))
+
+
+def fitting_state(model: nn.Module, path: Path, what: str, arch: str) -> dict[str, torch.Tensor]:
+    """The state_dict in `path`, checked to fit `model` (which may live on the meta device) key by key."""
     state = extract_state_dict(load_checkpoint(path, what), path, what)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -73,7 +78,7 @@ def load_weights(model: nn.Module, path: Path, what: str, arch: str) -> None:
             + _describe(missing, unexpected, mismatched, state, expected)
             + ")"
         )
-    model.load_state_dict(state)
+    return state
 
 
 def _describe(missing, unexpected, mismatched, state, expected) -> str:

@@ -1,14 +1,18 @@
 """Running a method's plan: its stages in order, each a Trainer of its own, the student handed along.
 
-Each stage trains in its own folder (`<out_dir>/<stage>/`). Under --resume a finished stage is not trained
-again (its selected state is loaded) and the stage in progress continues after its last completed epoch, so
-an interrupted plan ends bit for bit where an uninterrupted one does: every stage after the first starts
-from a seed of its own, never from whatever random state the previous stage left behind.
+Each stage trains in its own folder (`<method folder>/<stage>/`). Under --resume a finished stage is not
+trained again (its selected state is loaded) and the stage in progress continues after its last completed
+epoch, so an interrupted plan ends bit for bit where an uninterrupted one does: every stage after the first
+starts from a seed of its own, never from whatever random state the previous stage left behind.
+
+A stage's artifacts are saved in `<stage>/artifacts/` and handed to the stages that consume them. A stage
+whose every artifact the recipe loads from another run (`distill.artifacts`) is skipped.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +20,14 @@ import torch
 from torch import nn
 
 from edgekd.data import DataBundle
-from edgekd.distill.base import DistillContext
-from edgekd.distill.plan import Stage
-from edgekd.recipe import TrainConfig
+from edgekd.distill.base import DistillContext, Distiller
+from edgekd.distill.plan import Artifact, Stage
+from edgekd.layout import MethodFolder, StageFolder
+from edgekd.recipe import TrainConfig, stage_train_config
+from edgekd.records import DataUse, StageArtifact, StageRecord
 from edgekd.schema_base import Section
+from edgekd.train.checkpoint import load_checkpoint, save_checkpoint
+from edgekd.train.dist import is_main_process
 from edgekd.train.trainer import FitResult, Trainer, epoch_seed
 
 # Seeds the construction of a later stage's objective (a fresh head, connectors): far from the epoch seeds.
@@ -28,24 +36,12 @@ _CONSTRUCTION_EPOCH = 999_983
 
 @dataclass(frozen=True)
 class StageResult:
-    name: str
-    fit: FitResult
-    trained_params: int  # parameters the stage's optimizer updated
-    extra_params: int  # parameters of the stage's objective outside the student (training-only: not exported)
+    record: StageRecord
+    fit: FitResult | None  # None: the stage was skipped (its artifacts were loaded)
 
-    def record(self) -> dict[str, Any]:
-        fit = self.fit
-        return {
-            "stage": self.name,
-            "epochs": fit.epochs,
-            "select": fit.select,
-            "best_epoch": fit.best_epoch,
-            "best_val_acc": round(fit.best_val_acc, 4),
-            "best_score": None if fit.best_score is None else round(fit.best_score, 6),
-            "trained_params": self.trained_params,
-            "extra_params": self.extra_params,
-            "train_time_s": round(fit.train_time_s, 2),
-        }
+    @property
+    def name(self) -> str:
+        return self.record.stage
 
 
 @dataclass(frozen=True)
@@ -55,21 +51,29 @@ class PlanResult:
 
     @property
     def final(self) -> FitResult:
-        return self.stages[-1].fit
+        fit = self.stages[-1].fit
+        assert fit is not None, "the last stage of a plan always trains"
+        return fit
+
+    @property
+    def records(self) -> list[StageRecord]:
+        return [stage.record for stage in self.stages]
 
     @property
     def train_time_s(self) -> float:
-        return sum(stage.fit.train_time_s for stage in self.stages)
+        return sum(stage.record.train_time_s for stage in self.stages)
 
     @property
     def extra_params(self) -> int:
         """Training-only parameters: the most any one stage added beside the student."""
-        return max(stage.extra_params for stage in self.stages)
+        return max(stage.record.extra_params for stage in self.stages)
 
     def history(self) -> list[dict[str, Any]]:
         """Every stage's epochs in order; `epoch` counts on across stages, `stage`/`stage_epoch` say where."""
         rows, done = [], 0
         for stage in self.stages:
+            if stage.fit is None:
+                continue
             for row in stage.fit.history:
                 rows.append(
                     {**row, "epoch": done + row["epoch"], "stage": stage.name, "stage_epoch": row["epoch"]}
@@ -78,43 +82,157 @@ class PlanResult:
         return rows
 
 
+@dataclass
+class StageInputs:
+    """What a plan's stages read besides the networks: the data, the recipe's training section and its
+    per-stage changes (`distill.stages.<method>`), and the artifacts loaded from other runs."""
+
+    data: DataBundle
+    train: TrainConfig
+    stage_changes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loaded: dict[str, Path] = field(default_factory=dict)  # artifact name -> file (another run's)
+
+
 def run_plan(
     stages: list[Stage],
     student: nn.Module,
     teacher: nn.Module | None,
     options: Section,
     context: DistillContext,
-    data: DataBundle,
-    train: TrainConfig,
+    inputs: StageInputs,
     *,
     seed: int,
-    out_dir: Path,
+    folder: MethodFolder,
     device: torch.device,
     label: str,
     resume: bool,
     progress=None,
 ) -> PlanResult:
     """Train `student` through `stages`; each stage starts from the state the previous one selected."""
+    available: dict[str, StageArtifact] = {
+        name: StageArtifact(name=name, path=str(path), sha256=file_sha256(path), origin="loaded")
+        for name, path in inputs.loaded.items()
+    }
     results = []
     for index, stage in enumerate(stages):
+        if skipped(stage, index, len(stages), inputs.loaded):
+            results.append(skipped_stage(stage, inputs))
+            continue
         if index > 0:
             torch.manual_seed(epoch_seed(seed, _CONSTRUCTION_EPOCH, index))
+        consumed = [available[artifact.name] for artifact in stage.consumes]
+        hand_on_student(stage, student, consumed)
         if stage.fresh_head:
             student.classifier.reset_parameters()
         objective = stage.objective(student, teacher, options, context)
+        hand_on_objective(stage, objective, consumed)
+        train = stage_train_config(stage.train_config(inputs.train), inputs.stage_changes.get(stage.name))
+        selection = stage.selection(inputs.train)
         trainer = Trainer(
             objective,
-            data,
-            stage.train_config(train),
+            inputs.data,
+            train,
             seed=seed,
-            out_dir=Path(out_dir) / stage.name,
+            out_dir=folder.stage(stage.name).path,
             device=device,
             label=label if len(stages) == 1 else f"{label} {stage.name}",
             progress=progress,
-            select=stage.selection(train),
+            select=selection,
             stage_index=index,
         )
         fit = trainer.fit(resume=resume)
-        trained = sum(p.numel() for p in objective.trainable_parameters())
-        results.append(StageResult(stage.name, fit, trained, objective.extra_parameter_count()))
+        produced = save_artifacts(stage, objective, folder.stage(stage.name))
+        available.update({artifact.name: artifact for artifact in produced})
+        record = StageRecord(
+            stage=stage.name,
+            epochs=fit.epochs,
+            select=fit.select,
+            best_epoch=fit.best_epoch,
+            best_val_acc=round(fit.best_val_acc, 4),
+            best_score=None if fit.best_score is None else round(fit.best_score, 6),
+            trained_params=sum(p.numel() for p in objective.trainable_parameters()),
+            extra_params=objective.extra_parameter_count(),
+            train_time_s=round(fit.train_time_s, 2),
+            data=data_use(inputs.data, objective, selection),
+            produces=produced,
+            consumes=consumed,
+        )
+        results.append(StageResult(record, fit))
     return PlanResult(student, results)
+
+
+def skipped(stage: Stage, index: int, count: int, loaded: dict[str, Path]) -> bool:
+    """A stage is skipped when every artifact it produces is loaded from another run (never the last
+    stage: it makes the student)."""
+    return index < count - 1 and bool(stage.produces) and all(a.name in loaded for a in stage.produces)
+
+
+def skipped_stage(stage: Stage, inputs: StageInputs) -> StageResult:
+    sources = ", ".join(f"{a.name} from '{inputs.loaded[a.name]}'" for a in stage.produces)
+    record = StageRecord(
+        stage=stage.name,
+        epochs=0,
+        select=stage.selection(inputs.train),
+        best_epoch=None,
+        best_val_acc=None,
+        best_score=None,
+        trained_params=0,
+        extra_params=0,
+        train_time_s=0.0,
+        data=DataUse(labelled_train=0, labelled_selection=0, unlabeled=0),
+        skipped=f"not trained: its artifacts were loaded ({sources})",
+    )
+    return StageResult(record, None)
+
+
+def data_use(data: DataBundle, objective: Distiller, selection: str) -> DataUse:
+    """The images a stage read: its labelled training images, the validation images its selection rule
+    scored (none with `last`), and the unlabelled images when its objective has a label-free term."""
+    unlabeled = 0
+    if data.unlabeled is not None and objective.learns_from_unlabeled:
+        unlabeled = len(data.unlabeled)
+    return DataUse(
+        labelled_train=len(data.train),
+        labelled_selection=0 if selection == "last" else len(data.val),
+        unlabeled=unlabeled,
+    )
+
+
+def hand_on_student(stage: Stage, student: nn.Module, consumed: list[StageArtifact]) -> None:
+    """Load the student's weights from the artifacts of kind "student" the stage consumes (before its fresh
+    head: the head is new either way)."""
+    for artifact, record in zip(stage.consumes, consumed, strict=True):
+        if artifact.holds == "student":
+            student.load_state_dict(load_checkpoint(Path(record.path), f"artifact {artifact.name}"))
+
+
+def hand_on_objective(stage: Stage, objective: Distiller, consumed: list[StageArtifact]) -> None:
+    for artifact, record in zip(stage.consumes, consumed, strict=True):
+        if artifact.holds == "objective":
+            payload = load_checkpoint(Path(record.path), f"artifact {artifact.name}")
+            objective.use_artifact(artifact.name, payload)
+
+
+def save_artifacts(stage: Stage, objective: Distiller, folder: StageFolder) -> list[StageArtifact]:
+    """Write what the stage produces (from its selected state) into its folder; their records."""
+    records = []
+    for artifact in stage.produces:
+        path = folder.artifact(artifact.file)
+        if is_main_process():
+            save_checkpoint(artifact_payload(artifact, objective), path)
+        records.append(StageArtifact(name=artifact.name, path=str(path), sha256=file_sha256(path)))
+    return records
+
+
+def artifact_payload(artifact: Artifact, objective: Distiller) -> dict:
+    if artifact.holds == "student":
+        return objective.student.state_dict()
+    return objective.artifact(artifact.name)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

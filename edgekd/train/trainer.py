@@ -27,15 +27,12 @@ from edgekd.data import DataBundle
 from edgekd.distill.base import Distiller
 from edgekd.errors import TrainingDiverged
 from edgekd.fileio import read_json, write_json
+from edgekd.layout import StageFolder
 from edgekd.recipe import TrainConfig
 from edgekd.train.checkpoint import load_checkpoint, save_checkpoint
 from edgekd.train.dist import is_main_process
 from edgekd.train.optim import build_optimizer, build_scheduler
 
-LAST = "last.pt"
-BEST = "best.pt"
-HISTORY = "history.json"
-DONE = "fit.json"
 # Seeds of successive passes over the unlabelled images within one epoch (far from any other epoch's seed).
 _ROUND_SEED_STEP = 7_777_777
 # Seeds of a plan's later stages (stage 0 keeps the seeds of a one-stage run).
@@ -104,7 +101,7 @@ class Trainer:
         self.data = data
         self.cfg = cfg
         self.seed = seed
-        self.out_dir = Path(out_dir)
+        self.files = StageFolder(Path(out_dir))
         self.device = device
         self.label = label
         self.progress = progress
@@ -121,7 +118,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ public
     def fit(self, resume: bool = False) -> FitResult:
-        if resume and (self.out_dir / DONE).is_file():
+        if resume and (self.files.done).is_file():
             return self._finished_result()
         start_epoch = self._restore() if resume else 0
         self.distiller.prepare_stage(self.data, self.device)
@@ -139,13 +136,13 @@ class Trainer:
             self.best_score if self.select == "metric" else None,
         )
         if is_main_process():
-            write_json(self.out_dir / DONE, {k: v for k, v in result.to_dict().items() if k != "history"})
+            write_json(self.files.done, {k: v for k, v in result.to_dict().items() if k != "history"})
         self.load_best_student()
         return result
 
     def load_best_student(self) -> None:
         """The selected epoch's student (and the parts the stage trained beside it)."""
-        state = load_checkpoint(self.out_dir / BEST, f"{self.label} best checkpoint")
+        state = load_checkpoint(self.files.best, f"{self.label} best checkpoint")
         self.distiller.load_state_dict(state)
 
     # ------------------------------------------------------------------------------------------ epochs
@@ -237,10 +234,10 @@ class Trainer:
             if self.select == "metric":
                 self.best_score = row[f"val_{self.distiller.selection_metric_name}"]
             if is_main_process():
-                save_checkpoint(self.distiller.state_dict(), self.out_dir / BEST)
+                save_checkpoint(self.distiller.state_dict(), self.files.best)
         if is_main_process():
-            write_json(self.out_dir / HISTORY, self.history)
-            save_checkpoint(self._state(epoch + 1), self.out_dir / LAST)
+            write_json(self.files.history, self.history)
+            save_checkpoint(self._state(epoch + 1), self.files.last)
 
     def _is_better(self, row: dict[str, Any]) -> bool:
         """Small validation splits tie often on accuracy; the validation loss breaks the tie."""
@@ -267,7 +264,7 @@ class Trainer:
 
     def _restore(self) -> int:
         """Continue after the last completed epoch, if one was saved; returns the epoch to start from."""
-        path = self.out_dir / LAST
+        path = self.files.last
         if not path.is_file():
             return 0
         state = load_checkpoint(path, f"{self.label} checkpoint")
@@ -278,13 +275,13 @@ class Trainer:
         self.best_val_loss = state["best_val_loss"]
         self.best_score, self.steps_done = state["best_score"], state["steps_done"]
         self.train_time_s = state["train_time_s"]
-        self.history = read_json(self.out_dir / HISTORY)[: state["epochs_done"]]
+        self.history = read_json(self.files.history)[: state["epochs_done"]]
         return state["epochs_done"]
 
     def _finished_result(self) -> FitResult:
-        done = read_json(self.out_dir / DONE)
+        done = read_json(self.files.done)
         self.load_best_student()
-        return FitResult(history=read_json(self.out_dir / HISTORY), **done)
+        return FitResult(history=read_json(self.files.history), **done)
 
     # ------------------------------------------------------------------------------------------ display
     def _start_progress(self, start_epoch: int):

@@ -13,6 +13,7 @@ from edgekd.bench.runners.openvino_runner import OpenVinoRunner
 from edgekd.bench.runners.tensorrt_runner import TensorRTRunner
 from edgekd.bench.runners.torch_eager import TorchRunner
 from edgekd.errors import EdgekdError
+from edgekd.formats import BACKEND_FOR_SUFFIX, FORMATS
 
 __all__ = [
     "BACKEND_FOR_SUFFIX",
@@ -24,15 +25,13 @@ __all__ = [
     "runner_for",
 ]
 
-# The backend a file's suffix implies when none is named.
-BACKEND_FOR_SUFFIX = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt"}
-
-# For each file backend: its runner, the pip package it needs, and the suffixes it can read (OpenVINO reads
-# ONNX too, which lets the same .onnx be compared on both).
+# For each file backend (edgekd.formats names the one each format's files run on): its runner, the pip
+# package it needs, and the suffixes it reads beyond its own formats' (OpenVINO reads ONNX too, which lets
+# the same .onnx be compared on both).
 _FILE_BACKENDS: dict[str, tuple[type[Runner], str, tuple[str, ...]]] = {
-    "onnxruntime": (OnnxRuntimeRunner, "onnxruntime", (".onnx",)),
-    "openvino": (OpenVinoRunner, "openvino", (".xml", ".onnx")),
-    "tensorrt": (TensorRTRunner, "tensorrt", (".engine", ".plan")),
+    "onnxruntime": (OnnxRuntimeRunner, "onnxruntime", ()),
+    "openvino": (OpenVinoRunner, "openvino", FORMATS["onnx"].suffixes),
+    "tensorrt": (TensorRTRunner, "tensorrt", ()),
 }
 
 
@@ -51,7 +50,8 @@ def runner_for(path: str | Path, backend: str | None = None, **options: Any) -> 
         raise EdgekdError(f"{path}: backend 'pytorch' runs an nn.Module, not a file; use TorchRunner(model)")
     if backend not in _FILE_BACKENDS:
         raise EdgekdError(f"backend: got {backend!r} for {path}; allowed: {', '.join(_FILE_BACKENDS)}")
-    runner_class, package, suffixes = _FILE_BACKENDS[backend]
+    runner_class, package, also_reads = _FILE_BACKENDS[backend]
+    suffixes = _own_suffixes(backend) + also_reads
     if path.suffix.lower() not in suffixes:
         raise EdgekdError(
             f"{path}: backend {backend!r} cannot read a {path.suffix or 'suffix-less'} file; "
@@ -76,6 +76,10 @@ def _check_options(runner_class: type[Runner], backend: str, options: dict[str, 
         raise EdgekdError(
             f"runner options: {', '.join(unknown)} not accepted by backend {backend!r}; allowed: {', '.join(accepted)}"
         )
+
+
+def _own_suffixes(backend: str) -> tuple[str, ...]:
+    return tuple(suffix for suffix, runs_it in BACKEND_FOR_SUFFIX.items() if runs_it == backend)
 
 
 def _backend_from_suffix(path: Path) -> str:

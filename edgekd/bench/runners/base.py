@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 
 from edgekd.errors import EdgekdError
+from edgekd.formats import PRECISIONS
 
-# The precisions an exported artifact can hold (as the exporters name them).
-ARTIFACT_PRECISIONS = ("fp32", "fp16", "int8")
 _SOURCE_LOCATION = re.compile(r":\d+:$")
 
 
@@ -115,8 +114,8 @@ def as_float32_batch(images: np.ndarray) -> np.ndarray:
 
 def check_precision(precision: str | None) -> str | None:
     """An artifact precision as edgekd names them, or None for 'not known'."""
-    if precision is not None and precision not in ARTIFACT_PRECISIONS:
-        raise EdgekdError(f"precision: got {precision!r}; allowed: {', '.join(ARTIFACT_PRECISIONS)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise EdgekdError(f"precision: got {precision!r}; allowed: {', '.join(PRECISIONS)}")
     return precision
 
 

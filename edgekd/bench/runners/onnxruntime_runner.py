@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 
 from edgekd.bench.runners.base import (
-    ARTIFACT_PRECISIONS,
     Runner,
     as_float32_batch,
     check_precision,
@@ -18,6 +17,7 @@ from edgekd.bench.runners.base import (
     inference_failed,
 )
 from edgekd.errors import EdgekdError
+from edgekd.formats import PRECISIONS
 
 # Execution providers in ONNX Runtime's order of preference for each device we accept; the CPU provider is
 # always last so that operators a GPU provider lacks still run.
@@ -81,7 +81,7 @@ class OnnxRuntimeRunner(Runner):
         if self.precision is None:
             # edgekd's exporters write the precision into the file's metadata_props.
             written = session.get_modelmeta().custom_metadata_map.get("precision")
-            self.precision = written if written in ARTIFACT_PRECISIONS else None
+            self.precision = written if written in PRECISIONS else None
 
     def _session_options(self, ort: Any) -> Any:
         options = ort.SessionOptions()

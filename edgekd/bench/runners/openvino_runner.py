@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 
 from edgekd.bench.runners.base import (
-    ARTIFACT_PRECISIONS,
     Runner,
     as_float32_batch,
     check_precision,
@@ -18,6 +17,7 @@ from edgekd.bench.runners.base import (
     inference_failed,
 )
 from edgekd.errors import EdgekdError
+from edgekd.formats import PRECISIONS
 
 INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 HINTS = ("latency", "throughput")
@@ -218,7 +218,7 @@ def _written_precision(model: Any) -> str | None:
     if not model.has_rt_info(key):
         return None
     written = model.get_rt_info(key).astype(str)
-    return written if written in ARTIFACT_PRECISIONS else None
+    return written if written in PRECISIONS else None
 
 
 def _make_batch_dynamic(ov: Any, model: Any) -> bool:

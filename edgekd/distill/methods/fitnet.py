@@ -34,7 +34,7 @@ from edgekd.distill.features import (
 )
 from edgekd.distill.methods.kd import kd_loss
 from edgekd.distill.options import FitNetOptions, resolved_option
-from edgekd.distill.plan import Stage
+from edgekd.distill.plan import Artifact, Stage
 from edgekd.distill.registry import implements
 from edgekd.errors import EdgekdError
 from edgekd.models._common import evaluating
@@ -145,17 +145,33 @@ class FitNetTask(_FitNetBase):
         return logits, terms
 
 
+HINTED_STUDENT = Artifact(
+    "hinted_student",
+    "hinted_student.pt",
+    "student",
+    "the student after the hint stage (its layers up to the guided one trained on the hint)",
+)
+
+
 def fitnet_plan(options: FitNetOptions, train) -> list[Stage]:
     hint = hint_stage_epochs(options, train.epochs)
     if hint == 0:
         return [Stage("train", FitNetTask, "CE + KD and/or hint, one stage")]
     return [
-        Stage("hint", FitNetHint, "regressor + student up to the guided layer, hint MSE", "last", hint),
+        Stage(
+            "hint",
+            FitNetHint,
+            "regressor + student up to the guided layer, hint MSE",
+            "last",
+            hint,
+            produces=(HINTED_STUDENT,),
+        ),
         Stage(
             "task",
             FitNetTask,
             "the whole student, (1 - kd_alpha)·CE + kd_alpha·KD",
             None,
             train.epochs - hint,
+            consumes=(HINTED_STUDENT,),
         ),
     ]

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.distill.base import Distiller
-from edgekd.distill.embedding import EMBEDDING, EmbeddingStage, embed, embed_all
+from edgekd.distill.embedding import EMBEDDING, EMBEDDING_WEIGHTS, EmbeddingStage, embed, embed_all
 from edgekd.distill.features import FeatureCapture
 from edgekd.distill.methods.rkd import pairwise_distances
 from edgekd.distill.options import RefilledOptions
@@ -170,6 +170,7 @@ def refilled_plan(options: RefilledOptions, train) -> list[Stage]:
             "triplet KL on the student's semi-hard triplets, embedding only",
             "metric",
             embedding,
+            produces=(EMBEDDING_WEIGHTS,),
         ),
         Stage(
             "classifier",
@@ -178,5 +179,6 @@ def refilled_plan(options: RefilledOptions, train) -> list[Stage]:
             None,
             train.epochs - embedding,
             fresh_head=True,
+            consumes=(EMBEDDING_WEIGHTS,),
         ),
     ]

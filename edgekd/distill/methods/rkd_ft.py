@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from edgekd.distill.base import Distiller
-from edgekd.distill.embedding import EmbeddingStage
+from edgekd.distill.embedding import EMBEDDING_WEIGHTS, EmbeddingStage
 from edgekd.distill.methods.rkd import RKD
 from edgekd.distill.options import RKDFinetuneOptions
 from edgekd.distill.plan import Stage, split_epochs
@@ -41,7 +41,12 @@ def rkd_finetune_plan(options: RKDFinetuneOptions, train) -> list[Stage]:
     first = split_epochs("distill.rkd_ft.embedding_epochs", options.embedding_epochs, train.epochs)
     return [
         Stage(
-            "embedding", RKDEmbedding, "RKD distance + angle on the embedding, no label term", "metric", first
+            "embedding",
+            RKDEmbedding,
+            "RKD distance + angle on the embedding, no label term",
+            "metric",
+            first,
+            produces=(EMBEDDING_WEIGHTS,),
         ),
         Stage(
             "classifier",
@@ -50,5 +55,6 @@ def rkd_finetune_plan(options: RKDFinetuneOptions, train) -> list[Stage]:
             None,
             train.epochs - first,
             fresh_head=True,
+            consumes=(EMBEDDING_WEIGHTS,),
         ),
     ]

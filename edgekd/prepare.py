@@ -1,0 +1,244 @@
+"""Everything a build needs, checked before anything is written: the recipe's device, data views, label
+relation, the methods' plans, the student's architecture (fitted to the budget), the memory floor and the
+teacher.
+
+Cheap checks come first: the models are sized on the meta device and checked against the machine's memory
+before any image is processed or any weight allocated. Bad input here leaves no run folder behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.data import DataBundle, DataPlan
+from edgekd.distill.plan import Stage, produced_artifacts
+from edgekd.distill.registry import resolve_method
+from edgekd.errors import CheckFailed, EdgekdError
+from edgekd.models import count_flops, count_params, create_model, fit_to_budget
+from edgekd.preflight import check_memory
+from edgekd.recipe import Recipe
+from edgekd.train.checkpoint import fitting_state, load_weights
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """An architecture: zoo name and constructor arguments, with what budget fitting found out."""
+
+    arch: str
+    model_args: dict[str, Any]
+    params: int
+    flops: int
+    how: str  # "budget fit among N members of family F" or "given by the recipe"
+
+    def create(self, num_classes: int, in_channels: int) -> nn.Module:
+        return create_model(self.arch, num_classes=num_classes, in_channels=in_channels, **self.model_args)
+
+
+@dataclass
+class Prepared:
+    recipe: Recipe
+    device: torch.device
+    data_plan: DataPlan
+    teacher_data: DataBundle
+    student_data: DataBundle  # the first student seed's view (the deployed student's)
+    teacher: nn.Module
+    student_choice: ModelChoice
+    _student_views: dict[int, DataBundle] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[str]:
+        """What the run trains: the main method first, then the baselines."""
+        return [self.recipe.distill.method, *self.recipe.distill.baselines]
+
+    @property
+    def seeds(self) -> list[int]:
+        return self.recipe.student_seeds
+
+    @property
+    def budget(self) -> int | None:
+        budget = self.recipe.student.budget
+        return budget.params if budget else None
+
+    def student_data_for(self, seed: int) -> DataBundle:
+        """The student's view for one seed: its own few-shot, validation and unlabelled draws."""
+        if seed not in self._student_views:
+            self._student_views[seed] = self.data_plan.student(seed)
+        return self._student_views[seed]
+
+
+# ---------------------------------------------------------------------------------------------- setup
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(wanted: str) -> torch.device:
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise EdgekdError(
+            "device: 'cuda' was asked for but no CUDA GPU is available (allowed here: auto, cpu)"
+        )
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return torch.device(wanted)
+
+
+@contextlib.contextmanager
+def blame(field: str):
+    """Errors raised inside name the recipe field they come from (`teacher.model: model 'x' is unknown`)."""
+    try:
+        yield
+    except EdgekdError as exc:
+        message = str(exc)
+        if message.startswith(f"{field}:") or isinstance(exc, CheckFailed):
+            raise
+        if message.startswith("model_args."):  # a model's option: `student.model_args.width: ...`
+            raise EdgekdError(f"{field.rpartition('.')[0]}.{message}") from None
+        raise EdgekdError(f"{field}: {message}") from None
+
+
+def choose_student(recipe: Recipe, num_classes: int, input_shape: tuple[int, int, int]) -> ModelChoice:
+    """The student's architecture: fitted to the budget, or the recipe's model, sized on the meta device."""
+    channels, height, width = input_shape
+    student = recipe.student
+    if student.family is not None:
+        fit = fit_to_budget(student.family, student.budget.params, num_classes, channels, (height, width))
+        return ModelChoice(
+            fit.model,
+            dict(fit.model_args),
+            fit.params,
+            fit.flops,
+            f"largest of {fit.candidates_considered} '{student.family}' members within the budget",
+        )
+    with blame("student.model"), torch.device("meta"):
+        model = create_model(
+            student.model, num_classes=num_classes, in_channels=channels, **student.model_args
+        )
+    return ModelChoice(
+        student.model,
+        dict(student.model_args),
+        count_params(model),
+        count_flops(model, input_shape),
+        "given by the recipe",
+    )
+
+
+def check_methods(recipe: Recipe, relation: str) -> None:
+    """Every method and baseline supports the run's label relation, and its plan of stages can be made."""
+    distill = recipe.distill
+    fields = ["distill.method", *(f"distill.baselines.{i}" for i in range(len(distill.baselines)))]
+    for where, name in zip(fields, [distill.method, *distill.baselines], strict=True):
+        resolved = resolve_method(distill, name)
+        supported = resolved.entry.supported_relations(resolved.options)
+        if relation not in supported:
+            raise EdgekdError(
+                f"{where}: '{name}' cannot distil across the label relation '{relation}' of teacher.classes and "
+                f"data.classes (it supports: {', '.join(sorted(supported))})"
+            )
+        check_stage_names(recipe, name, resolved.entry.plan(resolved.options, recipe.train))
+
+
+def check_stage_names(recipe: Recipe, method: str, stages: list[Stage]) -> None:
+    """distill.stages and distill.artifacts name stages and artifacts of the method's plan."""
+    names = [stage.name for stage in stages]
+    for stage in recipe.distill.stages.get(method, {}):
+        if stage not in names:
+            raise EdgekdError(
+                f"distill.stages.{method}.{stage}: '{method}' has no stage '{stage}' (its stages: {', '.join(names)})"
+            )
+    produced = produced_artifacts(stages)
+    for artifact in recipe.distill.artifacts.get(method, {}):
+        if artifact not in produced:
+            raise EdgekdError(
+                f"distill.artifacts.{method}.{artifact}: '{method}' produces no artifact '{artifact}' "
+                f"(it produces: {', '.join(produced) or 'none'})"
+            )
+
+
+def loaded_artifacts(recipe: Recipe, method: str, seed: int) -> dict[str, Path]:
+    """The artifacts a method loads from other runs for one seed ('{seed}' in a path is the seed)."""
+    return {
+        name: Path(str(path).replace("{seed}", str(seed)))
+        for name, path in recipe.distill.artifacts.get(method, {}).items()
+    }
+
+
+def check_loaded_artifacts(recipe: Recipe, student: ModelChoice, plan: DataPlan) -> None:
+    """Every artifact to load exists for every seed, and one that holds student weights fits the student
+    (checked on the meta device: nothing is allocated)."""
+    for method in recipe.distill.artifacts:
+        resolved = resolve_method(recipe.distill, method)
+        produced = produced_artifacts(resolved.entry.plan(resolved.options, recipe.train))
+        for seed in recipe.student_seeds:
+            for name, path in loaded_artifacts(recipe, method, seed).items():
+                where = f"distill.artifacts.{method}.{name}"
+                if not path.is_file():
+                    raise EdgekdError(
+                        f"{where}: '{path}' does not exist (seed {seed}); allowed: an artifact file"
+                    )
+                if produced[name].holds == "student":
+                    arch, args, classes = student.arch, student.model_args, len(plan.student_ids)
+                    if resolved.entry.student_from_teacher:
+                        arch, args = recipe.teacher.model, recipe.teacher.model_args
+                        classes = len(plan.teacher_ids)
+                    with torch.device("meta"):
+                        model = create_model(arch, classes, plan.image_shape[0], **args)
+                    fitting_state(model, path, where, arch)
+
+
+def create_teacher(recipe: Recipe, num_classes: int, channels: int) -> nn.Module:
+    with blame("teacher.model"):
+        return create_model(
+            recipe.teacher.model, num_classes=num_classes, in_channels=channels, **recipe.teacher.model_args
+        )
+
+
+def prepare(recipe: Recipe) -> Prepared:
+    """Build everything that can fail on bad input, before anything is written."""
+    device = pick_device(recipe.device)
+    if recipe.threads is not None:
+        torch.set_num_threads(recipe.threads)
+    plan = DataPlan(recipe.data, recipe.teacher.classes)
+    check_methods(recipe, plan.relation)
+    shape, all_classes = plan.image_shape, len(plan.teacher_ids)
+    student_choice = choose_student(recipe, len(plan.student_ids), shape)
+    check_loaded_artifacts(recipe, student_choice, plan)
+    # the teacher is first built (on the meta device) here: a bad name or option fails before any memory sum
+    check_memory(
+        recipe,
+        device,
+        shape,
+        lambda: create_teacher(recipe, all_classes, shape[0]),
+        lambda: student_choice.create(len(plan.student_ids), shape[0]),
+        student_choice.arch,
+    )
+    teacher_data = plan.teacher()
+    # Every seed's draw is made now, so a draw that cannot be made fails before anything is written.
+    student_views = {seed: plan.student(seed) for seed in recipe.student_seeds}
+    student_data = student_views[recipe.student_seeds[0]]
+    seed_everything(recipe.seed)
+    teacher = create_teacher(recipe, all_classes, shape[0])
+    if recipe.teacher.checkpoint is not None:
+        load_weights(teacher, recipe.teacher.checkpoint, "teacher.checkpoint", recipe.teacher.model)
+    return Prepared(
+        recipe,
+        device,
+        plan,
+        teacher_data,
+        student_data,
+        teacher,
+        student_choice,
+        _student_views=student_views,
+    )

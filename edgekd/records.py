@@ -1,0 +1,225 @@
+"""metrics.json as typed records: what a run measured, written once by the pipeline and read back by the
+report, the CLI's summary and `edgekd export/bench` on a run folder.
+
+One serialisation: `RunMetrics.model_dump(mode="json")` writes metrics.json and `RunMetrics.load` reads it
+back (checked: a key this version does not know is an error naming it, not a silent miss). Accuracies are
+percentages rounded to 4 decimals; fields that do not apply to a record are null.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgekd.errors import EdgekdError
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LabelUse(Record):
+    """Labelled images a model learnt from: for training, and for choosing its epoch (none with `last`)."""
+
+    train: int
+    selection: int
+
+
+class DataUse(Record):
+    """The images one stage read: labelled for training, labelled for selection, unlabelled."""
+
+    labelled_train: int
+    labelled_selection: int
+    unlabeled: int
+
+
+class StageArtifact(Record):
+    """A named file a stage produced (or a later stage consumed), e.g. a trained embedding or a dictionary."""
+
+    name: str
+    path: str
+    sha256: str
+    # "produced" by this run, or "loaded" from the path a recipe named (another run's artifact)
+    origin: Literal["produced", "loaded"] = "produced"
+
+
+class StageRecord(Record):
+    """One stage of a method's plan for one seed."""
+
+    stage: str
+    epochs: int
+    select: str
+    best_epoch: int | None
+    best_val_acc: float | None
+    best_score: float | None
+    trained_params: int
+    extra_params: int
+    train_time_s: float
+    data: DataUse | None = None
+    produces: list[StageArtifact] = []
+    consumes: list[StageArtifact] = []
+    # Why the stage did not train (its artifacts were loaded from another run), else null.
+    skipped: str | None = None
+
+
+class SeedRun(Record):
+    """One seed of a model trained (or probed) over several seeds."""
+
+    seed: int
+    val_acc: float
+    test_acc: float
+    test_loss: float | None = None
+    test_nmi: float | None = None
+    best_epoch: int | None = None
+    checkpoint: str | None = None
+    stages: list[StageRecord] = []
+    logreg_c: float | None = None  # teacher_logreg: the regularisation chosen on the validation split
+
+
+class PairedDifference(Record):
+    """A model's per-seed test accuracy minus the reference baseline's, with its interval (report/stats.py)."""
+
+    reference: str
+    metric: str
+    seeds: list[int]
+    differences: list[float]
+    mean: float
+    std: float | None
+    confidence: float
+    interval_method: Literal["t", "bootstrap"]
+    interval: list[float] | None
+    excludes_zero: bool
+    verdict: str
+
+
+class ModelRecord(Record):
+    """A model of the run: the teacher, a trained student (one per method), or a probe of the teacher.
+
+    With several seeds the accuracies are means over seeds, `*_std` their sample standard deviations and
+    `per_seed` every seed's own figures."""
+
+    name: str
+    role: Literal["teacher", "student", "probe"]
+    arch: str
+    model_args: dict[str, Any]
+    params: int
+    flops: int
+    val_acc: float
+    test_acc: float
+    test_loss: float | None = None
+    test_nmi: float | None = None
+    val_acc_std: float | None = None
+    test_acc_std: float | None = None
+    test_loss_std: float | None = None
+    test_nmi_std: float | None = None
+    fits_budget: bool | None = None
+    checkpoint: str | None = None
+    best_epoch: int | None = None
+    per_seed: list[SeedRun] = []
+    labelled_images: LabelUse | None = None
+    unlabeled_images: int = 0
+    uses_teacher: bool | None = None
+    paired: PairedDifference | None = None
+    # students
+    method: str | None = None
+    options: dict[str, Any] | None = None
+    is_main: bool = False
+    extra_training_params: int = 0
+    arch_source: str | None = None
+    train_time_s: float | None = None
+    stages: list[StageRecord] = []
+    # the teacher: how it was obtained, and its accuracy on the student's task (null where that has no
+    # meaning: none of the student's classes among its own)
+    source: str | None = None
+    student_task_val_acc: float | None = None
+    student_task_test_acc: float | None = None
+
+
+class ArtifactRecord(Record):
+    """Everything measured about one deployable model (the PyTorch student included)."""
+
+    name: str
+    format: str
+    precision: str
+    path: str | None
+    size_bytes: int | None
+    status: str  # "ok", "parity failed", or "not built: <why>"
+    val_acc: float | None = None
+    test_acc: float | None = None
+    test_acc_drop: float | None = None
+    parity: dict[str, Any] | None = None
+    latency: dict[str, Any] | None = None
+    details: dict[str, Any] = {}
+
+    @property
+    def built(self) -> bool:
+        return self.status.startswith(("ok", "parity"))
+
+
+class RunRecord(Record):
+    name: str
+    seed: int
+    student_seeds: list[int]
+    device: str
+    wall_time_s: float
+    resumed: bool
+
+
+class StudentChoice(Record):
+    arch: str
+    model_args: dict[str, Any]
+    params: int
+    flops: int
+    how: str
+
+
+class BudgetCheck(Record):
+    params: int
+    budget: int
+    fits: bool
+
+
+class RunMetrics(Record):
+    """metrics.json."""
+
+    run: RunRecord
+    environment: dict[str, Any]
+    # data.teacher / data.student: each view's summary (DataBundle.summary) and what the teacher knew of it
+    data: dict[str, dict[str, Any]]
+    budget: dict[str, int | None]
+    student_choice: StudentChoice
+    models: list[ModelRecord]
+    artifacts: list[ArtifactRecord]
+    budget_check: BudgetCheck | None = None
+
+    @property
+    def main(self) -> ModelRecord:
+        """The main method's student (the one deployed)."""
+        return next(record for record in self.models if record.is_main)
+
+    @property
+    def student_data(self) -> dict[str, Any]:
+        return self.data["student"]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def load(cls, path: Path) -> RunMetrics:
+        import json
+
+        try:
+            return cls.model_validate(json.loads(Path(path).read_text()))
+        except (ValueError, ValidationError) as exc:
+            raise EdgekdError(
+                f"{path}: not a metrics.json of this edgekd version ({_first_problem(exc)})"
+            ) from None
+
+
+def _first_problem(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        error = exc.errors(include_url=False)[0]
+        return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+    return str(exc).splitlines()[0]
