@@ -20,45 +20,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 
 from edgekd.distill.base import DistillContext, Distiller, restrict_to_student_classes
+from edgekd.distill.options import TapOptions, TapRef
 from edgekd.errors import EdgekdError
 from edgekd.models._common import evaluating
 from edgekd.schema_base import Section
-
-TapRef = int | str
-
-
-class TapOptions(Section):
-    """The tap fields every feature method's options share."""
-
-    teacher_taps: list[TapRef] | None = Field(
-        None,
-        description="Teacher taps to distill from: indices into the model's declared taps (0 = shallowest, "
-        "-1 = deepest), declared names (layer2) or module paths (the module's output). "
-        "Default: the method's own choice (every declared tap for most methods).",
-    )
-    student_taps: list[TapRef] | None = Field(
-        None,
-        description="Student taps paired in order with teacher_taps (same length; maps of other sizes are "
-        "resized). Default: each teacher tap gets the deepest student tap of the same height and width.",
-    )
-
-    @model_validator(mode="after")
-    def _check_pairing(self) -> TapOptions:
-        if self.student_taps is not None:
-            if self.teacher_taps is None:
-                raise ValueError("student_taps: give teacher_taps too, so the pairs are explicit")
-            if len(self.student_taps) != len(self.teacher_taps):
-                raise ValueError(
-                    f"student_taps: {len(self.student_taps)} taps cannot pair with "
-                    f"{len(self.teacher_taps)} teacher_taps; give as many of each"
-                )
-        if self.teacher_taps is not None and not self.teacher_taps:
-            raise ValueError("teacher_taps: give at least one tap, or leave it out for the default")
-        return self
 
 
 # ------------------------------------------------------------------------------------------------ taps

@@ -1,105 +1,65 @@
-"""Registry of distillation methods: a method is one file that registers its Distiller and its options."""
+"""Finding distillation methods by name: the catalog's entries, the recipe's `distill:` section built from
+them, and the check by which a method's file declares which entry it implements.
+
+Every lookup here reads catalog.py only, so a recipe is loaded without importing any method's code (nor
+torch); an entry's `distiller` and `plan` import it on first use.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError, create_model, model_validator
 
-from edgekd.distill.plan import PlanBuilder, Stage, single_stage
+from edgekd.distill.catalog import CATALOG, MethodEntry
 from edgekd.errors import EdgekdError
 from edgekd.schema_base import Section, lower_first, shown_value
 
-if TYPE_CHECKING:
-    from edgekd.distill.base import Distiller
-    from edgekd.recipe import TrainConfig
+_Class = TypeVar("_Class", bound=type)
 
 
-# How the student's classes relate to the teacher's: the same classes, a subset of them (specialization),
-# or none of them (cross-task: REFILLED's setting).
-RELATIONS = ("same", "subset", "disjoint")
-ANY_RELATION = frozenset(RELATIONS)
-# Methods that read the teacher's logits on the student's classes need those classes among the teacher's.
-SHARED_CLASSES = frozenset({"same", "subset"})
-Relations = frozenset[str] | Callable[[Any], frozenset[str]]
+def implements(name: str) -> Callable[[_Class], _Class]:
+    """Class decorator for a method's Distiller: catalog entry `name` must point at the decorated class.
 
-
-@dataclass(frozen=True)
-class MethodEntry:
-    name: str
-    distiller: type[Distiller]
-    options: type[Section]
-    summary: str
-    # The student is the teacher's architecture, initialized from its weights (fine-tuning baselines):
-    # such a model ignores the budget, and the report marks it so.
-    student_from_teacher: bool = False
-    # The plan of stages; None: one stage of `distiller` (see plan.py).
-    plan_builder: PlanBuilder | None = None
-    # The label relations (teacher classes vs student classes) the method works under, maybe by its options.
-    relations: Relations = SHARED_CLASSES
-
-    def plan(self, options: Section, train: TrainConfig) -> list[Stage]:
-        if self.plan_builder is None:
-            return single_stage(self.distiller, self.summary)(options, train)
-        return self.plan_builder(options, train)
-
-    def supported_relations(self, options: Section) -> frozenset[str]:
-        return self.relations(options) if callable(self.relations) else self.relations
-
-
-_METHODS: dict[str, MethodEntry] = {}
-
-
-def register_method(
-    name: str,
-    options: type[Section],
-    summary: str,
-    *,
-    student_from_teacher: bool = False,
-    plan: PlanBuilder | None = None,
-    relations: Relations = SHARED_CLASSES,
-):
-    """Class decorator: make a Distiller available to recipes as `distill.method: <name>`.
-
-    `plan` builds the method's stages from its options (default: the decorated Distiller, one stage);
-    `relations` are the teacher/student label relations it supports (a set, or a function of its options).
+    Checked when the method's file is imported, so a method renamed or moved on one side only fails
+    loudly instead of training another class (or none) under that name.
     """
 
-    def register(cls: type[Distiller]) -> type[Distiller]:
-        if name in _METHODS:
-            raise ValueError(f"distillation method '{name}' is registered twice")
-        _METHODS[name] = MethodEntry(name, cls, options, summary, student_from_teacher, plan, relations)
+    def check(cls: _Class) -> _Class:
+        entry = CATALOG.get(name)
+        here = f"{cls.__module__}.{cls.__qualname__}"
+        if entry is None:
+            raise ImportError(
+                f"{here} implements distillation method '{name}', which catalog.py does not declare"
+            )
+        if (entry.module, entry.class_name) != (cls.__module__, cls.__qualname__):
+            raise ImportError(
+                f"{here} implements distillation method '{name}', but catalog.py points it at "
+                f"{entry.module}.{entry.class_name}"
+            )
         return cls
 
-    return register
-
-
-def _register_all() -> None:
-    import edgekd.distill.methods  # noqa: F401  (each method module registers itself on import)
+    return check
 
 
 def method_names() -> list[str]:
-    _register_all()
-    return sorted(_METHODS)
+    return sorted(CATALOG)
 
 
 def get_method(name: str) -> MethodEntry:
-    _register_all()
-    if name not in _METHODS:
+    if name not in CATALOG:
         raise EdgekdError(f"distill.method: unknown method '{name}' (available: {', '.join(method_names())})")
-    return _METHODS[name]
+    return CATALOG[name]
 
 
 def distill_section_model() -> type[Section]:
     """Build the recipe's `distill:` section: the method, its baselines, and an options block per method."""
-    import edgekd.distill.methods  # noqa: F401  (registers every method)
-
     option_fields: dict[str, Any] = {
         name: (entry.options, Field(default_factory=entry.options, description=entry.summary))
-        for name, entry in sorted(_METHODS.items())
+        for name, entry in sorted(CATALOG.items())
     }
 
     def check_names(section: Any) -> Any:
@@ -169,11 +129,11 @@ def check_variants(section: Any) -> None:
             raise ValueError(
                 f"variants.{name}: a variant name is letters, digits and '_', starting with a letter"
             )
-        if name in _METHODS:
+        if name in CATALOG:
             raise ValueError(
                 f"variants.{name}: '{name}' is a registered method; give the variant another name"
             )
-        if variant.method not in _METHODS:
+        if variant.method not in CATALOG:
             raise ValueError(
                 f"variants.{name}.method: unknown method '{variant.method}' (available: {', '.join(method_names())})"
             )
@@ -192,7 +152,7 @@ def variant_options(distill: Any, variant: MethodVariant) -> Section:
     """A variant's options: its method's block in the recipe, overridden by what the variant gives (so
     checks that span fields see the values the variant will run with)."""
     base = getattr(distill, variant.method).model_dump()
-    return _METHODS[variant.method].options.model_validate({**base, **variant.options})
+    return CATALOG[variant.method].options.model_validate({**base, **variant.options})
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,5 @@
-"""Every distillation method; importing this package registers them all."""
+"""Every distillation method's code, one module per method.
 
-from edgekd.distill.methods import at, finetune, fitnet, kd, ofd, refilled, rkd, rkd_ft, scratch, skd  # noqa: F401
+catalog.py declares the methods and names each one's module here; a module is imported when its method is
+first trained or its plan listed, not by importing this package.
+"""

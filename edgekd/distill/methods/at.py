@@ -11,25 +11,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from edgekd.distill.features import FeatureDistiller, TapOptions, probe_shapes, resize_to, resolve_taps
-from edgekd.distill.registry import ANY_RELATION, register_method
-
-
-class ATOptions(TapOptions):
-    beta: float = Field(
-        1000.0, ge=0, description="The paper's beta: the term is (beta/2) * sum of map distances."
-    )
-    p: float = Field(
-        2.0, gt=0, description="Exponent of |activation| in the attention map (the paper uses 2)."
-    )
-    min_map_size: int = Field(
-        4,
-        ge=1,
-        description="Default taps: only the teacher's declared taps whose maps are at least this high and wide "
-        "(the shallowest when none is). Ignored when teacher_taps is given.",
-    )
+from edgekd.distill.features import FeatureDistiller, probe_shapes, resize_to, resolve_taps
+from edgekd.distill.registry import implements
 
 
 def attention_map(features: torch.Tensor, p: float, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -47,12 +31,7 @@ def attention_loss(student: torch.Tensor, teacher: torch.Tensor, p: float) -> to
     return (attention_map(student, p, size) - attention_map(teacher, p)).pow(2).mean()
 
 
-@register_method(
-    "at",
-    ATOptions,
-    "Attention transfer (Zagoruyko 2017): match normalized spatial attention maps at each tap, weight 1000.",
-    relations=ANY_RELATION,  # feature maps only: the teacher's classes play no part
-)
+@implements("at")
 class AT(FeatureDistiller):
     method = "at"
     preact = False

@@ -14,33 +14,13 @@ Two choices define a fine-tuning baseline, and papers differ on both:
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from edgekd.distill.base import Distiller
-from edgekd.distill.registry import ANY_RELATION, SHARED_CLASSES, register_method
+from edgekd.distill.registry import implements
 from edgekd.models import get_taps
-from edgekd.schema_base import Section
-
-
-class FinetuneOptions(Section):
-    head: Literal["fresh", "restricted"] = Field(
-        "fresh",
-        description="'fresh': a new K-way classifier; 'restricted': the teacher's classifier rows of the "
-        "student's classes (the model starts as the restricted teacher).",
-    )
-    trainable: Literal["all", "last_stage", "head"] = Field(
-        "last_stage",
-        description="What is trained: 'last_stage' (the last declared stage and all after it, as the SKD "
-        "paper's baseline), 'head' (the classifier only) or 'all'.",
-    )
-    lr_factor: float = Field(
-        0.1, gt=0, le=1, description="Multiplies train.optimizer.lr: fine-tuning takes smaller steps."
-    )
 
 
 def restricted_head(head: nn.Linear, class_ids: tuple[int, ...]) -> nn.Linear:
@@ -61,13 +41,7 @@ def trainable_from(model: nn.Module, trainable: str) -> str | None:
     return "classifier" if trainable == "head" else get_taps(model)[-1]
 
 
-@register_method(
-    "finetune",
-    FinetuneOptions,
-    "The teacher's architecture and weights fine-tuned on the student's data (over budget, reported as such).",
-    student_from_teacher=True,
-    relations=lambda options: ANY_RELATION if options.head == "fresh" else SHARED_CLASSES,
-)
+@implements("finetune")
 class Finetune(Distiller):
     def __init__(self, student, teacher, options, context):
         head = student.classifier

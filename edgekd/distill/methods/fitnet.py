@@ -21,79 +21,23 @@ selected as the recipe says. ``train.epochs`` is the total of both stages.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from edgekd.distill.features import (
     FeatureDistiller,
     TapOptions,
-    TapRef,
     declared_taps,
     describe_taps,
     pair_taps,
     resize_to,
 )
 from edgekd.distill.methods.kd import kd_loss
+from edgekd.distill.options import FitNetOptions, resolved_option
 from edgekd.distill.plan import Artifact, Stage
-from edgekd.distill.registry import ANY_RELATION, SHARED_CLASSES, register_method
+from edgekd.distill.registry import implements
 from edgekd.errors import EdgekdError
 from edgekd.models._common import evaluating
-from edgekd.schema_base import MAX_EPOCHS, Section
-
-
-class FitNetOptions(Section):
-    teacher_tap: TapRef | None = Field(
-        None,
-        description="The teacher's hint tap: index into its declared taps, declared name or module path. "
-        "Default: the middle declared tap.",
-    )
-    student_tap: TapRef | None = Field(
-        None,
-        description="The student's guided tap (resized to the hint's size if it differs). Default: the "
-        "deepest student tap of the hint's height and width.",
-    )
-    variant: Literal["romero", "repdistiller"] = Field(
-        "romero",
-        description="'romero': hint stage, then KD (the paper); 'repdistiller': one stage of CE + "
-        "task_hint_weight·hint (the RepDistiller benchmark's FitNet).",
-    )
-    hint_epochs: int | None = Field(
-        None,
-        ge=0,
-        le=MAX_EPOCHS,
-        description="Epochs of the hint stage before the task stage (0: none). Default: romero one eighth "
-        "of train.epochs (at least 1 when there are 2 or more; edgekd's choice, the paper fixes none), "
-        "repdistiller 0.",
-    )
-    regressor_kernel: Literal[1, 3] = Field(1, description="Kernel size of the regressor's convolution.")
-    task_hint_weight: float | None = Field(
-        None,
-        ge=0,
-        description="Weight of the hint MSE during the task stage. Default: romero 0, repdistiller 100.",
-    )
-    kd_alpha: float | None = Field(
-        None,
-        ge=0,
-        le=1,
-        description="Task stage: weight of Hinton KD; CE gets 1 - kd_alpha. Default: romero 0.9 (as the "
-        "`kd` method), repdistiller 0.",
-    )
-    temperature: float = Field(4.0, gt=0, description="Softmax temperature of the task stage's KD term.")
-
-
-# The values an unset option takes under each variant.
-VARIANT_DEFAULTS = {
-    "romero": {"task_hint_weight": 0.0, "kd_alpha": 0.9},
-    "repdistiller": {"task_hint_weight": 100.0, "kd_alpha": 0.0, "hint_epochs": 0},
-}
-
-
-def resolved_option(options: FitNetOptions, name: str) -> float:
-    value = getattr(options, name)
-    return VARIANT_DEFAULTS[options.variant][name] if value is None else value
 
 
 def hint_stage_epochs(options: FitNetOptions, epochs: int) -> int:
@@ -171,6 +115,7 @@ class FitNetHint(_FitNetBase):
         return self.distill_terms(images)  # no label term: the classifier does not train in this stage
 
 
+@implements("fitnet")
 class FitNetTask(_FitNetBase):
     """The task stage (romero stage 2, or the one stage of repdistiller): ``(1 - kd_alpha)·CE + kd_alpha·KD``
     plus ``task_hint_weight·hint`` when that weight is above zero."""
@@ -230,18 +175,3 @@ def fitnet_plan(options: FitNetOptions, train) -> list[Stage]:
             consumes=(HINTED_STUDENT,),
         ),
     ]
-
-
-def fitnet_relations(options: FitNetOptions) -> frozenset[str]:
-    """A KD term reads the teacher's logits on the student's classes; a hint alone reads only features."""
-    return SHARED_CLASSES if resolved_option(options, "kd_alpha") > 0 else ANY_RELATION
-
-
-register_method(
-    "fitnet",
-    FitNetOptions,
-    "FitNets (Romero 2015): hint stage (regressor, MSE on a middle tap), then KD; or RepDistiller's "
-    "single-stage CE + hint.",
-    plan=fitnet_plan,
-    relations=fitnet_relations,
-)(FitNetTask)

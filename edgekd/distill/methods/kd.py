@@ -8,16 +8,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from edgekd.distill.base import Distiller
-from edgekd.distill.registry import register_method
-from edgekd.schema_base import Section
-
-
-class KDOptions(Section):
-    temperature: float = Field(4.0, gt=0, description="Softmax temperature T of both networks.")
-    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the distillation term; CE gets 1 - alpha.")
+from edgekd.distill.registry import implements
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -28,7 +21,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return kl * temperature**2
 
 
-@register_method("kd", KDOptions, "Hinton KD: match the teacher's softened logits (temperature, alpha).")
+@implements("kd")
 class KD(Distiller):
     learns_from_unlabeled = True
 

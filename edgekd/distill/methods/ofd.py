@@ -16,23 +16,14 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from edgekd.distill.features import FeatureDistiller, TapOptions, resize_to
-from edgekd.distill.registry import ANY_RELATION, register_method
+from edgekd.distill.features import FeatureDistiller, resize_to
+from edgekd.distill.registry import implements
 
 # Below this probability of a negative response the conditional mean is numerically meaningless; the paper's
 # code then uses -3 standard deviations.
 _MIN_NEGATIVE_MASS = 1e-3
-
-
-class OFDOptions(TapOptions):
-    weight: float = Field(
-        1e-3,
-        ge=0,
-        description="Multiplies the summed partial L2 distance per image (1/1000: the paper's CIFAR setting).",
-    )
 
 
 def margin_from_moments(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -115,12 +106,7 @@ def overhaul_distances(
     return distances, connected
 
 
-@register_method(
-    "ofd",
-    OFDOptions,
-    "Overhaul of feature distillation (Heo 2019): pre-ReLU maps, teacher margin, partial L2.",
-    relations=ANY_RELATION,  # feature maps only: the teacher's classes play no part
-)
+@implements("ofd")
 class OFD(FeatureDistiller):
     method = "ofd"
     preact = True

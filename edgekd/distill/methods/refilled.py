@@ -22,58 +22,17 @@ exponentially per epoch (the paper's option).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from edgekd.distill.base import Distiller
 from edgekd.distill.embedding import EMBEDDING, EMBEDDING_WEIGHTS, EmbeddingStage, embed, embed_all
 from edgekd.distill.features import FeatureCapture
 from edgekd.distill.methods.rkd import pairwise_distances
+from edgekd.distill.options import RefilledOptions
 from edgekd.distill.plan import Stage, split_epochs
-from edgekd.distill.registry import ANY_RELATION, register_method
+from edgekd.distill.registry import implements
 from edgekd.errors import EdgekdError
-from edgekd.schema_base import MAX_EPOCHS, Section
-
-
-class RefilledOptions(Section):
-    embedding_epochs: int | None = Field(
-        None,
-        ge=1,
-        le=MAX_EPOCHS,
-        description="Epochs of the embedding stage; the classifier stage gets the rest of train.epochs. "
-        "Default: half of train.epochs.",
-    )
-    margin: float = Field(0.2, gt=0, le=2, description="Semi-hard triplets: 0 < d(a,n) - d(a,p) <= margin.")
-    triplet_temperature: float = Field(4.0, gt=0, description="τ of the teacher's triplet probabilities.")
-    student_temperature: float | None = Field(
-        None,
-        gt=0,
-        description="τ of the student's triplet probabilities; null: the teacher's (as the issue states the "
-        "method). The authors' code uses 1 on the student side.",
-    )
-    triplet_weight: float = Field(
-        1000.0,
-        gt=0,
-        description="Weight of the triplet KL (the authors' code scales it by 500-1000: on normalised "
-        "embeddings the probabilities move little).",
-    )
-    centres: Literal["global", "batch"] = Field(
-        "global",
-        description="Class centres of the teacher's embedding: over the student's training images "
-        "('global', the authors' newer code) or over each batch ('batch', the paper's eq. 7).",
-    )
-    posterior_temperature: float = Field(2.0, gt=0, description="τ of the local posteriors (eq. 8, 9).")
-    kd_weight: float = Field(1.0, ge=0, description="λ: weight of the local KD term at the first epoch.")
-    kd_decay: float = Field(
-        1.0,
-        gt=0,
-        le=1,
-        description="λ is multiplied by this each epoch of the classifier stage (1: constant, the newer code; "
-        "below 1: the paper's exponential decay).",
-    )
 
 
 # ------------------------------------------------------------------------------------------ triplets
@@ -165,6 +124,7 @@ class RefilledEmbedding(EmbeddingStage, _RefilledStage):
         return options.triplet_weight * kl.mean()
 
 
+@implements("refilled")
 class RefilledClassifier(_RefilledStage):
     """Stage 2: CE + λ·local KD from the teacher's nearest-centre posterior over the batch's classes."""
 
@@ -222,13 +182,3 @@ def refilled_plan(options: RefilledOptions, train) -> list[Stage]:
             consumes=(EMBEDDING_WEIGHTS,),
         ),
     ]
-
-
-register_method(
-    "refilled",
-    RefilledOptions,
-    "REFILLED (paper 003): triplet-aligned embedding, then a fresh classifier with local KD from the teacher's "
-    "class centres; works across disjoint label sets.",
-    plan=refilled_plan,
-    relations=ANY_RELATION,
-)(RefilledClassifier)

@@ -11,21 +11,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from edgekd.distill.base import Distiller
 from edgekd.distill.features import FeatureCapture, Tap
-from edgekd.distill.registry import ANY_RELATION, register_method
+from edgekd.distill.registry import implements
 from edgekd.errors import EdgekdError
-from edgekd.schema_base import Section
 
 _EMBEDDING = Tap("classifier", "classifier", "input")
 _EPS = 1e-12
-
-
-class RKDOptions(Section):
-    distance_weight: float = Field(25.0, ge=0, description="Weight of the distance-wise term.")
-    angle_weight: float = Field(50.0, ge=0, description="Weight of the angle-wise term.")
 
 
 def pairwise_distances(embeddings: torch.Tensor) -> torch.Tensor:
@@ -67,12 +60,7 @@ def angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return F.smooth_l1_loss(angles(student)[valid], angles(teacher)[valid])
 
 
-@register_method(
-    "rkd",
-    RKDOptions,
-    "Relational KD (Park 2019): distance (25) and angle (50) structure of penultimate embeddings.",
-    relations=ANY_RELATION,  # embeddings only: the teacher's classes play no part
-)
+@implements("rkd")
 class RKD(Distiller):
     learns_from_unlabeled = True
 

@@ -10,26 +10,16 @@ what a cross-task teacher can offer.
 from __future__ import annotations
 
 import torch.nn.functional as F
-from pydantic import Field
 
 from edgekd.distill.base import Distiller
 from edgekd.distill.embedding import EMBEDDING_WEIGHTS, EmbeddingStage
-from edgekd.distill.methods.rkd import RKD, RKDOptions
+from edgekd.distill.methods.rkd import RKD
+from edgekd.distill.options import RKDFinetuneOptions
 from edgekd.distill.plan import Stage, split_epochs
-from edgekd.distill.registry import ANY_RELATION, register_method
-from edgekd.schema_base import MAX_EPOCHS
+from edgekd.distill.registry import implements
 
 
-class RKDFinetuneOptions(RKDOptions):
-    embedding_epochs: int | None = Field(
-        None,
-        ge=1,
-        le=MAX_EPOCHS,
-        description="Epochs of the RKD embedding stage; fine-tuning gets the rest of train.epochs. Default: "
-        "half of train.epochs.",
-    )
-
-
+@implements("rkd_ft")
 class RKDEmbedding(EmbeddingStage, RKD):
     """RKD's terms alone, on the embedding."""
 
@@ -68,12 +58,3 @@ def rkd_finetune_plan(options: RKDFinetuneOptions, train) -> list[Stage]:
             consumes=(EMBEDDING_WEIGHTS,),
         ),
     ]
-
-
-register_method(
-    "rkd_ft",
-    RKDFinetuneOptions,
-    "RKD on the embedding, then a fresh classifier fine-tuned with CE (REFILLED's cross-task baseline).",
-    plan=rkd_finetune_plan,
-    relations=ANY_RELATION,
-)(RKDEmbedding)

@@ -33,41 +33,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from edgekd.distill.features import TapOptions, resize_to
+from edgekd.distill.features import resize_to
 from edgekd.distill.methods.ofd import OFD, depth_weights, overhaul_distances
-from edgekd.distill.registry import ANY_RELATION, register_method
-
-
-class SKDOptions(TapOptions):
-    weight: float = Field(
-        2.0,
-        ge=0,
-        description="lambda in L = CE + (lambda/2) * L_KD; 2 gives the distillation terms weight 1, as OFD.",
-    )
-    beta: float = Field(
-        2.0,
-        gt=1,
-        description="Depth weighting beta^-(L-1-i) of tap i (deepest = 1); 2 is OFD's per-tap weighting.",
-    )
-    fm_scale: float = Field(
-        1e-3,
-        ge=0,
-        description="Multiplies the per-image partial L2 feature distance (the reference divides by 1000).",
-    )
-    tm_scale: float = Field(
-        1e-3,
-        ge=0,
-        description="Multiplies the spectral-norm (transmitting matrix) term; 0 turns it off. 1/1000 like "
-        "fm_scale keeps the paper's equal weighting of the two terms.",
-    )
-    power_iterations: int = Field(
-        20,
-        ge=0,
-        le=1000,
-        description="Power-iteration steps for the largest singular value; 0 = exact SVD (slow on wide maps).",
-    )
+from edgekd.distill.registry import implements
 
 
 def spectral_norm(matrices: torch.Tensor, iterations: int = 20) -> torch.Tensor:
@@ -113,13 +82,7 @@ def lipschitz_gaps(
     return gaps
 
 
-@register_method(
-    "skd",
-    SKDOptions,
-    "SKD (paper 001): CE + Overhaul feature distance + Lipschitz spectral-norm term, features only; "
-    "works with a class subset.",
-    relations=ANY_RELATION,  # feature maps only: the teacher's classes play no part
-)
+@implements("skd")
 class SKD(OFD):
     """OFD's pre-ReLU taps, connectors and margins, plus the Lipschitz term, weighted by depth."""
 

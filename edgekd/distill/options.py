@@ -1,0 +1,238 @@
+"""Every distillation method's options: the recipe's `distill.<method>:` blocks.
+
+They live apart from the methods' code, which needs torch, so that loading or validating a recipe, and the
+JSON schema, can list every method's options without importing it (see catalog.py). Each class is one
+method's block; the method's implementation reads the validated instance as ``self.options``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from edgekd.schema_base import MAX_EPOCHS, Section
+
+# A tap as a recipe names it: an index into the model's declared taps, a declared name or a module path.
+TapRef = int | str
+
+
+class TapOptions(Section):
+    """The tap fields every feature method's options share."""
+
+    teacher_taps: list[TapRef] | None = Field(
+        None,
+        description="Teacher taps to distill from: indices into the model's declared taps (0 = shallowest, "
+        "-1 = deepest), declared names (layer2) or module paths (the module's output). "
+        "Default: the method's own choice (every declared tap for most methods).",
+    )
+    student_taps: list[TapRef] | None = Field(
+        None,
+        description="Student taps paired in order with teacher_taps (same length; maps of other sizes are "
+        "resized). Default: each teacher tap gets the deepest student tap of the same height and width.",
+    )
+
+    @model_validator(mode="after")
+    def _check_pairing(self) -> TapOptions:
+        if self.student_taps is not None:
+            if self.teacher_taps is None:
+                raise ValueError("student_taps: give teacher_taps too, so the pairs are explicit")
+            if len(self.student_taps) != len(self.teacher_taps):
+                raise ValueError(
+                    f"student_taps: {len(self.student_taps)} taps cannot pair with "
+                    f"{len(self.teacher_taps)} teacher_taps; give as many of each"
+                )
+        if self.teacher_taps is not None and not self.teacher_taps:
+            raise ValueError("teacher_taps: give at least one tap, or leave it out for the default")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ scratch
+class ScratchOptions(Section):
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+# ------------------------------------------------------------------------------------------ kd
+class KDOptions(Section):
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature T of both networks.")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the distillation term; CE gets 1 - alpha.")
+
+
+# ------------------------------------------------------------------------------------------ finetune
+class FinetuneOptions(Section):
+    head: Literal["fresh", "restricted"] = Field(
+        "fresh",
+        description="'fresh': a new K-way classifier; 'restricted': the teacher's classifier rows of the "
+        "student's classes (the model starts as the restricted teacher).",
+    )
+    trainable: Literal["all", "last_stage", "head"] = Field(
+        "last_stage",
+        description="What is trained: 'last_stage' (the last declared stage and all after it, as the SKD "
+        "paper's baseline), 'head' (the classifier only) or 'all'.",
+    )
+    lr_factor: float = Field(
+        0.1, gt=0, le=1, description="Multiplies train.optimizer.lr: fine-tuning takes smaller steps."
+    )
+
+
+# ------------------------------------------------------------------------------------------ fitnet
+class FitNetOptions(Section):
+    teacher_tap: TapRef | None = Field(
+        None,
+        description="The teacher's hint tap: index into its declared taps, declared name or module path. "
+        "Default: the middle declared tap.",
+    )
+    student_tap: TapRef | None = Field(
+        None,
+        description="The student's guided tap (resized to the hint's size if it differs). Default: the "
+        "deepest student tap of the hint's height and width.",
+    )
+    variant: Literal["romero", "repdistiller"] = Field(
+        "romero",
+        description="'romero': hint stage, then KD (the paper); 'repdistiller': one stage of CE + "
+        "task_hint_weight·hint (the RepDistiller benchmark's FitNet).",
+    )
+    hint_epochs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_EPOCHS,
+        description="Epochs of the hint stage before the task stage (0: none). Default: romero one eighth "
+        "of train.epochs (at least 1 when there are 2 or more; edgekd's choice, the paper fixes none), "
+        "repdistiller 0.",
+    )
+    regressor_kernel: Literal[1, 3] = Field(1, description="Kernel size of the regressor's convolution.")
+    task_hint_weight: float | None = Field(
+        None,
+        ge=0,
+        description="Weight of the hint MSE during the task stage. Default: romero 0, repdistiller 100.",
+    )
+    kd_alpha: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Task stage: weight of Hinton KD; CE gets 1 - kd_alpha. Default: romero 0.9 (as the "
+        "`kd` method), repdistiller 0.",
+    )
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature of the task stage's KD term.")
+
+
+# The values an unset FitNet option takes under each variant.
+VARIANT_DEFAULTS = {
+    "romero": {"task_hint_weight": 0.0, "kd_alpha": 0.9},
+    "repdistiller": {"task_hint_weight": 100.0, "kd_alpha": 0.0, "hint_epochs": 0},
+}
+
+
+def resolved_option(options: FitNetOptions, name: str) -> float:
+    value = getattr(options, name)
+    return VARIANT_DEFAULTS[options.variant][name] if value is None else value
+
+
+# ------------------------------------------------------------------------------------------ at
+class ATOptions(TapOptions):
+    beta: float = Field(
+        1000.0, ge=0, description="The paper's beta: the term is (beta/2) * sum of map distances."
+    )
+    p: float = Field(
+        2.0, gt=0, description="Exponent of |activation| in the attention map (the paper uses 2)."
+    )
+    min_map_size: int = Field(
+        4,
+        ge=1,
+        description="Default taps: only the teacher's declared taps whose maps are at least this high and wide "
+        "(the shallowest when none is). Ignored when teacher_taps is given.",
+    )
+
+
+# ------------------------------------------------------------------------------------------ rkd, rkd_ft
+class RKDOptions(Section):
+    distance_weight: float = Field(25.0, ge=0, description="Weight of the distance-wise term.")
+    angle_weight: float = Field(50.0, ge=0, description="Weight of the angle-wise term.")
+
+
+class RKDFinetuneOptions(RKDOptions):
+    embedding_epochs: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Epochs of the RKD embedding stage; fine-tuning gets the rest of train.epochs. Default: "
+        "half of train.epochs.",
+    )
+
+
+# ------------------------------------------------------------------------------------------ ofd, skd
+class OFDOptions(TapOptions):
+    weight: float = Field(
+        1e-3,
+        ge=0,
+        description="Multiplies the summed partial L2 distance per image (1/1000: the paper's CIFAR setting).",
+    )
+
+
+class SKDOptions(TapOptions):
+    weight: float = Field(
+        2.0,
+        ge=0,
+        description="lambda in L = CE + (lambda/2) * L_KD; 2 gives the distillation terms weight 1, as OFD.",
+    )
+    beta: float = Field(
+        2.0,
+        gt=1,
+        description="Depth weighting beta^-(L-1-i) of tap i (deepest = 1); 2 is OFD's per-tap weighting.",
+    )
+    fm_scale: float = Field(
+        1e-3,
+        ge=0,
+        description="Multiplies the per-image partial L2 feature distance (the reference divides by 1000).",
+    )
+    tm_scale: float = Field(
+        1e-3,
+        ge=0,
+        description="Multiplies the spectral-norm (transmitting matrix) term; 0 turns it off. 1/1000 like "
+        "fm_scale keeps the paper's equal weighting of the two terms.",
+    )
+    power_iterations: int = Field(
+        20,
+        ge=0,
+        le=1000,
+        description="Power-iteration steps for the largest singular value; 0 = exact SVD (slow on wide maps).",
+    )
+
+
+# ------------------------------------------------------------------------------------------ refilled
+class RefilledOptions(Section):
+    embedding_epochs: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Epochs of the embedding stage; the classifier stage gets the rest of train.epochs. "
+        "Default: half of train.epochs.",
+    )
+    margin: float = Field(0.2, gt=0, le=2, description="Semi-hard triplets: 0 < d(a,n) - d(a,p) <= margin.")
+    triplet_temperature: float = Field(4.0, gt=0, description="τ of the teacher's triplet probabilities.")
+    student_temperature: float | None = Field(
+        None,
+        gt=0,
+        description="τ of the student's triplet probabilities; null: the teacher's (as the issue states the "
+        "method). The authors' code uses 1 on the student side.",
+    )
+    triplet_weight: float = Field(
+        1000.0,
+        gt=0,
+        description="Weight of the triplet KL (the authors' code scales it by 500-1000: on normalised "
+        "embeddings the probabilities move little).",
+    )
+    centres: Literal["global", "batch"] = Field(
+        "global",
+        description="Class centres of the teacher's embedding: over the student's training images "
+        "('global', the authors' newer code) or over each batch ('batch', the paper's eq. 7).",
+    )
+    posterior_temperature: float = Field(2.0, gt=0, description="τ of the local posteriors (eq. 8, 9).")
+    kd_weight: float = Field(1.0, ge=0, description="λ: weight of the local KD term at the first epoch.")
+    kd_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="λ is multiplied by this each epoch of the classifier stage (1: constant, the newer code; "
+        "below 1: the paper's exponential decay).",
+    )
