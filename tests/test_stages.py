@@ -204,3 +204,49 @@ def test_metrics_of_another_version_are_refused_naming_the_key(tmp_path):
     path.write_text(json.dumps({"run": {}}))
     with pytest.raises(EdgekdError, match=r"not a metrics\.json of this edgekd version"):
         RunMetrics.load(path)
+
+
+def test_a_holdout_view_splits_the_training_images_per_class_and_never_reads_val_or_test():
+    from edgekd.data import build_data
+    from edgekd.recipe import DataConfig
+
+    data = build_data(DataConfig(per_class=10), subset=True, seed=0)
+    view = data.holdout(0.8, seed=3)
+    train_idx, held_idx = view.train.indices, view.val.indices
+    assert set(train_idx).isdisjoint(held_idx) and set(train_idx) | set(held_idx) == set(data.train.indices)
+    for label in range(data.num_classes):  # 8 of each class's 10 train, 2 score selection
+        assert (view.train.labels == label).sum() == 8 and (view.val.labels == label).sum() == 2
+    assert view.train.augment is data.train.augment and view.val.augment is None
+    assert view.test is data.test and set(held_idx).isdisjoint(data.val.indices)
+    again, other = data.holdout(0.8, seed=3), data.holdout(0.8, seed=4)
+    assert list(again.val.indices) == list(held_idx) and list(other.val.indices) != list(held_idx)
+
+
+def test_a_stage_on_the_holdout_view_trains_and_selects_on_it(tmp_path):
+    from edgekd.data import build_data
+    from edgekd.distill import DistillContext, get_method
+    from edgekd.distill.plan import Stage
+    from edgekd.layout import MethodFolder
+    from edgekd.models import create_model
+    from edgekd.recipe import DataConfig
+    from edgekd.train.stages import StageInputs, run_plan
+
+    data = build_data(DataConfig(per_class=10), subset=True, seed=0)
+    scratch = get_method("scratch")
+    stage = Stage("search", scratch.distiller, "CE on the held-in images", "best_val", 1, view="holdout")
+    torch.manual_seed(0)
+    result = run_plan(
+        [stage],
+        create_model("resnet8", 10, 1, width=4),
+        None,
+        scratch.options(),
+        DistillContext(10, tuple(range(10))),
+        StageInputs(data, TrainConfig(epochs=1)),
+        seed=0,
+        folder=MethodFolder(tmp_path / "scratch"),
+        device=torch.device("cpu"),
+        label="scratch",
+        resume=False,
+    )
+    used = result.records[0].data
+    assert (used.labelled_train, used.labelled_selection) == (80, 20)  # not the 100 / validation images

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -111,6 +111,33 @@ class DataBundle:
             # Runtime already started their thread pools crashed it now and then (seen in the test suite), so
             # the pipeline trains before it loads any runtime.
             worker_init_fn=seed_worker if workers > 0 else None,
+        )
+
+    def holdout(self, fraction: float, seed: int) -> DataBundle:
+        """A train/val sub-split of the training images alone: per class, `fraction` of them (at least one,
+        and one left over) train, the rest score selection without augmentation. A stage that searches on it
+        (DistPro's search) never reads the run's validation or test images. Seeded: one seed, one split."""
+        train = self.train
+        if not isinstance(train, SplitView):
+            raise TypeError("a held-out split needs the training images as a SplitView")
+        rng = np.random.default_rng(seed)
+        labels = train.labels
+        kept: list[np.ndarray] = []
+        held: list[np.ndarray] = []
+        for label in np.unique(labels):
+            positions = rng.permutation(np.flatnonzero(labels == label))
+            if len(positions) < 2:
+                raise EdgekdError(
+                    f"data: class {self.class_names[int(label)]} has {len(positions)} training image; a stage "
+                    "that holds out part of the training images needs at least 2 per class"
+                )
+            cut = min(len(positions) - 1, max(1, round(fraction * len(positions))))
+            kept.append(positions[:cut])
+            held.append(positions[cut:])
+        return replace(
+            self,
+            train=train.part(np.sort(np.concatenate(kept))),
+            val=train.part(np.sort(np.concatenate(held)), augment=False),
         )
 
     def train_loader(self, seed: int) -> DataLoader:

@@ -64,6 +64,18 @@ class SplitView(Dataset):
             items.append((self.augment(image) if self.augment is not None else image, int(label)))
         return items
 
+    def part(self, positions: np.ndarray, *, augment: bool = True) -> SplitView:
+        """The items at `positions` (of this view) as a view of their own, with or without this view's
+        augmentation."""
+        return SplitView(
+            self.pool,
+            self.indices[np.asarray(positions, dtype=np.int64)],
+            mean=self.mean,
+            std=self.std,
+            label_lookup=self.label_lookup,
+            augment=self.augment if augment else None,
+        )
+
     def without_augmentation(self) -> SplitView:
         """The same images, as evaluation sees them."""
         return SplitView(

@@ -30,6 +30,12 @@ if TYPE_CHECKING:
     from edgekd.schema_base import Section
 
 Selection = Literal["best_val", "last", "metric"]
+# Which images a stage reads: "train", the run's labelled training images (and unlabelled ones when its
+# objective has a label-free term), selected on the validation split; "holdout", a seeded per-class split of
+# the labelled training images alone (HOLDOUT_FRACTION train, the rest score selection): for a stage that
+# searches (DistPro), so the search never reads the validation or test images.
+DataView = Literal["train", "holdout"]
+HOLDOUT_FRACTION = 0.8
 SELECTIONS: dict[str, str] = {
     "best_val": "the epoch of best validation accuracy (ties: lower validation loss)",
     "last": "the last epoch",
@@ -71,6 +77,7 @@ class Stage:
     fresh_head: bool = False
     produces: tuple[Artifact, ...] = ()
     consumes: tuple[Artifact, ...] = ()
+    view: DataView = "train"
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
         """The recipe's training section with this stage's epochs and selection rule."""

@@ -21,7 +21,7 @@ from torch import nn
 
 from edgekd.data import DataBundle
 from edgekd.distill.base import DistillContext, Distiller
-from edgekd.distill.plan import Artifact, Stage
+from edgekd.distill.plan import HOLDOUT_FRACTION, Artifact, Stage
 from edgekd.layout import MethodFolder, StageFolder
 from edgekd.recipe import TrainConfig, stage_train_config
 from edgekd.records import DataUse, StageArtifact, StageRecord
@@ -126,11 +126,12 @@ def run_plan(
             student.classifier.reset_parameters()
         objective = stage.objective(student, teacher, options, context)
         hand_on_objective(stage, objective, consumed)
+        data = stage_data(stage, inputs.data, seed)
         train = stage_train_config(stage.train_config(inputs.train), inputs.stage_changes.get(stage.name))
         selection = stage.selection(inputs.train)
         trainer = Trainer(
             objective,
-            inputs.data,
+            data,
             train,
             seed=seed,
             out_dir=folder.stage(stage.name).path,
@@ -153,12 +154,17 @@ def run_plan(
             trained_params=sum(p.numel() for p in objective.trainable_parameters()),
             extra_params=objective.extra_parameter_count(),
             train_time_s=round(fit.train_time_s, 2),
-            data=data_use(inputs.data, objective, selection),
+            data=data_use(data, objective, selection),
             produces=produced,
             consumes=consumed,
         )
         results.append(StageResult(record, fit))
     return PlanResult(student, results)
+
+
+def stage_data(stage: Stage, data: DataBundle, seed: int) -> DataBundle:
+    """The images the stage reads (plan.py's DataView)."""
+    return data.holdout(HOLDOUT_FRACTION, seed) if stage.view == "holdout" else data
 
 
 def skipped(stage: Stage, index: int, count: int, loaded: dict[str, Path]) -> bool:
