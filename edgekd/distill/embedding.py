@@ -15,7 +15,7 @@ from torch import nn
 
 from edgekd.distill.base import Distiller
 from edgekd.distill.features import FeatureCapture, Tap
-from edgekd.distill.plan import Artifact
+from edgekd.distill.plan import Artifact, Stage, split_epochs
 from edgekd.models._common import evaluating
 
 EMBEDDING = Tap("classifier", "classifier", "input")
@@ -23,6 +23,30 @@ EMBEDDING = Tap("classifier", "classifier", "input")
 EMBEDDING_WEIGHTS = Artifact(
     "embedding", "embedding.pt", "student", "the student's weights after its embedding stage"
 )
+
+
+def embedding_then_classifier(
+    field: str,
+    embedding_epochs: int | None,
+    train,
+    embedding: tuple[type[Distiller], str],
+    classifier: tuple[type[Distiller], str],
+) -> list[Stage]:
+    """The two-stage plan of an embedding method (REFILLED, RKD + fine-tuning): an embedding stage selected
+    by its own metric, whose weights a classifier stage with a fresh head takes on for the rest of
+    train.epochs. `embedding`/`classifier`: each stage's objective and summary."""
+    first = split_epochs(field, embedding_epochs, train.epochs)
+    return [
+        Stage("embedding", *embedding, "metric", first, produces=(EMBEDDING_WEIGHTS,)),
+        Stage(
+            "classifier",
+            *classifier,
+            None,
+            train.epochs - first,
+            fresh_head=True,
+            consumes=(EMBEDDING_WEIGHTS,),
+        ),
+    ]
 
 
 def embed(capture: FeatureCapture, images: torch.Tensor) -> torch.Tensor:

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.distill.base import Distiller
-from edgekd.distill.embedding import EMBEDDING, EMBEDDING_WEIGHTS, EmbeddingStage, embed, embed_all
+from edgekd.distill.embedding import EMBEDDING, EmbeddingStage, embed, embed_all, embedding_then_classifier
 from edgekd.distill.features import FeatureCapture
 from edgekd.distill.methods.rkd import pairwise_distances
 from edgekd.distill.options import RefilledOptions
-from edgekd.distill.plan import Stage, split_epochs
+from edgekd.distill.plan import Stage
 from edgekd.distill.registry import implements
 from edgekd.errors import EdgekdError
 
@@ -162,23 +162,10 @@ class RefilledClassifier(_RefilledStage):
 
 
 def refilled_plan(options: RefilledOptions, train) -> list[Stage]:
-    embedding = split_epochs("distill.refilled.embedding_epochs", options.embedding_epochs, train.epochs)
-    return [
-        Stage(
-            "embedding",
-            RefilledEmbedding,
-            "triplet KL on the student's semi-hard triplets, embedding only",
-            "metric",
-            embedding,
-            produces=(EMBEDDING_WEIGHTS,),
-        ),
-        Stage(
-            "classifier",
-            RefilledClassifier,
-            "fresh head; CE + λ·local KD from the teacher's class centres",
-            None,
-            train.epochs - embedding,
-            fresh_head=True,
-            consumes=(EMBEDDING_WEIGHTS,),
-        ),
-    ]
+    return embedding_then_classifier(
+        "distill.refilled.embedding_epochs",
+        options.embedding_epochs,
+        train,
+        (RefilledEmbedding, "triplet KL on the student's semi-hard triplets, embedding only"),
+        (RefilledClassifier, "fresh head; CE + λ·local KD from the teacher's class centres"),
+    )

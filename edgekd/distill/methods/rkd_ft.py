@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from edgekd.distill.base import Distiller
-from edgekd.distill.embedding import EMBEDDING_WEIGHTS, EmbeddingStage
+from edgekd.distill.embedding import EmbeddingStage, embedding_then_classifier
 from edgekd.distill.methods.rkd import RKD
 from edgekd.distill.options import RKDFinetuneOptions
-from edgekd.distill.plan import Stage, split_epochs
+from edgekd.distill.plan import Stage
 from edgekd.distill.registry import implements
 
 
@@ -38,23 +38,10 @@ class CrossEntropyStage(Distiller):
 
 
 def rkd_finetune_plan(options: RKDFinetuneOptions, train) -> list[Stage]:
-    first = split_epochs("distill.rkd_ft.embedding_epochs", options.embedding_epochs, train.epochs)
-    return [
-        Stage(
-            "embedding",
-            RKDEmbedding,
-            "RKD distance + angle on the embedding, no label term",
-            "metric",
-            first,
-            produces=(EMBEDDING_WEIGHTS,),
-        ),
-        Stage(
-            "classifier",
-            CrossEntropyStage,
-            "fresh head, the whole student fine-tuned with CE",
-            None,
-            train.epochs - first,
-            fresh_head=True,
-            consumes=(EMBEDDING_WEIGHTS,),
-        ),
-    ]
+    return embedding_then_classifier(
+        "distill.rkd_ft.embedding_epochs",
+        options.embedding_epochs,
+        train,
+        (RKDEmbedding, "RKD distance + angle on the embedding, no label term"),
+        (CrossEntropyStage, "fresh head, the whole student fine-tuned with CE"),
+    )
