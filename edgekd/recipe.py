@@ -446,13 +446,23 @@ STAGE_TRAIN_FIELDS = ("epochs", "optimizer", "schedule", "grad_clip")
 
 def stage_train_config(base: TrainConfig, changes: dict[str, Any] | None) -> TrainConfig:
     """`base` with a stage's changes merged in field by field (`optimizer: {lr: 0.01}` keeps the rest of
-    the optimizer); raises ValueError naming the field when the result is not a valid training section."""
+    the optimizer); an optimizer or schedule of another `name` replaces the recipe's whole (Adam inherits
+    no SGD momentum, a constant schedule no milestones). Raises ValueError naming the field when the result
+    is not a valid training section."""
     if not changes:
         return base
     unknown = sorted(set(changes) - set(STAGE_TRAIN_FIELDS))
     if unknown:
         raise ValueError(f"{unknown[0]}: a stage cannot change it (allowed: {', '.join(STAGE_TRAIN_FIELDS)})")
-    merged = _deep_merge(base.model_dump(), changes)
+    merged = base.model_dump()
+    for section in ("optimizer", "schedule"):
+        change = changes.get(section)
+        if (
+            isinstance(change, dict)
+            and change.get("name", merged[section]["name"]) != merged[section]["name"]
+        ):
+            merged[section] = {}  # another kind: its own defaults, not the recipe's other kind's values
+    merged = _deep_merge(merged, changes)
     try:
         return TrainConfig.model_validate(merged)
     except ValidationError as exc:

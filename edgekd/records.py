@@ -62,6 +62,12 @@ class StageRecord(Record):
     consumes: list[StageArtifact] = []
     # Why the stage did not train (its artifacts were loaded from another run), else null.
     skipped: str | None = None
+    # What the objective says it did, and numbers of its selected state (Distiller.stage_notes/_measures).
+    notes: str = ""
+    measures: dict[str, float] = {}
+    # A side branch (a check of the student as handed on, plan.py): it hands nothing on; its test accuracy.
+    branch: bool = False
+    test_acc: float | None = None
 
 
 class SeedRun(Record):

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 from pydantic import ValidationError
-from sklearn.datasets import load_digits
 from torch import nn
 
 import edgekd.distill.methods  # noqa: F401  (registers every method)
@@ -27,31 +26,7 @@ DIGITS_SHAPE = (1, 8, 8)
 
 
 # ------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = load_digits(return_X_y=True)
-    x = torch.tensor(images, dtype=torch.float32).view(-1, *DIGITS_SHAPE) / 16
-    x = (x - x.mean()) / x.std()
-    return x, torch.tensor(labels)
-
-
-@pytest.fixture(scope="module")
-def teacher(digits) -> nn.Module:
-    """A resnet20 trained for a few dozen steps: real features, not a random network's."""
-    torch.manual_seed(0)
-    model = create_model("resnet20", 10, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    x, y = digits
-    model.train()
-    for step in range(30):
-        batch = slice((step % 20) * 64, (step % 20 + 1) * 64)
-        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval().requires_grad_(False)
-
-
+# `digits` and `teacher` (a briefly trained resnet20: real features) come from conftest.py
 def make_distiller(method: str, teacher: nn.Module, num_classes: int = 10, class_ids=None, **options):
     torch.manual_seed(1)
     student = create_model("resnet8", num_classes, 1, width=8)

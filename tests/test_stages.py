@@ -136,6 +136,14 @@ def test_a_stage_changes_only_the_training_fields_it_names():
     changed = stage_train_config(base, {"optimizer": {"lr": 0.01}, "schedule": {"name": "constant"}})
     assert changed.optimizer.lr == 0.01 and changed.optimizer.momentum == 0.9 and changed.epochs == 10
     assert changed.schedule.name == "constant" and stage_train_config(base, None) is base
+    # another kind of optimizer or schedule starts from its own defaults, not the recipe's other kind's
+    milestones = TrainConfig(epochs=10, schedule={"name": "multistep", "milestones": [5]})
+    adam = stage_train_config(
+        milestones, {"optimizer": {"name": "adam", "lr": 0.01}, "schedule": {"name": "constant"}}
+    )
+    assert adam.optimizer.nesterov is False and adam.optimizer.weight_decay == 5e-4
+    assert adam.schedule.name == "constant" and adam.schedule.milestones == []
+    assert stage_train_config(milestones, {"schedule": {"gamma": 0.5}}).schedule.milestones == [5]
     with pytest.raises(ValueError, match="select: a stage cannot change it"):
         stage_train_config(base, {"select": "last"})
     with pytest.raises(ValueError, match=r"optimizer\.lr"):

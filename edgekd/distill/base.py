@@ -94,6 +94,16 @@ class Distiller(nn.Module):
         stage trains."""
         raise NotImplementedError(f"{type(self).__name__} consumes no artifact '{name}'")
 
+    def stage_notes(self) -> str:
+        """One line on what this stage's objective did, when the stage's summary cannot say it in advance
+        (e.g. "KD, T=4, α=0.9" or "CE alone: the teacher has none of the student's classes")."""
+        return ""
+
+    def stage_measures(self, data, device: torch.device) -> dict[str, float]:
+        """Numbers that describe the stage's selected state (e.g. a reconstruction error on the validation
+        images), recorded in metrics.json and shown in the report."""
+        return {}
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What the stage's optimizer updates: by default every parameter that requires a gradient (the
         student's and the method's own parts). A stage that trains less says so here."""

@@ -33,6 +33,7 @@ from edgekd.distill.options import (
     RKDOptions,
     ScratchOptions,
     SKDOptions,
+    SRMOptions,
     resolved_option,
 )
 from edgekd.distill.plan import PlanBuilder, Stage, single_stage
@@ -197,6 +198,16 @@ METHODS: tuple[MethodEntry, ...] = (
         "RKDEmbedding",
         plan_name="rkd_finetune_plan",
         relations=ANY_RELATION,
+    ),
+    MethodEntry(
+        "srm",
+        SRMOptions,
+        "SRM (paper 004): teacher dictionaries (sparse codes of its feature maps), then the student's taps "
+        "learn their pixel and image labels, then KD with a fresh head (CE alone across tasks).",
+        f"{_CODE}.srm",
+        "SRMTask",
+        plan_name="srm_plan",
+        relations=ANY_RELATION,  # stages 1-2 read features only; stage 3 drops KD without shared classes
     ),
 )
 

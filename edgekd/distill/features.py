@@ -365,5 +365,17 @@ class FeatureDistiller(Distiller):
             return None, features
         return restrict_to_student_classes(logits, self.context), features
 
+    def student_parameters_reaching_taps(self) -> list[nn.Parameter]:
+        """The student's trainable parameters that its tap features depend on (its layers up to the deepest
+        tap), found by one backward pass from the taps on a blank batch in eval mode (so no BatchNorm
+        statistic moves): what a stage that trains only through the taps should optimise."""
+        candidates = [p for p in self.student.parameters() if p.requires_grad]
+        blank = torch.zeros(2, *self.input_shape, device=candidates[0].device, dtype=candidates[0].dtype)
+        with evaluating(self.student):
+            _, features = self.student_capture.run(blank)
+            total = sum(feature.sum() for feature in features)
+            grads = torch.autograd.grad(total, candidates, allow_unused=True)
+        return [p for p, grad in zip(candidates, grads, strict=True) if grad is not None]
+
     def student_features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return self.student_capture.run(images)

@@ -75,6 +75,21 @@ class FinetuneOptions(Section):
     )
 
 
+# ------------------------------------------------------------------------------------------ transfer check
+class TransferCheckOptions(Section):
+    """SRM's "quality of intermediate knowledge transfer" (paper 004, Table II), for methods that pre-train the
+    student's intermediate layers (SRM, FitNet)."""
+
+    train: Literal["head", "all"] = Field(
+        "head",
+        description="After pre-training, a fresh classifier learns with CE alone: 'head' trains only it "
+        "(linear probing), 'all' the whole student (whole network update).",
+    )
+    epochs: int = Field(
+        20, ge=1, le=MAX_EPOCHS, description="Epochs of the check (the paper: 60 for head, 200 for all)."
+    )
+
+
 # ------------------------------------------------------------------------------------------ fitnet
 class FitNetOptions(Section):
     teacher_tap: TapRef | None = Field(
@@ -114,6 +129,11 @@ class FitNetOptions(Section):
         "`kd` method), repdistiller 0.",
     )
     temperature: float = Field(4.0, gt=0, description="Softmax temperature of the task stage's KD term.")
+    transfer_check: TransferCheckOptions | None = Field(
+        None,
+        description="Romero variant: after the hint stage, train a fresh classifier from the hinted student "
+        "with CE and report its accuracy (the student that goes on to the task stage is not changed).",
+    )
 
 
 # The values an unset FitNet option takes under each variant.
@@ -235,4 +255,65 @@ class RefilledOptions(Section):
         le=1,
         description="λ is multiplied by this each epoch of the classifier stage (1: constant, the newer code; "
         "below 1: the paper's exponential decay).",
+    )
+
+
+# ------------------------------------------------------------------------------------------ srm
+class SRMOptions(TapOptions):
+    atoms_per_channel: float = Field(
+        2.0,
+        gt=1,
+        le=16,
+        description="μ: each teacher tap of C channels gets a dictionary of M = floor(μ·C) atoms (the paper "
+        "validates 1.5, 2, 3).",
+    )
+    sparsity: float = Field(
+        0.02,
+        gt=0,
+        lt=1,
+        description="λ: a sparse code keeps the k = max(1, floor(λ·M)) largest similarities (the paper "
+        "validates 0.01, 0.02, 0.03).",
+    )
+    dictionary_epochs: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Epochs of stage 1 (the teacher's dictionaries; the student does not train, so they are "
+        "not part of train.epochs). Default: one eighth of train.epochs, at least 1 (edgekd's choice).",
+    )
+    pretrain_epochs: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Epochs of stage 2 (the student's intermediate layers); stage 3 (KD) gets the rest of "
+        "train.epochs. Default: 4/9 of train.epochs, the paper's 160 pre-training to 200 KD epochs.",
+    )
+    pixel_ce: Literal["similarities", "sigmoid_logits"] = Field(
+        "similarities",
+        description="Pixel-level cross-entropy: against the student's similarities normalised over the atoms "
+        "('similarities', the paper's eq. 4) or with the similarities fed to a softmax as logits "
+        "('sigmoid_logits', the authors' code).",
+    )
+    pixel_weight: float = Field(1.0, ge=0, description="Weight of the pixel-level cross-entropy.")
+    image_weight: float = Field(1.0, ge=0, description="Weight of the image-level binary cross-entropy.")
+    temperature: float = Field(
+        4.0, gt=0, description="Stage 3: KD temperature T (the paper validates 2, 4, 8)."
+    )
+    alpha: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Stage 3: weight of the KD term, CE gets 1 - alpha (the paper validates 0.25, 0.5, 0.75). "
+        "CE alone when the teacher's head has none of the student's classes.",
+    )
+    chunk_elements: int = Field(
+        1 << 18,
+        ge=1024,
+        description="Sparse codes computed at once (pixels × atoms per chunk): bounds the memory of the codes, "
+        "B·H·W·M floats at a tap, without changing the result.",
+    )
+    transfer_check: TransferCheckOptions | None = Field(
+        None,
+        description="After stage 2, train a fresh classifier from the pre-trained student with CE and report "
+        "its accuracy (the student that goes on to stage 3 is not changed).",
     )

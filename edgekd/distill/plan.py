@@ -67,6 +67,9 @@ class Stage:
     `select` None follows the recipe's `train.select`; `epochs` None trains the recipe's `train.epochs`.
     `fresh_head` gives the student a newly initialized classifier before the stage starts (a stage after an
     embedding stage, or a fine-tuning on other classes).
+    `branch` makes it a side branch, a check of the student as handed on: it trains from that state, is
+    scored on the validation and test images (reported, never used to choose anything) and hands nothing
+    on: the next stage starts from the state before it, so turning a check on does not change the result.
     """
 
     name: str
@@ -78,6 +81,7 @@ class Stage:
     produces: tuple[Artifact, ...] = ()
     consumes: tuple[Artifact, ...] = ()
     view: DataView = "train"
+    branch: bool = False
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
         """The recipe's training section with this stage's epochs and selection rule."""
@@ -126,7 +130,8 @@ def describe_plan(stages: list[Stage]) -> str:
 
 def _describe_stage(stage: Stage) -> str:
     produced = "".join(f" [{artifact.file}]" for artifact in stage.produces)
-    return f"{stage.name} ({stage.select or 'train.select'}){produced}"
+    described = f"{stage.name} ({stage.select or 'train.select'}){produced}"
+    return f"[check: {described}]" if stage.branch else described
 
 
 def produced_artifacts(stages: list[Stage]) -> dict[str, Artifact]:

@@ -139,7 +139,7 @@ def stage_curves(metrics: RunMetrics, histories: dict[str, list[dict[str, Any]]]
         for record in metrics.models
         if len(record.stages) > 1
         for stage in record.stages
-        if stage.skipped is None
+        if stage.skipped is None and not stage.branch  # a check's epochs are not the student's training
     ]
     if not panels:
         return None

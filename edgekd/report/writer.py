@@ -93,6 +93,7 @@ def report_markdown(recipe: Recipe, metrics: RunMetrics, plot_files: list[str]) 
             "",
         ]
     lines += stage_lines(metrics)
+    lines += transfer_check_lines(metrics)
     lines += artifact_section(metrics)
     for name in plot_files:
         lines += [f"![{name}]({name})", ""]
@@ -116,6 +117,7 @@ STAGE_COLUMNS = [
     "labelled (train / selection)",
     "unlabelled",
     "artifacts",
+    "notes",
 ]
 
 
@@ -145,7 +147,7 @@ def stage_lines(metrics: RunMetrics) -> list[str]:
 
 def stage_row(model: str, stage: StageRecord) -> list[str]:
     if stage.skipped:
-        return [model, stage.stage, "0", "-", "-", "-", "0", "-", "-", stage.skipped]
+        return [model, stage.stage, "0", "-", "-", "-", "0", "-", "-", stage.skipped, "-"]
     score = stage.best_score
     data = stage.data
     handed = [f"→ {a.name}" for a in stage.produces]
@@ -161,7 +163,61 @@ def stage_row(model: str, stage: StageRecord) -> list[str]:
         "-" if data is None else f"{data.labelled_train} / {data.labelled_selection}",
         "-" if data is None else str(data.unlabeled),
         ", ".join(handed) or "-",
+        stage_notes(stage),
     ]
+
+
+def stage_notes(stage: StageRecord) -> str:
+    """What the stage's objective said it did, its numbers on the validation images, and for a check its
+    accuracies."""
+    parts = [stage.notes] if stage.notes else []
+    parts += [f"{name} {value:.4g}" for name, value in stage.measures.items()]
+    if stage.branch:
+        parts.append(f"check val {stage.best_val_acc:.2f} %, test {stage.test_acc:.2f} %")
+    return "; ".join(parts) or "-"
+
+
+def transfer_check_lines(metrics: RunMetrics) -> list[str]:
+    """The intermediate-transfer checks (SRM paper's Table II) over seeds: accuracy of a fresh classifier
+    trained with CE from each pre-trained student."""
+    rows = []
+    for record in metrics.models:
+        seeds = [run.stages for run in record.per_seed] or [record.stages]
+        for name in dict.fromkeys(s.stage for stages in seeds for s in stages if s.branch):
+            checks = [s for stages in seeds for s in stages if s.branch and s.stage == name]
+            rows.append(
+                [
+                    record.name,
+                    name,
+                    checks[0].notes or "-",
+                    str(len(checks)),
+                    _mean_std([c.best_val_acc for c in checks]),
+                    _mean_std([c.test_acc for c in checks]),
+                ]
+            )
+    if not rows:
+        return []
+    return [
+        "### Quality of the intermediate transfer",
+        "",
+        "After the pre-training stage, a fresh classifier trained with cross-entropy alone (no teacher): how "
+        "good a starting point each pre-training made (SRM paper, Table II). A check hands nothing on; it is "
+        "reported, never used to choose anything. Mean ± std over seeds.",
+        "",
+        markdown_table(["model", "stage", "what trained", "seeds", "val acc %", "test acc %"], rows),
+        "",
+    ]
+
+
+def _mean_std(values: list[float | None]) -> str:
+    present = [v for v in values if v is not None]
+    if not present:
+        return "-"
+    mean = sum(present) / len(present)
+    if len(present) < 2:
+        return f"{mean:.2f}"
+    std = (sum((v - mean) ** 2 for v in present) / (len(present) - 1)) ** 0.5
+    return f"{mean:.2f} ± {std:.2f}"
 
 
 def paired_lines(metrics: RunMetrics) -> list[str]:

@@ -11,6 +11,7 @@ whose every artifact the recipe loads from another run (`distill.artifacts`) is 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +29,12 @@ from edgekd.records import DataUse, StageArtifact, StageRecord
 from edgekd.schema_base import Section
 from edgekd.train.checkpoint import load_checkpoint, save_checkpoint
 from edgekd.train.dist import is_main_process
-from edgekd.train.trainer import FitResult, Trainer, epoch_seed
+from edgekd.train.trainer import FitResult, Trainer, epoch_seed, evaluate
 
 # Seeds the construction of a later stage's objective (a fresh head, connectors): far from the epoch seeds.
 _CONSTRUCTION_EPOCH = 999_983
+# Seed indices of side branches (checks): apart from the main stages'.
+_BRANCH_SEED_INDEX = 1_000
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,11 @@ class PlanResult:
         return max(stage.record.extra_params for stage in self.stages)
 
     def history(self) -> list[dict[str, Any]]:
-        """Every stage's epochs in order; `epoch` counts on across stages, `stage`/`stage_epoch` say where."""
+        """Every stage's epochs in order; `epoch` counts on across stages, `stage`/`stage_epoch` say where.
+        Side branches (checks) are left out: they are not part of the student's training."""
         rows, done = [], 0
         for stage in self.stages:
-            if stage.fit is None:
+            if stage.fit is None or stage.record.branch:
                 continue
             for row in stage.fit.history:
                 rows.append(
@@ -118,48 +122,111 @@ def run_plan(
         if skipped(stage, index, len(stages), inputs.loaded):
             results.append(skipped_stage(stage, inputs))
             continue
-        if index > 0:
-            torch.manual_seed(epoch_seed(seed, _CONSTRUCTION_EPOCH, index))
-        consumed = [available[artifact.name] for artifact in stage.consumes]
-        hand_on_student(stage, student, consumed)
-        if stage.fresh_head:
-            student.classifier.reset_parameters()
-        objective = stage.objective(student, teacher, options, context)
-        hand_on_objective(stage, objective, consumed)
-        data = stage_data(stage, inputs.data, seed)
-        train = stage_train_config(stage.train_config(inputs.train), inputs.stage_changes.get(stage.name))
-        selection = stage.selection(inputs.train)
-        trainer = Trainer(
-            objective,
-            data,
-            train,
-            seed=seed,
-            out_dir=folder.stage(stage.name).path,
-            device=device,
-            label=label if len(stages) == 1 else f"{label} {stage.name}",
-            progress=progress,
-            select=selection,
-            stage_index=index,
+        before_branch = copy.deepcopy(student.state_dict()) if stage.branch else None
+        result, produced = run_stage(
+            stage,
+            student,
+            teacher,
+            options,
+            context,
+            inputs,
+            available,
+            run=StageRun(
+                seed=seed,
+                index=seed_index(stages, index),
+                folder=folder,
+                device=device,
+                label=label if len(stages) == 1 else f"{label} {stage.name}",
+                resume=resume,
+                progress=progress,
+            ),
         )
-        fit = trainer.fit(resume=resume)
-        produced = save_artifacts(stage, objective, folder.stage(stage.name))
         available.update({artifact.name: artifact for artifact in produced})
-        record = StageRecord(
-            stage=stage.name,
-            epochs=fit.epochs,
-            select=fit.select,
-            best_epoch=fit.best_epoch,
-            best_val_acc=round(fit.best_val_acc, 4),
-            best_score=None if fit.best_score is None else round(fit.best_score, 6),
-            trained_params=sum(p.numel() for p in objective.trainable_parameters()),
-            extra_params=objective.extra_parameter_count(),
-            train_time_s=round(fit.train_time_s, 2),
-            data=data_use(data, objective, selection),
-            produces=produced,
-            consumes=consumed,
-        )
-        results.append(StageResult(record, fit))
+        results.append(result)
+        if before_branch is not None:
+            student.load_state_dict(before_branch)
     return PlanResult(student, results)
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """How one stage of a plan runs: its seed and seed index, folder, device, label, resume and progress."""
+
+    seed: int
+    index: int
+    folder: MethodFolder
+    device: torch.device
+    label: str
+    resume: bool
+    progress: Any = None
+
+
+def seed_index(stages: list[Stage], index: int) -> int:
+    """The index that seeds a stage: its place among the plan's main stages (checks do not shift the seeds of
+    the stages after them, so turning one on leaves the student unchanged); a check gets one of its own."""
+    if stages[index].branch:
+        return _BRANCH_SEED_INDEX + index
+    return sum(1 for stage in stages[:index] if not stage.branch)
+
+
+def run_stage(
+    stage: Stage,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    options: Section,
+    context: DistillContext,
+    inputs: StageInputs,
+    available: dict[str, StageArtifact],
+    run: StageRun,
+) -> tuple[StageResult, list[StageArtifact]]:
+    """Build the stage's objective on the handed-on student, train it, save what it produces."""
+    if run.index > 0:
+        torch.manual_seed(epoch_seed(run.seed, _CONSTRUCTION_EPOCH, run.index))
+    consumed = [available[artifact.name] for artifact in stage.consumes]
+    hand_on_student(stage, student, consumed)
+    if stage.fresh_head:
+        student.classifier.reset_parameters()
+    objective = stage.objective(student, teacher, options, context)
+    hand_on_objective(stage, objective, consumed)
+    data = stage_data(stage, inputs.data, run.seed)
+    train = stage_train_config(stage.train_config(inputs.train), inputs.stage_changes.get(stage.name))
+    selection = stage.selection(inputs.train)
+    trainer = Trainer(
+        objective,
+        data,
+        train,
+        seed=run.seed,
+        out_dir=run.folder.stage(stage.name).path,
+        device=run.device,
+        label=run.label,
+        progress=run.progress,
+        select=selection,
+        stage_index=run.index,
+    )
+    fit = trainer.fit(resume=run.resume)
+    produced = save_artifacts(stage, objective, run.folder.stage(stage.name))
+    test_acc = None
+    if stage.branch:
+        test_acc = round(evaluate(student, data.eval_loader("test"), run.device)[0], 4)
+    record = StageRecord(
+        stage=stage.name,
+        epochs=fit.epochs,
+        select=fit.select,
+        best_epoch=fit.best_epoch,
+        best_val_acc=round(fit.best_val_acc, 4),
+        best_score=None if fit.best_score is None else round(fit.best_score, 6),
+        trained_params=sum(p.numel() for p in objective.trainable_parameters()),
+        extra_params=objective.extra_parameter_count(),
+        train_time_s=round(fit.train_time_s, 2),
+        data=data_use(data, objective, selection),
+        produces=produced,
+        consumes=consumed,
+        notes=objective.stage_notes(),
+        measures={k: round(v, 6) for k, v in objective.stage_measures(data, run.device).items()},
+        branch=stage.branch,
+        test_acc=test_acc,
+    )
+    return StageResult(record, fit), produced
 
 
 def stage_data(stage: Stage, data: DataBundle, seed: int) -> DataBundle:

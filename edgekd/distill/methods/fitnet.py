@@ -36,6 +36,7 @@ from edgekd.distill.methods.kd import kd_loss
 from edgekd.distill.options import FitNetOptions, resolved_option
 from edgekd.distill.plan import Artifact, Stage
 from edgekd.distill.registry import implements
+from edgekd.distill.transfer_check import transfer_check_stages
 from edgekd.errors import EdgekdError
 from edgekd.models._common import evaluating
 
@@ -166,6 +167,7 @@ def fitnet_plan(options: FitNetOptions, train) -> list[Stage]:
             hint,
             produces=(HINTED_STUDENT,),
         ),
+        *transfer_check_stages(options.transfer_check),
         Stage(
             "task",
             FitNetTask,
