@@ -116,7 +116,7 @@ def main() -> None:
                 versus = (
                     f"  Δ vs {REFERENCE} {paired['mean']:+.2f} [{low:+.2f}, {high:+.2f}] {paired['verdict']}"
                 )
-            print(f"{model:>12}: {row['test_acc_mean']:6.2f} ± {row['test_acc_std']:.2f}{versus}")
+            print(f"{model:>12}: {row['test_acc_mean']:6.2f} ± {row['test_acc_std'] or 0.0:.2f}{versus}")
     print(f"wrote {args.results} ({elapsed:.0f} s)")
 
 
