@@ -25,7 +25,7 @@ from edgekd.errors import CheckFailed, EdgekdError
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
 from edgekd.preflight import check_memory
 from edgekd.recipe import Recipe
-from edgekd.train.checkpoint import fitting_state, load_weights
+from edgekd.train.checkpoint import fitting_state, load_checkpoint, load_weights
 
 
 @dataclass(frozen=True)
@@ -176,8 +176,8 @@ def loaded_artifacts(recipe: Recipe, method: str, seed: int) -> dict[str, Path]:
 
 
 def check_loaded_artifacts(recipe: Recipe, student: ModelChoice, plan: DataPlan) -> None:
-    """Every artifact to load exists for every seed, and one that holds student weights fits the student
-    (checked on the meta device: nothing is allocated)."""
+    """Every artifact to load exists for every seed, one that holds student weights fits the student
+    (checked on the meta device: nothing is allocated), and one with its own check passes it."""
     for method in recipe.distill.artifacts:
         resolved = resolve_method(recipe.distill, method)
         produced = produced_artifacts(resolved.entry.plan(resolved.options, recipe.train))
@@ -188,6 +188,8 @@ def check_loaded_artifacts(recipe: Recipe, student: ModelChoice, plan: DataPlan)
                     raise EdgekdError(
                         f"{where}: '{path}' does not exist (seed {seed}); allowed: an artifact file"
                     )
+                if produced[name].check is not None:
+                    produced[name].check(load_checkpoint(path, where), resolved.options, where)
                 if produced[name].holds == "student":
                     arch, args, classes = student.arch, student.model_args, len(plan.student_ids)
                     if resolved.entry.student_from_teacher:

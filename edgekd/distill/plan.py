@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from edgekd.errors import EdgekdError
 
@@ -58,6 +58,10 @@ class Artifact:
     file: str
     holds: Literal["student", "objective"]
     summary: str
+    # For holds="objective": checks a payload loaded from another run against the method's options
+    # (check(payload, options, where), raising EdgekdError), before anything is written. What needs the
+    # networks (which teacher, which taps) is checked when the consuming stage takes it in.
+    check: Callable[[Any, Section, str], None] | None = None
 
 
 @dataclass(frozen=True)

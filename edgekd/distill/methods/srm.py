@@ -52,11 +52,26 @@ from edgekd.errors import EdgekdError
 from edgekd.models._common import evaluating
 
 ARTIFACT_FORMAT = "edgekd.srm.dictionaries/1"
+
+
+def check_dictionaries(payload, options: SRMOptions, where: str) -> None:
+    """A loaded dictionaries file is SRM's, made with this recipe's μ and λ."""
+    if not isinstance(payload, dict) or payload.get("format") != ARTIFACT_FORMAT:
+        raise EdgekdError(f"{where}: not an SRM dictionaries file (expected format '{ARTIFACT_FORMAT}')")
+    for field in ("atoms_per_channel", "sparsity"):
+        if abs(payload[field] - getattr(options, field)) > 1e-12:
+            raise EdgekdError(
+                f"{where}: the dictionaries were learnt with {field} {payload[field]}, the recipe's "
+                f"distill.srm.{field} is {getattr(options, field)}; make them agree"
+            )
+
+
 DICTIONARIES = Artifact(
     "dictionaries",
     "dictionaries.pt",
     "objective",
     "the teacher's dictionaries and biases per tap (and the teacher's fingerprint)",
+    check=check_dictionaries,
 )
 PRETRAINED_STUDENT = Artifact(
     "pretrained_student",
@@ -347,18 +362,6 @@ class ChannelMoments:
         if not self.count:
             return 0.0
         return self.squares - float(torch.as_tensor(self.sums).square().sum()) / self.count
-
-
-def check_dictionaries(payload, options: SRMOptions, where: str) -> None:
-    """A loaded dictionaries file is SRM's, made with this recipe's μ and λ."""
-    if not isinstance(payload, dict) or payload.get("format") != ARTIFACT_FORMAT:
-        raise EdgekdError(f"{where}: not an SRM dictionaries file (expected format '{ARTIFACT_FORMAT}')")
-    for field in ("atoms_per_channel", "sparsity"):
-        if abs(payload[field] - getattr(options, field)) > 1e-12:
-            raise EdgekdError(
-                f"{where}: the dictionaries were learnt with {field} {payload[field]}, the recipe's "
-                f"distill.srm.{field} is {getattr(options, field)}; make them agree"
-            )
 
 
 @implements("srm")
