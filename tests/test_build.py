@@ -135,6 +135,10 @@ def _wait_for_epochs(history: Path, epochs: int, process: subprocess.Popen, time
         ("fitnet", {"hint_epochs": 2}, "task", [1, 2, 3, 4]),
         # stage 1 selected by its own metric, stage 2 with a fresh head and centres computed at its start
         ("refilled", {"embedding_epochs": 2}, "classifier", [1, 2, 3, 4]),
+        # DistPro killed in its search (α̃'s optimizer and the recorded process resume with the stage) and in
+        # its replay (a fresh student reading the process): the same process and the same student
+        ("distpro", {"search_epochs": 4}, "search", [1, 2, 3, 4]),
+        ("distpro", {"search_epochs": 2}, "replay", [1, 2, 3, 4, 5, 6]),
     ],
 )
 def test_sigkill_then_resume_matches_an_uninterrupted_run(
@@ -172,6 +176,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(
     history = json.loads((stage_dir / "history.json").read_text())
     assert [row["epoch"] for row in history] == stage_epochs
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())  # not trained again
+    if method == "distpro":
+        process = Path("train") / "distpro" / "search" / "artifacts" / "process.pt"
+        ours, theirs = (torch.load(root / process, weights_only=True) for root in (run_dir, reference_dir))
+        assert ours["steps"] == theirs["steps"] and torch.equal(ours["alpha"], theirs["alpha"])
 
 
 def test_a_second_build_of_a_busy_run_folder_is_refused_naming_the_holder(write_recipe, tmp_path):

@@ -134,3 +134,113 @@ def test_a_search_step_leaves_the_live_parameters_and_statistics_bit_identical()
     assert all(torch.equal(before[name], after[name]) for name in before)  # BatchNorm running stats included
     assert all(torch.equal(buffers[id(p)], optimizer.state[p]["momentum_buffer"]) for p in model.parameters())
     assert all(p.grad is None for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------- the method
+DIGITS_SHAPE = (1, 8, 8)  # `digits` and `teacher` (a briefly trained resnet20) come from conftest.py
+
+
+def distpro_stage(objective, teacher, student=None, **options):
+    from edgekd.distill import DistillContext, get_method
+    from edgekd.models import create_model
+
+    torch.manual_seed(1)
+    student = student or create_model("resnet8", 10, 1, width=8)
+    context = DistillContext(10, tuple(range(10)), input_shape=DIGITS_SHAPE)
+    return objective(student, teacher, get_method("distpro").options(**options), context)
+
+
+class HeldOut:
+    """The part of a DataBundle the search reads: its search-val images, in a fixed order."""
+
+    def __init__(self, images, labels):
+        self.val = list(zip(images.split(16), labels.split(16), strict=True))
+        self.train = images
+
+    def eval_loader(self, split):
+        assert split == "val"
+        return self.val
+
+
+def test_a_search_step_moves_only_alpha(teacher, digits):
+    from edgekd.distill.methods.distpro import DistProSearch
+
+    search = distpro_stage(DistProSearch, teacher)
+    assert len(search.pathways) == 6 and search.pathway_names()[1] == "layer1<-layer2#0"
+    search.prepare_stage(HeldOut(digits[0][100:132], digits[1][100:132]), torch.device("cpu"))
+    search.on_epoch_start(0, 1)
+    optimizer = torch.optim.SGD(search.trainable_parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    search.train()
+    images, labels = digits[0][:32], digits[1][:32]
+    search.forward_train(images, labels)[1]["ce"].backward()  # one real step: momentum buffers exist
+    optimizer.step()
+    optimizer.zero_grad()
+    before = {k: v.clone() for k, v in search.state_dict().items() if k != "_extra_state"}
+    alpha_before = search.alpha().clone()
+    search.before_step(images, labels, optimizer)
+    after = search.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == ["alpha_logits"], changed  # the student, transforms and BN statistics are untouched
+    assert not torch.equal(alpha_before, search.alpha())
+    assert search.recorded_steps == [0] and search.steps_done == 1
+
+
+def test_the_search_state_survives_a_checkpoint(teacher, digits):
+    from edgekd.distill.methods.distpro import DistProSearch
+
+    search = distpro_stage(DistProSearch, teacher)
+    search.prepare_stage(HeldOut(digits[0][100:132], digits[1][100:132]), torch.device("cpu"))
+    optimizer = torch.optim.SGD(search.trainable_parameters(), lr=0.05)
+    search.before_step(digits[0][:32], digits[1][:32], optimizer)
+    search.before_step(digits[0][32:64], digits[1][32:64], optimizer)
+    restored = distpro_stage(DistProSearch, teacher)
+    restored.load_state_dict(search.state_dict())
+    assert restored.recorded_steps == search.recorded_steps == [0, 1]
+    assert torch.equal(restored.alpha(), search.alpha())
+    assert restored.alpha_optimizer.state_dict()["state"][0]["step"] == 2
+
+
+def test_replay_follows_the_process_and_refuses_other_pathways(teacher):
+    from edgekd.distill.methods.distpro import PROCESS_FORMAT, DistProReplay
+    from edgekd.errors import EdgekdError
+
+    replay = distpro_stage(DistProReplay, teacher)
+    values = torch.softmax(torch.randn(3, 6), 1)
+    process = {
+        "format": PROCESS_FORMAT,
+        "pathways": replay.pathway_names(),
+        "steps": [0, 5, 10],
+        "alpha": values,
+        "logits": torch.tensor([[0.0] * 6, [0.2, 0.6, 0.0, 0.0, 0.0, 0.0], [0.1, 0.7, 0.0, 0.0, 0.0, 0.0]]),
+        "searched_steps": 10,
+    }
+    replay.use_artifact("process", process)
+    for step, row in ((0, values[0]), (50, values[1]), (100, values[2])):  # a run 10x the search
+        replay.on_step_start(step, 100)
+        torch.testing.assert_close(replay.current, row)
+    dropping = distpro_stage(DistProReplay, teacher, drop_below=0.5)
+    dropping.use_artifact("process", process)
+    assert dropping.active == [False, True, False, False, False, False]
+    assert len(dropping.trainable_parameters()) < len(replay.trainable_parameters())
+    other = distpro_stage(DistProReplay, teacher, pairs="all")
+    with pytest.raises(EdgekdError) as error:
+        other.use_artifact("process", process)
+    message = str(error.value)
+    assert "\n" not in message and "searched over 6 pathways" in message and "this recipe has 9" in message
+
+
+def test_plans_of_the_three_weightings():
+    from edgekd.distill import get_method
+    from edgekd.distill.methods.distpro import distpro_plan
+    from edgekd.recipe import TrainConfig
+
+    options = get_method("distpro").options
+    search, replay = distpro_plan(options(), TrainConfig(epochs=60))
+    assert (search.view, search.epochs, search.select) == ("holdout", 10, "last")
+    assert replay.fresh_student and replay.epochs == 60 and replay.consumes[0].name == "process"
+    (equal,) = distpro_plan(options(weights="equal"), TrainConfig(epochs=60))
+    assert not equal.consumes and not equal.fresh_student
+    assert [s.name for s in distpro_plan(options(weights="final"), TrainConfig(epochs=60))] == [
+        "search",
+        "replay",
+    ]

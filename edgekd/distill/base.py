@@ -84,6 +84,17 @@ class Distiller(nn.Module):
         """Called before each optimizer step (0-based, counted over the stage's ``steps``), for objectives
         whose weights or schedules change within an epoch. Must depend only on its arguments."""
 
+    def before_step(
+        self, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Called with each training batch before the stage's optimizer step on it, with that optimizer (to
+        read, never to step): a searching objective updates its own architecture parameters here (DistPro's
+        pathway weights, from a hyper-gradient through the optimizer's unrolled step)."""
+
+    # An objective that reads the stage's validation images itself (a search) says so: they are counted as
+    # images used for selection, whatever the stage's selection rule.
+    reads_validation_images: bool = False
+
     def artifact(self, name: str) -> dict:
         """The payload of an artifact this objective's stage produces with `holds="objective"` (plan.py):
         tensors, numbers, strings, lists and dicts only (it is read back weights_only)."""

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgekd.distill.options import (
     ATOptions,
+    DistProOptions,
     FinetuneOptions,
     FitNetOptions,
     KDOptions,
@@ -208,6 +209,16 @@ METHODS: tuple[MethodEntry, ...] = (
         "SRMTask",
         plan_name="srm_plan",
         relations=ANY_RELATION,  # stages 1-2 read features only; stage 3 drops KD without shared classes
+    ),
+    MethodEntry(
+        "distpro",
+        DistProOptions,
+        "DistPro (paper 002): search the weights of every teacher-student pathway over training by a "
+        "hyper-gradient (bi-level), then replay that process on a fresh student; or its final or equal weights.",
+        f"{_CODE}.distpro",
+        "DistProReplay",
+        plan_name="distpro_plan",
+        relations=ANY_RELATION,  # feature maps only: the teacher's classes play no part
     ),
 )
 

@@ -317,3 +317,52 @@ class SRMOptions(TapOptions):
         description="After stage 2, train a fresh classifier from the pre-trained student with CE and report "
         "its accuracy (the student that goes on to stage 3 is not changed).",
     )
+
+
+# ------------------------------------------------------------------------------------------ distpro
+class DistProOptions(Section):
+    teacher_taps: list[TapRef] | None = Field(
+        None,
+        description="The teacher's taps pathways may start from (indices, declared names or module paths). "
+        "Default: every declared tap (the outputs of its down-sampling stages).",
+    )
+    student_taps: list[TapRef] | None = Field(
+        None,
+        description="The student's taps pathways may lead from (not paired in order: `pairs` decides). "
+        "Default: every declared tap.",
+    )
+    weights: Literal["process", "final", "equal"] = Field(
+        "process",
+        description="Pathway weights while the student trains: 'process' (the searched α schedule, linearly "
+        "interpolated over the run: DistPro), 'final' (the last searched α held constant: the paper's 'use "
+        "α_T'), 'equal' (1/N each, no search: its 'equally weighted').",
+    )
+    pairs: Literal["deeper_or_same", "all"] = Field(
+        "deeper_or_same",
+        description="Which (teacher tap i, student tap j) pairs are pathways: j >= i (the paper) or all.",
+    )
+    variants: int = Field(
+        1, ge=1, le=8, description="Transform variants per tap pair (the paper: 3; the authors' release: 1)."
+    )
+    search_epochs: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Epochs of the search stage (on a seeded 80/20 split of the training images; not part of "
+        "train.epochs). Default: train.epochs / 6, at least 1 (the paper: 40 search for 240 training).",
+    )
+    bias: float | None = Field(
+        1.0,
+        description="g of the biased softmax α = softmax(concat(α̃, g))[:N]; null: a plain softmax over α̃.",
+    )
+    alpha_lr: float = Field(0.05, gt=0, description="Adam learning rate of α̃ (the paper 0.05; its code 0.1).")
+    alpha_betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of α̃.")
+    record_every: int = Field(1, ge=1, description="Record α every this many search steps.")
+    drop_below: float | None = Field(
+        None,
+        description="Replay: drop the pathways whose α̃ never exceeded this during the search (the paper's "
+        "τ = 0.5) to save their cost; null keeps every pathway.",
+    )
+    weight: float = Field(
+        1.0, gt=0, description="Multiplies the weighted pathway losses (CE + weight·Σ α_p·HCL_p)."
+    )

@@ -71,6 +71,8 @@ class Stage:
     `select` None follows the recipe's `train.select`; `epochs` None trains the recipe's `train.epochs`.
     `fresh_head` gives the student a newly initialized classifier before the stage starts (a stage after an
     embedding stage, or a fine-tuning on other classes).
+    `fresh_student` starts it from the student as the plan received it (its seeded initialization), not from
+    what the previous stage trained: a stage that replays what an earlier stage searched (DistPro).
     `branch` makes it a side branch, a check of the student as handed on: it trains from that state, is
     scored on the validation and test images (reported, never used to choose anything) and hands nothing
     on: the next stage starts from the state before it, so turning a check on does not change the result.
@@ -86,6 +88,7 @@ class Stage:
     consumes: tuple[Artifact, ...] = ()
     view: DataView = "train"
     branch: bool = False
+    fresh_student: bool = False
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
         """The recipe's training section with this stage's epochs and selection rule."""

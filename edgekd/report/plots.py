@@ -151,6 +151,35 @@ def stage_curves(metrics: RunMetrics, histories: dict[str, list[dict[str, Any]]]
     return _save(fig, path)
 
 
+def process_curves(metrics: RunMetrics, path: Path) -> Path | None:
+    """Each searched distillation process (DistPro, first seed): α of every pathway over the search steps,
+    as the replay stretches it over the student's run (the paper's Fig. 6). None when no model searched one."""
+    import torch
+
+    processes = []
+    for record in metrics.models:
+        for stage in record.stages:
+            for artifact in stage.produces:
+                if artifact.name == "process" and Path(artifact.path).is_file():
+                    processes.append((record.name, torch.load(artifact.path, weights_only=True)))
+    if not processes:
+        return None
+    fig, axes = plt.subplots(1, len(processes), figsize=(6.5 * len(processes), 4.2), squeeze=False)
+    for ax, (model, process) in zip(axes[0], processes, strict=True):
+        steps = [step / max(process["searched_steps"], 1) for step in process["steps"]]
+        for index, name in enumerate(process["pathways"]):
+            ax.plot(steps, process["alpha"][:, index].tolist(), label=name)
+        ax.set(
+            xlabel="training progress (search step / search steps; the replay stretches it over its run)",
+            ylabel="pathway weight α",
+            title=f"{model}: searched distillation process",
+        )
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _first_seed_history(
     record: ModelRecord, histories: dict[str, list[dict[str, Any]]]
 ) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ LATENCY_PLOT = "accuracy_vs_latency.png"
 LOSS_PLOT = "loss_curves.png"
 EMBEDDING_PLOT = "embedding_tsne.png"
 STAGES_PLOT = "stages.png"
+PROCESS_PLOT = "distillation_process.png"
 
 
 def history_csv(histories: dict[str, list[dict[str, Any]]]) -> str:
@@ -378,6 +379,8 @@ def write_plots(
         plot_files.append(LOSS_PLOT)
     if plots.stage_curves(metrics, histories, layout.plot(STAGES_PLOT)) is not None:
         plot_files.append(STAGES_PLOT)
+    if plots.process_curves(metrics, layout.plot(PROCESS_PLOT)) is not None:
+        plot_files.append(PROCESS_PLOT)
     if embeddings:
         class_names = metrics.student_data["class_names"]
         plots.embedding_tsne(embeddings, class_names, recipe.seed, layout.plot(EMBEDDING_PLOT))

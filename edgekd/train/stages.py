@@ -117,11 +117,14 @@ def run_plan(
         name: StageArtifact(name=name, path=str(path), sha256=file_sha256(path), origin="loaded")
         for name, path in inputs.loaded.items()
     }
+    initial_student = copy.deepcopy(student.state_dict())  # for a stage that starts from a fresh student
     results = []
     for index, stage in enumerate(stages):
         if skipped(stage, index, len(stages), inputs.loaded):
             results.append(skipped_stage(stage, inputs))
             continue
+        if stage.fresh_student:
+            student.load_state_dict(initial_student)
         before_branch = copy.deepcopy(student.state_dict()) if stage.branch else None
         result, produced = run_stage(
             stage,
@@ -266,7 +269,7 @@ def data_use(data: DataBundle, objective: Distiller, selection: str) -> DataUse:
         unlabeled = len(data.unlabeled)
     return DataUse(
         labelled_train=len(data.train),
-        labelled_selection=0 if selection == "last" else len(data.val),
+        labelled_selection=len(data.val) if selection != "last" or objective.reads_validation_images else 0,
         unlabeled=unlabeled,
     )
 

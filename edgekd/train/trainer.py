@@ -159,6 +159,7 @@ class Trainer:
         for images, labels in self.data.train_loader(seed):
             images, labels = images.to(self.device), labels.to(self.device)
             self.distiller.on_step_start(self.steps_done, steps)
+            self.distiller.before_step(images, labels, self.optimizer)
             logits, terms = self.distiller.forward_train(images, labels)
             if unlabeled is not None:
                 extra = self.distiller.label_free_terms(next(unlabeled).to(self.device))
