@@ -90,3 +90,13 @@ def test_a_method_file_and_the_catalog_that_disagree_fail_loudly():
 def test_a_name_declared_twice_is_refused():
     with pytest.raises(ValueError, match="'kd' is declared twice"):
         by_name((CATALOG["kd"], CATALOG["kd"]))
+
+
+def test_every_methods_options_survive_the_stored_recipes_json_round_trip():
+    """A run folder stores its recipe as JSON-like YAML and --resume validates it again: an options type that
+    JSON cannot carry (a tuple) would make every resumed run look changed."""
+    from edgekd.distill.catalog import METHODS
+
+    for entry in METHODS:
+        options = entry.options()
+        assert entry.options.model_validate(options.model_dump(mode="json")) == options, entry.name
