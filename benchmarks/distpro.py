@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from specialization import command_line, machine_record, model_rows, run_build
+from specialization import command_line, machine_record, model_rows, print_models, run_build
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "digits_distpro.yaml"
@@ -115,15 +115,7 @@ def main() -> None:
     for name, schedule in schedules.items():
         cost = schedule["cost"]
         print(f"{name} (search {cost['search_time_s_mean']} s vs replay {cost['replay_time_s_mean']} s):")
-        for model, row in schedule["models"].items():
-            paired = row["paired_vs_reference"]
-            versus = ""
-            if paired is not None and paired["interval"] is not None:
-                low, high = paired["interval"]
-                versus = (
-                    f"  Δ vs {REFERENCE} {paired['mean']:+.2f} [{low:+.2f}, {high:+.2f}] {paired['verdict']}"
-                )
-            print(f"{model:>15}: {row['test_acc_mean']:6.2f} ± {row['test_acc_std'] or 0.0:.2f}{versus}")
+        print_models(schedule["models"], REFERENCE)
     print(json.dumps(result["targets"]))
     print(f"wrote {args.results} ({elapsed:.0f} s)")
 

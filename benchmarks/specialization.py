@@ -140,6 +140,17 @@ def machine_record(load_before: tuple[float, float, float]) -> dict[str, Any]:
     }
 
 
+def print_models(models: dict[str, dict[str, Any]], reference: str, width: int = 15) -> None:
+    """A line per model: test accuracy mean ± std and its paired difference to `reference`."""
+    for name, row in models.items():
+        paired = row["paired_vs_reference"]
+        versus = ""
+        if paired is not None and paired["interval"] is not None:
+            low, high = paired["interval"]
+            versus = f"  Δ vs {reference} {paired['mean']:+.2f} [{low:+.2f}, {high:+.2f}] {paired['verdict']}"
+        print(f"{name:>{width}}: {row['test_acc_mean']:6.2f} ± {row['test_acc_std'] or 0.0:.2f}{versus}")
+
+
 def write_and_print(result: dict[str, Any], path: Path, elapsed: float) -> None:
     """Write the results file, then a line per model (mean ± std, NMI, paired Δ) and the targets."""
     path.parent.mkdir(parents=True, exist_ok=True)

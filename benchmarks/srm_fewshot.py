@@ -29,6 +29,7 @@ from specialization import (  # the digits benchmarks' shared runner (same folde
     command_line,
     machine_record,
     model_rows,
+    print_models,
     run_build,
 )
 
@@ -108,15 +109,7 @@ def main() -> None:
     args.results.write_text(json.dumps(result, indent=2) + "\n")
     for name, setting in settings.items():
         print(f"{name}:")
-        for model, row in setting["models"].items():
-            paired = row["paired_vs_reference"]
-            versus = ""
-            if paired is not None and paired["interval"] is not None:
-                low, high = paired["interval"]
-                versus = (
-                    f"  Δ vs {REFERENCE} {paired['mean']:+.2f} [{low:+.2f}, {high:+.2f}] {paired['verdict']}"
-                )
-            print(f"{model:>12}: {row['test_acc_mean']:6.2f} ± {row['test_acc_std'] or 0.0:.2f}{versus}")
+        print_models(setting["models"], REFERENCE)
     print(f"wrote {args.results} ({elapsed:.0f} s)")
 
 
