@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from edgekd.records import ArtifactRecord, BudgetCheck, ModelRecord, RunMetrics
 from edgekd.report.stats import difference_cell
 
@@ -120,8 +122,19 @@ def data_rows(metrics: RunMetrics) -> list[list[str]]:
 
 def accuracy_cell(record: ModelRecord, key: str) -> str:
     """``97.31`` for one seed, ``97.31 ± 0.40`` (mean ± sample std) over several."""
-    value, std = getattr(record, key), getattr(record, f"{key}_std")
+    return mean_std_text(getattr(record, key), getattr(record, f"{key}_std"))
+
+
+def mean_std_text(value: float, std: float | None) -> str:
     return f"{value:.2f}" if std is None else f"{value:.2f} ± {std:.2f}"
+
+
+def over_seeds_cell(values: list[float | None]) -> str:
+    """The values of several seeds as ``mean ± sample std`` (one seed: its value; none: '-')."""
+    present = np.array([v for v in values if v is not None], dtype=np.float64)
+    if not len(present):
+        return "-"
+    return mean_std_text(float(present.mean()), float(present.std(ddof=1)) if len(present) > 1 else None)
 
 
 def describe_arch(arch: str, model_args: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from edgekd.report.tables import (
     data_rows,
     human_count,
     markdown_table,
+    over_seeds_cell,
     summary_columns,
     summary_rows,
 )
@@ -192,8 +193,8 @@ def transfer_check_lines(metrics: RunMetrics) -> list[str]:
                     name,
                     checks[0].notes or "-",
                     str(len(checks)),
-                    _mean_std([c.best_val_acc for c in checks]),
-                    _mean_std([c.test_acc for c in checks]),
+                    over_seeds_cell([c.best_val_acc for c in checks]),
+                    over_seeds_cell([c.test_acc for c in checks]),
                 ]
             )
     if not rows:
@@ -208,17 +209,6 @@ def transfer_check_lines(metrics: RunMetrics) -> list[str]:
         markdown_table(["model", "stage", "what trained", "seeds", "val acc %", "test acc %"], rows),
         "",
     ]
-
-
-def _mean_std(values: list[float | None]) -> str:
-    present = [v for v in values if v is not None]
-    if not present:
-        return "-"
-    mean = sum(present) / len(present)
-    if len(present) < 2:
-        return f"{mean:.2f}"
-    std = (sum((v - mean) ** 2 for v in present) / (len(present) - 1)) ** 0.5
-    return f"{mean:.2f} ± {std:.2f}"
 
 
 def paired_lines(metrics: RunMetrics) -> list[str]:

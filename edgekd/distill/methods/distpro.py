@@ -124,6 +124,11 @@ class _DistProStage(Distiller):
         }
         return [p for p in self.parameters() if p.requires_grad and id(p) not in dropped]
 
+    def trained_names(self) -> list[str]:
+        """The names (in this module) of what the stage's optimizer trains: the hyper-gradient's weights w."""
+        trained = {id(p) for p in self.trainable_parameters()}
+        return [name for name, p in self.named_parameters() if id(p) in trained]
+
     def pathway_names(self) -> list[str]:
         return [pathway.name for pathway in self.pathways]
 
@@ -171,10 +176,14 @@ class DistProSearch(_DistProStage):
             self.record()
         maps = self.teacher_maps(images)
         self._cached = (images, maps)
-        trained = [name for name, p in self.named_parameters() if p.requires_grad]
         val_images, val_labels = self.next_val_batch(images.device)
         hyper = finite_difference_hypergradient(
-            self, trained, (images, labels, maps), (val_images, val_labels), self.alpha(), optimizer
+            self,
+            self.trained_names(),
+            (images, labels, maps),
+            (val_images, val_labels),
+            self.alpha(),
+            optimizer,
         )
         # chain rule from α to α̃ through the (biased) softmax
         logits = self.alpha_logits.detach().clone().requires_grad_(True)

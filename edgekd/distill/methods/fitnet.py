@@ -21,7 +21,6 @@ selected as the recipe says. ``train.epochs`` is the total of both stages.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from edgekd.distill.features import (
@@ -38,7 +37,6 @@ from edgekd.distill.plan import Artifact, Stage
 from edgekd.distill.registry import implements
 from edgekd.distill.transfer_check import transfer_check_stages
 from edgekd.errors import EdgekdError
-from edgekd.models._common import evaluating
 
 
 def hint_stage_epochs(options: FitNetOptions, epochs: int) -> int:
@@ -87,23 +85,16 @@ class _FitNetBase(FeatureDistiller):
 class FitNetHint(_FitNetBase):
     """Stage 1 (romero): the regressor and the student up to its guided layer learn to predict the hint.
 
-    The loss is the hint's MSE alone; the stage's optimizer holds exactly the parameters that loss reaches
-    (found by one backward pass on a blank batch at construction), so the student's later layers and its
-    classifier are left as initialized, untouched by weight decay too.
+    The loss is the hint's MSE alone; the stage's optimizer holds exactly the parameters that loss reaches (the
+    student's up to the guided tap, found by one backward pass on a blank batch at construction, and the
+    regressor), so the student's later layers and its classifier are left as initialized, untouched by weight
+    decay too.
     """
 
     def __init__(self, student, teacher, options, context):
         super().__init__(student, teacher, options, context)
         self.regressor = self.make_connectors(options.regressor_kernel)[0]
-        self._trained = self._parameters_reached_by_the_hint()
-
-    def _parameters_reached_by_the_hint(self) -> list[torch.nn.Parameter]:
-        candidates = [p for p in self.parameters() if p.requires_grad]
-        blank = torch.zeros(2, *self.input_shape, device=candidates[0].device, dtype=candidates[0].dtype)
-        with evaluating(self):  # eval: BatchNorm statistics must not move for a probe
-            _, loss = self.hint_loss(blank)
-            grads = torch.autograd.grad(loss, candidates, allow_unused=True)
-        return [p for p, grad in zip(candidates, grads, strict=True) if grad is not None]
+        self._trained = [*self.student_parameters_reaching_taps(), *self.regressor.parameters()]
 
     def trainable_parameters(self):
         return list(self._trained)

@@ -45,6 +45,7 @@ from edgekd.distill.sparse_coding import (
     label_losses,
     pixel_agreement,
     reconstruction_error,
+    reconstruction_mse,
     sparse_labels,
 )
 from edgekd.distill.transfer_check import transfer_check_stages
@@ -170,7 +171,7 @@ class SRMDictionaries(_SRMStage):
     def label_free_terms(self, images):
         _, maps = self.teacher_features(images)
         errors = [
-            reconstruction_error(features, dictionary, k, self.options.chunk_elements) / features.numel()
+            reconstruction_mse(features, dictionary, k, self.options.chunk_elements)
             for features, dictionary, k in zip(maps, self.dictionaries, self.kept, strict=True)
         ]
         return {"recon": sum(errors)}
