@@ -257,7 +257,9 @@ def per_seed_test_acc(record: ModelRecord) -> dict[int, float]:
 def budget_check(main: ModelRecord, budget: int | None) -> BudgetCheck | None:
     if budget is None:
         return None
-    return BudgetCheck(params=main.params, budget=budget, fits=main.params <= budget)
+    return BudgetCheck(
+        params=main.params, budget=budget, params_fit=main.params <= budget, fits=main.params <= budget
+    )
 
 
 def environment(threads: int | None) -> dict[str, Any]:

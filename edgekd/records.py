@@ -173,18 +173,70 @@ class RunRecord(Record):
     resumed: bool
 
 
+class Candidate(Record):
+    """One member of the student family as latency sizing saw it (a row of the candidate table)."""
+
+    member: str  # "resnet8 with width=16"
+    model: str
+    model_args: dict[str, Any]
+    params: int
+    flops: int  # of one image
+    latency_ms: float | None  # the budget's statistic at the budget's batch; null when not timed
+    timings_ms: dict[str, float] = {}  # p50/p90/p99 when timed
+    # measured now, read from the latency cache, inferred from a timed member it dominates or is dominated
+    # by (depth and width both >= / <=), or skipped (over the parameter budget)
+    source: Literal["measured", "cached", "inferred", "skipped"]
+    fits: bool | None
+    note: str = ""
+    proxy_val_acc: float | None = None  # rule `proxy`: validation accuracy after its short training
+
+
+class Sizing(Record):
+    """How the student was sized to a latency budget: the target, the rule, every candidate, the choice."""
+
+    target: dict[str, Any]  # backend, precision, batch, threads, statistic, limit_ms
+    rule: Literal["largest", "proxy"]
+    chosen: str
+    candidates: list[Candidate]
+    measured: int
+    cached: int
+    inferred: int
+    time_s: float
+    cache_file: str | None
+    fingerprint: dict[str, Any]
+
+
 class StudentChoice(Record):
     arch: str
     model_args: dict[str, Any]
     params: int
     flops: int
     how: str
+    sizing: Sizing | None = None  # a latency budget's candidate table
+
+
+class LatencyCheck(Record):
+    """The shipped artifact's measured latency against ``student.budget.latency``."""
+
+    artifact: str  # "openvino int8"
+    statistic: Literal["p50", "p90", "p99"]
+    batch: int
+    threads: int | None
+    limit_ms: float
+    measured_ms: float | None  # null when the artifact could not be built or timed here
+    predicted_ms: float | None  # what sizing measured on the same architecture with random weights
+    fits: bool | None
+    verdict: str  # "fits", "OVER by 12.3 %", or why it was not measured
 
 
 class BudgetCheck(Record):
+    """The deployed student against every limit the recipe set; ``fits`` is all of them."""
+
     params: int
-    budget: int
-    fits: bool
+    budget: int | None = None  # the parameter limit; null when only latency is bounded
+    params_fit: bool | None = None
+    latency: LatencyCheck | None = None
+    fits: bool | None
 
 
 class RunMetrics(Record):
@@ -194,7 +246,7 @@ class RunMetrics(Record):
     environment: dict[str, Any]
     # data.teacher / data.student: each view's summary (DataBundle.summary) and what the teacher knew of it
     data: dict[str, dict[str, Any]]
-    budget: dict[str, int | None]
+    budget: dict[str, Any]  # params: the limit or null; latency: the latency budget or null
     student_choice: StudentChoice
     models: list[ModelRecord]
     artifacts: list[ArtifactRecord]

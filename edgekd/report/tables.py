@@ -211,9 +211,9 @@ def _ms(value: float | None) -> str:
 def artifact_rows(artifacts: list[ArtifactRecord], budget: BudgetCheck | None = None) -> list[list[str]]:
     """One row per artifact and timed batch size (the PyTorch student first, as the reference)."""
     fit = "-"
-    if budget is not None:
+    if budget is not None and budget.budget is not None:
         fit = f"{human_count(budget.params)} / {human_count(budget.budget)}" + (
-            "" if budget.fits else " OVER"
+            "" if budget.params_fit else " OVER"
         )
     rows = []
     for record in artifacts:
