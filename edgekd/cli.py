@@ -184,9 +184,21 @@ def main(debug: bool) -> None:
     help="Train every student once per seed and report mean ± std (same as --set seeds=[0,1,2]).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars (the summary tables are still printed).")
+@click.option(
+    "--strict-budget",
+    is_flag=True,
+    help="Fail the build (exit 1, after writing the report) when the deployed student is over its budget "
+    "(parameters, or the latency measured on the shipped artifact).",
+)
 @user_errors
 def build(
-    recipe: Path, overrides: tuple[str, ...], resume: bool, force: bool, seeds: str | None, quiet: bool
+    recipe: Path,
+    overrides: tuple[str, ...],
+    resume: bool,
+    force: bool,
+    seeds: str | None,
+    quiet: bool,
+    strict_budget: bool,
 ) -> None:
     """Run RECIPE end to end: teacher, budget-sized student, distillation and baselines, report.
 
@@ -201,7 +213,9 @@ def build(
     if resume and force:
         raise EdgekdError("--resume and --force exclude each other")
     with make_progress(quiet) as progress:
-        metrics = run_build(loaded, resume=resume, force=force, progress=progress)
+        metrics = run_build(
+            loaded, resume=resume, force=force, progress=progress, strict_budget=strict_budget
+        )
     print_summary(metrics)
     out.print(f"run folder: {loaded.run_dir}  (report: {RunLayout(loaded.run_dir).report_md})")
 
@@ -227,6 +241,8 @@ def validate(recipe: Path, overrides: tuple[str, ...], explain: bool, schema_onl
 
         prepared = prepare(loaded)
         choice = prepared.student_choice
+        if choice.sizing is not None:
+            print_sizing(choice.sizing)
         out.print(
             f"student: {choice.arch} {choice.model_args or ''} — {choice.params:,} params, "
             f"{choice.flops:,} FLOPs per image ({choice.how})"
@@ -234,6 +250,36 @@ def validate(recipe: Path, overrides: tuple[str, ...], explain: bool, schema_onl
     if explain:
         out.print(dump_recipe(loaded), end="")
     out.print(f"[green]ok[/]: {recipe} is a valid recipe")
+
+
+@main.command(name="latency-table")
+@RECIPE_ARG
+@SET_OPTION
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Folder for the table's CSV and JSON [default: <output_dir>/latency_tables].",
+)
+@click.option("--refresh", is_flag=True, help="Time every member again instead of reading the cache.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@user_errors
+def latency_table_command(
+    recipe: Path, overrides: tuple[str, ...], out: Path | None, refresh: bool, quiet: bool
+) -> None:
+    """Time every member of RECIPE's student family on its latency budget's runtime, and save the table.
+
+    Run it on the target device: the table (CSV and JSON) says which member fits which limit there, and the
+    cache it fills lets a build on that machine size its student without timing again.
+    """
+    from edgekd.recipe import load_recipe
+    from edgekd.sizing.table import write_latency_table
+
+    loaded = load_recipe(recipe, overrides)
+    with make_progress(quiet) as progress:
+        table, paths = write_latency_table(loaded, out, progress, refresh=refresh)
+    print_sizing(table)
+    out_console = table_console()
+    out_console.print("written: " + ", ".join(str(path) for path in paths))
 
 
 @main.command()
@@ -520,6 +566,7 @@ def print_summary(metrics: RunMetrics) -> None:
         ARTIFACT_COLUMNS,
         DATA_COLUMNS,
         artifact_rows,
+        budget_lines,
         data_rows,
         summary_columns,
         summary_rows,
@@ -533,6 +580,20 @@ def print_summary(metrics: RunMetrics) -> None:
     rows = artifact_rows(metrics.artifacts, metrics.budget_check)
     if rows:
         console.print(rich_table("deployment artifacts", ARTIFACT_COLUMNS, rows, left=("artifact", "parity")))
+    for line in budget_lines(metrics.budget_check):
+        colour = "red" if "OVER" in line else "yellow" if "not measured" in line else "green"
+        console.print(f"[{colour}]budget {escape(line)}[/]")
+
+
+def print_sizing(sizing) -> None:
+    from edgekd.report.tables import CANDIDATE_COLUMNS, candidate_rows, sizing_summary
+
+    console = table_console()
+    title = "student sizing: the latency budget's candidates"
+    console.print(
+        rich_table(title, CANDIDATE_COLUMNS, candidate_rows(sizing), left=("member", "source", "note"))
+    )
+    console.print(sizing_summary(sizing))
 
 
 def print_artifacts(records: list[ArtifactRecord], title: str) -> None:

@@ -81,16 +81,13 @@ def evaluation_data(data: DataBundle, export: ExportConfig) -> EvalData:
 
 
 # ----------------------------------------------------------------------------------------------- export
-def export_targets(export: ExportConfig) -> list[tuple[str, str]]:
-    # In edgekd.formats' order: the FP32 ONNX is exported first so that TensorRT can be built from it.
-    targets = [
-        (format_name, precision)
-        for format_name in FORMATS
-        for precision in PRECISIONS
-        if precision in export.targets.get(format_name, [])
-    ]
-    # TensorRT builds from the FP32 ONNX (and INT8 from the Q/DQ ONNX); export them even when not asked for.
-    return targets
+def export_targets(export: ExportConfig, also: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+    """(format, precision) pairs to write, in edgekd.formats' order (the FP32 ONNX first, so that TensorRT
+    can be built from it); ``also`` is one more the run needs (the latency budget's target)."""
+    wanted = {(name, precision) for name, precisions in export.targets.items() for precision in precisions}
+    if also is not None:
+        wanted.add(also)
+    return [(name, precision) for name in FORMATS for precision in PRECISIONS if (name, precision) in wanted]
 
 
 def export_options(export: ExportConfig) -> ExportOptions:
@@ -104,14 +101,20 @@ def export_options(export: ExportConfig) -> ExportOptions:
 
 
 def export_all(
-    student: nn.Module, io: ModelIO, export: ExportConfig, evaluation: EvalData, out_dir: Path, stem: str
+    student: nn.Module,
+    io: ModelIO,
+    export: ExportConfig,
+    evaluation: EvalData,
+    out_dir: Path,
+    stem: str,
+    also: tuple[str, str] | None = None,
 ) -> tuple[list[Artifact], list[ArtifactRecord]]:
     """Write every artifact; TensorRT targets that cannot be built here become 'not built' records."""
     built: list[Artifact] = []
     not_built: list[ArtifactRecord] = []
     onnx_by_precision: dict[str, Artifact] = {}
     options = export_options(export)
-    for format_name, precision in export_targets(export):
+    for format_name, precision in export_targets(export, also):
         if format_name == "tensorrt" and not tensorrt_available():
             onnx_fp32 = onnx_by_precision.get("fp32")
             record, source = tensorrt_not_built(
@@ -297,8 +300,10 @@ def deploy(
     out_dir: Path,
     stem: str,
     say=None,
+    also: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Export, check and measure the main student; returns one record per deployable model.
+    """Export, check and measure the main student; returns one record per deployable model. ``also`` is a
+    (format, precision) to export beyond the recipe's targets (the latency budget's).
 
     Raises ParityFailure (after the records are complete) when an artifact is outside its tolerance.
     """
@@ -308,7 +313,7 @@ def deploy(
     torch_runner = TorchRunner(student, threads=bench.threads)
     records = [pytorch_record(student, torch_runner, evaluation, params)]
     reference = {"parity": logits_of(torch_runner, evaluation.parity_images)}
-    artifacts, not_built = export_all(student, io, export, evaluation, out_dir, stem)
+    artifacts, not_built = export_all(student, io, export, evaluation, out_dir, stem, also)
     timed: list[tuple[ArtifactRecord, Any]] = [
         (records[0], lambda: TorchRunner(student, threads=bench.threads))
     ]

@@ -23,6 +23,7 @@ from edgekd.bench import ParityError
 from edgekd.deploy import deploy, parity_failures
 from edgekd.distill import DistillContext, get_method
 from edgekd.distill.registry import ResolvedMethod, resolve_method
+from edgekd.errors import CheckFailed
 from edgekd.evaluation import (
     SeedResult,
     add_paired_comparisons,
@@ -41,9 +42,18 @@ from edgekd.layout import RunLayout
 from edgekd.models import count_flops, count_params, create_model
 from edgekd.prepare import ModelChoice, Prepared, loaded_artifacts, prepare, seed_everything
 from edgekd.recipe import Recipe
-from edgekd.records import ArtifactRecord, ModelRecord, RunMetrics, RunRecord, StudentChoice
+from edgekd.records import (
+    ArtifactRecord,
+    BudgetCheck,
+    LatencyCheck,
+    ModelRecord,
+    RunMetrics,
+    RunRecord,
+    StudentChoice,
+)
 from edgekd.runfolder import open_run_dir
 from edgekd.runlock import run_folder_lock
+from edgekd.sizing.check import latency_check
 from edgekd.train import FitResult, Trainer
 from edgekd.train.checkpoint import save_checkpoint
 from edgekd.train.dist import is_main_process
@@ -53,19 +63,47 @@ Histories = dict[str, list[dict[str, Any]]]
 Embeddings = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def build(recipe: Recipe, *, resume: bool = False, force: bool = False, progress=None) -> RunMetrics:
+def build(
+    recipe: Recipe,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress=None,
+    strict_budget: bool = False,
+) -> RunMetrics:
     """Run the recipe end to end and return its metrics (also written to the run folder as metrics.json).
 
     The run folder is locked for the whole build: a second build of the same folder (or its --force) is
-    refused, naming the holder, before it writes anything."""
+    refused, naming the holder, before it writes anything. With ``strict_budget`` a deployed student over
+    its budget fails the build (BudgetExceeded, exit 1) after the report is written."""
     started = time.perf_counter()
-    p = prepare(recipe)
+    p = prepare(recipe, say=sizing_progress(progress))
     with run_folder_lock(recipe.run_dir):
         layout = open_run_dir(recipe, resume=resume, force=force)
-        return run(p, layout, started, resume=resume, progress=progress)
+        return run(p, layout, started, resume=resume, progress=progress, strict_budget=strict_budget)
 
 
-def run(p: Prepared, layout: RunLayout, started: float, *, resume: bool, progress) -> RunMetrics:
+class BudgetExceeded(CheckFailed):
+    """The deployed student breaks its budget and --strict-budget was given (exit code 1)."""
+
+
+def sizing_progress(progress):
+    """A line on the progress display per member a latency budget times (nothing without a display)."""
+    if progress is None or getattr(progress, "disable", False):
+        return None
+    state: dict[str, Any] = {}
+
+    def say(text: str) -> None:
+        if "task" not in state:
+            state["task"] = progress.add_task("sizing", total=None)
+        progress.update(state["task"], description=f"sizing: {text}")
+
+    return say
+
+
+def run(
+    p: Prepared, layout: RunLayout, started: float, *, resume: bool, progress, strict_budget: bool = False
+) -> RunMetrics:
     recipe = p.recipe
     teacher, teacher_history = evaluate_teacher(p, layout, resume=resume, progress=progress)
     methods = [train_method(p, layout, name, resume=resume, progress=progress) for name in p.methods]
@@ -74,6 +112,13 @@ def run(p: Prepared, layout: RunLayout, started: float, *, resume: bool, progres
     release_worker_signal_handler()
     main = methods[0]
     artifacts = deploy_main_student(p, main.student, main.record.params, layout, progress)
+    check = budget_check(main.record, p.budget)
+    if recipe.latency_budget is not None:
+        check = with_latency(
+            check,
+            main.record.params,
+            latency_check(recipe, artifacts, main.student, image_shape(p), p.student_choice.sizing),
+        )
     metrics = RunMetrics(
         run=RunRecord(
             name=recipe.name,
@@ -85,11 +130,11 @@ def run(p: Prepared, layout: RunLayout, started: float, *, resume: bool, progres
         ),
         environment=environment(recipe.benchmark.threads),
         data={"teacher": p.teacher_data.summary(), "student": student_data_summary(p, p.seeds)},
-        budget={"params": p.budget},
+        budget=budget_summary(recipe),
         student_choice=StudentChoice(**p.student_choice.__dict__),
         models=models,
         artifacts=artifacts,
-        budget_check=budget_check(main.record, p.budget),
+        budget_check=check,
     )
     histories = {"teacher": teacher_history}
     embeddings: Embeddings = {}
@@ -102,7 +147,46 @@ def run(p: Prepared, layout: RunLayout, started: float, *, resume: bool, progres
         raise ParityError(
             f"parity: {len(failures)} artifact(s) outside tolerance (report written): " + "; ".join(failures)
         )
+    if strict_budget and check is not None and check.fits is False:
+        raise BudgetExceeded(
+            f"--strict-budget: the deployed student is over its budget (report written): {over_budget_text(check)}"
+        )
     return metrics
+
+
+def budget_summary(recipe: Recipe) -> dict[str, Any]:
+    """metrics.json's `budget`: the limits the recipe set (null where it set none)."""
+    latency = recipe.latency_budget
+    if latency is None:
+        return {"params": recipe.student.budget.params if recipe.student.budget else None, "latency": None}
+    described = latency.model_dump(mode="json", exclude={"cache_dir"})
+    return {
+        "params": recipe.student.budget.params,
+        "latency": {**described, "threads": recipe.latency_threads, "artifact": latency.artifact_name},
+    }
+
+
+def with_latency(check: BudgetCheck | None, params: int, latency: LatencyCheck) -> BudgetCheck:
+    """The budget check with the latency limit's verdict folded in: it fits when every limit holds, is over
+    when any is, and unknown when a limit could not be measured here."""
+    verdicts = [latency.fits] + ([check.params_fit] if check is not None else [])
+    fits = False if False in verdicts else None if None in verdicts else True
+    if check is None:
+        return BudgetCheck(params=params, latency=latency, fits=fits)
+    return check.model_copy(update={"latency": latency, "fits": fits})
+
+
+def over_budget_text(check: BudgetCheck) -> str:
+    parts = []
+    if check.params_fit is False:
+        parts.append(f"{check.params:,} params > {check.budget:,}")
+    latency = check.latency
+    if latency is not None and latency.fits is False:
+        parts.append(
+            f"{latency.artifact} {latency.statistic} {latency.measured_ms:.4g} ms > {latency.limit_ms:g} ms "
+            f"({latency.verdict})"
+        )
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------- the teacher
@@ -307,10 +391,24 @@ def deploy_main_student(
             out_dir,
             stem=recipe.distill.method,
             say=say,
+            also=budget_target(recipe),
         )
     if task is not None:
         progress.update(task, description="export + benchmark: done", total=1, completed=1)
     return artifacts
+
+
+def image_shape(p: Prepared) -> tuple[int, int, int]:
+    spec = p.student_data.input_spec
+    return (spec.channels, spec.height, spec.width)
+
+
+def budget_target(recipe: Recipe) -> tuple[str, str] | None:
+    """The artifact a latency budget bounds is exported even when export.targets does not name it."""
+    budget = recipe.latency_budget
+    if budget is None or budget.format is None:
+        return None
+    return (budget.format, budget.precision)
 
 
 # -------------------------------------------------------------------------------------------- outputs

@@ -25,6 +25,7 @@ from edgekd.errors import CheckFailed, EdgekdError
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
 from edgekd.preflight import check_memory
 from edgekd.recipe import Recipe
+from edgekd.records import Sizing
 from edgekd.train.checkpoint import fitting_state, load_checkpoint, load_weights
 
 
@@ -37,6 +38,7 @@ class ModelChoice:
     params: int
     flops: int
     how: str  # "budget fit among N members of family F" or "given by the recipe"
+    sizing: Sizing | None = None  # how a latency budget chose it: the candidate table
 
     def create(self, num_classes: int, in_channels: int) -> nn.Module:
         return create_model(self.arch, num_classes=num_classes, in_channels=in_channels, **self.model_args)
@@ -64,6 +66,7 @@ class Prepared:
 
     @property
     def budget(self) -> int | None:
+        """The parameter limit, if the recipe sets one."""
         budget = self.recipe.student.budget
         return budget.params if budget else None
 
@@ -132,6 +135,34 @@ def choose_student(recipe: Recipe, num_classes: int, input_shape: tuple[int, int
         count_params(model),
         count_flops(model, input_shape),
         "given by the recipe",
+    )
+
+
+def choose_student_for_latency(
+    recipe: Recipe, data: DataBundle, device: torch.device, say=None
+) -> ModelChoice:
+    """The family member a latency budget (and its rule) chooses, timed on the target runtime."""
+    from edgekd.sizing import size_to_latency
+
+    with blame("student.budget.latency"):
+        (name, model_args), sizing = size_to_latency(recipe, data, device, say)
+    spec = data.input_spec
+    with torch.device("meta"):
+        model = create_model(name, num_classes=data.num_classes, in_channels=spec.channels, **model_args)
+    budget = recipe.latency_budget
+    rule = (
+        "most parameters"
+        if budget.rule == "largest"
+        else f"best of {budget.proxy.candidates} by proxy training"
+    )
+    return ModelChoice(
+        name,
+        dict(model_args),
+        count_params(model),
+        count_flops(model, (spec.channels, spec.height, spec.width)),
+        f"{rule} among the '{recipe.student.family}' members within "
+        f"{budget.describe(recipe.latency_threads)}",
+        sizing=sizing,
     )
 
 
@@ -207,15 +238,23 @@ def create_teacher(recipe: Recipe, num_classes: int, channels: int) -> nn.Module
         )
 
 
-def prepare(recipe: Recipe) -> Prepared:
-    """Build everything that can fail on bad input, before anything is written."""
+def prepare(recipe: Recipe, say=None) -> Prepared:
+    """Build everything that can fail on bad input, before anything is written (``say`` hears what a
+    latency budget is timing)."""
     device = pick_device(recipe.device)
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
     plan = DataPlan(recipe.data, recipe.teacher.classes)
     check_methods(recipe, plan.relation)
     shape, all_classes = plan.image_shape, len(plan.teacher_ids)
-    student_choice = choose_student(recipe, len(plan.student_ids), shape)
+    student_views: dict[int, DataBundle] = {}
+    if recipe.latency_budget is not None and recipe.student.family is not None:
+        # Sizing to a latency times real exported members: it needs the student's images first.
+        student_views = {seed: plan.student(seed) for seed in recipe.student_seeds}
+        student_data = student_views[recipe.student_seeds[0]]
+        student_choice = choose_student_for_latency(recipe, student_data, device, say)
+    else:
+        student_choice = choose_student(recipe, len(plan.student_ids), shape)
     check_loaded_artifacts(recipe, student_choice, plan)
     # the teacher is first built (on the meta device) here: a bad name or option fails before any memory sum
     check_memory(
@@ -228,7 +267,7 @@ def prepare(recipe: Recipe) -> Prepared:
     )
     teacher_data = plan.teacher()
     # Every seed's draw is made now, so a draw that cannot be made fails before anything is written.
-    student_views = {seed: plan.student(seed) for seed in recipe.student_seeds}
+    student_views = student_views or {seed: plan.student(seed) for seed in recipe.student_seeds}
     student_data = student_views[recipe.student_seeds[0]]
     seed_everything(recipe.seed)
     teacher = create_teacher(recipe, all_classes, shape[0])

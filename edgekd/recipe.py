@@ -303,10 +303,115 @@ class TeacherConfig(Section):
         return self
 
 
-class BudgetConfig(Section):
-    params: Count = Field(
-        description="Most parameters the student may have; '200k' and '1.5M' are understood."
+_MS_PER_UNIT = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
+
+
+def parse_milliseconds(value: Any) -> Any:
+    """Read '0.5ms', '500us', '2 ms' or 0.5 as milliseconds; anything else is left for pydantic to reject."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|us|µs|s)?\s*", value)
+        if match:
+            number, unit = match.groups()
+            return float(number) * _MS_PER_UNIT[unit or "ms"]
+    return value
+
+
+# The runtime that runs the shipped student, and the precisions each can be sized in.
+LATENCY_BACKENDS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": FORMAT_PRECISIONS["onnx"],
+    "openvino": FORMAT_PRECISIONS["openvino"],
+    "tensorrt": FORMAT_PRECISIONS["tensorrt"],
+    "pytorch": ("fp32",),
+}
+# The export format whose artifact a backend runs (pytorch runs the student itself).
+FORMAT_OF_BACKEND = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt", "pytorch": None}
+
+
+class ProxyConfig(Section):
+    """Rule `proxy`: the largest fitting members, each trained briefly, the best on validation wins."""
+
+    candidates: int = Field(3, ge=2, le=16, description="How many of the largest fitting members compete.")
+    epochs: int = Field(
+        3,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Epochs each competitor trains (cross-entropy on the student's "
+        "labelled images, the recipe's optimizer, a cosine schedule).",
     )
+
+
+class LatencyBudgetConfig(Section):
+    """A latency limit on the runtime the student ships on. Every family member is exported in that format
+    and precision with random weights (BatchNorm statistics from real training images, INT8 calibrated on
+    real images) and timed with the benchmark section's harness settings at this batch and thread count."""
+
+    limit_ms: Annotated[float, BeforeValidator(parse_milliseconds), Field(gt=0, le=1e6)] = Field(
+        description="The limit on `statistic`, in ms; '500us' and '2ms' are understood."
+    )
+    backend: Literal["onnxruntime", "openvino", "tensorrt", "pytorch"] = Field(
+        "openvino", description="The runtime the student ships on."
+    )
+    precision: Precision = Field("fp32", description="The artifact's precision on that runtime.")
+    batch: int = Field(1, ge=1, le=MAX_BATCH, description="Images per inference call.")
+    threads: int | None = Field(
+        None, ge=1, le=MAX_THREADS, description="Inference threads; null: benchmark.threads."
+    )
+    statistic: Literal["p50", "p90", "p99"] = Field("p50", description="Which latency percentile is bounded.")
+    rule: Literal["largest", "proxy"] = Field(
+        "largest",
+        description="Which fitting member is chosen: 'largest' (most parameters; default) or 'proxy' (the "
+        "`proxy.candidates` largest, trained `proxy.epochs` epochs each, best validation accuracy).",
+    )
+    proxy: ProxyConfig = ProxyConfig()
+    cache_dir: LoosePath | None = Field(
+        None,
+        description="Where measured latencies are kept, per machine fingerprint; null: "
+        "<output_dir>/latency_cache.",
+    )
+
+    @model_validator(mode="after")
+    def _check_precision(self) -> LatencyBudgetConfig:
+        allowed = LATENCY_BACKENDS[self.backend]
+        if self.precision not in allowed:
+            raise ValueError(
+                f"precision: {self.precision} is not sized on {self.backend} (allowed: {', '.join(allowed)})"
+            )
+        return self
+
+    @property
+    def format(self) -> str | None:
+        return FORMAT_OF_BACKEND[self.backend]
+
+    @property
+    def artifact_name(self) -> str:
+        """The name of the deployment record it bounds, as edgekd.deploy names them."""
+        return f"{self.format or 'pytorch'} {self.precision}"
+
+    def describe(self, threads: int | None) -> str:
+        """``p50 <= 0.05 ms on openvino int8, batch 1, 2 threads``."""
+        used = f"{threads} threads" if threads else "default threads"
+        return (
+            f"{self.statistic} <= {self.limit_ms:g} ms on {self.backend} {self.precision}, "
+            f"batch {self.batch}, {used}"
+        )
+
+
+class BudgetConfig(Section):
+    """What the student may cost: parameters, latency on the target runtime, or both."""
+
+    params: Count | None = Field(
+        None, description="Most parameters the student may have; '200k' and '1.5M' are understood."
+    )
+    latency: LatencyBudgetConfig | None = Field(
+        None,
+        description="A latency limit on the target runtime (combined with `params` when both are given).",
+    )
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> BudgetConfig:
+        if self.params is None and self.latency is None:
+            raise ValueError("give `params`, `latency` or both")
+        return self
 
 
 class StudentConfig(Section):
@@ -536,6 +641,24 @@ class Recipe(Section):
     @property
     def run_dir(self) -> Path:
         return self.output_dir / self.name
+
+    @property
+    def latency_budget(self) -> LatencyBudgetConfig | None:
+        budget = self.student.budget
+        return budget.latency if budget else None
+
+    @property
+    def latency_threads(self) -> int | None:
+        """The thread count a latency budget is measured at: its own, else the benchmark section's."""
+        budget = self.latency_budget
+        if budget is None:
+            return None
+        return budget.threads if budget.threads is not None else self.benchmark.threads
+
+    @property
+    def latency_cache_dir(self) -> Path:
+        budget = self.latency_budget
+        return budget.cache_dir if budget and budget.cache_dir else self.output_dir / "latency_cache"
 
     @property
     def student_seeds(self) -> list[int]:

@@ -184,8 +184,9 @@ class Candidate(Record):
     latency_ms: float | None  # the budget's statistic at the budget's batch; null when not timed
     timings_ms: dict[str, float] = {}  # p50/p90/p99 when timed
     # measured now, read from the latency cache, inferred from a timed member it dominates or is dominated
-    # by (depth and width both >= / <=), or skipped (over the parameter budget)
-    source: Literal["measured", "cached", "inferred", "skipped"]
+    # by (depth and width both >= / <=), skipped (over the parameter budget), or not needed (smaller than
+    # the answer and bounded by no timing)
+    source: Literal["measured", "cached", "inferred", "skipped", "not needed"]
     fits: bool | None
     note: str = ""
     proxy_val_acc: float | None = None  # rule `proxy`: validation accuracy after its short training

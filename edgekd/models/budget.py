@@ -66,6 +66,37 @@ def family_members(family: str) -> list[Member]:
     return _FAMILY_MEMBERS[family]()
 
 
+def member_size(member: Member) -> tuple[float, ...]:
+    """The member's place on its family's grid: (depth, width) for resnet, (depth, widen) for wrn,
+    (width_mult,) for mobilenetv2. One member dominates another when every coordinate is >= (so it does at
+    least the same work per image): latency sizing infers over/under from that without timing both."""
+    name, model_args = member
+    numbers = [float(n) for n in re.findall(r"\d+", name)]
+    if name.startswith("resnet"):
+        return (numbers[0], float(model_args.get("width", 16)))
+    if name.startswith("wrn_"):
+        return (numbers[0], numbers[1])
+    if name == "mobilenetv2":
+        return (float(model_args.get("width_mult", 1.0)),)
+    raise EdgekdError(f"student.family: no size grid for member '{describe_member(*member)}'")
+
+
+def dominates(larger: tuple[float, ...], smaller: tuple[float, ...]) -> bool:
+    """Every coordinate of ``larger`` is >= the same coordinate of ``smaller``."""
+    return all(a >= b for a, b in zip(larger, smaller, strict=True))
+
+
+def member_params(member: Member, num_classes: int, in_channels: int) -> int:
+    """Parameters of a member, counted on the meta device (cached)."""
+    name, args = member
+    return _member_params(name, tuple(sorted(args.items())), num_classes, in_channels)
+
+
+def member_flops(member: Member, num_classes: int, in_channels: int, input_size: tuple[int, int]) -> int:
+    """FLOPs of one image of ``input_size`` through a member."""
+    return _member_flops(member, num_classes, in_channels, _check_input_size(input_size))
+
+
 def describe_member(name: str, model_args: dict[str, Any]) -> str:
     """``resnet8 with width=8``, or just the name when the member has no options."""
     if not model_args:

@@ -1,0 +1,83 @@
+"""The latency budget checked on what ships: the deployed artifact of the budget's format and precision,
+timed at the budget's batch and threads (the benchmark's own timing is reused when it matches)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from edgekd.bench import LatencyConfig, TorchRunner, measure_latency, runner_for
+from edgekd.recipe import Recipe
+from edgekd.records import ArtifactRecord, LatencyCheck, Sizing
+
+
+def latency_check(
+    recipe: Recipe,
+    artifacts: list[ArtifactRecord],
+    student: nn.Module,
+    image_shape: tuple[int, int, int],
+    sizing: Sizing | None,
+) -> LatencyCheck:
+    budget = recipe.latency_budget
+    assert budget is not None
+    threads = recipe.latency_threads
+    record = next((r for r in artifacts if r.name == budget.artifact_name), None)
+    measured, why = None, None
+    if record is None or not record.built:
+        why = f"not measured: {record.status if record else 'not exported'}"
+    else:
+        timing = reused_timing(record, budget.batch, threads) or time_artifact(
+            recipe, record, student, image_shape
+        )
+        measured = timing[f"{budget.statistic}_ms"]
+    fits = None if measured is None else measured <= budget.limit_ms
+    return LatencyCheck(
+        artifact=budget.artifact_name,
+        statistic=budget.statistic,
+        batch=budget.batch,
+        threads=threads,
+        limit_ms=budget.limit_ms,
+        measured_ms=None if measured is None else round(measured, 4),
+        predicted_ms=predicted(sizing),
+        fits=fits,
+        verdict=why or verdict(measured, budget.limit_ms),
+    )
+
+
+def verdict(measured: float, limit: float) -> str:
+    if measured <= limit:
+        return "fits"
+    return f"OVER by {100 * (measured / limit - 1):.1f} %"
+
+
+def predicted(sizing: Sizing | None) -> float | None:
+    """What sizing measured for the chosen member (random weights), to compare with the trained artifact."""
+    if sizing is None:
+        return None
+    chosen = next(row for row in sizing.candidates if row.member == sizing.chosen)
+    return chosen.latency_ms
+
+
+def reused_timing(record: ArtifactRecord, batch: int, threads: int | None) -> dict[str, Any] | None:
+    """The benchmark's timing of the artifact when it was taken at the budget's batch and threads."""
+    latency = record.latency or {}
+    if latency.get("config", {}).get("threads") != threads:
+        return None
+    return next((timing for timing in latency.get("batches", []) if timing["batch"] == batch), None)
+
+
+def time_artifact(
+    recipe: Recipe, record: ArtifactRecord, student: nn.Module, image_shape: tuple[int, int, int]
+) -> dict[str, Any]:
+    budget = recipe.latency_budget
+    threads = recipe.latency_threads
+    if record.format == "pytorch":
+        runner = TorchRunner(student, threads=threads)
+    else:
+        options: dict[str, Any] = {"threads": threads}
+        if record.format == "openvino":
+            options["precision"] = record.precision
+        runner = runner_for(record.path, **options)
+    settings = LatencyConfig(**{**recipe.benchmark.to_dict(), "batches": [budget.batch], "threads": threads})
+    return measure_latency(runner, image_shape, settings, seed=recipe.seed).at_batch(budget.batch).to_dict()

@@ -1,0 +1,70 @@
+"""`edgekd latency-table`: the whole family timed on the recipe's latency target, saved as CSV and JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from edgekd.data import DataPlan
+from edgekd.errors import EdgekdError
+from edgekd.fileio import write_json, write_text
+from edgekd.recipe import Recipe
+from edgekd.records import Sizing
+from edgekd.sizing.latency_budget import latency_table
+
+TABLE_COLUMNS = ("member", "model", "params", "flops", "p50_ms", "p90_ms", "p99_ms", "source", "fits")
+
+
+def write_latency_table(
+    recipe: Recipe, out: Path | None, progress=None, refresh: bool = False
+) -> tuple[Sizing, list[Path]]:
+    """Time (or read from the cache) every member, then write <out>/<name>.csv and .json."""
+    budget = recipe.latency_budget
+    if budget is None or recipe.student.family is None:
+        raise EdgekdError(
+            "student.budget.latency: latency-table needs a student family and a latency target; allowed: a "
+            "recipe with both, e.g. --set student.family=resnet --set student.budget.latency.limit_ms=1"
+        )
+    data = DataPlan(recipe.data, recipe.teacher.classes).student(recipe.student_seeds[0])
+    say = None
+    if progress is not None and not getattr(progress, "disable", False):
+        task = progress.add_task("latency table", total=None)
+
+        def say(text: str) -> None:
+            progress.update(task, description=f"latency table: {text}")
+
+    table = latency_table(recipe, data, say, refresh=refresh)
+    folder = out or recipe.output_dir / "latency_tables"
+    target = table.target
+    stem = (
+        f"{target['family']}_{target['backend']}_{target['precision']}_b{target['batch']}_"
+        f"t{target['threads'] or 'default'}_{Path(table.cache_file).stem}"
+    )
+    paths = [
+        write_text(folder / f"{stem}.csv", table_csv(table)),
+        write_json(folder / f"{stem}.json", table.model_dump(mode="json")),
+    ]
+    return table, paths
+
+
+def table_csv(table: Sizing) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(TABLE_COLUMNS)
+    for row in table.candidates:
+        timings = row.timings_ms
+        writer.writerow(
+            [
+                row.member,
+                row.model,
+                row.params,
+                row.flops,
+                timings.get("p50", ""),
+                timings.get("p90", ""),
+                timings.get("p99", ""),
+                row.source,
+                "" if row.fits is None else row.fits,
+            ]
+        )
+    return text.getvalue()

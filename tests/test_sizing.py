@@ -1,0 +1,238 @@
+"""Latency budgets: the search, the choice on a recorded table, the cache, the errors, the end check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY_RECIPE
+
+from edgekd.data import DataPlan
+from edgekd.errors import EdgekdError
+from edgekd.models.budget import describe_member, family_members, member_params, member_size
+from edgekd.recipe import validate_recipe
+from edgekd.sizing import LatencyCache, fingerprint, size_to_latency
+from edgekd.sizing.latency_budget import latency_target
+from edgekd.sizing.search import MemberState, search_fitting
+
+# Timing as short as the harness allows: the tests check what is timed and reused, not how fast.
+QUICK_TIMING = {"threads": 1, "warmup_iters": 1, "warmup_s": 0.0, "min_iters": 3, "min_time_s": 0.0}
+
+
+def latency_raw(tmp_path: Path, params: str | None = "70k", **latency) -> dict:
+    raw = yaml.safe_load(yaml.safe_dump(TINY_RECIPE))
+    raw["output_dir"] = str(tmp_path / "runs")
+    budget = {"latency": {"limit_ms": 10, "backend": "onnxruntime", "precision": "fp32", **latency}}
+    if params is not None:
+        budget["params"] = params
+    raw["student"] = {"family": "resnet", "budget": budget}
+    raw["benchmark"] = dict(QUICK_TIMING)
+    return raw
+
+
+def recipe_and_data(raw: dict):
+    recipe = validate_recipe(raw)
+    return recipe, DataPlan(recipe.data, recipe.teacher.classes).student(recipe.seed)
+
+
+def record_table(recipe, data, p50_of) -> LatencyCache:
+    """A latency table as a run on this machine would have cached it, with the given p50 per member."""
+    cache = LatencyCache(recipe.latency_cache_dir, fingerprint(latency_target(recipe, data)))
+    for member in family_members("resnet"):
+        p50 = p50_of(member)
+        cache.put(describe_member(*member), {"p50": p50, "p90": p50 * 1.1, "p99": p50 * 1.3})
+    return cache
+
+
+# ------------------------------------------------------------------------------------------- the search
+def grid_states() -> tuple[list, list[MemberState]]:
+    members = family_members("resnet")
+    states = [
+        MemberState(index, member_params(member, 10, 1), member_params(member, 10, 1), member_size(member))
+        for index, member in enumerate(members)
+    ]
+    return members, states
+
+
+@pytest.mark.parametrize("limit", [1e3, 3e4, 1e5, 4e5, 2e6, 1e9])
+def test_search_finds_the_largest_fitting_member_timing_a_few(limit):
+    """Latency growing with the work per image (here: parameters): the search times a fraction of the
+    family and its answer is the true largest fitting member, always a timed one."""
+    members, states = grid_states()
+    timed = []
+
+    def measure(state):
+        timed.append(state.index)
+        return {"p50": float(state.params)}, "measured"
+
+    search_fitting(
+        states, lambda t: t["p50"] <= limit, measure, 1, lambda s: describe_member(*members[s.index])
+    )
+    truth = [s for s in states if s.params <= limit]
+    fitting = [s for s in states if s.fits]
+    assert len(timed) <= 8 < len(states)
+    if not truth:
+        assert not fitting
+        return
+    best = max(fitting, key=lambda s: s.params)
+    assert best.params == max(s.params for s in truth)
+    assert best.source == "measured"
+    assert all(s.params <= limit for s in fitting)  # no inferred fit is wrong on a monotone table
+
+
+def test_search_stops_once_the_wanted_count_is_known():
+    members, states = grid_states()
+    search_fitting(
+        states,
+        lambda t: t["p50"] <= 5e5,
+        lambda s: ({"p50": float(s.params)}, "measured"),
+        3,
+        lambda s: describe_member(*members[s.index]),
+    )
+    ordered = sorted(states, key=lambda s: -s.params)
+    first_fits = [s for s in ordered if s.fits][:3]
+    assert len(first_fits) == 3
+    assert all(s.known for s in ordered if s.params >= first_fits[-1].params)
+
+
+# ----------------------------------------------------------------------------------- the recorded table
+def test_the_largest_fitting_member_of_a_recorded_table_is_chosen_without_timing(tmp_path):
+    """Latency need not follow size: on a recorded table the choice is the most parameters among the members
+    that fit, whatever their order, and nothing is timed again."""
+    recipe, data = recipe_and_data(latency_raw(tmp_path, params=None, limit_ms=0.5))
+    odd_one = ("resnet56", {"width": 8})  # 215k params, recorded as fast as the smallest
+
+    def p50_of(member) -> float:  # by width only, but the odd one
+        return 0.1 if member == odd_one else 0.2 if member[1]["width"] == 8 else 0.4 * member[1]["width"] / 16
+
+    record_table(recipe, data, p50_of)
+    (name, args), sizing = size_to_latency(recipe, data)
+    fitting = [member for member in family_members("resnet") if p50_of(member) <= 0.5]
+    expected = max(fitting, key=lambda member: member_params(member, 10, 1))
+    assert (name, args) == expected == ("resnet110", {"width": 16})
+    assert sizing.measured == 0 and sizing.cached == len(family_members("resnet"))
+    assert sizing.chosen == "resnet110 with width=16"
+    chosen_row = next(row for row in sizing.candidates if row.member == sizing.chosen)
+    assert chosen_row.latency_ms == pytest.approx(0.4) and chosen_row.fits
+
+
+def test_a_params_budget_bounds_the_latency_choice(tmp_path):
+    recipe, data = recipe_and_data(latency_raw(tmp_path, params="100k", limit_ms=1.0))
+    record_table(recipe, data, lambda m: 0.01)  # everything is fast: the parameter budget decides
+    (name, args), sizing = size_to_latency(recipe, data)
+    assert (name, args) == ("resnet8", {"width": 16})  # 77.7k, the largest under 100k
+    skipped = [row for row in sizing.candidates if row.source == "skipped"]
+    assert skipped and all(row.params > 100_000 and "100,000-parameter" in row.note for row in skipped)
+
+
+def test_proxy_rule_trains_the_finalists_and_keeps_the_best_on_validation(tmp_path):
+    raw = latency_raw(
+        tmp_path, params="70k", limit_ms=1.0, rule="proxy", proxy={"candidates": 2, "epochs": 1}
+    )
+    recipe, data = recipe_and_data(raw)
+    record_table(recipe, data, lambda m: 0.01)
+    (name, args), sizing = size_to_latency(recipe, data)
+    finalists = [row for row in sizing.candidates if row.proxy_val_acc is not None]
+    assert [row.member for row in finalists] == ["resnet20 with width=8", "resnet14 with width=8"]
+    best = max(finalists, key=lambda row: (row.proxy_val_acc, row.params))
+    assert sizing.chosen == best.member == describe_member(name, args)
+    assert all("proxy val acc" in row.note for row in finalists)
+
+
+# ------------------------------------------------------------------------------------------------ cache
+def test_the_cache_is_reused_and_missed_when_the_fingerprint_changes(tmp_path):
+    """Real exports and timings (ONNX Runtime, three small members): a second sizing times nothing; another
+    thread count, or another machine, is another table."""
+    recipe, data = recipe_and_data(latency_raw(tmp_path))
+    _, first = size_to_latency(recipe, data)
+    assert first.measured >= 1 and first.cached == 0
+    _, second = size_to_latency(recipe, data)
+    assert second.measured == 0 and second.cached == first.measured
+    assert second.chosen == first.chosen and second.cache_file == first.cache_file
+
+    raw = latency_raw(tmp_path)
+    raw["benchmark"]["threads"] = 2
+    other_threads, data = recipe_and_data(raw)
+    _, third = size_to_latency(other_threads, data)
+    assert third.measured >= 1 and third.cache_file != first.cache_file
+
+    target = latency_target(recipe, data)
+    machine = dict(first.fingerprint["machine"], cpu="another CPU")
+    elsewhere = LatencyCache(recipe.latency_cache_dir, fingerprint(target, machine))
+    assert elsewhere.path != Path(first.cache_file) and elsewhere.get(first.chosen) is None
+    assert LatencyCache(recipe.latency_cache_dir, first.fingerprint).get(first.chosen) is not None
+
+
+def test_a_cache_file_with_another_key_is_not_trusted(tmp_path):
+    recipe, data = recipe_and_data(latency_raw(tmp_path))
+    cache = record_table(recipe, data, lambda m: 0.01)
+    stored = json.loads(cache.path.read_text())
+    stored["key"]["machine"]["cpu"] = "edited"
+    cache.path.write_text(json.dumps(stored))
+    assert LatencyCache(recipe.latency_cache_dir, cache.key).entries == {}
+
+
+# ----------------------------------------------------------------------------------------------- errors
+def test_an_impossible_latency_budget_names_the_fastest_member(tmp_path):
+    recipe, data = recipe_and_data(latency_raw(tmp_path, limit_ms=1e-6))
+    with pytest.raises(EdgekdError) as error:
+        size_to_latency(recipe, data)
+    message = str(error.value)
+    assert message.startswith(
+        "student.budget.latency.limit_ms: 1e-06 ms is below the fastest 'resnet' member"
+    )
+    assert "resnet8 with width=8: p50 " in message and "onnxruntime fp32, batch 1, 1 threads" in message
+    assert "\n" not in message
+
+
+def test_an_impossible_latency_budget_is_exit_2_and_writes_no_run(cli, tmp_path):
+    """One line, exit 2, no run folder; what was timed stays in the cache (it is true of this machine)."""
+    raw = latency_raw(tmp_path, limit_ms=1e-6)
+    raw["name"] = "impossible"
+    path = tmp_path / "impossible.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = cli("build", path, "--quiet")
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0
+    assert "below the fastest 'resnet' member (resnet8 with width=8" in result.output
+    assert not (tmp_path / "runs" / "impossible").exists()
+    assert list((tmp_path / "runs" / "latency_cache").glob("*.json"))
+
+
+@pytest.mark.parametrize(
+    ("latency", "field", "says"),
+    [
+        ({"limit_ms": 1, "backend": "pytorch", "precision": "int8"}, "precision", "not sized on pytorch"),
+        ({"limit_ms": "fast"}, "limit_ms", "fast"),
+        ({"limit_ms": 0}, "limit_ms", "greater than 0"),
+        ({"limit_ms": 1, "statistic": "p75"}, "statistic", "p75"),
+    ],
+)
+def test_bad_latency_budgets_name_the_field(tmp_path, latency, field, says):
+    raw = latency_raw(tmp_path)
+    raw["student"]["budget"]["latency"] = latency
+    with pytest.raises(EdgekdError) as error:
+        validate_recipe(raw)
+    assert str(error.value).startswith(f"student.budget.latency.{field}:") and says in str(error.value)
+
+
+def test_limits_are_read_with_units_and_a_budget_needs_one(tmp_path):
+    for text, ms in (("500us", 0.5), ("2ms", 2.0), ("0.25", 0.25), ("1.5 ms", 1.5)):
+        raw = latency_raw(tmp_path, limit_ms=text)
+        assert validate_recipe(raw).latency_budget.limit_ms == pytest.approx(ms)
+    raw = latency_raw(tmp_path)
+    raw["student"]["budget"] = {}
+    with pytest.raises(EdgekdError, match=r"^student.budget: give `params`, `latency` or both"):
+        validate_recipe(raw)
+
+
+def test_tensorrt_sizing_where_tensorrt_cannot_run_says_where_to_size(tmp_path):
+    from edgekd.deploy import tensorrt_available
+
+    if tensorrt_available():
+        pytest.skip("TensorRT and a GPU are here: sizing on tensorrt works")
+    recipe, data = recipe_and_data(latency_raw(tmp_path, precision="fp16", backend="tensorrt"))
+    with pytest.raises(EdgekdError, match=r"^student.budget.latency.backend: tensorrt needs TensorRT"):
+        size_to_latency(recipe, data)
