@@ -236,3 +236,70 @@ def test_tensorrt_sizing_where_tensorrt_cannot_run_says_where_to_size(tmp_path):
     recipe, data = recipe_and_data(latency_raw(tmp_path, precision="fp16", backend="tensorrt"))
     with pytest.raises(EdgekdError, match=r"^student.budget.latency.backend: tensorrt needs TensorRT"):
         size_to_latency(recipe, data)
+
+
+# ------------------------------------------------------------------------------------- the command line
+def test_latency_table_times_every_member_once_and_saves_csv_and_json(cli, tmp_path):
+    raw = latency_raw(tmp_path)
+    path = tmp_path / "table.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = cli("latency-table", path, "--out", tmp_path / "tables", "--quiet")
+    assert result.exit_code == 0, result.output
+    (csv_file,) = (tmp_path / "tables").glob("*.csv")
+    rows = csv_file.read_text().splitlines()
+    assert rows[0].startswith("member,model,params,flops,p50_ms")
+    sources = [row.split(",")[-2] for row in rows[1:]]
+    assert len(rows) - 1 == len(family_members("resnet"))
+    assert sources.count("measured") == 3 and sources.count("skipped") == len(rows) - 4  # 70k: three members
+    table = json.loads(csv_file.with_suffix(".json").read_text())
+    assert table["chosen"] == "resnet20 with width=8"
+
+    again = cli("latency-table", path, "--out", tmp_path / "tables", "--quiet")
+    assert again.exit_code == 0 and "3 from the cache" in again.output.replace("\n", " ")
+
+
+@pytest.mark.slow
+def test_a_latency_budget_build_records_the_candidates_and_checks_the_shipped_artifact(
+    cli, write_recipe, tmp_path
+):
+    student = {
+        "family": "resnet",
+        "budget": {"params": "70k", "latency": {"limit_ms": 50, "backend": "openvino", "precision": "int8"}},
+    }
+    # A 2-epoch student is not what INT8 parity guards: the test is about sizing and the budget check.
+    export = {"parity": {"int8_min_top1": 0.5, "int8_max_acc_drop": 50}}
+    result = cli("build", write_recipe(student=student, benchmark=QUICK_TIMING, export=export), "--quiet")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "tiny"
+    metrics = json.loads((run / "metrics.json").read_text())
+    sizing = metrics["student_choice"]["sizing"]
+    assert sizing["chosen"] == "resnet20 with width=8" and metrics["student_choice"]["arch"] == "resnet20"
+    latency = metrics["budget_check"]["latency"]
+    assert latency["artifact"] == "openvino int8" and latency["verdict"] == "fits"
+    assert latency["measured_ms"] > 0 and latency["predicted_ms"] > 0
+    # The budget's artifact is exported although export.targets names none.
+    assert [a["name"] for a in metrics["artifacts"]] == ["pytorch fp32", "openvino int8"]
+    assert "budget latency: openvino int8 p50 at batch 1" in result.output.replace("\n", " ")
+
+
+@pytest.mark.slow
+def test_strict_budget_fails_an_over_budget_build_with_exit_1_after_writing_the_report(
+    cli, write_recipe, tmp_path
+):
+    student = {
+        "model": "resnet8",
+        "model_args": {"width": 8},
+        "budget": {"latency": {"limit_ms": 1e-6, "backend": "onnxruntime"}},
+    }
+    path = write_recipe(student=student, benchmark=QUICK_TIMING)
+    result = cli("build", path, "--quiet", "--strict-budget")
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0 and "--strict-budget" in result.output
+    assert "onnx fp32 p50" in result.output and "OVER by" in result.output
+    run = tmp_path / "runs" / "tiny"
+    check = json.loads((run / "metrics.json").read_text())["budget_check"]
+    assert check["fits"] is False and check["latency"]["verdict"].startswith("OVER by")
+    assert (run / "report.md").is_file()
+
+    lenient = cli("build", path, "--quiet", "--force")
+    assert lenient.exit_code == 0 and "OVER by" in lenient.output
