@@ -252,6 +252,49 @@ def validate(recipe: Path, overrides: tuple[str, ...], explain: bool, schema_onl
     out.print(f"[green]ok[/]: {recipe} is a valid recipe")
 
 
+@main.command()
+@RECIPE_ARG
+@SET_OPTION
+@click.option(
+    "--budget",
+    required=True,
+    metavar="KIND=V1,V2",
+    help="The budgets to build for: latency=0.5ms,1ms,2ms (the recipe's latency target, another limit) or "
+    "params=50k,100k.",
+)
+@click.option("--force", is_flag=True, help="Build every run again instead of reusing finished ones.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@user_errors
+def sweep(recipe: Path, overrides: tuple[str, ...], budget: str, force: bool, quiet: bool) -> None:
+    """Build RECIPE once per budget (sharing the teacher) and map accuracy against measured latency.
+
+    Writes <output_dir>/<name>_sweep/: one run folder per budget, sweep.json/csv/md and frontier.png (every
+    artifact's test accuracy against its latency, the Pareto frontier marked).
+    """
+    from edgekd.sweep import run_sweep
+
+    with make_progress(quiet) as progress:
+        result = run_sweep(recipe, overrides, budget, force=force, progress=progress)
+    columns = ["budget", "student", "artifact", "test acc %", "latency ms", "fits", "frontier"]
+    rows = [
+        [
+            point["budget"],
+            point["student"],
+            point["artifact"],
+            f"{point['test_acc']:.2f}",
+            f"{point['latency_ms']:.4g}",
+            "-" if point["fits"] is None else "yes" if point["fits"] else "OVER",
+            "*" if point["pareto"] else "",
+        ]
+        for point in result["points"]
+    ]
+    console = table_console()
+    console.print(
+        rich_table("accuracy against latency", columns, rows, left=("budget", "student", "artifact"))
+    )
+    console.print(f"written: {result['folder']}/sweep.md, sweep.json, sweep.csv, frontier.png")
+
+
 @main.command(name="latency-table")
 @RECIPE_ARG
 @SET_OPTION

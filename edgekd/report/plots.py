@@ -233,3 +233,47 @@ def embedding_tsne(
     handles = scatter.legend_elements()[0]
     fig.legend(handles, class_names[: len(handles)], loc="center right", fontsize=8, title="class")
     return _save(fig, path)
+
+
+def frontier_plot(points: list[dict[str, Any]], path: Path) -> Path | None:
+    """A sweep's artifacts: test accuracy against latency, one marker per artifact kind and one colour per
+    budget, the Pareto frontier drawn as a step line."""
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(8.4, 4.6))
+    markers = {"pytorch": "s", "onnx": "o", "openvino": "D", "tensorrt": "^"}
+    budgets = list(dict.fromkeys(point["budget"] for point in points))
+    colours = plt.get_cmap("viridis")
+    for point in points:
+        colour = colours(budgets.index(point["budget"]) / max(1, len(budgets) - 1))
+        ax.scatter(
+            point["latency_ms"],
+            point["test_acc"],
+            marker=markers.get(point["artifact"].split()[0], "o"),
+            color=colour,
+            edgecolors="black" if point["pareto"] else "none",
+            s=60 if point["pareto"] else 40,
+            zorder=3,
+        )
+    frontier = sorted((p for p in points if p["pareto"]), key=lambda p: p["latency_ms"])
+    ax.step(
+        [p["latency_ms"] for p in frontier],
+        [p["test_acc"] for p in frontier],
+        where="post",
+        color="tab:red",
+        label="Pareto frontier",
+        zorder=2,
+    )
+    for budget in budgets:
+        ax.scatter([], [], color=colours(budgets.index(budget) / max(1, len(budgets) - 1)), label=budget)
+    for kind, marker in markers.items():
+        if any(point["artifact"].startswith(kind) for point in points):
+            ax.scatter([], [], marker=marker, color="grey", label=kind)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    _readable_log_x(ax)
+    statistic = points[0]["statistic"]
+    ax.set_xlabel(f"{statistic} latency at batch {points[0]['batch']} (ms, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy against latency over budgets (outlined: on the frontier)")
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)

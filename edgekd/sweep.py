@@ -1,0 +1,217 @@
+"""`edgekd sweep`: one build per budget, sharing the teacher, and the accuracy–latency frontier over all of
+them: every artifact of every run is a point (its test accuracy, its measured latency); the points no other
+point beats on both are the Pareto frontier.
+
+The runs go to <output_dir>/<name>_sweep/<name>-<kind>-<value>/ (each a normal run folder; a finished one is
+reused unless --force), and the comparison to sweep.json, sweep.csv, sweep.md and frontier.png beside them.
+The first run trains the teacher when the recipe asks for it; the others load its checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekd.errors import EdgekdError
+from edgekd.fileio import write_json, write_text
+from edgekd.layout import RunLayout
+from edgekd.recipe import Recipe, load_recipe, parse_count, parse_milliseconds
+from edgekd.records import RunMetrics
+
+KINDS = ("latency", "params")
+COLUMNS = [
+    "budget",
+    "student",
+    "params",
+    "artifact",
+    "test_acc",
+    "latency_ms",
+    "statistic",
+    "batch",
+    "fits",
+    "pareto",
+]
+
+
+@dataclass(frozen=True)
+class BudgetPoint:
+    kind: str  # latency or params
+    text: str  # as the user wrote it: "0.5ms", "50k"
+    value: float
+
+    @property
+    def override(self) -> str:
+        field = "student.budget.latency.limit_ms" if self.kind == "latency" else "student.budget.params"
+        return f"{field}={self.value:g}" if self.kind == "latency" else f"{field}={int(self.value)}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}-{re.sub(r'[^A-Za-z0-9.]', '', self.text)}"
+
+
+def parse_budgets(text: str) -> list[BudgetPoint]:
+    """`latency=0.5ms,1ms,2ms` or `params=50k,100k` → one point per value, in the order given."""
+    kind, sep, values = text.partition("=")
+    kind = kind.strip()
+    if not sep or kind not in KINDS or not values.strip():
+        raise EdgekdError(f"--budget: got {text!r}; allowed: latency=0.5ms,1ms or params=50k,100k")
+    points = []
+    for item in (part.strip() for part in values.split(",")):
+        parsed = parse_milliseconds(item) if kind == "latency" else parse_count(item)
+        if not isinstance(parsed, int | float) or isinstance(parsed, bool) or parsed <= 0:
+            unit = "a time such as 0.5ms or 500us" if kind == "latency" else "a count such as 50k"
+            raise EdgekdError(f"--budget: {kind} value {item!r} is not {unit}")
+        points.append(BudgetPoint(kind, item, float(parsed)))
+    if len({p.value for p in points}) != len(points):
+        raise EdgekdError(f"--budget: {text!r} names a value twice")
+    return points
+
+
+def sweep_recipes(path: Path, overrides: tuple[str, ...], points: list[BudgetPoint]) -> list[Recipe]:
+    """The recipe once per budget point, each checked before anything runs (a bad value fails first)."""
+    base = load_recipe(path, overrides)
+    if base.student.family is None:
+        raise EdgekdError(
+            "student.family: a sweep sizes the student to each budget; allowed: a family recipe"
+        )
+    return [point_recipe(path, overrides, base, point, teacher=None) for point in points]
+
+
+def point_recipe(
+    path: Path, overrides: tuple[str, ...], base: Recipe, point: BudgetPoint, teacher: Path | None
+) -> Recipe:
+    """The recipe at one budget, in the sweep's folder; with ``teacher``, loading that teacher instead of
+    training one."""
+    folder = base.output_dir / f"{base.name}_sweep"
+    extra = [point.override, f"name={base.name}-{point.label}", f"output_dir={folder}"]
+    if point.kind == "latency" and (base.latency_budget is None or base.latency_budget.cache_dir is None):
+        extra.append(f"student.budget.latency.cache_dir={base.latency_cache_dir}")  # one cache for all runs
+    if teacher is not None and base.teacher.train is not None:
+        extra += ["teacher.train=null", f"teacher.checkpoint={teacher}"]
+    return load_recipe(path, (*overrides, *extra))
+
+
+def run_sweep(
+    path: Path, overrides: tuple[str, ...], budget: str, *, force: bool = False, progress=None
+) -> dict[str, Any]:
+    from edgekd.pipeline import build
+
+    points = parse_budgets(budget)
+    recipes = sweep_recipes(path, overrides, points)
+    base = load_recipe(path, overrides)
+    teacher: Path | None = None
+    runs: list[tuple[BudgetPoint, RunMetrics]] = []
+    for point, recipe in zip(points, recipes, strict=True):
+        if teacher is not None:
+            recipe = point_recipe(path, overrides, base, point, teacher)
+        metrics = None if force else finished(recipe)
+        if metrics is None:
+            metrics = build(recipe, force=recipe.run_dir.exists(), progress=progress)
+        teacher = teacher or RunLayout(recipe.run_dir).model_weights("teacher")
+        runs.append((point, metrics))
+    return write_sweep(recipes[0].output_dir, runs, path)
+
+
+def finished(recipe: Recipe) -> RunMetrics | None:
+    metrics = RunLayout(recipe.run_dir).metrics
+    return RunMetrics.load(metrics) if metrics.is_file() else None
+
+
+def sweep_points(runs: list[tuple[BudgetPoint, RunMetrics]]) -> list[dict[str, Any]]:
+    """One point per timed artifact of every run, at the budget's batch (else the first timed batch)."""
+    rows = []
+    for point, metrics in runs:
+        check = metrics.budget_check
+        latency_budget = (metrics.budget or {}).get("latency") or {}
+        statistic = latency_budget.get("statistic", "p50")
+        batch = latency_budget.get("batch")
+        choice = metrics.student_choice
+        for record in metrics.artifacts:
+            timings = (record.latency or {}).get("batches") or []
+            timing = next((t for t in timings if t["batch"] == batch), timings[0] if timings else None)
+            if timing is None or record.test_acc is None:
+                continue
+            shipped = (
+                check is not None and check.latency is not None and check.latency.artifact == record.name
+            )
+            rows.append(
+                {
+                    "budget": f"{point.kind} {point.text}",
+                    "student": f"{choice.arch} {choice.model_args or ''}".strip(),
+                    "params": choice.params,
+                    "artifact": record.name,
+                    "test_acc": record.test_acc,
+                    "latency_ms": round(timing[f"{statistic}_ms"], 4),
+                    "statistic": statistic,
+                    "batch": timing["batch"],
+                    "fits": (check.latency.fits if shipped else None)
+                    if point.kind == "latency"
+                    else check.fits,
+                    "run": str(metrics.run.name),
+                }
+            )
+    mark_pareto(rows)
+    return rows
+
+
+def mark_pareto(rows: list[dict[str, Any]]) -> None:
+    """A point is on the frontier when no other point is at least as accurate and at least as fast, and
+    strictly better in one of the two."""
+    for row in rows:
+        row["pareto"] = not any(
+            other["test_acc"] >= row["test_acc"]
+            and other["latency_ms"] <= row["latency_ms"]
+            and (other["test_acc"] > row["test_acc"] or other["latency_ms"] < row["latency_ms"])
+            for other in rows
+        )
+
+
+def write_sweep(
+    folder: Path, runs: list[tuple[BudgetPoint, RunMetrics]], recipe_path: Path
+) -> dict[str, Any]:
+    from edgekd.report.plots import frontier_plot
+    from edgekd.report.tables import markdown_table
+
+    rows = sweep_points(runs)
+    plot = frontier_plot(rows, folder / "frontier.png")
+    result = {
+        "recipe": str(recipe_path),
+        "budgets": [f"{point.kind} {point.text}" for point, _ in runs],
+        "runs": [str(folder / metrics.run.name) for _, metrics in runs],
+        "points": rows,
+        "frontier": [row for row in rows if row["pareto"]],
+        "plot": str(plot) if plot else None,
+    }
+    write_json(folder / "sweep.json", result)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=[*COLUMNS, "run"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(folder / "sweep.csv", text.getvalue())
+    table = [[_cell(row[column]) for column in COLUMNS] for row in rows]
+    lines = [
+        f"# Sweep of `{recipe_path}`",
+        "",
+        "Every artifact of every run: test accuracy against measured latency; `pareto`: no other point is "
+        "both at least as accurate and at least as fast.",
+        "",
+        markdown_table(COLUMNS, table),
+        "",
+        "![frontier](frontier.png)" if plot else "",
+        "",
+    ]
+    write_text(folder / "sweep.md", "\n".join(lines))
+    result["folder"] = str(folder)
+    return result
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
