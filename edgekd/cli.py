@@ -203,7 +203,7 @@ def build(
     """Run RECIPE end to end: teacher, budget-sized student, distillation and baselines, report.
 
     Everything lands in <output_dir>/<name>/: recipe.yaml, models/*.pt, metrics.json, history.csv,
-    report.md and plots.
+    report.md, report.html and plots.
     """
     from edgekd.pipeline import build as run_build
     from edgekd.recipe import load_recipe
@@ -217,7 +217,8 @@ def build(
             loaded, resume=resume, force=force, progress=progress, strict_budget=strict_budget
         )
     print_summary(metrics)
-    out.print(f"run folder: {loaded.run_dir}  (report: {RunLayout(loaded.run_dir).report_md})")
+    layout = RunLayout(loaded.run_dir)
+    out.print(f"run folder: {loaded.run_dir}  (report: {layout.report_md}, web page: {layout.report_html})")
 
 
 @main.command()
@@ -493,6 +494,23 @@ def bench_command(
 
     result = bench_artifact(artifact, backend, shape, LatencyConfig(**latency), json_path)
     print_latency(result)
+
+
+@main.command(name="report")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@user_errors
+def report_command(run_dir: Path) -> None:
+    """Write the report of the finished run in RUN_DIR again: report.md, report.html, the CSVs and the plots.
+
+    Reads only the folder's metrics.json, history.json and recipe.yaml (nothing is trained or measured);
+    an embedding plot the build drew is kept, since the features it shows are not stored.
+    """
+    from edgekd.report.writer import rerender_report
+
+    markdown, page = rerender_report(run_dir)
+    # Paths are data (a [bracket] is not markup) and stay on one line each, whatever the terminal's width.
+    out.print(f"report: {escape(str(markdown))}", soft_wrap=True)
+    out.print(f"web page: {escape(str(page))}", soft_wrap=True)
 
 
 @main.command()

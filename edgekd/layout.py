@@ -3,7 +3,7 @@ reads a run folder (the pipeline, the trainer, the report, `edgekd export/bench`
 
 ```
 runs/<name>/
-  recipe.yaml  layout.json  metrics.json  history.json  history.csv  bench.csv  report.md  *.png
+  recipe.yaml  layout.json  metrics.json  history.json  history.csv  bench.csv  report.md  report.html  *.png
   models/<method>[_seed<k>].pt, teacher.pt     the selected weights of every trained model
   artifacts/                                   the main student's deployables (ONNX, OpenVINO IR, ...)
   train/teacher/                               the teacher's training state (when the run trains it)
@@ -109,6 +109,11 @@ class RunLayout:
     @property
     def report_md(self) -> Path:
         return self.root / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        """The same report as a self-contained web page (plots embedded), verdicts at the top."""
+        return self.root / "report.html"
 
     def plot(self, file_name: str) -> Path:
         return self.root / file_name

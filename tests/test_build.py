@@ -23,6 +23,7 @@ RUN_FILES = [
     "history.json",
     "history.csv",
     "report.md",
+    "report.html",
     "accuracy_vs_params.png",
     "training_curves.png",
     "models/teacher.pt",

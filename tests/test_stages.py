@@ -187,6 +187,7 @@ def test_the_run_folder_matches_its_layout_and_metrics_read_back_typed(refilled_
         layout.history_csv,
         layout.bench_csv,
         layout.report_md,
+        layout.report_html,
         layout.model_weights("teacher"),
         layout.model_weights("refilled"),
         layout.method("refilled").images,

@@ -204,7 +204,8 @@ def cold_start_ms(record: ArtifactRecord) -> float | None:
     return cold["load_ms"] + cold["first_inference_ms"]
 
 
-def _ms(value: float | None) -> str:
+def ms_cell(value: float | None) -> str:
+    """Milliseconds: three decimals below 1 ms, two above."""
     return "-" if value is None else f"{value:.3f}" if value < 1 else f"{value:.2f}"
 
 
@@ -236,10 +237,10 @@ def artifact_rows(artifacts: list[ArtifactRecord], budget: BudgetCheck | None = 
                     accuracy if first else "",
                     drop if first else "",
                     parity_cell(record) if first else "",
-                    _ms(cold_start_ms(record)) if first else "",
-                    "-" if timing is None else _ms(timing["p50_ms"]),
-                    "-" if timing is None else _ms(timing["p90_ms"]),
-                    "-" if timing is None else _ms(timing["p99_ms"]),
+                    ms_cell(cold_start_ms(record)) if first else "",
+                    "-" if timing is None else ms_cell(timing["p50_ms"]),
+                    "-" if timing is None else ms_cell(timing["p90_ms"]),
+                    "-" if timing is None else ms_cell(timing["p99_ms"]),
                     "-" if timing is None else f"{timing['throughput']:.0f}",
                 ]
             )
@@ -250,11 +251,11 @@ def latency_table_rows(latency: dict[str, Any]) -> list[list[str]]:
     return [
         [
             str(timing["batch"]),
-            _ms(timing["p50_ms"]),
-            _ms(timing["p90_ms"]),
-            _ms(timing["p99_ms"]),
-            _ms(timing["mean_ms"]),
-            _ms(timing["std_ms"]),
+            ms_cell(timing["p50_ms"]),
+            ms_cell(timing["p90_ms"]),
+            ms_cell(timing["p99_ms"]),
+            ms_cell(timing["mean_ms"]),
+            ms_cell(timing["std_ms"]),
             f"{timing['throughput']:.0f}",
             str(timing["iterations"]),
         ]

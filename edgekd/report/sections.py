@@ -1,0 +1,370 @@
+"""The report's content, once: the blocks both report.md and report.html show, section by section."""
+
+from __future__ import annotations
+
+from edgekd.recipe import Recipe
+from edgekd.records import Candidate, RunMetrics, Sizing, StageRecord
+from edgekd.report.blocks import Block, BulletList, Code, Heading, Image, Paragraph, Table
+from edgekd.report.tables import (
+    ARTIFACT_COLUMNS,
+    DATA_COLUMNS,
+    artifact_rows,
+    data_rows,
+    human_count,
+    ms_cell,
+    over_seeds_cell,
+    summary_columns,
+    summary_rows,
+)
+
+
+def report_blocks(recipe: Recipe, metrics: RunMetrics, plot_files: list[str]) -> list[Block]:
+    return [
+        *overview_blocks(recipe, metrics),
+        *models_blocks(metrics),
+        *paired_blocks(metrics),
+        *protocol_blocks(recipe, metrics),
+        Heading(3, "What each model used"),
+        Table.of(DATA_COLUMNS, data_rows(metrics)),
+        *unlabeled_blocks(metrics),
+        *connector_blocks(metrics),
+        *stage_blocks(metrics),
+        *transfer_check_blocks(metrics),
+        *sizing_blocks(metrics.student_choice.sizing),
+        *artifact_blocks(metrics),
+        *[Image(name, name) for name in plot_files],
+        Paragraph(
+            "Files: `metrics.json` (all numbers), `history.csv` (per-epoch), `bench.csv` (per artifact and "
+            "batch), `recipe.yaml` (resolved recipe), `models/` (weights), `artifacts/` (deployables), "
+            "`train/` (resumable training state)."
+        ),
+    ]
+
+
+def overview_blocks(recipe: Recipe, metrics: RunMetrics) -> list[Block]:
+    choice, data = metrics.student_choice, metrics.student_data
+    budget = metrics.budget["params"]
+    sizes = data["sizes"]
+    return [
+        Heading(1, f"edgekd run `{recipe.name}`"),
+        BulletList(
+            (
+                f"data: {data['dataset']}, {data['num_classes']} classes, train/val/test = "
+                f"{sizes['train']}/{sizes['val']}/{sizes['test']} images",
+                f"student: `{choice.arch}` {choice.model_args or ''} — {human_count(choice.params)} params, "
+                f"{human_count(choice.flops)} FLOPs per image ({choice.how})",
+                f"budget: {f'{budget:,} params' if budget else 'none'}; method `{recipe.distill.method}`, "
+                f"baselines: {', '.join(recipe.distill.baselines) or 'none'}",
+                f"seed {recipe.seed}, device {metrics.run.device}, wall time {metrics.run.wall_time_s:.1f} s",
+            )
+        ),
+    ]
+
+
+def models_blocks(metrics: RunMetrics) -> list[Block]:
+    return [
+        Heading(2, "Models"),
+        Table.of(summary_columns(metrics), summary_rows(metrics)),
+        Paragraph(
+            "Accuracies are top-1 on the held-out test split (mean ± sample std over seeds); models are "
+            "selected on the validation images only. `OVER` marks a model that breaks the budget (a "
+            "fine-tuned teacher does, by design)."
+        ),
+    ]
+
+
+def connector_blocks(metrics: RunMetrics) -> list[Block]:
+    extra = [r for r in metrics.models if r.extra_training_params]
+    if not extra:
+        return []
+    return [
+        Paragraph(
+            "Training-only parameters (connectors; not exported): "
+            + ", ".join(f"{r.name} {r.extra_training_params:,}" for r in extra)
+        )
+    ]
+
+
+# ------------------------------------------------------------------------------------------ stages
+STAGE_COLUMNS = [
+    "model",
+    "stage",
+    "epochs",
+    "kept",
+    "selected epoch",
+    "selection score",
+    "parameters trained",
+    "labelled (train / selection)",
+    "unlabelled",
+    "artifacts",
+    "notes",
+]
+
+
+def stage_blocks(metrics: RunMetrics) -> list[Block]:
+    """Each multi-stage model's stages (first seed): what each trained, on which images, which epoch it
+    kept and why, and the artifacts it handed on."""
+    rows = [
+        stage_row(record.name, stage)
+        for record in metrics.models
+        if len(record.stages) >= 2
+        for stage in record.stages
+    ]
+    if not rows:
+        return []
+    return [
+        Heading(3, "Stages"),
+        Paragraph(
+            "Methods that train in stages, first seed: each stage's own optimizer and schedule ran over the "
+            "parameters it trains, on the images shown, and kept the epoch its rule chose (`metric`: the "
+            "stage's own validation score, e.g. the embedding's 1-NN accuracy). Artifacts: what a stage "
+            "handed on (→, saved in its folder) or took in (←); `loaded` ones come from another run."
+        ),
+        Table.of(STAGE_COLUMNS, rows),
+    ]
+
+
+def stage_row(model: str, stage: StageRecord) -> list[str]:
+    if stage.skipped:
+        return [model, stage.stage, "0", "-", "-", "-", "0", "-", "-", stage.skipped, "-"]
+    score = stage.best_score
+    data = stage.data
+    handed = [f"→ {a.name}" for a in stage.produces]
+    handed += [f"← {a.name}" + (" (loaded)" if a.origin == "loaded" else "") for a in stage.consumes]
+    return [
+        model,
+        stage.stage,
+        str(stage.epochs),
+        stage.select,
+        str(stage.best_epoch),
+        "-" if score is None else f"{score:.2f}",
+        f"{stage.trained_params:,}",
+        "-" if data is None else f"{data.labelled_train} / {data.labelled_selection}",
+        "-" if data is None else str(data.unlabeled),
+        ", ".join(handed) or "-",
+        stage_notes(stage),
+    ]
+
+
+def stage_notes(stage: StageRecord) -> str:
+    """What the stage's objective said it did, its numbers on the validation images, and for a check its
+    accuracies."""
+    parts = [stage.notes] if stage.notes else []
+    parts += [f"{name} {value:.4g}" for name, value in stage.measures.items()]
+    if stage.branch:
+        parts.append(f"check val {stage.best_val_acc:.2f} %, test {stage.test_acc:.2f} %")
+    return "; ".join(parts) or "-"
+
+
+def transfer_check_blocks(metrics: RunMetrics) -> list[Block]:
+    """The intermediate-transfer checks (SRM paper's Table II) over seeds: accuracy of a fresh classifier
+    trained with CE from each pre-trained student."""
+    rows = []
+    for record in metrics.models:
+        seeds = [run.stages for run in record.per_seed] or [record.stages]
+        for name in dict.fromkeys(s.stage for stages in seeds for s in stages if s.branch):
+            checks = [s for stages in seeds for s in stages if s.branch and s.stage == name]
+            rows.append(
+                [
+                    record.name,
+                    name,
+                    checks[0].notes or "-",
+                    str(len(checks)),
+                    over_seeds_cell([c.best_val_acc for c in checks]),
+                    over_seeds_cell([c.test_acc for c in checks]),
+                ]
+            )
+    if not rows:
+        return []
+    return [
+        Heading(3, "Quality of the intermediate transfer"),
+        Paragraph(
+            "After the pre-training stage, a fresh classifier trained with cross-entropy alone (no teacher): "
+            "how good a starting point each pre-training made (SRM paper, Table II). A check hands nothing "
+            "on; it is reported, never used to choose anything. Mean ± std over seeds."
+        ),
+        Table.of(["model", "stage", "what trained", "seeds", "val acc %", "test acc %"], rows),
+    ]
+
+
+# ---------------------------------------------------------------------------------- claims, protocol
+def paired_blocks(metrics: RunMetrics) -> list[Block]:
+    """The paired comparisons spelled out: per-seed differences, mean, interval and what it shows."""
+    compared = [r for r in metrics.models if r.paired]
+    if not compared:
+        return []
+    first = compared[0].paired
+    how = (
+        f"({100 * first.confidence:.0f} %, {_interval_name(first.interval_method)}). "
+        '"better"/"worse": the interval excludes zero.'
+        if first.interval is not None
+        else "(one seed: no interval; train with --seeds for one)."
+    )
+    items = []
+    for record in compared:
+        paired = record.paired
+        per_seed = ", ".join(f"{d:+.2f}" for d in paired.differences)
+        interval = "" if paired.interval is None else " [{:+.2f}, {:+.2f}]".format(*paired.interval)
+        items.append(
+            f"`{record.name}`: {paired.mean:+.2f}{interval} — {paired.verdict} "
+            f"(seeds {', '.join(map(str, paired.seeds))}: {per_seed})"
+        )
+    return [
+        Heading(3, f"Paired comparison with `{first.reference}`"),
+        Paragraph(
+            f"Per seed, each student's test accuracy minus `{first.reference}`'s on the same seed (same "
+            "images, same test set); the interval is on the mean difference " + how
+        ),
+        BulletList(tuple(items)),
+    ]
+
+
+def _interval_name(method: str) -> str:
+    return "Student's t over seeds" if method == "t" else "percentile bootstrap over seeds"
+
+
+def protocol_blocks(recipe: Recipe, metrics: RunMetrics) -> list[Block]:
+    """Where the student's images came from, and what the teacher had seen of them."""
+    data = metrics.student_data
+    items = [
+        f"the student's images come from {_pool_text(data)}; its labelled images are {_draw_text(data)};",
+        f"model selection: `train.select: {recipe.train.select}` on {data['sizes']['val']} labelled "
+        f"validation images ({_validation_text(data)});",
+        f"training batches: `data.last_batch: {data.get('last_batch', 'keep')}`, the smallest holds "
+        f"{data.get('smallest_train_batch', '?')} images;",
+    ]
+    unlabeled = data.get("unlabeled") or {}
+    if unlabeled.get("images") and unlabeled.get("teacher_acc") is not None:
+        items.append(
+            f"the teacher's top-1 on the student's {unlabeled['images']:,} unlabelled images is "
+            f"{unlabeled['teacher_acc']:.2f} % (near 100 % means it trained on them: its outputs there are "
+            "close to the true labels);"
+        )
+    env = metrics.environment
+    items.append(
+        f"trained on {env.get('cpu', '?')} ({env.get('cpu_vendor') or '?'}; "
+        f"{', '.join(env.get('cpu_isa') or []) or '?'}), {env.get('torch_threads', '?')} PyTorch threads: "
+        "bit-exact on this machine and thread count, not across CPUs."
+    )
+    return [Heading(3, "Protocol"), BulletList(tuple(items))]
+
+
+def _pool_text(data: dict) -> str:
+    if data.get("student_pool") == "customer":
+        return (
+            f"a customer hold-out ({100 * data['customer_fraction']:.0f} % of each class of the training "
+            "split) that the teacher never trained on"
+        )
+    return "the teacher's own training images (the SKD paper's protocol: the teacher has seen them, labelled)"
+
+
+def _draw_text(data: dict) -> str:
+    draws = data.get("draw_seeds") or []
+    if data.get("draws") == "per_seed" and len(draws) > 1:
+        return "drawn anew for each seed (every method of one seed gets the same draw)"
+    if data.get("draws") == "per_seed":
+        return "drawn for the seed"
+    return "one fixed draw for every seed"
+
+
+def _validation_text(data: dict) -> str:
+    val = data.get("val_source", "validation split")
+    per_class = data.get("val_per_class")
+    return (
+        f"{per_class} per class from the {val}" if per_class else f"the whole {val} of the student's classes"
+    )
+
+
+def unlabeled_blocks(metrics: RunMetrics) -> list[Block]:
+    """Which students also trained on unlabelled images: their accuracies are not label-for-label fair."""
+    unlabeled = metrics.student_data.get("unlabeled") or {}
+    if not unlabeled.get("images"):
+        return []
+    users = [r.name for r in metrics.models if r.unlabeled_images]
+    others = [r.name for r in metrics.models if r.role == "student" and not r.unlabeled_images]
+    return [
+        Paragraph(
+            f"Unlabelled images ({unlabeled['images']:,}, `data.unlabeled: {unlabeled['source']}`) fed the "
+            f"distillation terms of: {', '.join(users) or 'none'}; not used by: {', '.join(others) or 'none'} "
+            "(no label-free term)."
+        )
+    ]
+
+
+# ------------------------------------------------------------------------------------ student sizing
+SIZING_COLUMNS = ["member", "params", "FLOPs", "latency ms", "source", "fits", "note"]
+SIZING_RULES = {
+    "largest": "the largest member within the limit",
+    "proxy": "the best validation accuracy after a short proxy training, among the members within the limit",
+}
+
+
+def sizing_blocks(sizing: Sizing | None) -> list[Block]:
+    """How a latency budget chose the student: the target, the rule and every candidate it looked at."""
+    if sizing is None:
+        return []
+    with_proxy = any(c.proxy_val_acc is not None for c in sizing.candidates)
+    columns = SIZING_COLUMNS + (["proxy val acc %"] if with_proxy else [])
+    rows = [sizing_row(c, sizing.chosen, with_proxy) for c in sizing.candidates]
+    return [Heading(2, "Student sizing"), Paragraph(sizing_intro(sizing)), Table.of(columns, rows)]
+
+
+def sizing_intro(sizing: Sizing) -> str:
+    target = sizing.target
+    threads = target.get("threads")
+    return (
+        f"Target: {target.get('backend', '?')} {target.get('precision', '?')}, "
+        f"{target.get('statistic', '?')} latency at batch {target.get('batch', '?')} on "
+        f"{f'{threads} threads' if threads else 'the runtime default threads'}, "
+        f"limit {target.get('limit_ms', '?')} ms. Rule `{sizing.rule}`: "
+        f"{SIZING_RULES.get(sizing.rule, sizing.rule)}; chosen `{sizing.chosen}` in {sizing.time_s:.1f} s. "
+        f"Candidates timed now: {sizing.measured}, read from the latency cache: {sizing.cached}, inferred from "
+        f"a timed member they dominate or are dominated by: {sizing.inferred}. Latencies were measured on "
+        "random weights (latency does not depend on them)."
+    )
+
+
+def sizing_row(candidate: Candidate, chosen: str, with_proxy: bool) -> list[str]:
+    fits = {True: "fits", False: "OVER", None: "-"}[candidate.fits]
+    member = candidate.member + (" (chosen)" if candidate.member == chosen else "")
+    row = [
+        member,
+        human_count(candidate.params),
+        human_count(candidate.flops),
+        ms_cell(candidate.latency_ms),
+        candidate.source,
+        fits,
+        candidate.note or "-",
+    ]
+    if with_proxy:
+        row.append("-" if candidate.proxy_val_acc is None else f"{candidate.proxy_val_acc:.2f}")
+    return row
+
+
+# ------------------------------------------------------------------------------------------ artifacts
+def artifact_blocks(metrics: RunMetrics) -> list[Block]:
+    artifacts = metrics.artifacts
+    if not artifacts:
+        return []
+    env = metrics.environment
+    blocks: list[Block] = [
+        Heading(2, "Deployment artifacts"),
+        Table.of(ARTIFACT_COLUMNS, artifact_rows(artifacts, metrics.budget_check)),
+        Paragraph(
+            "Parity: every artifact and the PyTorch student ran on the same validation images (max absolute "
+            "logit difference, top-1 agreement). Accuracy: top-1 on the test split through the artifact's "
+            "own runtime; drop against the PyTorch student. Latency: cold start = load + first inference; "
+            "p50/p90/p99 over timed runs after warm-up; img/s measured at that batch size."
+        ),
+    ]
+    if env:
+        blocks.append(
+            Paragraph(
+                f"Measured on: {env.get('cpu', '?')}, threads {env.get('threads') or 'the runtime default'}."
+            )
+        )
+    for record in artifacts:
+        command = record.details.get("trtexec")
+        if command:
+            blocks += [Paragraph(f"`{record.name}`: {record.status}:"), Code(command)]
+    return blocks
