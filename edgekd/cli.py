@@ -627,11 +627,11 @@ def print_summary(metrics: RunMetrics) -> None:
         ARTIFACT_COLUMNS,
         DATA_COLUMNS,
         artifact_rows,
-        budget_lines,
         data_rows,
         summary_columns,
         summary_rows,
     )
+    from edgekd.report.verdicts import budget_verdict
 
     console = table_console()
     title = f"edgekd run '{metrics.run.name}' ({metrics.run.wall_time_s:.1f} s)"
@@ -641,20 +641,21 @@ def print_summary(metrics: RunMetrics) -> None:
     rows = artifact_rows(metrics.artifacts, metrics.budget_check)
     if rows:
         console.print(rich_table("deployment artifacts", ARTIFACT_COLUMNS, rows, left=("artifact", "parity")))
-    for line in budget_lines(metrics.budget_check):
-        colour = "red" if "OVER" in line else "yellow" if "not measured" in line else "green"
+    verdict = budget_verdict(metrics.budget_check)
+    colour = {"pass": "green", "fail": "red", "neutral": "yellow"}[verdict.state]
+    for line in verdict.details if metrics.budget_check is not None else ():
         console.print(f"[{colour}]budget {escape(line)}[/]")
 
 
 def print_sizing(sizing) -> None:
-    from edgekd.report.tables import CANDIDATE_COLUMNS, candidate_rows, sizing_summary
+    """The candidate table of a latency budget and how the choice was made (the report's section)."""
+    from edgekd.report.sections import sizing_blocks
 
+    _, intro, table = sizing_blocks(sizing)
     console = table_console()
     title = "student sizing: the latency budget's candidates"
-    console.print(
-        rich_table(title, CANDIDATE_COLUMNS, candidate_rows(sizing), left=("member", "source", "note"))
-    )
-    console.print(sizing_summary(sizing))
+    console.print(rich_table(title, table.columns, table.rows, left=("member", "source", "note")))
+    console.print(escape(intro.text.replace("`", "")))
 
 
 def print_artifacts(records: list[ArtifactRecord], title: str) -> None:

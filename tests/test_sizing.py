@@ -255,7 +255,7 @@ def test_latency_table_times_every_member_once_and_saves_csv_and_json(cli, tmp_p
     assert table["chosen"] == "resnet20 with width=8"
 
     again = cli("latency-table", path, "--out", tmp_path / "tables", "--quiet")
-    assert again.exit_code == 0 and "3 from the cache" in again.output.replace("\n", " ")
+    assert again.exit_code == 0 and "read from the latency cache: 3," in again.output.replace("\n", " ")
 
 
 @pytest.mark.slow
@@ -279,7 +279,11 @@ def test_a_latency_budget_build_records_the_candidates_and_checks_the_shipped_ar
     assert latency["measured_ms"] > 0 and latency["predicted_ms"] > 0
     # The budget's artifact is exported although export.targets names none.
     assert [a["name"] for a in metrics["artifacts"]] == ["pytorch fp32", "openvino int8"]
-    assert "budget latency: openvino int8 p50 at batch 1" in result.output.replace("\n", " ")
+    assert "budget latency openvino int8 p50 @b1: " in result.output.replace("\n", " ")
+    for report in ("report.md", "report.html"):  # the candidate table, the choice, the measured verdict
+        text = (run / report).read_text()
+        assert "Student sizing" in text and "resnet20 with width=8 (chosen)" in text
+        assert "latency openvino int8 p50 @b1: " in text
 
 
 @pytest.mark.slow

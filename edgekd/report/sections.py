@@ -16,6 +16,7 @@ from edgekd.report.tables import (
     summary_columns,
     summary_rows,
 )
+from edgekd.report.verdicts import budget_verdict
 
 
 def report_blocks(recipe: Recipe, metrics: RunMetrics, plot_files: list[str]) -> list[Block]:
@@ -41,10 +42,24 @@ def report_blocks(recipe: Recipe, metrics: RunMetrics, plot_files: list[str]) ->
     ]
 
 
+def budget_text(metrics: RunMetrics) -> str:
+    """The limits the recipe set: parameters, latency on the target runtime, or both."""
+    params, latency = metrics.budget.get("params"), metrics.budget.get("latency")
+    limits = [f"{params:,} params"] if params else []
+    if latency:
+        threads = f"{latency['threads']} threads" if latency.get("threads") else "default threads"
+        limits.append(
+            f"{latency['statistic']} <= {latency['limit_ms']:g} ms on {latency['backend']} {latency['precision']}"
+            f", batch {latency['batch']}, {threads}"
+        )
+    return " and ".join(limits) or "none"
+
+
 def overview_blocks(recipe: Recipe, metrics: RunMetrics) -> list[Block]:
     choice, data = metrics.student_choice, metrics.student_data
-    budget = metrics.budget["params"]
     sizes = data["sizes"]
+    check = metrics.budget_check
+    verdicts = budget_verdict(check).details if check is not None else ()
     return [
         Heading(1, f"edgekd run `{recipe.name}`"),
         BulletList(
@@ -53,8 +68,9 @@ def overview_blocks(recipe: Recipe, metrics: RunMetrics) -> list[Block]:
                 f"{sizes['train']}/{sizes['val']}/{sizes['test']} images",
                 f"student: `{choice.arch}` {choice.model_args or ''} — {human_count(choice.params)} params, "
                 f"{human_count(choice.flops)} FLOPs per image ({choice.how})",
-                f"budget: {f'{budget:,} params' if budget else 'none'}; method `{recipe.distill.method}`, "
+                f"budget: {budget_text(metrics)}; method `{recipe.distill.method}`, "
                 f"baselines: {', '.join(recipe.distill.baselines) or 'none'}",
+                *(f"budget check of the deployed student: {line}" for line in verdicts),
                 f"seed {recipe.seed}, device {metrics.run.device}, wall time {metrics.run.wall_time_s:.1f} s",
             )
         ),
@@ -320,7 +336,8 @@ def sizing_intro(sizing: Sizing) -> str:
         f"{SIZING_RULES.get(sizing.rule, sizing.rule)}; chosen `{sizing.chosen}` in {sizing.time_s:.1f} s. "
         f"Candidates timed now: {sizing.measured}, read from the latency cache: {sizing.cached}, inferred from "
         f"a timed member they dominate or are dominated by: {sizing.inferred}. Latencies were measured on "
-        "random weights (latency does not depend on them)."
+        "random weights with BatchNorm statistics (and INT8 calibration) from real training images; the "
+        f"table is cached in `{sizing.cache_file}` for this machine."
     )
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.records import ArtifactRecord, BudgetCheck, ModelRecord, RunMetrics, Sizing
+from edgekd.records import ArtifactRecord, BudgetCheck, ModelRecord, RunMetrics
 from edgekd.report.stats import difference_cell
 
 SUMMARY_COLUMNS = [
@@ -315,61 +315,3 @@ def bench_csv_rows(artifacts: list[ArtifactRecord]) -> list[dict[str, Any]]:
         for timing in latency_rows(record) or [{}]:
             rows.append({**base, **{key: timing.get(key) for key in BENCH_CSV_COLUMNS if key in timing}})
     return rows
-
-
-CANDIDATE_COLUMNS = ["member", "params", "FLOPs", "latency ms", "source", "fits", "note"]
-
-
-def candidate_rows(sizing: Sizing) -> list[list[str]]:
-    """The candidate table of a latency budget, largest member first; the chosen one is marked."""
-    rows = []
-    for row in sizing.candidates:
-        fits = "-" if row.fits is None else "yes" if row.fits else "no"
-        rows.append(
-            [
-                row.member + (" (chosen)" if row.member == sizing.chosen else ""),
-                human_count(row.params),
-                human_count(row.flops),
-                _ms(row.latency_ms),
-                row.source,
-                fits,
-                row.note or "-",
-            ]
-        )
-    return rows
-
-
-def sizing_summary(sizing: Sizing) -> str:
-    """One sentence: the target, the rule, the choice and what the sizing cost."""
-    target = sizing.target
-    threads = f"{target['threads']} threads" if target.get("threads") else "default threads"
-    rule = "most parameters" if sizing.rule == "largest" else "best validation accuracy after proxy training"
-    return (
-        f"{target['statistic']} <= {target['limit_ms']:g} ms on {target['backend']} {target['precision']}, "
-        f"batch {target['batch']}, {threads}: chose {sizing.chosen} ({rule}) in {sizing.time_s:.1f} s — "
-        f"{sizing.measured} members timed, {sizing.cached} from the cache, {sizing.inferred} inferred "
-        f"(random weights, real BatchNorm statistics; cache {sizing.cache_file})"
-    )
-
-
-def budget_lines(check: BudgetCheck | None) -> list[str]:
-    """The deployed student against each limit of its budget, one line per limit."""
-    if check is None:
-        return []
-    lines = []
-    if check.budget is not None:
-        verdict = "fits" if check.params_fit else f"OVER by {100 * (check.params / check.budget - 1):.1f} %"
-        lines.append(f"params: {human_count(check.params)} / {human_count(check.budget)}: {verdict}")
-    latency = check.latency
-    if latency is not None:
-        measured = "not measured" if latency.measured_ms is None else f"{_ms(latency.measured_ms)} ms"
-        predicted = (
-            ""
-            if latency.predicted_ms is None
-            else f" (sizing predicted {_ms(latency.predicted_ms)} ms with random weights)"
-        )
-        lines.append(
-            f"latency: {latency.artifact} {latency.statistic} at batch {latency.batch}: {measured} / "
-            f"{latency.limit_ms:g} ms: {latency.verdict}{predicted}"
-        )
-    return lines
