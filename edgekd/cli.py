@@ -238,9 +238,10 @@ def validate(recipe: Path, overrides: tuple[str, ...], explain: bool, schema_onl
 
     loaded = load_recipe(recipe, overrides)
     if not schema_only:
-        from edgekd.pipeline import prepare
+        from edgekd.pipeline import prepare, sizing_progress
 
-        prepared = prepare(loaded)
+        with make_progress(quiet=False) as progress:  # a latency budget times its family here
+            prepared = prepare(loaded, say=sizing_progress(progress))
         choice = prepared.student_choice
         if choice.sizing is not None:
             print_sizing(choice.sizing)
