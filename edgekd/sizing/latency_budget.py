@@ -46,53 +46,23 @@ class Family:
         return describe_member(*self.members[state.index])
 
 
-def size_to_latency(
-    recipe: Recipe, data: DataBundle, device: torch.device | None = None, say: Say | None = None
-) -> tuple[Member, Sizing]:
-    """The member the recipe's latency budget and rule choose, and the record of how it was chosen."""
-    started = time.perf_counter()
-    budget = recipe.latency_budget
-    assert budget is not None and recipe.student.family is not None
-    check_backend_available(budget, recipe)
-    target = latency_target(recipe, data)
-    family = load_family(recipe.student.family, target, recipe.student.budget.params)
-    cache = LatencyCache(recipe.latency_cache_dir, fingerprint(target))
-    measure = member_timer(family, target, sizing_inputs(recipe, data), cache, say)
-    wanted = budget.proxy.candidates if budget.rule == "proxy" else 1
-    fits = fits_limit(budget)
-    for state in family.states:  # what an earlier run measured on this machine is known already
-        cached = cache.get(family.describe(state)) if state.source != "skipped" else None
-        if cached is not None:
-            state.timings, state.source = cached, "cached"
-    search_fitting(family.states, fits, measure, wanted, family.describe)
-    fitting = [s for s in largest_first(family.states) if s.fits]
-    if not fitting:
-        raise impossible_budget(family, budget, target)
-    finalists = fitting[:wanted]
-    for state in finalists:  # an inferred finalist is timed too: the table shows what was chosen from
-        if state.source == "inferred":
-            state.timings, state.source = measure(state)
-            state.fits, state.note = fits(state.timings), ""
-    finalists = [s for s in finalists if s.fits]
-    if budget.rule == "proxy":
-        from edgekd.sizing.proxy import proxy_scores
+@dataclass
+class Sizer:
+    """One sizing: the budget, what is timed, the family, the cache and the timer that uses it."""
 
-        scores = proxy_scores(
-            recipe, data, [family.members[s.index] for s in finalists], device or torch.device("cpu"), say
-        )
-        for state, score in zip(finalists, scores, strict=True):
-            state.note = f"proxy val acc {score:.2f} % after {budget.proxy.epochs} epochs"
-        chosen = max(zip(finalists, scores, strict=True), key=lambda pair: (pair[1], pair[0].params))[0]
-        proxy = dict(zip((s.index for s in finalists), scores, strict=True))
-    else:
-        chosen, proxy = finalists[0], {}
-    record = sizing_record(family, target, budget, chosen, cache, proxy, time.perf_counter() - started)
-    return family.members[chosen.index], record
+    budget: LatencyBudgetConfig
+    target: LatencyTarget
+    family: Family
+    cache: LatencyCache
+    measure: Callable[[MemberState], tuple[dict[str, float], str]]
+    started: float
+
+    def record(self, chosen: MemberState | None, proxy: dict[int, float]) -> Sizing:
+        seconds = time.perf_counter() - self.started
+        return sizing_record(self.family, self.target, self.budget, chosen, self.cache, proxy, seconds)
 
 
-def latency_table(recipe: Recipe, data: DataBundle, say: Say | None = None, refresh: bool = False) -> Sizing:
-    """Every member within the parameter budget timed (from the cache unless ``refresh``): the whole table,
-    for `edgekd latency-table`; ``chosen`` is what rule `largest` would pick ("" when none fits)."""
+def open_sizer(recipe: Recipe, data: DataBundle, say: Say | None, refresh: bool = False) -> Sizer:
     started = time.perf_counter()
     budget = recipe.latency_budget
     assert budget is not None and recipe.student.family is not None
@@ -103,14 +73,66 @@ def latency_table(recipe: Recipe, data: DataBundle, say: Say | None = None, refr
     if refresh:
         cache.entries.clear()
     measure = member_timer(family, target, sizing_inputs(recipe, data), cache, say)
+    return Sizer(budget, target, family, cache, measure, started)
+
+
+def size_to_latency(
+    recipe: Recipe, data: DataBundle, device: torch.device | None = None, say: Say | None = None
+) -> tuple[Member, Sizing]:
+    """The member the recipe's latency budget and rule choose, and the record of how it was chosen."""
+    sizer = open_sizer(recipe, data, say)
+    budget, family = sizer.budget, sizer.family
+    wanted = budget.proxy.candidates if budget.rule == "proxy" else 1
     fits = fits_limit(budget)
-    for state in largest_first(family.states):
-        if state.source != "skipped":
-            state.timings, state.source = measure(state)
-            state.fits = fits(state.timings)
+    for state in family.states:  # what an earlier run measured on this machine is known already
+        cached = sizer.cache.get(family.describe(state)) if state.source != "skipped" else None
+        if cached is not None:
+            state.timings, state.source = cached, "cached"
+    search_fitting(family.states, fits, sizer.measure, wanted, family.describe)
     fitting = [s for s in largest_first(family.states) if s.fits]
-    chosen = fitting[0] if fitting else None
-    return sizing_record(family, target, budget, chosen, cache, {}, time.perf_counter() - started)
+    if not fitting:
+        raise impossible_budget(family, budget, sizer.target)
+    finalists = fitting[:wanted]
+    for state in finalists:  # an inferred finalist is timed too: the table shows what was chosen from
+        if state.source == "inferred":
+            state.timings, state.source = sizer.measure(state)
+            state.fits, state.note = fits(state.timings), ""
+    finalists = [s for s in finalists if s.fits]
+    if budget.rule == "largest":
+        return family.members[finalists[0].index], sizer.record(finalists[0], {})
+    chosen, proxy = choose_by_proxy(recipe, data, family, finalists, device or torch.device("cpu"), say)
+    return family.members[chosen.index], sizer.record(chosen, proxy)
+
+
+def choose_by_proxy(
+    recipe: Recipe,
+    data: DataBundle,
+    family: Family,
+    finalists: list[MemberState],
+    device: torch.device,
+    say: Say | None,
+) -> tuple[MemberState, dict[int, float]]:
+    """The finalist with the best validation accuracy after proxy training (ties: more parameters)."""
+    from edgekd.sizing.proxy import proxy_scores
+
+    scores = proxy_scores(recipe, data, [family.members[s.index] for s in finalists], device, say)
+    for state, score in zip(finalists, scores, strict=True):
+        state.note = f"proxy val acc {score:.2f} % after {recipe.latency_budget.proxy.epochs} epochs"
+    chosen = max(zip(finalists, scores, strict=True), key=lambda pair: (pair[1], pair[0].params))[0]
+    return chosen, dict(zip((s.index for s in finalists), scores, strict=True))
+
+
+def latency_table(recipe: Recipe, data: DataBundle, say: Say | None = None, refresh: bool = False) -> Sizing:
+    """Every member within the parameter budget timed (from the cache unless ``refresh``): the whole table,
+    for `edgekd latency-table`; ``chosen`` is what rule `largest` would pick ("" when none fits)."""
+    sizer = open_sizer(recipe, data, say, refresh)
+    fits = fits_limit(sizer.budget)
+    for state in largest_first(sizer.family.states):
+        if state.source != "skipped":
+            state.timings, state.source = sizer.measure(state)
+            state.fits = fits(state.timings)
+    fitting = [s for s in largest_first(sizer.family.states) if s.fits]
+    return sizer.record(fitting[0] if fitting else None, {})
 
 
 def check_backend_available(budget: LatencyBudgetConfig, recipe: Recipe) -> None:
