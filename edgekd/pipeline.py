@@ -23,7 +23,6 @@ from edgekd.bench import ParityError
 from edgekd.deploy import deploy, parity_failures
 from edgekd.distill import DistillContext, get_method
 from edgekd.distill.registry import ResolvedMethod, resolve_method
-from edgekd.errors import CheckFailed
 from edgekd.evaluation import (
     SeedResult,
     add_paired_comparisons,
@@ -42,18 +41,17 @@ from edgekd.layout import RunLayout
 from edgekd.models import count_flops, count_params, create_model
 from edgekd.prepare import ModelChoice, Prepared, loaded_artifacts, prepare, seed_everything
 from edgekd.recipe import Recipe
-from edgekd.records import (
-    ArtifactRecord,
-    BudgetCheck,
-    LatencyCheck,
-    ModelRecord,
-    RunMetrics,
-    RunRecord,
-    StudentChoice,
-)
+from edgekd.records import ArtifactRecord, ModelRecord, RunMetrics, RunRecord, StudentChoice
 from edgekd.runfolder import open_run_dir
 from edgekd.runlock import run_folder_lock
-from edgekd.sizing.check import latency_check
+from edgekd.sizing.check import (
+    BudgetExceeded,
+    budget_summary,
+    budget_target,
+    latency_check,
+    over_budget_text,
+    with_latency,
+)
 from edgekd.train import FitResult, Trainer
 from edgekd.train.checkpoint import save_checkpoint
 from edgekd.train.dist import is_main_process
@@ -81,10 +79,6 @@ def build(
     with run_folder_lock(recipe.run_dir):
         layout = open_run_dir(recipe, resume=resume, force=force)
         return run(p, layout, started, resume=resume, progress=progress, strict_budget=strict_budget)
-
-
-class BudgetExceeded(CheckFailed):
-    """The deployed student breaks its budget and --strict-budget was given (exit code 1)."""
 
 
 def sizing_progress(progress):
@@ -152,41 +146,6 @@ def run(
             f"--strict-budget: the deployed student is over its budget (report written): {over_budget_text(check)}"
         )
     return metrics
-
-
-def budget_summary(recipe: Recipe) -> dict[str, Any]:
-    """metrics.json's `budget`: the limits the recipe set (null where it set none)."""
-    latency = recipe.latency_budget
-    if latency is None:
-        return {"params": recipe.student.budget.params if recipe.student.budget else None, "latency": None}
-    described = latency.model_dump(mode="json", exclude={"cache_dir"})
-    return {
-        "params": recipe.student.budget.params,
-        "latency": {**described, "threads": recipe.latency_threads, "artifact": latency.artifact_name},
-    }
-
-
-def with_latency(check: BudgetCheck | None, params: int, latency: LatencyCheck) -> BudgetCheck:
-    """The budget check with the latency limit's verdict folded in: it fits when every limit holds, is over
-    when any is, and unknown when a limit could not be measured here."""
-    verdicts = [latency.fits] + ([check.params_fit] if check is not None else [])
-    fits = False if False in verdicts else None if None in verdicts else True
-    if check is None:
-        return BudgetCheck(params=params, latency=latency, fits=fits)
-    return check.model_copy(update={"latency": latency, "fits": fits})
-
-
-def over_budget_text(check: BudgetCheck) -> str:
-    parts = []
-    if check.params_fit is False:
-        parts.append(f"{check.params:,} params > {check.budget:,}")
-    latency = check.latency
-    if latency is not None and latency.fits is False:
-        parts.append(
-            f"{latency.artifact} {latency.statistic} {latency.measured_ms:.4g} ms > {latency.limit_ms:g} ms "
-            f"({latency.verdict})"
-        )
-    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------- the teacher
@@ -401,14 +360,6 @@ def deploy_main_student(
 def image_shape(p: Prepared) -> tuple[int, int, int]:
     spec = p.student_data.input_spec
     return (spec.channels, spec.height, spec.width)
-
-
-def budget_target(recipe: Recipe) -> tuple[str, str] | None:
-    """The artifact a latency budget bounds is exported even when export.targets does not name it."""
-    budget = recipe.latency_budget
-    if budget is None or budget.format is None:
-        return None
-    return (budget.format, budget.precision)
 
 
 # -------------------------------------------------------------------------------------------- outputs

@@ -1,5 +1,6 @@
-"""The latency budget checked on what ships: the deployed artifact of the budget's format and precision,
-timed at the budget's batch and threads (the benchmark's own timing is reused when it matches)."""
+"""The budget checked on what ships: the deployed artifact of a latency budget's format and precision, timed
+at the budget's batch and threads (the benchmark's own timing is reused when it matches), folded together
+with the parameter limit into metrics.json's budget check; --strict-budget turns "over" into a failed build."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 from torch import nn
 
 from edgekd.bench import LatencyConfig, TorchRunner, measure_latency, runner_for
+from edgekd.errors import CheckFailed
 from edgekd.recipe import Recipe
-from edgekd.records import ArtifactRecord, LatencyCheck, Sizing
+from edgekd.records import ArtifactRecord, BudgetCheck, LatencyCheck, Sizing
 
 
 def latency_check(
@@ -81,3 +83,50 @@ def time_artifact(
         runner = runner_for(record.path, **options)
     settings = LatencyConfig(**{**recipe.benchmark.to_dict(), "batches": [budget.batch], "threads": threads})
     return measure_latency(runner, image_shape, settings, seed=recipe.seed).at_batch(budget.batch).to_dict()
+
+
+class BudgetExceeded(CheckFailed):
+    """The deployed student breaks its budget and --strict-budget was given (exit code 1)."""
+
+
+def budget_summary(recipe: Recipe) -> dict[str, Any]:
+    """metrics.json's `budget`: the limits the recipe set (null where it set none)."""
+    latency = recipe.latency_budget
+    if latency is None:
+        return {"params": recipe.student.budget.params if recipe.student.budget else None, "latency": None}
+    described = latency.model_dump(mode="json", exclude={"cache_dir"})
+    return {
+        "params": recipe.student.budget.params,
+        "latency": {**described, "threads": recipe.latency_threads, "artifact": latency.artifact_name},
+    }
+
+
+def with_latency(check: BudgetCheck | None, params: int, latency: LatencyCheck) -> BudgetCheck:
+    """The budget check with the latency limit's verdict folded in: it fits when every limit holds, is over
+    when any is, and unknown when a limit could not be measured here."""
+    verdicts = [latency.fits] + ([check.params_fit] if check is not None else [])
+    fits = False if False in verdicts else None if None in verdicts else True
+    if check is None:
+        return BudgetCheck(params=params, latency=latency, fits=fits)
+    return check.model_copy(update={"latency": latency, "fits": fits})
+
+
+def over_budget_text(check: BudgetCheck) -> str:
+    parts = []
+    if check.params_fit is False:
+        parts.append(f"{check.params:,} params > {check.budget:,}")
+    latency = check.latency
+    if latency is not None and latency.fits is False:
+        parts.append(
+            f"{latency.artifact} {latency.statistic} {latency.measured_ms:.4g} ms > {latency.limit_ms:g} ms "
+            f"({latency.verdict})"
+        )
+    return "; ".join(parts)
+
+
+def budget_target(recipe: Recipe) -> tuple[str, str] | None:
+    """The artifact a latency budget bounds is exported even when export.targets does not name it."""
+    budget = recipe.latency_budget
+    if budget is None or budget.format is None:
+        return None
+    return (budget.format, budget.precision)
