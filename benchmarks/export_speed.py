@@ -6,8 +6,11 @@ eager PyTorch, ONNX Runtime FP32/INT8 and OpenVINO FP32/FP16/INT8, all through e
 harness at one fixed thread count. Every backend is measured in several interleaved rounds (so that a burst
 of load on a shared machine hits all of them alike) and its p50 is the median of the rounds' p50s.
 
-The harness is checked against OpenVINO's own ``benchmark_app`` on the same FP32 IR (median latency, sync
-API, latency hint, same threads and f32 precision), measured right before and after benchmark_app.
+The harness times the bound inference call (:meth:`edgekd.bench.Runner.bind_inference`: the input bound once,
+no input conversion). On every model it is checked against OpenVINO's own ``benchmark_app`` on the
+same FP32 IR (median latency, sync API, latency hint, same threads and f32 precision), measured right
+before and after benchmark_app; ONNX Runtime's harness p50 is set beside ``onnxruntime_perf_test`` on the
+FP32 .onnx the same way where that binary exists (the onnxruntime wheel does not ship it).
 
 Writes benchmarks/results/export_speed.json with the machine, every p50 and the ratios the issue asks for:
 
@@ -27,6 +30,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ from torch import nn
 
 from edgekd.bench import (
     LatencyConfig,
+    LatencyResult,
     OpenVinoRunner,
     Runner,
     TorchRunner,
@@ -72,6 +77,14 @@ IMAGENET_IO = ModelIO(3, 224, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
 # benchmark_app prints "Median: 10.29 ms", or microseconds for fast models ("Median: 21.01 us").
 _MEDIAN_LINE = re.compile(r"Median:\s+([0-9.]+)\s*(ms|us)")
 _MS_PER_UNIT = {"ms": 1.0, "us": 1e-3}
+# onnxruntime_perf_test -s prints its percentiles in seconds: "P50 Latency: 0.000123 s" (older builds
+# "P50 Latency is 0.000123sec").
+_P50_LINE = re.compile(r"P50 Latency(?::| is)\s*([0-9.eE+-]+)\s*s")
+PERF_TEST = "onnxruntime_perf_test"
+PERF_TEST_MISSING = (
+    f"{PERF_TEST} was not found (on PATH or next to this Python): the onnxruntime wheel does not ship it, it "
+    "is built from ONNX Runtime's sources. ONNX Runtime's harness p50 is recorded without a C++ reference."
+)
 
 
 @dataclass
@@ -210,6 +223,7 @@ def time_backends(
             if result.cold_start is not None:
                 entry["cold_start"] = result.cold_start.to_dict()
                 entry["runner"] = result.runner
+                entry["timed_call"] = result.timed_call
     for entry in results.values():
         entry["p50_ms"] = round(statistics.median(r["p50_ms"] for r in entry["rounds"]), 4)
         # The least disturbed round, for reading results taken on a busy machine.
@@ -233,14 +247,20 @@ def check_outputs(subject: Subject, runners: dict[str, Runner]) -> dict[str, dic
     return checks
 
 
-# --------------------------------------------------------------------------------------- benchmark_app
+# ------------------------------------------------------------------------------- benchmark_app, perf_test
+def find_tool(name: str) -> str | None:
+    """An installed command-line tool: on PATH, or in the virtual environment of this Python."""
+    beside_python = Path(sys.executable).with_name(name)
+    return shutil.which(name) or (str(beside_python) if beside_python.is_file() else None)
+
+
 def benchmark_app_median(xml: Path, io: ModelIO, threads: int, seconds: int) -> dict[str, Any]:
     """OpenVINO's benchmark_app on the same IR at batch 1; its median latency in ms.
 
     benchmark_app refuses -nthreads together with -hint latency (a rule of its command line, not of
     OpenVINO), so the thread count goes in through -load_config, which sets the same CPU property.
     """
-    app = shutil.which("benchmark_app") or str(Path(sys.executable).with_name("benchmark_app"))
+    app = find_tool("benchmark_app") or "benchmark_app"
     with tempfile.TemporaryDirectory(prefix="edgekd-bench-app-") as work:
         config = Path(work) / "config.json"
         config.write_text(json.dumps({"CPU": {"INFERENCE_NUM_THREADS": str(threads)}}))
@@ -255,56 +275,176 @@ def benchmark_app_median(xml: Path, io: ModelIO, threads: int, seconds: int) -> 
             "-t", str(seconds),
             "-shape", f"[1,{io.channels},{io.height},{io.width}]",
         ]  # fmt: skip
-        completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    output = completed.stdout + completed.stderr
+        output = run_tool(command, "benchmark_app")
     match = _MEDIAN_LINE.search(output)
-    if completed.returncode != 0 or match is None:
-        tail = " | ".join(output.strip().splitlines()[-3:])
-        raise RuntimeError(f"benchmark_app failed (exit {completed.returncode}): {tail}")
+    if match is None:
+        raise RuntimeError(f"benchmark_app printed no median latency: {last_lines(output)}")
     shown = [part if part != str(config) else "<config.json>" for part in command]
     return {
         "median_ms": round(float(match.group(1)) * _MS_PER_UNIT[match.group(2)], 4),
-        "command": " ".join(Path(shown[0]).name if i == 0 else part for i, part in enumerate(shown)),
+        "command": shown_command(shown),
         "load_config": {"CPU": {"INFERENCE_NUM_THREADS": str(threads)}},
+    }
+
+
+def perf_test_median(onnx: Path, threads: int, seconds: int) -> dict[str, Any]:
+    """onnxruntime_perf_test on the same .onnx: random inputs (-I, the free batch dimension taken as 1), the
+    CPU provider with the runner's settings (intra-op threads, 1 inter-op thread, sequential, all graph
+    optimizations); its P50 latency in ms."""
+    command = [
+        find_tool(PERF_TEST) or PERF_TEST,
+        "-e", "cpu",
+        "-m", "duration",
+        "-t", str(seconds),
+        "-x", str(threads),
+        "-y", "1",
+        "-o", "99",
+        "-I",
+        "-s",
+        str(onnx),
+    ]  # fmt: skip
+    output = run_tool(command, PERF_TEST)
+    match = _P50_LINE.search(output)
+    if match is None:
+        raise RuntimeError(f"{PERF_TEST} printed no P50 latency: {last_lines(output)}")
+    return {"median_ms": round(float(match.group(1)) * 1000, 4), "command": shown_command(command)}
+
+
+def run_tool(command: list[str], name: str) -> str:
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    output = completed.stdout + completed.stderr
+    if completed.returncode != 0:
+        raise RuntimeError(f"{name} failed (exit {completed.returncode}): {last_lines(output)}")
+    return output
+
+
+def last_lines(output: str) -> str:
+    return " | ".join(output.strip().splitlines()[-3:])
+
+
+def shown_command(command: list[str]) -> str:
+    return " ".join([Path(command[0]).name, *command[1:]])
+
+
+def bracketed(
+    subject: Subject,
+    runner: Runner,
+    tool: Callable[[], dict[str, Any]],
+    threads: int,
+    seconds: int,
+    repeats: int,
+) -> tuple[list[LatencyResult], list[dict[str, Any]]]:
+    """Our harness around each run of an outside tool at batch 1: ours, tool, ours, tool, ..., ours.
+
+    Each side is then summarized by the median of its runs, so a burst of load from another process skews
+    one run and not the comparison.
+    """
+    config = LatencyConfig(batches=(1,), threads=threads, warmup_s=1.0, min_iters=50, min_time_s=seconds / 2)
+    ours = [measure_latency(runner, subject.images, config)]
+    theirs = []
+    for _ in range(repeats):
+        theirs.append(tool())
+        ours.append(measure_latency(runner, subject.images, config))
+    return ours, theirs
+
+
+def side_by_side(ours: list[LatencyResult], theirs: list[dict[str, Any]], tool: str) -> dict[str, Any]:
+    """The median of our p50s and of the tool's medians, each run, and their ratio."""
+    our_p50s = [result.at_batch(1).p50_ms for result in ours]
+    their_medians = [run["median_ms"] for run in theirs]
+    return {
+        "harness_p50_ms": round(statistics.median(our_p50s), 4),
+        "harness_p50_ms_runs": [round(value, 4) for value in our_p50s],
+        f"{tool}_median_ms": round(statistics.median(their_medians), 4),
+        f"{tool}_median_ms_runs": their_medians,
+        f"harness_vs_{tool}": round(statistics.median(our_p50s) / statistics.median(their_medians), 3),
+        "timed_call": ours[-1].timed_call,
     }
 
 
 def harness_vs_benchmark_app(
     subject: Subject, xml: Path, threads: int, seconds: int, repeats: int
 ) -> dict[str, Any]:
-    """Alternate our harness (a fresh OpenVINO FP32 runner) and benchmark_app on the same IR at batch 1.
-
-    Our runs bracket each benchmark_app run (ours, app, ours, app, ..., ours), each side is summarized by
-    the median of its runs, so a burst of load from another process skews one run and not the comparison.
-    """
+    """Alternate our harness (a fresh OpenVINO FP32 runner) and benchmark_app on the same IR at batch 1."""
     runner = OpenVinoRunner(xml, threads=threads, precision="fp32", hint="latency")
-    config = LatencyConfig(batches=(1,), threads=threads, warmup_s=1.0, min_iters=50, min_time_s=seconds / 2)
     print(f"  {subject.name}: harness vs benchmark_app ({repeats} x {seconds} s)", flush=True)
-    ours = [measure_latency(runner, subject.images, config).at_batch(1).p50_ms]
-    apps = []
-    for _ in range(repeats):
-        apps.append(benchmark_app_median(xml, subject.io, threads, seconds))
-        ours.append(measure_latency(runner, subject.images, config).at_batch(1).p50_ms)
-    harness = statistics.median(ours)
-    app_median = statistics.median(app["median_ms"] for app in apps)
+    ours, apps = bracketed(
+        subject,
+        runner,
+        lambda: benchmark_app_median(xml, subject.io, threads, seconds),
+        threads,
+        seconds,
+        repeats,
+    )
+    comparison = side_by_side(ours, apps, "benchmark_app")
+    comparison["benchmark_app"] = {key: apps[0][key] for key in ("command", "load_config")}
+    comparison["python_call_cost"] = python_call_cost(xml, subject.images[:1], threads, seconds / 5)
+    return comparison
+
+
+def python_call_cost(xml: Path, batch: np.ndarray, threads: int, seconds: float) -> dict[str, Any]:
+    """What separates the harness from benchmark_app on one model: in a tight loop of the call the harness
+    times (InferRequest.infer() on an input set once), its wall time from Python per call against the
+    latency the request measures in C++ around the inference, which is the number benchmark_app reports.
+
+    The request is compiled here with OpenVINO's own API and the runner's settings, so that the number is
+    about OpenVINO's Python binding and not about edgekd.
+    """
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(xml))
+    model.reshape({model.input(0): ov.PartialShape(list(batch.shape))})
+    hints = ov.properties.hint
+    config = {
+        hints.performance_mode(): hints.PerformanceMode.LATENCY,
+        hints.inference_precision(): ov.Type.f32,
+        ov.properties.inference_num_threads(): threads,
+    }
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    request.set_input_tensor(ov.Tensor(np.ascontiguousarray(batch), shared_memory=True))
+    walls: list[float] = []
+    latencies: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(walls) < 50:
+        before = time.perf_counter_ns()
+        request.infer()
+        walls.append((time.perf_counter_ns() - before) / 1e3)
+        latencies.append(request.latency * 1e3)  # reported in ms
+    wall_us, latency_us = np.asarray(walls[10:]), np.asarray(latencies[10:])  # past the warm-up
     return {
-        "harness_p50_ms": round(harness, 4),
-        "harness_p50_ms_runs": [round(value, 4) for value in ours],
-        "benchmark_app_median_ms": round(app_median, 4),
-        "benchmark_app_median_ms_runs": [app["median_ms"] for app in apps],
-        "harness_vs_benchmark_app": round(harness / app_median, 3),
-        "benchmark_app": {key: apps[0][key] for key in ("command", "load_config")},
+        "calls": len(wall_us),
+        "wall_p50_us": round(float(np.median(wall_us)), 2),
+        "request_latency_p50_us": round(float(np.median(latency_us)), 2),
+        "wall_minus_latency_p50_us": round(float(np.median(wall_us - latency_us)), 2),
+        "wall_vs_latency": round(float(np.median(wall_us) / np.median(latency_us)), 3),
     }
 
 
+def harness_vs_perf_test(
+    subject: Subject, onnx: Path, threads: int, seconds: int, repeats: int, harness_p50_ms: float
+) -> dict[str, Any]:
+    """Alternate our harness (a fresh ONNX Runtime FP32 runner) and onnxruntime_perf_test where it exists;
+    else only the harness p50 of the backend rounds, and why nothing stands beside it."""
+    if find_tool(PERF_TEST) is None:
+        return {"available": False, "harness_p50_ms": harness_p50_ms, "note": PERF_TEST_MISSING}
+    runner = runner_for(onnx, backend="onnxruntime", threads=threads, precision="fp32")
+    print(f"  {subject.name}: harness vs {PERF_TEST} ({repeats} x {seconds} s)", flush=True)
+    ours, tests = bracketed(
+        subject, runner, lambda: perf_test_median(onnx, threads, seconds), threads, seconds, repeats
+    )
+    return {"available": True, **side_by_side(ours, tests, PERF_TEST), "command": tests[0]["command"]}
+
+
 # ------------------------------------------------------------------------------------------------ report
-def ratios(p50: dict[str, float], app: dict[str, Any]) -> dict[str, float]:
-    """Speed-ups as 'how many times faster' (baseline p50 / candidate p50); the harness check as our/theirs."""
+def ratios(p50: dict[str, float], app: dict[str, Any], perf_test: dict[str, Any]) -> dict[str, float]:
+    """Speed-ups as 'how many times faster' (baseline p50 / candidate p50); the harness checks as ours/theirs
+    (ONNX Runtime's only where onnxruntime_perf_test exists)."""
 
     def faster(baseline: str, candidate: str) -> float:
         return round(p50[baseline] / p50[candidate], 3)
 
-    return {
+    ratio = {
         "openvino_fp32_vs_eager": faster("pytorch_eager", "openvino_fp32"),
         "onnxruntime_fp32_vs_eager": faster("pytorch_eager", "onnxruntime_fp32"),
         "onnxruntime_int8_vs_fp32": faster("onnxruntime_fp32", "onnxruntime_int8"),
@@ -312,11 +452,14 @@ def ratios(p50: dict[str, float], app: dict[str, Any]) -> dict[str, float]:
         "openvino_fp16_vs_fp32": faster("openvino_fp32", "openvino_fp16"),
         "harness_vs_benchmark_app": app["harness_vs_benchmark_app"],
     }
+    if perf_test["available"]:
+        ratio["harness_vs_onnxruntime_perf_test"] = perf_test["harness_vs_onnxruntime_perf_test"]
+    return ratio
 
 
 def target_checks(ratio: dict[str, float]) -> dict[str, bool]:
     band = TARGETS["harness_band"]
-    return {
+    checks = {
         "openvino_fp32_>=3x_eager": ratio["openvino_fp32_vs_eager"] >= TARGETS["openvino_fp32_vs_eager"],
         "onnxruntime_fp32_>=2x_eager": ratio["onnxruntime_fp32_vs_eager"]
         >= TARGETS["onnxruntime_fp32_vs_eager"],
@@ -324,6 +467,11 @@ def target_checks(ratio: dict[str, float]) -> dict[str, bool]:
         "openvino_int8_>=1.5x_fp32": ratio["openvino_int8_vs_fp32"] >= TARGETS["int8_vs_fp32"],
         "harness_within_10%_of_benchmark_app": abs(ratio["harness_vs_benchmark_app"] - 1) <= band,
     }
+    if "harness_vs_onnxruntime_perf_test" in ratio:
+        checks["harness_within_10%_of_onnxruntime_perf_test"] = (
+            abs(ratio["harness_vs_onnxruntime_perf_test"] - 1) <= band
+        )
+    return checks
 
 
 def measure_subject(subject: Subject, args: argparse.Namespace, config: LatencyConfig) -> dict[str, Any]:
@@ -337,9 +485,17 @@ def measure_subject(subject: Subject, args: argparse.Namespace, config: LatencyC
         app = harness_vs_benchmark_app(
             subject, artifacts["openvino_fp32"].path, args.threads, args.app_seconds, args.app_repeats
         )
+        perf_test = harness_vs_perf_test(
+            subject,
+            artifacts["onnxruntime_fp32"].path,
+            args.threads,
+            args.app_seconds,
+            args.app_repeats,
+            backends["onnxruntime_fp32"]["p50_ms"],
+        )
         sizes = {key: artifact.size_bytes for key, artifact in artifacts.items()}
     p50 = {key: entry["p50_ms"] for key, entry in backends.items()}
-    ratio = ratios(p50, app)
+    ratio = ratios(p50, app, perf_test)
     return {
         **subject.notes,
         "input_shape": [1, *subject.io.image_shape],
@@ -348,6 +504,7 @@ def measure_subject(subject: Subject, args: argparse.Namespace, config: LatencyC
         "ratios": ratio,
         "targets_met": target_checks(ratio),
         "harness_vs_benchmark_app": app,
+        "harness_vs_onnxruntime_perf_test": perf_test,
         "parity_vs_eager": parity,
         "artifact_bytes": sizes,
         "backends": backends,
@@ -401,7 +558,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         models[subject.name] = measure_subject(subject, args, config)
     result = {
         "benchmark": "batch-1 p50 latency per backend (edgekd latency harness), and the harness against "
-        "OpenVINO benchmark_app",
+        "OpenVINO benchmark_app (and onnxruntime_perf_test where it exists)",
         "command": " ".join(
             ["python", "benchmarks/export_speed.py", *(argv if argv is not None else sys.argv[1:])]
         ),
@@ -422,12 +579,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "int8": "onnx: onnxruntime static QDQ (symmetric, per-channel weights, minmax); openvino: NNCF PTQ "
             "(performance preset); calibration images per model under models.<name>.images",
             "ratios": "x faster = baseline p50 / candidate p50; harness_vs_benchmark_app = our p50 / its median",
-            "benchmark_app_note": "benchmark_app's median is the latency the InferRequest measures in C++; ours "
-            "is the wall time of OpenVinoRunner.run() from Python (set input, infer, copy logits), so it also "
-            "holds ~5-10 us of Python binding cost: invisible at ResNet-18 size, a quarter of a 30 us model. "
-            "benchmark_app gets the IR reshaped to a static batch of 1 (-shape); our harness has the runner "
-            "compile a static copy per timed batch size too (prepare_batch: a dynamic batch costs ~10 us per "
-            "call in shape inference, measured on the quickstart student). -nthreads cannot be combined with "
+            "timed_call": "every p50 here is of the bound inference call (Runner.bind_inference: the batch "
+            "bound once, no input conversion; see each backend's timed_call), not of run() on a host array",
+            "benchmark_app_note": "benchmark_app (the Python tool installed with openvino) calls "
+            "request.infer() in a loop and reports the median of request.latency, the time the InferRequest "
+            "measures in C++ around the inference. Our harness times from Python, with time.perf_counter_ns, "
+            "the call OpenVinoRunner.bind_inference returns: InferRequest.infer() on an input tensor set "
+            "once, on the static batch-1 copy prepare_batch compiled (as benchmark_app -shape runs it). "
+            "What is left between the two is the Python binding's round trip (pybind dispatch, releasing "
+            "and taking back the GIL, the results dict with its copy of the logits), measured per model in "
+            "a tight loop under harness_vs_benchmark_app.python_call_cost. -nthreads cannot be combined with "
             "-hint latency in benchmark_app, so INFERENCE_NUM_THREADS is given through -load_config.",
             "targets": TARGETS,
         },

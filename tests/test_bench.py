@@ -16,6 +16,7 @@ from sklearn.datasets import load_digits
 
 from edgekd.bench import (
     DEFAULT_TOLERANCES,
+    BoundInference,
     LatencyConfig,
     OnnxRuntimeRunner,
     OpenVinoRunner,
@@ -33,6 +34,7 @@ from edgekd.bench import (
     top1_accuracy,
 )
 from edgekd.bench.environment import physical_cores
+from edgekd.bench.runners.base import UNBOUND_CALL
 from edgekd.errors import EdgekdError
 from edgekd.models import create_model
 
@@ -116,6 +118,16 @@ class CountingRunner(Runner):
     def run(self, images: np.ndarray) -> np.ndarray:
         self.calls += 1
         return np.zeros((len(images), CLASSES), dtype=np.float32)
+
+
+class MisboundRunner(CountingRunner):
+    """A runner whose bound call computes something other than run(): its speed must not be reported."""
+
+    backend = "misbound"
+
+    def bind_inference(self, images: np.ndarray) -> BoundInference:
+        wrong = np.ones((len(images), CLASSES), dtype=np.float32)
+        return BoundInference(infer=lambda: None, logits=lambda: wrong, timed_call="nothing")
 
 
 class LabelRunner(Runner):
@@ -363,6 +375,59 @@ def test_latency_harness_on_a_loaded_runner_has_no_cold_start(files):
     result = measure_latency(runner, IMAGE_SHAPE, **QUICK)
     assert result.cold_start is None and result.threads == 1
     assert "threads=1" in one_line_error(lambda: measure_latency(runner, IMAGE_SHAPE, threads=2, **QUICK))
+
+
+def cpu_runner(kind: str, model: torch.nn.Module, files: dict[str, Path]) -> Runner:
+    """A loaded runner of each CPU backend on the test model."""
+    runner = TorchRunner(model, threads=1) if kind == "pytorch" else runner_for(files[kind], threads=1)
+    runner.load()
+    return runner
+
+
+CPU_RUNNERS = ["pytorch", "onnx", "ir", "static_ir"]
+
+
+@pytest.mark.parametrize("kind", CPU_RUNNERS)
+def test_the_bound_call_computes_what_run_computes(model, files, digits, reference, kind):
+    runner = cpu_runner(kind, model, files)
+    batch = 1 if kind == "static_ir" else 4
+    runner.prepare_batch(batch)
+    images = digits[0][:batch].copy()
+    bound = runner.bind_inference(images)
+    for _ in range(3):  # as the harness times it: called again and again on the one bound batch
+        bound.infer()
+    np.testing.assert_array_equal(bound.logits(), runner.run(images))
+    np.testing.assert_allclose(bound.logits(), reference[:batch], atol=1e-4, rtol=0)
+    # On the CPU every runner reads the bound array in place: new images in it show each call computes.
+    images[:] = digits[0][batch : 2 * batch]
+    bound = runner.bind_inference(images)  # run() above may have taken the request the first one held
+    bound.infer()
+    np.testing.assert_allclose(bound.logits(), reference[batch : 2 * batch], atol=1e-4, rtol=0)
+    assert bound.timed_call.startswith("bound infer")
+
+
+@pytest.mark.parametrize("kind", CPU_RUNNERS)
+def test_binding_a_wrong_shaped_batch_is_a_one_line_error(model, files, kind):
+    runner = cpu_runner(kind, model, files)
+    message = one_line_error(lambda: runner.bind_inference(np.zeros((1, 3, 8, 8), np.float32)))
+    assert "(1, 3, 8, 8)" in message
+    unloaded = TorchRunner(model) if kind == "pytorch" else runner_for(files[kind])
+    assert "load()" in one_line_error(lambda: unloaded.bind_inference(np.zeros((1, *IMAGE_SHAPE))))
+
+
+@pytest.mark.parametrize("kind", ["onnx", "ir"])
+def test_the_harness_times_the_bound_call_and_records_it(files, kind):
+    runner = runner_for(files[kind], threads=1)
+    data = json.loads(json.dumps(measure_latency(runner, IMAGE_SHAPE, batches=(1, 3), **QUICK).to_dict()))
+    assert data["timed_call"].startswith("bound infer") and "no conversion" in data["timed_call"]
+    assert [timing["batch"] for timing in data["batches"]] == [1, 3]
+    # A runner that cannot bind is timed through run(), and the result says so.
+    assert measure_latency(CountingRunner(), IMAGE_SHAPE, **QUICK).timed_call == UNBOUND_CALL
+
+
+def test_the_harness_refuses_a_bound_call_that_does_not_compute_the_model():
+    message = one_line_error(lambda: measure_latency(MisboundRunner(), IMAGE_SHAPE, **QUICK))
+    assert "misbound" in message and "run()" in message
 
 
 def test_latency_config_rejects_bad_values():

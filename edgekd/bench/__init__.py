@@ -1,8 +1,9 @@
 """Benchmarking exported models: runners per backend, a latency harness, parity and accuracy checks.
 
 * :func:`runner_for` / :class:`TorchRunner`: one :class:`Runner` interface (``load()``, ``run(images)``,
-  ``describe()``) over PyTorch eager, ONNX Runtime, OpenVINO and TensorRT.
-* :func:`measure_latency`: cold start, warm-up, then p50/p90/p99 and throughput per batch size.
+  ``bind_inference(images)``, ``describe()``) over PyTorch eager, ONNX Runtime, OpenVINO and TensorRT.
+* :func:`measure_latency`: cold start, warm-up, then p50/p90/p99 and throughput per batch size, of the
+  bound inference call (:class:`BoundInference`).
 * :func:`check_parity`: an artifact's logits against PyTorch's, with per-precision tolerances.
 * :func:`evaluate_accuracy`: top-1 accuracy of any runner on labelled images.
 * :func:`environment_record`: the CPU, cores, OS and package versions a result was measured with.
@@ -25,6 +26,7 @@ from edgekd.bench.parity import (
 )
 from edgekd.bench.runners import (
     BACKEND_FOR_SUFFIX,
+    BoundInference,
     OnnxRuntimeRunner,
     OpenVinoRunner,
     Runner,
@@ -38,6 +40,7 @@ __all__ = [
     "DEFAULT_TOLERANCES",
     "AccuracyResult",
     "BatchLatency",
+    "BoundInference",
     "ColdStart",
     "EnvironmentRecord",
     "LatencyConfig",

@@ -1,8 +1,13 @@
 """The latency harness: cold start, warm-up, then timed synchronous runs per batch size, for any Runner.
 
-The numbers follow what a user of the deployed model would see from Python: the wall time of ``run()`` on a
-host array until the logits are back. Every backend is timed the same way, with the thread count recorded,
-so the results of different backends measured with one config on one machine can be compared.
+What is timed is the bare inference call, as OpenVINO's ``benchmark_app`` times an InferRequest: for each
+batch size the runner binds the batch once (:meth:`Runner.bind_inference`: the input set on the request,
+IO binding, a tensor already on the device), and each timed run is the wall time of the bound call until
+the result is ready. Converting a host array, allocating and copying the logits out are a caller's costs
+that differ between Python wrappers; on the 25 µs quickstart student they were a sixth of ``run()``'s
+time. Runners that cannot bind are timed through ``run()``; the result's ``timed_call`` says which call
+was timed. Every backend is timed the same way, with the thread count recorded, so the results of
+different backends measured with one config on one machine can be compared.
 
 * Cold start is reported apart from the steady state: the time of ``load()`` (session creation, compilation,
   deserialization) and of the first inference after it, each on its own.
@@ -12,6 +17,9 @@ so the results of different backends measured with one config on one machine can
 * Timed runs continue until both ``min_iters`` runs and ``min_time_s`` seconds are done, each timed with
   ``time.perf_counter_ns``; throughput is the images processed divided by the wall time of the whole timed
   loop at that batch size (not 1000 / latency, which would ignore the time between runs).
+* ``run()`` is still called once per batch size before timing, and the bound call's logits are compared
+  with its logits after timing: a runner returning the wrong shape, or a bound call that does not compute
+  the model, is an error rather than a fast number. Parity and accuracy use ``run()`` only.
 """
 
 from __future__ import annotations
@@ -25,13 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.bench.runners.base import Runner
+from edgekd.bench.runners.base import BoundInference, Runner
 from edgekd.errors import EdgekdError
 from edgekd.latency_settings import LatencyConfig, LatencySettings
 
 PERCENTILES = (50, 90, 99)
 _NS_PER_MS = 1e6
 _NS_PER_S = 1e9
+# How far the bound call's logits may be from run()'s, relative to the largest logit (at least 1): the same
+# compiled model on the same input; only a runner whose two paths use different kernels differs at all.
+_BOUND_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,7 @@ class LatencyResult:
     config: LatencySettings
     runner: dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # of the random images drawn when only a shape was given
+    timed_call: str = ""  # what each timed run was (BoundInference.timed_call), for the results files
 
     def at_batch(self, batch: int) -> BatchLatency:
         for timing in self.batches:
@@ -109,6 +121,7 @@ class LatencyResult:
             "batches": [timing.to_dict() for timing in self.batches],
             "config": {**self.config.to_dict(), "seed": self.seed},
             "runner": self.runner,
+            "timed_call": self.timed_call,
         }
 
 
@@ -134,16 +147,17 @@ def measure_latency(
     cold_start = None
     if not runner.loaded:
         cold_start = _cold_start(runner, make_batch(config.batches[0]))
-    timings = tuple(_time_batch(runner, make_batch(batch), config) for batch in config.batches)
+    timed = [_time_batch(runner, make_batch(batch), config) for batch in config.batches]
     description = runner.describe()
     return LatencyResult(
         backend=runner.backend,
         threads=description.get("threads"),
         cold_start=cold_start,
-        batches=timings,
+        batches=tuple(timing for timing, _ in timed),
         config=config,
         runner=description,
         seed=seed,
+        timed_call="; ".join(dict.fromkeys(call for _, call in timed)),
     )
 
 
@@ -184,33 +198,53 @@ def _cold_start(runner: Runner, batch: np.ndarray) -> ColdStart:
     )
 
 
-def _time_batch(runner: Runner, batch: np.ndarray, config: LatencySettings) -> BatchLatency:
+def _time_batch(runner: Runner, batch: np.ndarray, config: LatencySettings) -> tuple[BatchLatency, str]:
+    """The timing of one batch size, and what was timed."""
     runner.prepare_batch(len(batch))
-    _check_output(runner, batch)
-    warmup_iters, warmup_ns = _repeat(runner.run, batch, config.warmup_iters, config.warmup_s, record=None)
+    expected = _checked_logits(runner, batch)
+    bound = runner.bind_inference(batch)
+    warmup_iters, warmup_ns = _repeat(bound.infer, config.warmup_iters, config.warmup_s, record=None)
     durations: list[int] = []
-    _, timed_ns = _repeat(runner.run, batch, config.min_iters, config.min_time_s, record=durations)
-    return _summarize(len(batch), durations, timed_ns, warmup_iters, warmup_ns)
+    _, timed_ns = _repeat(bound.infer, config.min_iters, config.min_time_s, record=durations)
+    _check_bound_logits(runner, bound, expected)
+    return _summarize(len(batch), durations, timed_ns, warmup_iters, warmup_ns), bound.timed_call
 
 
-def _check_output(runner: Runner, batch: np.ndarray) -> None:
-    """One untimed call first: a runner that does not return a row of logits per image would be timed wrong."""
+def _checked_logits(runner: Runner, batch: np.ndarray) -> np.ndarray:
+    """One untimed run() first: a runner that does not return a row of logits per image would be timed wrong."""
     logits = np.asarray(runner.run(batch))
     if logits.ndim != 2 or logits.shape[0] != len(batch):
         raise EdgekdError(
             f"{runner.backend} runner: returned shape {logits.shape} for a batch of {len(batch)}; "
             f"expected ({len(batch)}, classes)"
         )
+    return logits
+
+
+def _check_bound_logits(runner: Runner, bound: BoundInference, expected: np.ndarray) -> None:
+    """The last timed call must have computed run()'s logits: else its speed is not the model's."""
+    logits = np.asarray(bound.logits(), dtype=np.float64)
+    if logits.shape != expected.shape:
+        raise EdgekdError(
+            f"{runner.backend} runner: the bound call gave logits of shape {logits.shape}, run() gave "
+            f"{expected.shape}; its timing is not of this model"
+        )
+    finite = np.isfinite(expected)
+    allowed = _BOUND_TOLERANCE * max(1.0, float(np.max(np.abs(expected[finite]), initial=0.0)))
+    # NaN where run() gave NaN is the same model (parity reports non-finite logits, not the harness).
+    same = np.isclose(logits, expected, rtol=0.0, atol=allowed, equal_nan=True)
+    if not same.all():
+        difference = float(np.max(np.abs(logits - expected)[~same]))
+        raise EdgekdError(
+            f"{runner.backend} runner: the bound call's logits differ from run()'s by {difference:.3g} "
+            f"(allowed {allowed:.3g}); its timing is not of this model"
+        )
 
 
 def _repeat(
-    run: Callable[[np.ndarray], Any],
-    batch: np.ndarray,
-    min_iters: int,
-    min_s: float,
-    record: list[int] | None,
+    call: Callable[[], object], min_iters: int, min_s: float, record: list[int] | None
 ) -> tuple[int, int]:
-    """Call ``run(batch)`` until both ``min_iters`` calls and ``min_s`` seconds are done.
+    """Call ``call()`` until both ``min_iters`` calls and ``min_s`` seconds are done.
 
     Returns (calls, wall ns of the whole loop); appends each call's duration to ``record`` when given.
     """
@@ -220,7 +254,7 @@ def _repeat(
         start = now = time.perf_counter_ns()
         while iterations < min_iters or now - start < min_ns:
             before = time.perf_counter_ns()
-            run(batch)
+            call()
             now = time.perf_counter_ns()
             if record is not None:
                 record.append(now - before)

@@ -371,7 +371,8 @@ def artifact_blocks(metrics: RunMetrics) -> list[Block]:
             "Parity: every artifact and the PyTorch student ran on the same validation images (max absolute "
             "logit difference, top-1 agreement). Accuracy: top-1 on the test split through the artifact's "
             "own runtime; drop against the PyTorch student. Latency: cold start = load + first inference; "
-            "p50/p90/p99 over timed runs after warm-up; img/s measured at that batch size."
+            "p50/p90/p99 over timed runs after warm-up, each the bare inference call on a batch bound once "
+            "(as benchmark_app times an InferRequest); img/s measured at that batch size."
         ),
     ]
     if env:

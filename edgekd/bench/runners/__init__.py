@@ -7,7 +7,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from edgekd.bench.runners.base import Runner
+from edgekd.bench.runners.base import BoundInference, Runner
 from edgekd.bench.runners.onnxruntime_runner import OnnxRuntimeRunner
 from edgekd.bench.runners.openvino_runner import OpenVinoRunner
 from edgekd.bench.runners.tensorrt_runner import TensorRTRunner
@@ -17,6 +17,7 @@ from edgekd.formats import BACKEND_FOR_SUFFIX, FORMATS
 
 __all__ = [
     "BACKEND_FOR_SUFFIX",
+    "BoundInference",
     "OnnxRuntimeRunner",
     "OpenVinoRunner",
     "Runner",

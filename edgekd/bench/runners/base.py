@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -15,6 +17,25 @@ from edgekd.errors import EdgekdError
 from edgekd.formats import PRECISIONS
 
 _SOURCE_LOCATION = re.compile(r":\d+:$")
+# What the latency harness times when a runner cannot bind a batch (see Runner.bind_inference).
+UNBOUND_CALL = (
+    "run() on the host array (this runner does not bind: input conversion and output copy included)"
+)
+
+
+@dataclass(frozen=True)
+class BoundInference:
+    """One batch bound to a runner once, so that only the inference is left to call (and to time).
+
+    ``infer()`` runs the model on the bound batch and returns when the result is ready; what it returns is
+    not meant to be used (backends return their own objects or nothing). ``logits()`` reads what the last
+    ``infer()`` computed, as an N×classes array, so that a bound call can be checked against ``run()``.
+    ``timed_call`` says in words what ``infer()`` does, for results files.
+    """
+
+    infer: Callable[[], object]
+    logits: Callable[[], np.ndarray]
+    timed_call: str
 
 
 class Runner(ABC):
@@ -61,6 +82,27 @@ class Runner(ABC):
     @abstractmethod
     def run(self, images: np.ndarray) -> np.ndarray:
         """N×C×H×W float32 images → N×classes float32 logits; requires :meth:`load` first."""
+
+    def bind_inference(self, images: np.ndarray) -> BoundInference:
+        """Bind ``images`` once and return the bare inference call on them (what the latency harness times).
+
+        Backends that can, bind the input (and where they allow it the output) here, so that the call does
+        no input conversion or per-call setup, as OpenVINO's benchmark_app times an InferRequest; a batch
+        the model rejects is reported here, as one line. A bound call may share buffers with :meth:`run`
+        (OpenVINO's request, TensorRT's device buffers): it is valid until the next ``run()`` or
+        ``bind_inference()``. This default, for runners that cannot bind, calls ``run(images)``.
+        """
+        last: list[np.ndarray] = []
+
+        def run_on_images() -> None:
+            last[:] = [self.run(images)]
+
+        def last_logits() -> np.ndarray:
+            if not last:
+                run_on_images()
+            return np.asarray(last[0])
+
+        return BoundInference(infer=run_on_images, logits=last_logits, timed_call=UNBOUND_CALL)
 
     def describe(self) -> dict[str, Any]:
         """What this runner runs on and how it is configured; backends add their own keys."""

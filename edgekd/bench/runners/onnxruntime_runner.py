@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekd.bench.runners.base import (
+    BoundInference,
     Runner,
     as_float32_batch,
     check_precision,
@@ -26,6 +28,13 @@ PROVIDERS_FOR_DEVICE = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+# Where a bound batch and its logits live for each device: the GPU providers read and write CUDA memory.
+BINDING_DEVICE = {"cpu": "cpu", "cuda": "cuda", "tensorrt": "cuda"}
+# What the latency harness times (bind_inference), in the words results files record.
+BOUND_CALL = (
+    "bound infer: InferenceSession.run_with_iobinding, input and output bound once "
+    "(no conversion, allocation or output copy)"
+)
 
 
 class OnnxRuntimeRunner(Runner):
@@ -107,13 +116,51 @@ class OnnxRuntimeRunner(Runner):
         return wanted
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        if self._session is None:
-            raise EdgekdError(f"{self.path}: call load() before run()")
+        session = self._loaded_session("run()")
         batch = as_float32_batch(images)
         try:
-            return self._session.run(self._output_names, {self._input_name: batch})[0]
+            return session.run(self._output_names, {self._input_name: batch})[0]
         except Exception as err:
-            raise inference_failed(self.path, batch, err, self._session.get_inputs()[0].shape) from None
+            raise self._inference_failed(batch, err) from None
+
+    def bind_inference(self, images: np.ndarray) -> BoundInference:
+        session = self._loaded_session("bind_inference()")
+        batch = as_float32_batch(images)
+        binding = session.io_binding()
+        try:
+            self._bind_input(binding, batch)
+            # ONNX Runtime allocates the output on this first run (its shape and type come from the model),
+            # which also reports a batch the model rejects now rather than inside a timed loop.
+            binding.bind_output(self._output_names[0], BINDING_DEVICE[self.device])
+            session.run_with_iobinding(binding)
+        except Exception as err:
+            raise self._inference_failed(batch, err) from None
+        # That output is bound back, so every later run writes into it instead of allocating a new one.
+        binding.bind_ortvalue_output(self._output_names[0], binding.get_outputs()[0])
+        # The public run_with_iobinding: the private session method under it saves ~0.1 µs of 13 µs
+        # (measured on the quickstart student, where session.run() takes 14.6 µs).
+        return BoundInference(
+            infer=functools.partial(session.run_with_iobinding, binding),
+            logits=lambda: binding.copy_outputs_to_cpu()[0],
+            timed_call=BOUND_CALL,
+        )
+
+    def _bind_input(self, binding: Any, batch: np.ndarray) -> None:
+        if BINDING_DEVICE[self.device] == "cpu":
+            binding.bind_cpu_input(self._input_name, batch)  # read in place, no copy
+            return
+        # Copied to the GPU once, so the bound run does not copy it on every call.
+        ort = import_backend("onnxruntime", "onnxruntime", "the ONNX Runtime runner")
+        on_device = ort.OrtValue.ortvalue_from_numpy(batch, BINDING_DEVICE[self.device], 0)
+        binding.bind_ortvalue_input(self._input_name, on_device)
+
+    def _loaded_session(self, caller: str) -> Any:
+        if self._session is None:
+            raise EdgekdError(f"{self.path}: call load() before {caller}")
+        return self._session
+
+    def _inference_failed(self, batch: np.ndarray, err: Exception) -> EdgekdError:
+        return inference_failed(self.path, batch, err, self._session.get_inputs()[0].shape)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
