@@ -2,7 +2,7 @@
 sizing time (random weights, BatchNorm statistics and INT8 calibration from real images) predicts the
 trained artifact's measured latency.
 
-Per budget of recipes/quickstart_latency.yaml (OpenVINO INT8, batch 1, p50, 2 threads): a build with an
+Per budget of recipes/quickstart_latency.yaml (OpenVINO INT8, batch 1, p50, one thread): a build with an
 empty latency cache (cold sizing: members exported and timed), then the same sizing again from the cache
 (warm: `edgekd validate` or a second build), and the shipped artifact's p50 against what sizing predicted
 for the chosen member. Baselines are dropped (they do not change the shipped student); the teacher is
@@ -10,7 +10,7 @@ trained once and loaded by the other builds.
 
 Writes benchmarks/results/latency_sizing.json:
 
-    python benchmarks/latency_sizing.py [--budgets 0.04,0.06,0.1]
+    python benchmarks/latency_sizing.py [--budgets 0.03,0.05,0.1]
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def size_and_build(budget_ms: float, work: Path, teacher: Path | None) -> dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budgets", default="0.04,0.06,0.1", help="Latency limits in ms, comma-separated.")
+    parser.add_argument("--budgets", default="0.03,0.05,0.1", help="Latency limits in ms, comma-separated.")
     args = parser.parse_args()
     budgets = [float(text) for text in args.budgets.split(",")]
     load_before = os.getloadavg()
@@ -111,11 +111,11 @@ def main() -> None:
             "command": "python benchmarks/latency_sizing.py --budgets " + args.budgets,
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "recipe": str(RECIPE.relative_to(ROOT)),
-            "environment": environment_record(2).to_dict(),
+            "environment": environment_record(1).to_dict(),
             "machine": machine_record(load_before),
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "settings": {
-                "target": "openvino int8, batch 1, p50, 2 threads (the recipe's budget section)",
+                "target": "openvino int8, batch 1, p50, 1 thread (the recipe's budget section)",
                 "timing": "the recipe's benchmark section (warm-up 10 runs and 0.3 s, then 50 runs and 1 s)",
                 "builds": "baselines dropped; the teacher trained by the first build, loaded by the others",
                 "cold": "an empty latency cache per budget: every timed member exported and timed",

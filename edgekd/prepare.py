@@ -105,7 +105,7 @@ def blame(field: str):
         yield
     except EdgekdError as exc:
         message = str(exc)
-        if message.startswith(f"{field}:") or isinstance(exc, CheckFailed):
+        if message.startswith((f"{field}:", f"{field}.")) or isinstance(exc, CheckFailed):
             raise
         if message.startswith("model_args."):  # a model's option: `student.model_args.width: ...`
             raise EdgekdError(f"{field.rpartition('.')[0]}.{message}") from None

@@ -196,7 +196,8 @@ def test_an_impossible_latency_budget_is_exit_2_and_writes_no_run(cli, tmp_path)
     result = cli("build", path, "--quiet")
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0
-    assert "below the fastest 'resnet' member (resnet8 with width=8" in result.output
+    assert result.output.startswith("error: student.budget.latency.limit_ms: 1e-06 ms is below the fastest")
+    assert "'resnet' member (resnet8 with width=8" in result.output
     assert not (tmp_path / "runs" / "impossible").exists()
     assert list((tmp_path / "runs" / "latency_cache").glob("*.json"))
 

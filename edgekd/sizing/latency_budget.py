@@ -233,7 +233,8 @@ def impossible_budget(family: Family, budget: LatencyBudgetConfig, target: Laten
     timed = [s for s in family.states if s.timings is not None]
     if not timed:  # every member is over the parameter budget
         return EdgekdError(
-            f"student.budget.params: no '{family.name}' member is within it, so none can be timed"
+            f"{FIELD}: no '{family.name}' member is within student.budget.params, so none can be timed; "
+            "allowed: a larger parameter budget"
         )
     fastest = min(timed, key=lambda s: s.timings[budget.statistic])
     return EdgekdError(
