@@ -81,3 +81,10 @@ def one_line(error: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         return f"{field}: unknown latency setting; allowed: {', '.join(LatencySettings.model_fields)}"
     return f"{field}: got {shown_value(first.get('input'))}: {lower_first(first['msg'])}"
+
+
+def threads_text(threads: int | None) -> str:
+    """``1 thread``, ``2 threads``, or ``default threads`` where the runtime picks."""
+    if not threads:
+        return "default threads"
+    return f"{threads} thread{'' if threads == 1 else 's'}"

@@ -17,7 +17,7 @@ from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from edgekd.distill.registry import distill_section_model
 from edgekd.errors import RecipeError
 from edgekd.formats import FORMAT_PRECISIONS, PARITY_DEFAULTS, FormatName, Precision
-from edgekd.latency_settings import LatencySettings
+from edgekd.latency_settings import LatencySettings, threads_text
 from edgekd.safe_yaml import YamlRefused, load_yaml_text, read_yaml_file
 from edgekd.schema_base import (
     MAX_BATCH,
@@ -389,7 +389,7 @@ class LatencyBudgetConfig(Section):
 
     def describe(self, threads: int | None) -> str:
         """``p50 <= 0.05 ms on openvino int8, batch 1, 2 threads``."""
-        used = f"{threads} threads" if threads else "default threads"
+        used = threads_text(threads)
         return (
             f"{self.statistic} <= {self.limit_ms:g} ms on {self.backend} {self.precision}, "
             f"batch {self.batch}, {used}"

@@ -222,7 +222,7 @@ def test_student_sizing_section_shows_in_both_files():
     blocks = sizing_blocks(SIZING)
     markdown = render_markdown(blocks)
     assert markdown.startswith(
-        "## Student sizing\n\nTarget: openvino int8, p50 latency at batch 1 on 1 threads"
+        "## Student sizing\n\nTarget: openvino int8, p50 latency at batch 1 on 1 thread,"
     )
     assert (
         "chosen `resnet8 with width=16` in 3.2 s" in markdown and "inferred from a timed member" in markdown

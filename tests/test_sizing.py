@@ -183,7 +183,7 @@ def test_an_impossible_latency_budget_names_the_fastest_member(tmp_path):
     assert message.startswith(
         "student.budget.latency.limit_ms: 1e-06 ms is below the fastest 'resnet' member"
     )
-    assert "resnet8 with width=8: p50 " in message and "onnxruntime fp32, batch 1, 1 threads" in message
+    assert "resnet8 with width=8: p50 " in message and "onnxruntime fp32, batch 1, 1 thread)" in message
     assert "\n" not in message
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edgekd.latency_settings import threads_text
 from edgekd.recipe import Recipe
 from edgekd.records import Candidate, RunMetrics, Sizing, StageRecord
 from edgekd.report.blocks import Block, BulletList, Code, Heading, Image, Paragraph, Table
@@ -47,7 +48,7 @@ def budget_text(metrics: RunMetrics) -> str:
     params, latency = metrics.budget.get("params"), metrics.budget.get("latency")
     limits = [f"{params:,} params"] if params else []
     if latency:
-        threads = f"{latency['threads']} threads" if latency.get("threads") else "default threads"
+        threads = threads_text(latency.get("threads"))
         limits.append(
             f"{latency['statistic']} <= {latency['limit_ms']:g} ms on {latency['backend']} {latency['precision']}"
             f", batch {latency['batch']}, {threads}"
@@ -59,7 +60,10 @@ def overview_blocks(recipe: Recipe, metrics: RunMetrics) -> list[Block]:
     choice, data = metrics.student_choice, metrics.student_data
     sizes = data["sizes"]
     check = metrics.budget_check
-    verdicts = budget_verdict(check).details if check is not None else ()
+    # the limits the recipe set (the verdict box of report.html also shows an unbounded parameter count)
+    verdicts = (
+        [line for line in budget_verdict(check).details if "no parameter limit" not in line] if check else []
+    )
     return [
         Heading(1, f"edgekd run `{recipe.name}`"),
         BulletList(
@@ -331,13 +335,13 @@ def sizing_intro(sizing: Sizing) -> str:
     return (
         f"Target: {target.get('backend', '?')} {target.get('precision', '?')}, "
         f"{target.get('statistic', '?')} latency at batch {target.get('batch', '?')} on "
-        f"{f'{threads} threads' if threads else 'the runtime default threads'}, "
+        f"{threads_text(threads)}, "
         f"limit {target.get('limit_ms', '?')} ms. Rule `{sizing.rule}`: "
         f"{SIZING_RULES.get(sizing.rule, sizing.rule)}; chosen `{sizing.chosen}` in {sizing.time_s:.1f} s. "
         f"Candidates timed now: {sizing.measured}, read from the latency cache: {sizing.cached}, inferred from "
         f"a timed member they dominate or are dominated by: {sizing.inferred}. Latencies were measured on "
-        "random weights with BatchNorm statistics (and INT8 calibration) from real training images; the "
-        f"table is cached in `{sizing.cache_file}` for this machine."
+        "random weights with BatchNorm statistics (and INT8 calibration) from real training images"
+        + (f"; the table is cached in `{sizing.cache_file}` for this machine." if sizing.cache_file else ".")
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import edgekd
+from edgekd.latency_settings import threads_text
 
 # Bumped when the way a member is prepared or timed changes, so older tables are not reused.
 SIZING_VERSION = 1
@@ -41,8 +42,7 @@ class LatencyTarget:
         return target
 
     def describe(self) -> str:
-        threads = f"{self.threads} threads" if self.threads else "default threads"
-        return f"{self.backend} {self.precision}, batch {self.batch}, {threads}"
+        return f"{self.backend} {self.precision}, batch {self.batch}, {threads_text(self.threads)}"
 
 
 def machine_fingerprint() -> dict[str, Any]:
