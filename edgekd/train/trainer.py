@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,16 @@ class FitResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class EpochTally:
+    """What an epoch's steps add up for its history row: loss terms (summed per image), accuracy counts."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    correct: int = 0
+    seen: int = 0
+    task_loss: float = 0.0
 
 
 def epoch_seed(seed: int, epoch: int, stage: int = 0) -> int:
@@ -152,29 +162,13 @@ class Trainer:
         self.distiller.on_epoch_start(epoch, self.cfg.epochs)
         self.distiller.train()
         started = time.perf_counter()
-        sums: dict[str, float] = {}
-        correct, seen, task_loss = 0, 0, 0.0
+        tally = EpochTally()
         unlabeled = self._unlabeled_batches(seed)
-        steps = self.data.steps_per_epoch * self.cfg.epochs
         for images, labels in self.data.train_loader(seed):
-            images, labels = images.to(self.device), labels.to(self.device)
-            self.distiller.on_step_start(self.steps_done, steps)
-            self.distiller.before_step(images, labels, self.optimizer)
-            logits, terms = self.distiller.forward_train(images, labels)
-            if unlabeled is not None:
-                extra = self.distiller.label_free_terms(next(unlabeled).to(self.device))
-                terms.update({f"{name}_unlabeled": value for name, value in extra.items()})
-            loss = self._step(terms, epoch)
-            batch = labels.numel()
-            # The unweighted cross-entropy, comparable across methods (a method's own CE term may be scaled).
-            task_loss += F.cross_entropy(logits.detach(), labels, reduction="sum").item()
-            for name, value in {"loss": loss, **terms}.items():
-                sums[name] = sums.get(name, 0.0) + value.detach().item() * batch
-            correct += (logits.detach().argmax(1) == labels).sum().item()
-            seen += batch
-            self.steps_done += 1
+            self.train_step(images, labels, unlabeled, epoch, tally)
             if task is not None:
                 self.progress.advance(task)
+        sums, correct, seen, task_loss = tally.sums, tally.correct, tally.seen, tally.task_loss
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         val_acc, val_loss = evaluate(self.distiller.student, self.data.eval_loader("val"), self.device)
@@ -193,6 +187,33 @@ class Trainer:
         if task is not None:
             self.progress.update(task, description=self._describe(epoch + 1, val_acc))
         return row
+
+    def train_step(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        unlabeled: Iterator[torch.Tensor] | None,
+        epoch: int,
+        tally: EpochTally,
+    ) -> None:
+        """One optimisation step of the stage's objective on a labelled batch (and the next unlabelled one,
+        for methods with label-free terms), counted into ``tally`` (benchmarks/train_step.py times it)."""
+        images, labels = images.to(self.device), labels.to(self.device)
+        self.distiller.on_step_start(self.steps_done, self.data.steps_per_epoch * self.cfg.epochs)
+        self.distiller.before_step(images, labels, self.optimizer)
+        logits, terms = self.distiller.forward_train(images, labels)
+        if unlabeled is not None:
+            extra = self.distiller.label_free_terms(next(unlabeled).to(self.device))
+            terms.update({f"{name}_unlabeled": value for name, value in extra.items()})
+        loss = self._step(terms, epoch)
+        batch = labels.numel()
+        # The unweighted cross-entropy, comparable across methods (a method's own CE term may be scaled).
+        tally.task_loss += F.cross_entropy(logits.detach(), labels, reduction="sum").item()
+        for name, value in {"loss": loss, **terms}.items():
+            tally.sums[name] = tally.sums.get(name, 0.0) + value.detach().item() * batch
+        tally.correct += (logits.detach().argmax(1) == labels).sum().item()
+        tally.seen += batch
+        self.steps_done += 1
 
     def _unlabeled_batches(self, seed: int) -> Iterator[torch.Tensor] | None:
         """One unlabelled batch per labelled step, for methods with label-free terms (None otherwise).
