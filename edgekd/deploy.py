@@ -205,10 +205,16 @@ def tolerance_for(precision: str, parity: ParityConfig) -> ParityTolerance:
 
 
 def artifact_runner(artifact: Artifact, threads: int | None) -> Runner:
+    return file_runner(artifact.path, artifact.format, artifact.precision, threads)
+
+
+def file_runner(path: Path | str, format_name: str, precision: str, threads: int | None) -> Runner:
+    """The runner of an exported file; OpenVINO is told the artifact's precision (it picks f32 or f16
+    arithmetic by it)."""
     options: dict[str, Any] = {"threads": threads}
-    if artifact.format == "openvino":
-        options["precision"] = artifact.precision
-    return runner_for(artifact.path, **options)
+    if format_name == "openvino":
+        options["precision"] = precision
+    return runner_for(path, **options)
 
 
 def check_artifact(

@@ -82,17 +82,10 @@ def build(
 
 
 def sizing_progress(progress):
-    """A line on the progress display per member a latency budget times (nothing without a display)."""
-    if progress is None or getattr(progress, "disable", False):
-        return None
-    state: dict[str, Any] = {}
+    """A progress line per member a latency budget times (nothing without a display)."""
+    from edgekd.sizing.latency_budget import progress_line
 
-    def say(text: str) -> None:
-        if "task" not in state:
-            state["task"] = progress.add_task("sizing", total=None)
-        progress.update(state["task"], description=f"sizing: {text}")
-
-    return say
+    return progress_line(progress, "sizing")
 
 
 def run(

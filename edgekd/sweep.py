@@ -71,14 +71,17 @@ def parse_budgets(text: str) -> list[BudgetPoint]:
     return points
 
 
-def sweep_recipes(path: Path, overrides: tuple[str, ...], points: list[BudgetPoint]) -> list[Recipe]:
-    """The recipe once per budget point, each checked before anything runs (a bad value fails first)."""
+def sweep_recipes(
+    path: Path, overrides: tuple[str, ...], points: list[BudgetPoint]
+) -> tuple[Recipe, list[Recipe]]:
+    """The recipe as given, and once per budget point, each checked before anything runs (a bad value
+    fails first)."""
     base = load_recipe(path, overrides)
     if base.student.family is None:
         raise EdgekdError(
             "student.family: a sweep sizes the student to each budget; allowed: a family recipe"
         )
-    return [point_recipe(path, overrides, base, point, teacher=None) for point in points]
+    return base, [point_recipe(path, overrides, base, point, teacher=None) for point in points]
 
 
 def point_recipe(
@@ -101,8 +104,7 @@ def run_sweep(
     from edgekd.pipeline import build
 
     points = parse_budgets(budget)
-    recipes = sweep_recipes(path, overrides, points)
-    base = load_recipe(path, overrides)
+    base, recipes = sweep_recipes(path, overrides, points)
     teacher: Path | None = None
     runs: list[tuple[BudgetPoint, RunMetrics]] = []
     for point, recipe in zip(points, recipes, strict=True):

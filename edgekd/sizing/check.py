@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from edgekd.bench import LatencyConfig, TorchRunner, measure_latency, runner_for
+from edgekd.bench import LatencyConfig, TorchRunner, measure_latency
 from edgekd.errors import CheckFailed
 from edgekd.recipe import Recipe
 from edgekd.records import ArtifactRecord, BudgetCheck, LatencyCheck, Sizing
@@ -77,10 +77,9 @@ def time_artifact(
     if record.format == "pytorch":
         runner = TorchRunner(student, threads=threads)
     else:
-        options: dict[str, Any] = {"threads": threads}
-        if record.format == "openvino":
-            options["precision"] = record.precision
-        runner = runner_for(record.path, **options)
+        from edgekd.deploy import file_runner
+
+        runner = file_runner(record.path, record.format, record.precision, threads)
     settings = LatencyConfig(**{**recipe.benchmark.to_dict(), "batches": [budget.batch], "threads": threads})
     return measure_latency(runner, image_shape, settings, seed=recipe.seed).at_batch(budget.batch).to_dict()
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from edgekd.data import DataBundle
 from edgekd.errors import EdgekdError
+from edgekd.exporters import ExportOptions
 from edgekd.models.budget import (
     Member,
     describe_member,
@@ -67,12 +69,13 @@ def open_sizer(recipe: Recipe, data: DataBundle, say: Say | None, refresh: bool 
     budget = recipe.latency_budget
     assert budget is not None and recipe.student.family is not None
     check_backend_available(budget, recipe)
-    target = latency_target(recipe, data)
+    inputs = sizing_inputs(recipe, data)
+    target = latency_target(recipe, data, inputs.export)
     family = load_family(recipe.student.family, target, recipe.student.budget.params)
     cache = LatencyCache(recipe.latency_cache_dir, fingerprint(target))
     if refresh:
         cache.entries.clear()
-    measure = member_timer(family, target, sizing_inputs(recipe, data), cache, say)
+    measure = member_timer(family, target, inputs, cache, say)
     return Sizer(budget, target, family, cache, measure, started)
 
 
@@ -135,6 +138,20 @@ def latency_table(recipe: Recipe, data: DataBundle, say: Say | None = None, refr
     return sizer.record(fitting[0] if fitting else None, {})
 
 
+def progress_line(progress, label: str) -> Say | None:
+    """A ``say`` that shows what sizing is timing as one line of a progress display (None without one)."""
+    if progress is None or getattr(progress, "disable", False):
+        return None
+    task: list[Any] = []
+
+    def say(text: str) -> None:
+        if not task:
+            task.append(progress.add_task(label, total=None))
+        progress.update(task[0], description=f"{label}: {text}")
+
+    return say
+
+
 def check_backend_available(budget: LatencyBudgetConfig, recipe: Recipe) -> None:
     """TensorRT can only be timed where it runs: say where to size instead."""
     if budget.backend != "tensorrt":
@@ -148,17 +165,14 @@ def check_backend_available(budget: LatencyBudgetConfig, recipe: Recipe) -> None
         )
 
 
-def latency_target(recipe: Recipe, data: DataBundle) -> LatencyTarget:
+def latency_target(recipe: Recipe, data: DataBundle, export: ExportOptions | None = None) -> LatencyTarget:
+    """What the members are timed as; ``export``: the sizing inputs' export options (made from the data
+    when not given), so the fingerprint records what the exports really used."""
     budget = recipe.latency_budget
     spec = data.input_spec
     timing = recipe.benchmark.to_dict()
     del timing["batches"], timing["threads"]
-    export = sizing_export_options(
-        recipe.export.opset,
-        recipe.export.max_batch,
-        recipe.export.calibration_method,
-        min(SIZING_IMAGES, recipe.export.calibration_images),
-    )
+    export = export or sizing_inputs(recipe, data).export
     return LatencyTarget(
         family=recipe.student.family,
         input_shape=(spec.channels, spec.height, spec.width),
@@ -176,7 +190,7 @@ def latency_target(recipe: Recipe, data: DataBundle) -> LatencyTarget:
 def sizing_inputs(recipe: Recipe, data: DataBundle) -> SizingInputs:
     from edgekd.deploy import model_io, split_arrays
 
-    images, _ = split_arrays(data, "train", SIZING_IMAGES)
+    images, _ = split_arrays(data, "train", min(SIZING_IMAGES, recipe.export.calibration_images))
     export = sizing_export_options(
         recipe.export.opset, recipe.export.max_batch, recipe.export.calibration_method, len(images)
     )

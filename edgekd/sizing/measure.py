@@ -24,6 +24,7 @@ from edgekd.bench import LatencyConfig, Runner, TorchRunner, measure_latency
 from edgekd.exporters import ExportOptions, ModelIO, get_exporter
 from edgekd.models.budget import Member
 from edgekd.models.registry import create_model
+from edgekd.recipe import FORMAT_OF_BACKEND
 from edgekd.sizing.fingerprint import LatencyTarget
 
 # BatchNorm statistics are averaged over this many real training images, in batches of this size.
@@ -89,7 +90,7 @@ def member_runner(model: nn.Module, target: LatencyTarget, inputs: SizingInputs,
 
     if target.backend == "pytorch":
         return TorchRunner(model.to(inputs.device), threads=target.threads, device=inputs.device)
-    export_format = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt"}[target.backend]
+    export_format = FORMAT_OF_BACKEND[target.backend]
     int8 = target.precision == "int8"
     artifact = get_exporter(export_format).export(
         model,

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from edgekd.models.budget import dominates
+
 Timings = dict[str, float]
 
 
@@ -34,10 +36,6 @@ class MemberState:
     @property
     def known(self) -> bool:
         return self.fits is not None
-
-
-def dominates(larger: tuple[float, ...], smaller: tuple[float, ...]) -> bool:
-    return all(a >= b for a, b in zip(larger, smaller, strict=True))
 
 
 def largest_first(states: list[MemberState]) -> list[MemberState]:

@@ -11,7 +11,7 @@ from edgekd.errors import EdgekdError
 from edgekd.fileio import write_json, write_text
 from edgekd.recipe import Recipe
 from edgekd.records import Sizing
-from edgekd.sizing.latency_budget import latency_table
+from edgekd.sizing.latency_budget import latency_table, progress_line
 
 TABLE_COLUMNS = ("member", "model", "params", "flops", "p50_ms", "p90_ms", "p99_ms", "source", "fits")
 
@@ -27,14 +27,7 @@ def write_latency_table(
             "recipe with both, e.g. --set student.family=resnet --set student.budget.latency.limit_ms=1"
         )
     data = DataPlan(recipe.data, recipe.teacher.classes).student(recipe.student_seeds[0])
-    say = None
-    if progress is not None and not getattr(progress, "disable", False):
-        task = progress.add_task("latency table", total=None)
-
-        def say(text: str) -> None:
-            progress.update(task, description=f"latency table: {text}")
-
-    table = latency_table(recipe, data, say, refresh=refresh)
+    table = latency_table(recipe, data, progress_line(progress, "latency table"), refresh=refresh)
     folder = out or recipe.output_dir / "latency_tables"
     target = table.target
     stem = (
