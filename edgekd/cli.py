@@ -277,12 +277,13 @@ def sweep(recipe: Path, overrides: tuple[str, ...], budget: str, force: bool, qu
 
     with make_progress(quiet) as progress:
         result = run_sweep(recipe, overrides, budget, force=force, progress=progress)
-    columns = ["budget", "student", "artifact", "test acc %", "latency ms", "fits", "frontier"]
+    columns = ["budget", "student", "artifact", "val acc %", "test acc %", "latency ms", "fits", "frontier"]
     rows = [
         [
             point["budget"],
             point["student"],
             point["artifact"],
+            f"{point['val_acc']:.2f}",
             f"{point['test_acc']:.2f}",
             f"{point['latency_ms']:.4g}",
             "-" if point["fits"] is None else "yes" if point["fits"] else "OVER",

@@ -236,8 +236,8 @@ def embedding_tsne(
 
 
 def frontier_plot(points: list[dict[str, Any]], path: Path) -> Path | None:
-    """A sweep's artifacts: test accuracy against latency, one marker per artifact kind and one colour per
-    budget, the Pareto frontier drawn as a step line."""
+    """A sweep's artifacts: validation accuracy (what a budget is chosen on) against latency, one marker per
+    artifact kind and one colour per budget, the Pareto frontier drawn as a step line."""
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(8.4, 4.6))
@@ -248,7 +248,7 @@ def frontier_plot(points: list[dict[str, Any]], path: Path) -> Path | None:
         colour = colours(budgets.index(point["budget"]) / max(1, len(budgets) - 1))
         ax.scatter(
             point["latency_ms"],
-            point["test_acc"],
+            point["val_acc"],
             marker=markers.get(point["artifact"].split()[0], "o"),
             color=colour,
             edgecolors="black" if point["pareto"] else "none",
@@ -258,7 +258,7 @@ def frontier_plot(points: list[dict[str, Any]], path: Path) -> Path | None:
     frontier = sorted((p for p in points if p["pareto"]), key=lambda p: p["latency_ms"])
     ax.step(
         [p["latency_ms"] for p in frontier],
-        [p["test_acc"] for p in frontier],
+        [p["val_acc"] for p in frontier],
         where="post",
         color="tab:red",
         label="Pareto frontier",
@@ -273,7 +273,7 @@ def frontier_plot(points: list[dict[str, Any]], path: Path) -> Path | None:
     _readable_log_x(ax)
     statistic = points[0]["statistic"]
     ax.set_xlabel(f"{statistic} latency at batch {points[0]['batch']} (ms, log scale)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("validation accuracy (%)")
     ax.set_title("accuracy against latency over budgets (outlined: on the frontier)")
     ax.grid(True, alpha=0.3)
     return _save(fig, path)
