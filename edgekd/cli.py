@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -190,6 +191,13 @@ def main(debug: bool) -> None:
     help="Fail the build (exit 1, after writing the report) when the deployed student is over its budget "
     "(parameters, or the latency measured on the shipped artifact).",
 )
+@click.option(
+    "--nproc",
+    type=click.IntRange(1, 1024),
+    help="Train data-parallel in N processes on this machine: launches torchrun (one process per GPU, or "
+    "gloo processes on the CPU); data.batch_size stays the global batch. For several machines run torchrun "
+    "yourself (README, 'Many GPUs').",
+)
 @user_errors
 def build(
     recipe: Path,
@@ -199,6 +207,7 @@ def build(
     seeds: str | None,
     quiet: bool,
     strict_budget: bool,
+    nproc: int | None,
 ) -> None:
     """Run RECIPE end to end: teacher, budget-sized student, distillation and baselines, report.
 
@@ -207,15 +216,21 @@ def build(
     """
     from edgekd.pipeline import build as run_build
     from edgekd.recipe import load_recipe
+    from edgekd.train.dist import launched_by_torchrun
 
     overrides = with_seeds(overrides, seeds)
     loaded = load_recipe(recipe, overrides)
     if resume and force:
         raise EdgekdError("--resume and --force exclude each other")
-    with make_progress(quiet) as progress:
+    if nproc is not None and not launched_by_torchrun():
+        launch_torchrun(nproc, sys.argv[1:])
+    worker = launched_by_torchrun() and os.environ.get("RANK", "0") != "0"
+    with make_progress(quiet or worker) as progress:
         metrics = run_build(
             loaded, resume=resume, force=force, progress=progress, strict_budget=strict_budget
         )
+    if metrics is None or worker:
+        return  # a torchrun process other than rank 0: rank 0 prints the summary
     print_summary(metrics)
     layout = RunLayout(loaded.run_dir)
     out.print(f"run folder: {loaded.run_dir}  (report: {layout.report_md}, web page: {layout.report_html})")
@@ -609,6 +624,38 @@ class LazyProgress(Progress):
     def stop(self) -> None:
         if self.live.is_started:  # rich's stop prints a newline on a non-terminal even when nothing was drawn
             super().stop()
+
+
+def launch_torchrun(nproc: int, argv: list[str]) -> None:
+    """Replace this process by torchrun running the same `edgekd` command in `nproc` processes (one
+    machine, its own rendezvous). Replacing rather than spawning it means killing this process kills
+    torchrun, whose workers then die with it (edgekd.train.dist.die_with_parent)."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "edgekd",
+        *without_option(argv, "--nproc"),
+    ]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
+
+
+def without_option(argv: list[str], flag: str) -> list[str]:
+    """`argv` without `flag VALUE` / `flag=VALUE`."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            kept.append(arg)
+    return kept
 
 
 def make_progress(quiet: bool) -> Progress:

@@ -54,8 +54,10 @@ from edgekd.sizing.check import (
 )
 from edgekd.train import FitResult, Trainer
 from edgekd.train.checkpoint import save_checkpoint
-from edgekd.train.dist import is_main_process
+from edgekd.train.dist import Parallel, is_main_process
+from edgekd.train.dist import session as distributed_session
 from edgekd.train.stages import PlanResult, StageInputs, run_plan
+from edgekd.train.syncbn import plain_batchnorm, synchronize_batchnorm
 
 Histories = dict[str, list[dict[str, Any]]]
 Embeddings = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -75,10 +77,42 @@ def build(
     refused, naming the holder, before it writes anything. With ``strict_budget`` a deployed student over
     its budget fails the build (BudgetExceeded, exit 1) after the report is written."""
     started = time.perf_counter()
-    p = prepare(recipe, say=sizing_progress(progress))
-    with run_folder_lock(recipe.run_dir):
-        layout = open_run_dir(recipe, resume=resume, force=force)
-        return run(p, layout, started, resume=resume, progress=progress, strict_budget=strict_budget)
+    with distributed_session(recipe) as parallel:
+        if parallel is not None:
+            return build_parallel(recipe, parallel, started, resume=resume, force=force, progress=progress)
+        p = prepare(recipe, say=sizing_progress(progress))
+        with run_folder_lock(recipe.run_dir):
+            layout = open_run_dir(recipe, resume=resume, force=force)
+            return run(p, layout, started, resume=resume, progress=progress, strict_budget=strict_budget)
+
+
+def build_parallel(
+    recipe: Recipe, parallel: Parallel, started: float, *, resume: bool, force: bool, progress
+) -> RunMetrics | None:
+    """One process of a torchrun launch: every process trains; rank 0 alone holds the run folder's lock,
+    writes the folder and goes on to score, export, benchmark and report (it returns the metrics, the
+    others None). --strict-budget is left to rank 0's report: the others are done before it is known."""
+    p = prepare(recipe, say=sizing_progress(progress) if parallel.is_main else None, parallel=parallel)
+    with contextlib.ExitStack() as held:
+
+        def open_folder() -> RunLayout:
+            held.enter_context(run_folder_lock(recipe.run_dir))
+            return open_run_dir(recipe, resume=resume, force=force)
+
+        layout = parallel.main_does(open_folder)
+        if not parallel.is_main:
+            train_only(p, layout, resume=resume, parallel=parallel)
+            return None
+        return run(p, layout, started, resume=resume, progress=progress, parallel=parallel)
+
+
+def train_only(p: Prepared, layout: RunLayout, *, resume: bool, parallel: Parallel) -> None:
+    """What a process other than rank 0 does: the same training calls as rank 0, in the same order (their
+    collectives must line up), and nothing else."""
+    train_teacher(p, layout, resume=resume, progress=None, parallel=parallel)
+    for method in p.methods:
+        for seed in p.seeds:
+            train_student(p, layout, method, seed, resume=resume, progress=None, parallel=parallel)
 
 
 def sizing_progress(progress):
@@ -89,11 +123,23 @@ def sizing_progress(progress):
 
 
 def run(
-    p: Prepared, layout: RunLayout, started: float, *, resume: bool, progress, strict_budget: bool = False
+    p: Prepared,
+    layout: RunLayout,
+    started: float,
+    *,
+    resume: bool,
+    progress,
+    strict_budget: bool = False,
+    parallel: Parallel | None = None,
 ) -> RunMetrics:
     recipe = p.recipe
-    teacher, teacher_history = evaluate_teacher(p, layout, resume=resume, progress=progress)
-    methods = [train_method(p, layout, name, resume=resume, progress=progress) for name in p.methods]
+    teacher, teacher_history = evaluate_teacher(
+        p, layout, resume=resume, progress=progress, parallel=parallel
+    )
+    methods = [
+        train_method(p, layout, name, resume=resume, progress=progress, parallel=parallel)
+        for name in p.methods
+    ]
     models = [teacher, *(method.record for method in methods), *probe_records(p, teacher, p.seeds)]
     add_paired_comparisons(models, recipe)
     release_worker_signal_handler()
@@ -114,6 +160,8 @@ def run(
             device=str(p.device),
             wall_time_s=round(time.perf_counter() - started, 2),
             resumed=resume,
+            mode=recipe.mode,
+            distributed=parallel.describe() if parallel is not None else None,
         ),
         environment=environment(recipe.benchmark.threads),
         data={"teacher": p.teacher_data.summary(), "student": student_data_summary(p, p.seeds)},
@@ -143,10 +191,10 @@ def run(
 
 # ---------------------------------------------------------------------------------------- the teacher
 def evaluate_teacher(
-    p: Prepared, layout: RunLayout, *, resume: bool, progress
+    p: Prepared, layout: RunLayout, *, resume: bool, progress, parallel: Parallel | None = None
 ) -> tuple[ModelRecord, list[dict[str, Any]]]:
     """Train the teacher when the recipe asks for it, save it, and measure it (also on the student's task)."""
-    fit = train_teacher(p, layout, resume=resume, progress=progress)
+    fit = train_teacher(p, layout, resume=resume, progress=progress, parallel=parallel)
     p.teacher.to(p.device).eval()
     checkpoint = save_checkpoint(p.teacher.state_dict(), layout.model_weights("teacher"))
     spec = p.teacher_data.input_spec
@@ -161,11 +209,41 @@ def evaluate_teacher(
     return record, fit.history if fit else []
 
 
-def train_teacher(p: Prepared, layout: RunLayout, *, resume: bool, progress) -> FitResult | None:
+def train_teacher(
+    p: Prepared, layout: RunLayout, *, resume: bool, progress, parallel: Parallel | None = None
+) -> FitResult | None:
     """Train the teacher when the recipe asks for it; a loaded teacher is used as it is."""
     if p.recipe.teacher.train is None:
         return None
     context = DistillContext(p.teacher_data.num_classes, tuple(range(p.teacher_data.num_classes)))
+    with synchronized_batchnorm(p.teacher, parallel):
+        return fit_teacher(p, layout, context, resume=resume, progress=progress, parallel=parallel)
+
+
+@contextlib.contextmanager
+def synchronized_batchnorm(model: nn.Module, parallel: Parallel | None):
+    """Under DDP with distributed.sync_batchnorm, `model`'s BatchNorm layers compute their statistics over
+    the global batch for the block; they are plain BatchNorm layers again after it (for export and scoring).
+    `model` must not be a BatchNorm itself (the layers are replaced in place)."""
+    if parallel is None or not parallel.sync_batchnorm:
+        yield model
+        return
+    synchronize_batchnorm(model, parallel.device)
+    try:
+        yield model
+    finally:
+        plain_batchnorm(model)
+
+
+def fit_teacher(
+    p: Prepared,
+    layout: RunLayout,
+    context: DistillContext,
+    *,
+    resume: bool,
+    progress,
+    parallel: Parallel | None,
+) -> FitResult:
     distiller = get_method("scratch").distiller(p.teacher, None, get_method("scratch").options(), context)
     trainer = Trainer(
         distiller,
@@ -176,6 +254,7 @@ def train_teacher(p: Prepared, layout: RunLayout, *, resume: bool, progress) -> 
         device=p.device,
         label="teacher",
         progress=progress,
+        parallel=parallel,
     )
     return trainer.fit(resume=resume)
 
@@ -192,13 +271,17 @@ class MethodResult:
     embedding: Embeddings
 
 
-def train_method(p: Prepared, layout: RunLayout, method: str, *, resume: bool, progress) -> MethodResult:
+def train_method(
+    p: Prepared, layout: RunLayout, method: str, *, resume: bool, progress, parallel: Parallel | None = None
+) -> MethodResult:
     """Run one method's plan for every seed and measure each student."""
     recipe, several = p.recipe, len(p.seeds) > 1
     resolved = resolve_method(recipe.distill, method)
     runs, histories, embedding, first_student = [], {}, {}, None
     for seed in p.seeds:
-        student, choice, plan = train_student(p, layout, method, seed, resume=resume, progress=progress)
+        student, choice, plan = train_student(
+            p, layout, method, seed, resume=resume, progress=progress, parallel=parallel
+        )
         checkpoint = save_checkpoint(
             student.state_dict(), layout.model_weights(method, seed if several else None)
         )
@@ -234,7 +317,15 @@ def train_method(p: Prepared, layout: RunLayout, method: str, *, resume: bool, p
 
 
 def train_student(
-    p: Prepared, layout: RunLayout, method: str, seed: int, *, resume: bool, progress, folder=None
+    p: Prepared,
+    layout: RunLayout,
+    method: str,
+    seed: int,
+    *,
+    resume: bool,
+    progress,
+    folder=None,
+    parallel: Parallel | None = None,
 ) -> tuple[nn.Module, ModelChoice, PlanResult]:
     """Train one method's student for one seed through the method's plan of stages (in `folder`, by default
     the run's train/<method>[/seed<k>]/)."""
@@ -256,20 +347,22 @@ def train_student(
         stage_changes=p.recipe.distill.stages.get(method, {}),
         loaded=loaded_artifacts(p.recipe, method, seed),
     )
-    result = run_plan(
-        resolved.entry.plan(resolved.options, p.recipe.train),
-        student,
-        p.teacher,
-        resolved.options,
-        context,
-        inputs,
-        seed=seed,
-        folder=folder,
-        device=p.device,
-        label=method if len(p.seeds) == 1 else f"{method} seed {seed}",
-        resume=resume,
-        progress=progress,
-    )
+    with synchronized_batchnorm(student, parallel):
+        result = run_plan(
+            resolved.entry.plan(resolved.options, p.recipe.train),
+            student,
+            p.teacher,
+            resolved.options,
+            context,
+            inputs,
+            seed=seed,
+            folder=folder,
+            device=p.device,
+            label=method if len(p.seeds) == 1 else f"{method} seed {seed}",
+            resume=resume,
+            progress=progress,
+            parallel=parallel,
+        )
     return result.student, student_choice_of(p, resolved, student), result
 
 

@@ -9,6 +9,7 @@ before any image is processed or any weight allocated. Bad input here leaves no 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +22,13 @@ from torch import nn
 from edgekd.data import DataBundle, DataPlan
 from edgekd.distill.plan import Stage, produced_artifacts
 from edgekd.distill.registry import resolve_method
-from edgekd.errors import CheckFailed, EdgekdError
+from edgekd.errors import CheckFailed, EdgekdError, RecipeError
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
 from edgekd.preflight import check_memory
 from edgekd.recipe import Recipe
 from edgekd.records import Sizing
 from edgekd.train.checkpoint import fitting_state, load_checkpoint, load_weights
+from edgekd.train.dist import Parallel
 
 
 @dataclass(frozen=True)
@@ -84,18 +86,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(wanted: str) -> torch.device:
+def check_parallel_batches(recipe: Recipe, parallel: Parallel) -> None:
+    """data.batch_size is the global batch: it must split evenly over the processes."""
+    sizes = {
+        "data.batch_size": recipe.data.batch_size,
+        "data.unlabeled_batch_size": recipe.data.unlabeled_batch_size,
+    }
+    for name, size in sizes.items():
+        if size is not None and size % parallel.world:
+            raise RecipeError(
+                name,
+                f"{size} images do not split evenly over {parallel.world} processes (it is the global batch; "
+                f"allowed: a multiple of {parallel.world})",
+            )
+
+
+def pick_device(wanted: str, mode: str = "deterministic") -> torch.device:
     if wanted == "cuda" and not torch.cuda.is_available():
         raise EdgekdError(
             "device: 'cuda' was asked for but no CUDA GPU is available (allowed here: auto, cpu)"
         )
     if wanted == "auto":
         wanted = "cuda" if torch.cuda.is_available() else "cpu"
-    if wanted == "cuda":
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    set_compute_mode(mode)
     return torch.device(wanted)
+
+
+def set_compute_mode(mode: str) -> None:
+    """deterministic: cuDNN autotuning off, deterministic algorithms on (warn where an op has none); speed:
+    cuDNN picks the fastest kernels by trying them, non-deterministic ones allowed."""
+    deterministic = mode == "deterministic"
+    if deterministic:  # cuBLAS is deterministic only with a fixed workspace (read when CUDA starts)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 @contextlib.contextmanager
@@ -238,10 +263,16 @@ def create_teacher(recipe: Recipe, num_classes: int, channels: int) -> nn.Module
         )
 
 
-def prepare(recipe: Recipe, say=None) -> Prepared:
+def prepare(recipe: Recipe, say=None, parallel: Parallel | None = None) -> Prepared:
     """Build everything that can fail on bad input, before anything is written (``say`` hears what a
-    latency budget is timing)."""
-    device = pick_device(recipe.device)
+    latency budget is timing). Under DDP every process prepares the same; a latency budget is timed by
+    rank 0 alone and its choice handed to the others."""
+    if parallel is None:
+        device = pick_device(recipe.device, recipe.mode)
+    else:
+        device = parallel.device
+        set_compute_mode(recipe.mode)
+        check_parallel_batches(recipe, parallel)
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
     plan = DataPlan(recipe.data, recipe.teacher.classes)
@@ -252,7 +283,12 @@ def prepare(recipe: Recipe, say=None) -> Prepared:
         # Sizing to a latency times real exported members: it needs the student's images first.
         student_views = {seed: plan.student(seed) for seed in recipe.student_seeds}
         student_data = student_views[recipe.student_seeds[0]]
-        student_choice = choose_student_for_latency(recipe, student_data, device, say)
+        if parallel is None:
+            student_choice = choose_student_for_latency(recipe, student_data, device, say)
+        else:
+            student_choice = parallel.main_does(
+                lambda: choose_student_for_latency(recipe, student_data, device, say)
+            )
     else:
         student_choice = choose_student(recipe, len(plan.student_ids), shape)
     check_loaded_artifacts(recipe, student_choice, plan)

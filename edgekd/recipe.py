@@ -152,7 +152,14 @@ class DataConfig(Section):
     )
     batch_size: int = Field(64, ge=1, le=MAX_BATCH)
     eval_batch_size: int = Field(256, ge=1, le=MAX_BATCH)
-    num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes.")
+    num_workers: int = Field(
+        0, ge=0, le=256, description="DataLoader worker processes (per training process)."
+    )
+    pin_memory: bool | None = Field(
+        None,
+        description="Page-locked host batches, copied to the GPU without blocking the step; null: on when "
+        "training on CUDA.",
+    )
     augment: Literal["none", "crop", "crop_flip"] = Field(
         "none",
         description="Training augmentation: random crop (padding 1/8 of the size), optionally with flips.",
@@ -238,6 +245,17 @@ class TrainConfig(Section):
         "best_val",
         description="Which epoch's weights to keep: the best validation accuracy (ties go to the lower "
         "validation loss), or the last epoch.",
+    )
+    amp: Literal["bf16", "fp16"] | None = Field(
+        None,
+        description="Mixed precision: the forward passes under autocast in bf16, or fp16 with a dynamic loss "
+        "scale; the weights and the optimizer stay FP32. Meant for CUDA (bf16 also runs on CPUs with AMX); "
+        "null: FP32.",
+    )
+    channels_last: bool = Field(
+        False,
+        description="NHWC memory layout for the networks and their inputs: faster convolutions on tensor-core "
+        "GPUs.",
     )
 
     @model_validator(mode="after")
@@ -603,6 +621,24 @@ class DistillConfig(distill_section_model()):  # type: ignore[misc]
     )
 
 
+class DistributedConfig(Section):
+    """Data-parallel training (torchrun; `edgekd build --nproc N`). data.batch_size and
+    data.unlabeled_batch_size are global: each step's batch is split evenly over the processes, so N processes
+    train on the same batches as one."""
+
+    sync_batchnorm: bool = Field(
+        True,
+        description="BatchNorm statistics over the global batch (PyTorch's SyncBatchNorm on CUDA, an all-reduce "
+        "of the statistics on the CPU) rather than each process's share.",
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="Process-group backend; auto: NCCL on CUDA, gloo on the CPU."
+    )
+    timeout_s: int = Field(
+        1800, ge=30, le=86_400, description="How long a process waits for the others at a collective."
+    )
+
+
 class Recipe(Section):
     name: str = Field(
         max_length=100,
@@ -628,6 +664,16 @@ class Recipe(Section):
         description="PyTorch CPU threads for training and evaluation (recorded in metrics.json); null: "
         "PyTorch's default. Results are bit-exact for one thread count on one machine; another thread count "
         "or CPU changes the float rounding, hence the numbers (see the README).",
+    )
+    mode: Literal["deterministic", "speed"] = Field(
+        "deterministic",
+        description="deterministic: cuDNN autotuning off and deterministic algorithms on, so the same recipe "
+        "and seed give the same numbers on one machine; speed: autotuned, non-deterministic kernels (faster "
+        "on GPUs; numbers vary from run to run, and the report says so).",
+    )
+    distributed: DistributedConfig = Field(
+        DistributedConfig(),
+        description="Data-parallel training, read only under torchrun (edgekd build --nproc).",
     )
     data: DataConfig = DataConfig()
     teacher: TeacherConfig

@@ -171,6 +171,10 @@ class RunRecord(Record):
     device: str
     wall_time_s: float
     resumed: bool
+    # deterministic | speed (recipe `mode`): whether the numbers repeat on this machine
+    mode: str = "deterministic"
+    # a torchrun data-parallel run: processes, backend, SyncBatchNorm, what data.batch_size means
+    distributed: dict[str, Any] | None = None
 
 
 class Candidate(Record):

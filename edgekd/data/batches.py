@@ -56,3 +56,26 @@ class EvenBatchSampler(Sampler[list[int]]):
         for size in even_batch_sizes(self.count, self.batch_size):
             yield order[start : start + size]
             start += size
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """This process's share of every global batch of a data-parallel run: every `world`-th image of it,
+    starting at `rank`.
+
+    Every process draws the same global batches (the same seeded order, the same cuts), so N processes train
+    on exactly the batches one process would; torch's DistributedSampler instead deals each process a strided
+    slice of one shuffled epoch, padded with repeated images, whose steps mix other batches. A global batch
+    smaller than `world` leaves some process without images: the recipe check refuses such batch sizes.
+    """
+
+    def __init__(self, batches: Sampler[list[int]], rank: int, world: int):
+        self.batches = batches
+        self.rank = rank
+        self.world = world
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            yield list(batch)[self.rank :: self.world]

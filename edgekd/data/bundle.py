@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, Subset
 
-from edgekd.data.batches import EvenBatchSampler, smallest_batch, steps_per_epoch
+from edgekd.data.batches import EvenBatchSampler, ShardedBatchSampler, smallest_batch, steps_per_epoch
 from edgekd.data.digits import load_digits_source
 from edgekd.data.imagefolder import load_imagefolder_source
 from edgekd.data.pools import ImagePool, Source
@@ -35,6 +35,19 @@ _UNLABELED_SEED_SALT = 7_919
 # Evaluation draws nothing at random, but a DataLoader iterator always draws a base seed; a fixed generator
 # keeps that draw from consuming the global RNG the trainer seeds for augmentation.
 _EVAL_LOADER_SEED = 0
+
+
+# (rank, world): which share of each batch this process of a data-parallel run reads.
+Shard = tuple[int, int]
+
+
+def global_batches(dataset: Dataset, generator: torch.Generator, batching: dict[str, Any]) -> Sampler:
+    """The batches one process would draw (the same seeded order and cuts), for a data-parallel shard."""
+    if "batch_sampler" in batching:
+        return batching["batch_sampler"]
+    return BatchSampler(
+        RandomSampler(dataset, generator=generator), batching["batch_size"], batching["drop_last"]
+    )
 
 
 @dataclass(frozen=True)
@@ -88,10 +101,13 @@ class DataBundle:
     unlabeled_source: str = "none"
     unlabeled_batch_size: int | None = None
     last_batch: str = "keep"
+    pin_memory: bool | None = None  # page-locked batches; None: when training on CUDA (the trainer decides)
     # Where the images came from and what the teacher saw of them (the report says it per model).
     provenance: dict[str, Any] = field(default_factory=dict)
 
-    def _loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, shard: Shard | None = None
+    ) -> DataLoader:
         workers = self.num_workers
         generator = torch.Generator().manual_seed(seed)
         batching: dict[str, Any] = {"batch_size": batch_size, "shuffle": shuffle, "drop_last": False}
@@ -99,6 +115,10 @@ class DataBundle:
             batching = {"batch_sampler": EvenBatchSampler(len(dataset), batch_size, generator)}
         elif shuffle and self.last_batch == "drop":
             batching["drop_last"] = True
+        if shard is not None:
+            batching = {
+                "batch_sampler": ShardedBatchSampler(global_batches(dataset, generator, batching), *shard)
+            }
         return DataLoader(
             dataset,
             **batching,
@@ -111,6 +131,7 @@ class DataBundle:
             # Runtime already started their thread pools crashed it now and then (seen in the test suite), so
             # the pipeline trains before it loads any runtime.
             worker_init_fn=seed_worker if workers > 0 else None,
+            pin_memory=bool(self.pin_memory),
         )
 
     def holdout(self, fraction: float, seed: int) -> DataBundle:
@@ -140,16 +161,19 @@ class DataBundle:
             val=train.part(np.sort(np.concatenate(held)), augment=False),
         )
 
-    def train_loader(self, seed: int) -> DataLoader:
-        """Training batches with augmentation, shuffled by a generator seeded with `seed`."""
-        return self._loader(self.train, self.batch_size, shuffle=True, seed=seed)
+    def train_loader(self, seed: int, shard: Shard | None = None) -> DataLoader:
+        """Training batches with augmentation, shuffled by a generator seeded with `seed`; with `shard`
+        (rank, world) this process's share of each global batch."""
+        return self._loader(self.train, self.batch_size, shuffle=True, seed=seed, shard=shard)
 
-    def unlabeled_loader(self, seed: int) -> DataLoader:
+    def unlabeled_loader(self, seed: int, shard: Shard | None = None) -> DataLoader:
         """Shuffled, augmented batches of unlabelled images (tensors only); the trainer cycles through it."""
         if self.unlabeled is None:
             raise ValueError("this data has no unlabelled images (data.unlabeled is 'none')")
         batch_size = self.unlabeled_batch_size or self.batch_size
-        return self._loader(self.unlabeled, batch_size, shuffle=True, seed=seed + _UNLABELED_SEED_SALT)
+        return self._loader(
+            self.unlabeled, batch_size, shuffle=True, seed=seed + _UNLABELED_SEED_SALT, shard=shard
+        )
 
     def image_indices(self) -> dict[str, list[int] | None]:
         """Which pool images each part holds (training pool for train/val/unlabelled, test pool for test)."""
@@ -177,14 +201,17 @@ class DataBundle:
         view = self.unlabeled.view.without_augmentation()
         return self._loader(view, self.eval_batch_size, shuffle=False, seed=_EVAL_LOADER_SEED)
 
-    def eval_loader(self, split: Literal["train", "val", "test"]) -> DataLoader:
-        """Batches in a fixed order with no augmentation ("train" shows the training images as evaluated)."""
+    def eval_loader(self, split: Literal["train", "val", "test"], shard: Shard | None = None) -> DataLoader:
+        """Batches in a fixed order with no augmentation ("train" shows the training images as evaluated);
+        with `shard` (rank, world) every world-th image from rank on, for counts summed over processes."""
         datasets = {"train": self.train, "val": self.val, "test": self.test}
         if split not in datasets:
             raise ValueError(f"split must be one of {sorted(datasets)}, got {split!r}")
         dataset = datasets[split]
         if isinstance(dataset, SplitView):
             dataset = dataset.without_augmentation()
+        if shard is not None:
+            dataset = Subset(dataset, range(shard[0], len(dataset), shard[1]))
         return self._loader(dataset, self.eval_batch_size, shuffle=False, seed=_EVAL_LOADER_SEED)
 
     def summary(self) -> dict[str, Any]:
@@ -425,6 +452,7 @@ class DataPlan:
             unlabeled_source=cfg.unlabeled if images_only is not None else "none",
             unlabeled_batch_size=cfg.unlabeled_batch_size,
             last_batch=cfg.last_batch,
+            pin_memory=cfg.pin_memory,
             provenance=provenance,
         )
 

@@ -80,6 +80,19 @@ class Distiller(nn.Module):
         that needs a pass over the data first (REFILLED's class centres) makes it here. Must depend only on
         the data and the frozen teacher, so a resumed stage computes the same thing."""
 
+    def prepare_first_batch(self, images: torch.Tensor) -> None:
+        """Called with the stage's first training batch before its first step: state a method sets from
+        that batch (OFD's margins of taps without a BatchNorm) is made here, so a data-parallel run can
+        hand rank 0's to every process before any step uses it."""
+
+    # Whether the stage can train data-parallel (DDP): a stage that steps its own parameters from
+    # per-process gradients (DistPro's search) cannot, since the processes' updates would diverge.
+    data_parallel: bool = True
+
+    # Whether some trainable parameters may get no gradient in a step: DDP must then search the graph for
+    # them each step (slower), else it waits for their gradients forever.
+    unused_parameters: bool = False
+
     def on_step_start(self, step: int, steps: int) -> None:
         """Called before each optimizer step (0-based, counted over the stage's ``steps``), for objectives
         whose weights or schedules change within an epoch. Must depend only on its arguments."""
@@ -146,8 +159,10 @@ class Distiller(nn.Module):
         """Scale of the recipe's learning rate for this method (fine-tuning uses a smaller one)."""
         return 1.0
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def teacher_logits_on_student_classes(self, images: torch.Tensor) -> torch.Tensor:
+        """Inference mode, not just no_grad: no autograd bookkeeping at all (version counters, views). The
+        logits are only read by the loss (softmax targets), never saved for backward."""
         assert self.teacher is not None, "this method needs a teacher"
         return restrict_to_student_classes(self.teacher(images), self.context)
 

@@ -76,9 +76,31 @@ def overview_blocks(recipe: Recipe, metrics: RunMetrics) -> list[Block]:
                 f"baselines: {', '.join(recipe.distill.baselines) or 'none'}",
                 *(f"budget check of the deployed student: {line}" for line in verdicts),
                 f"seed {recipe.seed}, device {metrics.run.device}, wall time {metrics.run.wall_time_s:.1f} s",
+                training_line(recipe, metrics),
             )
         ),
     ]
+
+
+def training_line(recipe, metrics: RunMetrics) -> str:
+    """How the networks were trained: processes, precision, layout, and whether the numbers repeat."""
+    run = metrics.run
+    spread = run.distributed
+    processes = (
+        f"data-parallel over {spread['processes']} processes ({spread['backend']}, SyncBatchNorm "
+        f"{'on' if spread['sync_batchnorm'] else 'off'}; data.batch_size is the global batch)"
+        if spread
+        else "one process"
+    )
+    amp = recipe.train.amp or "fp32"
+    layout = ", channels_last" if recipe.train.channels_last else ""
+    mode = (
+        "deterministic (cuDNN autotuning off, deterministic algorithms: same recipe and seed, same numbers on "
+        "this machine)"
+        if run.mode == "deterministic"
+        else "speed (cuDNN autotuning and non-deterministic kernels: numbers vary from run to run)"
+    )
+    return f"training: {processes}; students in {amp}{layout}; mode {mode}"
 
 
 def models_blocks(metrics: RunMetrics) -> list[Block]:

@@ -28,7 +28,7 @@ from edgekd.recipe import TrainConfig, stage_train_config
 from edgekd.records import DataUse, StageArtifact, StageRecord
 from edgekd.schema_base import Section
 from edgekd.train.checkpoint import load_checkpoint, save_checkpoint
-from edgekd.train.dist import is_main_process
+from edgekd.train.dist import Parallel, is_main_process
 from edgekd.train.trainer import FitResult, Trainer, epoch_seed, evaluate
 
 # Seeds the construction of a later stage's objective (a fresh head, connectors): far from the epoch seeds.
@@ -111,6 +111,7 @@ def run_plan(
     label: str,
     resume: bool,
     progress=None,
+    parallel: Parallel | None = None,
 ) -> PlanResult:
     """Train `student` through `stages`; each stage starts from the state the previous one selected."""
     available: dict[str, StageArtifact] = {
@@ -142,6 +143,7 @@ def run_plan(
                 label=label if len(stages) == 1 else f"{label} {stage.name}",
                 resume=resume,
                 progress=progress,
+                parallel=parallel,
             ),
         )
         available.update({artifact.name: artifact for artifact in produced})
@@ -162,6 +164,7 @@ class StageRun:
     label: str
     resume: bool
     progress: Any = None
+    parallel: Parallel | None = None  # a data-parallel run (torchrun), else None
 
 
 def seed_index(stages: list[Stage], index: int) -> int:
@@ -205,9 +208,10 @@ def run_stage(
         progress=run.progress,
         select=selection,
         stage_index=run.index,
+        parallel=run.parallel,
     )
     fit = trainer.fit(resume=run.resume)
-    produced = save_artifacts(stage, objective, run.folder.stage(stage.name))
+    produced = save_artifacts(stage, objective, run.folder.stage(stage.name), run.parallel)
     test_acc = None
     if stage.branch:
         test_acc = round(evaluate(student, data.eval_loader("test"), run.device)[0], 4)
@@ -289,15 +293,21 @@ def hand_on_objective(stage: Stage, objective: Distiller, consumed: list[StageAr
             objective.use_artifact(artifact.name, payload)
 
 
-def save_artifacts(stage: Stage, objective: Distiller, folder: StageFolder) -> list[StageArtifact]:
-    """Write what the stage produces (from its selected state) into its folder; their records."""
-    records = []
-    for artifact in stage.produces:
-        path = folder.artifact(artifact.file)
-        if is_main_process():
+def save_artifacts(
+    stage: Stage, objective: Distiller, folder: StageFolder, parallel: Parallel | None = None
+) -> list[StageArtifact]:
+    """Write what the stage produces (from its selected state) into its folder; their records (under DDP
+    rank 0 writes, and the others wait for the files before reading their digests)."""
+    paths = [folder.artifact(artifact.file) for artifact in stage.produces]
+    if is_main_process():
+        for artifact, path in zip(stage.produces, paths, strict=True):
             save_checkpoint(artifact_payload(artifact, objective), path)
-        records.append(StageArtifact(name=artifact.name, path=str(path), sha256=file_sha256(path)))
-    return records
+    if parallel is not None and paths:
+        parallel.barrier()
+    return [
+        StageArtifact(name=artifact.name, path=str(path), sha256=file_sha256(path))
+        for artifact, path in zip(stage.produces, paths, strict=True)
+    ]
 
 
 def artifact_payload(artifact: Artifact, objective: Distiller) -> dict:

@@ -12,10 +12,11 @@ beside it: a regressor, a fresh head), so the next stage of a plan starts from e
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +26,23 @@ from torch import nn
 
 from edgekd.data import DataBundle
 from edgekd.distill.base import Distiller
-from edgekd.errors import TrainingDiverged
+from edgekd.errors import EdgekdError, TrainingDiverged
 from edgekd.fileio import read_json, write_json
 from edgekd.layout import StageFolder
 from edgekd.recipe import TrainConfig
 from edgekd.train.checkpoint import load_checkpoint, save_checkpoint
-from edgekd.train.dist import is_main_process
+from edgekd.train.dist import Parallel, is_main_process
 from edgekd.train.optim import build_optimizer, build_scheduler
 
 # Seeds of successive passes over the unlabelled images within one epoch (far from any other epoch's seed).
 _ROUND_SEED_STEP = 7_777_777
 # Seeds of a plan's later stages (stage 0 keeps the seeds of a one-stage run).
 _STAGE_SEED_STEP = 104_729
+# Augmentation seeds of the processes of a data-parallel run (rank 0 keeps the one-process seed).
+_RANK_SEED_STEP = 15_485_863
+# Steps between checks that the loss is still finite: each check waits for the GPU, so not every step.
+_FINITE_CHECK_EVERY = 50
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -55,37 +61,93 @@ class FitResult:
 
 @dataclass
 class EpochTally:
-    """What an epoch's steps add up for its history row: loss terms (summed per image), accuracy counts."""
+    """What an epoch's steps add up for its history row: loss terms (summed per image), accuracy counts.
 
-    sums: dict[str, float] = field(default_factory=dict)
-    correct: int = 0
+    The sums stay on the training device as tensors: adding to them does not wait for the GPU, so a step
+    never syncs with the host for its bookkeeping; :meth:`totals` reads them once, at the end of the epoch
+    (summed over the processes of a data-parallel run)."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    correct: torch.Tensor | int = 0
     seen: int = 0
-    task_loss: float = 0.0
+    task_loss: torch.Tensor | float = 0.0
+
+    def add(self, terms: dict[str, torch.Tensor], batch: int) -> None:
+        for name, value in terms.items():
+            weighted = value.detach().double() * batch
+            self.sums[name] = self.sums[name] + weighted if name in self.sums else weighted
+
+    def totals(self, parallel: Parallel | None = None) -> tuple[dict[str, float], int, int, float]:
+        """(loss sums, correct, seen, task-loss sum) as numbers: one transfer from the device."""
+        names = list(self.sums)
+        values = [self.sums[n].reshape(()) for n in names]
+        device = values[0].device if values else torch.device("cpu")
+        counts = (self.correct, self.seen, self.task_loss)
+        extra = [torch.as_tensor(x, dtype=torch.float64, device=device).reshape(()) for x in counts]
+        packed = torch.stack([v.double() for v in values] + extra)
+        if parallel is not None:
+            parallel.all_reduce_sum(packed)
+        numbers = packed.tolist()
+        sums = dict(zip(names, numbers[: len(names)], strict=True))
+        correct, seen, task_loss = numbers[len(names) :]
+        return sums, round(correct), round(seen), task_loss
 
 
 def epoch_seed(seed: int, epoch: int, stage: int = 0) -> int:
     return seed * 1_000_003 + epoch + stage * _STAGE_SEED_STEP
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module, loader, device: torch.device, class_index: Sequence[int] | None = None
 ) -> tuple[float, float]:
     """Top-1 accuracy (%) and mean cross-entropy; `class_index` restricts the logits to those columns."""
+    return accuracy_and_loss(evaluation_counts(model, loader, device, class_index))
+
+
+def accuracy_and_loss(counts: torch.Tensor) -> tuple[float, float]:
+    correct, total, loss_sum = counts.tolist()
+    return 100.0 * correct / max(total, 1), loss_sum / max(total, 1)
+
+
+@torch.no_grad()
+def evaluation_counts(
+    model: nn.Module, loader, device: torch.device, class_index: Sequence[int] | None = None
+) -> torch.Tensor:
+    """(correct, images, summed cross-entropy) as one float64 tensor on `device`, accumulated there: the
+    host reads it once (and a data-parallel run sums it over its processes' shards)."""
     was_training = model.training
     model.eval()
     index = torch.as_tensor(list(class_index), device=device) if class_index is not None else None
-    correct, total, loss_sum = 0, 0, 0.0
+    counts = torch.zeros(3, dtype=torch.float64, device=device)
     for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = model(images)
         if index is not None:
             logits = logits.index_select(1, index)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
-        total += labels.numel()
+        counts[0] += (logits.argmax(1) == labels).sum()
+        counts[1] += labels.numel()
+        counts[2] += F.cross_entropy(logits.float(), labels, reduction="sum")
     model.train(was_training)
-    return 100.0 * correct / max(total, 1), loss_sum / max(total, 1)
+    return counts
+
+
+class StepObjective(nn.Module):
+    """A step's whole loss as one forward: the labelled terms and, given unlabelled images, the label-free
+    ones. It is the module DDP wraps, so DDP's gradient hooks see every use of the trained weights in the
+    step (a second forward outside it would escape them)."""
+
+    def __init__(self, distiller: Distiller):
+        super().__init__()
+        self.distiller = distiller
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, unlabeled: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits, terms = self.distiller.forward_train(images, labels)
+        if unlabeled is not None:
+            extra = self.distiller.label_free_terms(unlabeled)
+            terms.update({f"{name}_unlabeled": value for name, value in extra.items()})
+        return logits, terms
 
 
 class Trainer:
@@ -102,13 +164,26 @@ class Trainer:
         progress=None,
         select: str | None = None,
         stage_index: int = 0,
+        parallel: Parallel | None = None,
     ):
-        self.distiller = distiller.to(device)
+        if parallel is not None and not distiller.data_parallel:
+            raise EdgekdError(
+                f"distributed: the {label} stage ({type(distiller).__name__}) cannot train data-parallel; "
+                "run it with one process (edgekd build without --nproc)"
+            )
+        self.parallel = parallel
+        memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+        self.memory_format = memory_format
+        self.distiller = distiller.to(device, memory_format=memory_format)
+        if distiller.teacher is not None and cfg.channels_last:
+            distiller.teacher.to(memory_format=memory_format)
+        self.model = self._step_module(distiller, parallel, device)
         self.select = select or cfg.select
         if self.select == "metric" and not distiller.has_selection_metric:
             raise ValueError(f"{type(distiller).__name__} defines no selection metric")
         self.stage_index = stage_index
-        self.data = data
+        pin = data.pin_memory if data.pin_memory is not None else device.type == "cuda"
+        self.data = replace(data, pin_memory=pin)
         self.cfg = cfg
         self.seed = seed
         self.files = StageFolder(Path(out_dir))
@@ -125,6 +200,27 @@ class Trainer:
         self.best_epoch = -1
         self.steps_done = 0
         self.train_time_s = 0.0
+        self.amp_dtype = _AMP_DTYPES.get(cfg.amp) if cfg.amp else None
+        # fp16 needs a loss scale (its small gradients underflow); bf16 has FP32's range and needs none.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+
+    @staticmethod
+    def _step_module(distiller: Distiller, parallel: Parallel | None, device: torch.device) -> nn.Module:
+        """What a step calls: the objective, wrapped in DistributedDataParallel under DDP (the teacher is
+        not a submodule of the objective, so DDP neither wraps nor broadcasts it)."""
+        step = StepObjective(distiller)
+        if parallel is None:
+            return step
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(
+            step,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=distiller.unused_parameters,
+        )
+
+    def _shard(self) -> tuple[int, int] | None:
+        return (self.parallel.rank, self.parallel.world) if self.parallel is not None else None
 
     # ------------------------------------------------------------------------------------------ public
     def fit(self, resume: bool = False) -> FitResult:
@@ -147,6 +243,8 @@ class Trainer:
         )
         if is_main_process():
             write_json(self.files.done, {k: v for k, v in result.to_dict().items() if k != "history"})
+        if self.parallel is not None:
+            self.parallel.barrier()  # rank 0 wrote the selected checkpoint that every process loads now
         self.load_best_student()
         return result
 
@@ -158,21 +256,23 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ epochs
     def _run_epoch(self, epoch: int, task) -> dict[str, Any]:
         seed = epoch_seed(self.seed, epoch, self.stage_index)
-        torch.manual_seed(seed)
+        # The processes of a data-parallel run share the data order but not their augmentation draws.
+        torch.manual_seed(seed + (self.parallel.rank * _RANK_SEED_STEP if self.parallel else 0))
         self.distiller.on_epoch_start(epoch, self.cfg.epochs)
         self.distiller.train()
         started = time.perf_counter()
         tally = EpochTally()
         unlabeled = self._unlabeled_batches(seed)
-        for images, labels in self.data.train_loader(seed):
+        for images, labels in self.data.train_loader(seed, self._shard()):
             self.train_step(images, labels, unlabeled, epoch, tally)
             if task is not None:
                 self.progress.advance(task)
-        sums, correct, seen, task_loss = tally.sums, tally.correct, tally.seen, tally.task_loss
+        sums, correct, seen, task_loss = tally.totals(self.parallel)
+        self._check_finite(sums.get("loss", 0.0), list(sums), epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        val_acc, val_loss = evaluate(self.distiller.student, self.data.eval_loader("val"), self.device)
-        score = self.distiller.selection_metric(self.data, self.device) if self.select == "metric" else None
+        val_acc, val_loss = self._validate()
+        score = self._selection_score() if self.select == "metric" else None
         self.train_time_s += time.perf_counter() - started
         row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v / seen for k, v in sums.items()}}
         row.update(
@@ -197,23 +297,42 @@ class Trainer:
         tally: EpochTally,
     ) -> None:
         """One optimisation step of the stage's objective on a labelled batch (and the next unlabelled one,
-        for methods with label-free terms), counted into ``tally`` (benchmarks/train_step.py times it)."""
-        images, labels = images.to(self.device), labels.to(self.device)
+        for methods with label-free terms), counted into ``tally`` on the device: nothing here waits for the
+        GPU except every _FINITE_CHECK_EVERY-th step's finiteness check (benchmarks/train_step.py times it)."""
+        images, labels = self._to_device(images), labels.to(self.device, non_blocking=True)
+        extra = self._to_device(next(unlabeled)) if unlabeled is not None else None
+        if self.steps_done == 0:
+            self._prepare_first_batch(images)
         self.distiller.on_step_start(self.steps_done, self.data.steps_per_epoch * self.cfg.epochs)
         self.distiller.before_step(images, labels, self.optimizer)
-        logits, terms = self.distiller.forward_train(images, labels)
-        if unlabeled is not None:
-            extra = self.distiller.label_free_terms(next(unlabeled).to(self.device))
-            terms.update({f"{name}_unlabeled": value for name, value in extra.items()})
-        loss = self._step(terms, epoch)
+        with self._autocast():
+            logits, terms = self.model(images, labels, extra)
+        loss = self._step(terms)
         batch = labels.numel()
         # The unweighted cross-entropy, comparable across methods (a method's own CE term may be scaled).
-        tally.task_loss += F.cross_entropy(logits.detach(), labels, reduction="sum").item()
-        for name, value in {"loss": loss, **terms}.items():
-            tally.sums[name] = tally.sums.get(name, 0.0) + value.detach().item() * batch
-        tally.correct += (logits.detach().argmax(1) == labels).sum().item()
+        logits = logits.detach().float()
+        tally.task_loss = tally.task_loss + F.cross_entropy(logits, labels, reduction="sum")
+        tally.add({"loss": loss, **terms}, batch)
+        tally.correct = tally.correct + (logits.argmax(1) == labels).sum()
         tally.seen += batch
         self.steps_done += 1
+        if self.steps_done % _FINITE_CHECK_EVERY == 0:
+            self._check_finite(tally.sums["loss"].item(), list(terms), epoch)
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+
+    def _prepare_first_batch(self, images: torch.Tensor) -> None:
+        """State an objective sets from its first batch, made once: under DDP rank 0's goes to everyone."""
+        with self._autocast():
+            self.distiller.prepare_first_batch(images)
+        if self.parallel is not None:
+            self.parallel.broadcast_buffers(self.distiller)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _unlabeled_batches(self, seed: int) -> Iterator[torch.Tensor] | None:
         """One unlabelled batch per labelled step, for methods with label-free terms (None otherwise).
@@ -227,23 +346,46 @@ class Trainer:
 
         def batches() -> Iterator[torch.Tensor]:
             for round_ in itertools.count():
-                yield from self.data.unlabeled_loader(seed + _ROUND_SEED_STEP * round_)
+                yield from self.data.unlabeled_loader(seed + _ROUND_SEED_STEP * round_, self._shard())
 
         return batches()
 
-    def _step(self, terms: dict[str, torch.Tensor], epoch: int) -> torch.Tensor:
+    def _step(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = sum(terms.values())
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"train: the {self.label} loss became {loss.item()} in epoch {epoch + 1} "
-                f"(terms: {', '.join(terms)}); lower train.optimizer.lr or set train.grad_clip"
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         if self.cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return loss
+
+    def _check_finite(self, loss_sum: float, terms: list[str], epoch: int) -> None:
+        """A NaN or infinite loss stops the stage: its sum over the epoch so far is checked, so one bad step
+        anywhere shows (the optimizer has stepped on it by then; the epoch is not saved)."""
+        if not torch.isfinite(torch.tensor(loss_sum)):
+            shown = ", ".join(t for t in terms if t != "loss")
+            raise TrainingDiverged(
+                f"train: the {self.label} loss became {loss_sum} in epoch {epoch + 1} "
+                f"(terms: {shown}); lower train.optimizer.lr or set train.grad_clip"
+            )
+
+    def _validate(self) -> tuple[float, float]:
+        """Validation accuracy and loss of the student as rank 0 holds it: under DDP each process scores
+        its share of the images and the counts are summed."""
+        student = self.distiller.student
+        if self.parallel is None:
+            return evaluate(student, self.data.eval_loader("val"), self.device)
+        self.parallel.broadcast_buffers(student)  # BatchNorm statistics: rank 0's, the ones it saves
+        counts = evaluation_counts(student, self.data.eval_loader("val", self._shard()), self.device)
+        return accuracy_and_loss(self.parallel.all_reduce_sum(counts))
+
+    def _selection_score(self) -> float:
+        if self.parallel is None:
+            return self.distiller.selection_metric(self.data, self.device)
+        self.parallel.broadcast_buffers(self.distiller)
+        return self.parallel.broadcast_object(self.distiller.selection_metric(self.data, self.device))
 
     def _end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         self.history.append(row)

@@ -136,6 +136,9 @@ class _DistProStage(Distiller):
 class DistProSearch(_DistProStage):
     """The search stage: θ on the search-train images, α̃ on the hyper-gradient of the search-val CE."""
 
+    # The search steps the pathway weights from each process's own hyper-gradient: not data-parallel.
+    data_parallel = False
+
     reads_validation_images = True
 
     def __init__(self, student, teacher, options, context):

@@ -117,6 +117,10 @@ class OFD(FeatureDistiller):
         self.connectors = self.make_connectors()
         self.margin_bank = MarginBank(teacher, self.pairs)
 
+    def prepare_first_batch(self, images):
+        """The margins of taps without a BatchNorm, from the first batch's teacher features."""
+        self.margin_bank.margins(self.teacher_features(images)[1])
+
     def distill_terms(self, images):
         _, teacher_features = self.teacher_features(images)
         logits, student_features = self.student_features(images)
