@@ -223,6 +223,9 @@ def build(
     if resume and force:
         raise EdgekdError("--resume and --force exclude each other")
     if nproc is not None and not launched_by_torchrun():
+        from edgekd.prepare import check_parallel_batches
+
+        check_parallel_batches(loaded, nproc)  # refused here, once, rather than by every process
         launch_torchrun(nproc, sys.argv[1:])
     worker = launched_by_torchrun() and os.environ.get("RANK", "0") != "0"
     with make_progress(quiet or worker) as progress:

@@ -86,18 +86,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_parallel_batches(recipe: Recipe, parallel: Parallel) -> None:
+def check_parallel_batches(recipe: Recipe, world: int) -> None:
     """data.batch_size is the global batch: it must split evenly over the processes."""
     sizes = {
         "data.batch_size": recipe.data.batch_size,
         "data.unlabeled_batch_size": recipe.data.unlabeled_batch_size,
     }
     for name, size in sizes.items():
-        if size is not None and size % parallel.world:
+        if size is not None and size % world:
             raise RecipeError(
                 name,
-                f"{size} images do not split evenly over {parallel.world} processes (it is the global batch; "
-                f"allowed: a multiple of {parallel.world})",
+                f"{size} images do not split evenly over {world} processes (it is the global batch; "
+                f"allowed: a multiple of {world})",
             )
 
 
@@ -272,7 +272,7 @@ def prepare(recipe: Recipe, say=None, parallel: Parallel | None = None) -> Prepa
     else:
         device = parallel.device
         set_compute_mode(recipe.mode)
-        check_parallel_batches(recipe, parallel)
+        check_parallel_batches(recipe, parallel.world)
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
     plan = DataPlan(recipe.data, recipe.teacher.classes)

@@ -75,7 +75,9 @@ def final(run: Path) -> dict[str, float]:
 
 
 def without_times(history: dict) -> dict:
-    return {k: [{f: v for f, v in row.items() if "time" not in f} for row in rows] for k, rows in history.items()}
+    return {
+        k: [{f: v for f, v in row.items() if "time" not in f} for row in rows] for k, rows in history.items()
+    }
 
 
 def test_two_process_build_matches_one_process(tmp_path):

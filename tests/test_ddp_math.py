@@ -30,7 +30,10 @@ def free_port() -> int:
 def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(1)
     return [
-        (torch.randn(BATCH, 3, 16, 16, generator=generator), torch.randint(0, 5, (BATCH,), generator=generator))
+        (
+            torch.randn(BATCH, 3, 16, 16, generator=generator),
+            torch.randint(0, 5, (BATCH,), generator=generator),
+        )
         for _ in range(STEPS)
     ]
 

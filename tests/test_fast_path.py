@@ -1,0 +1,86 @@
+"""The fast training path's options (train.amp, train.channels_last, mode, data.pin_memory) through a real
+build on the CPU, and on CUDA where a GPU is present (marked gpu)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from edgekd.prepare import set_compute_mode
+from edgekd.recipe import load_recipe
+
+TRAIN = {"epochs": 2, "optimizer": {"lr": 0.05}}
+QUICK = {"export": {"targets": {}}, "benchmark": {"enabled": False}, "report": {"plots": False}}
+
+
+def build(cli, path):
+    result = cli("build", path, "--quiet")
+    assert result.exit_code == 0, result.output
+    return json.loads((path.parent / "runs" / path.stem / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_keeps_fp32_weights(write_recipe, cli, tmp_path, amp):
+    path = write_recipe(f"amp_{amp}", train={**TRAIN, "amp": amp}, **QUICK)
+    metrics = build(cli, path)
+    student = {m["name"]: m for m in metrics["models"]}["kd"]
+    assert student["test_acc"] > 30  # 10 classes: chance is 10 %
+    weights = torch.load(tmp_path / "runs" / path.stem / "models" / "kd.pt", weights_only=True)
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_channels_last_and_speed_mode_are_reported(write_recipe, cli, tmp_path):
+    path = write_recipe("fast", train={**TRAIN, "channels_last": True}, mode="speed", **QUICK)
+    metrics = build(cli, path)
+    assert metrics["run"]["mode"] == "speed"
+    report = (tmp_path / "runs" / "fast" / "report.md").read_text()
+    assert "channels_last" in report and "mode speed" in report
+    set_compute_mode("deterministic")  # the flags are process-wide: leave them as the other tests expect
+
+
+def test_default_mode_is_deterministic(write_recipe):
+    recipe = load_recipe(write_recipe("plain"))
+    assert recipe.mode == "deterministic" and recipe.train.amp is None and recipe.data.pin_memory is None
+
+
+def test_amp_fp16_refuses_bad_value(write_recipe, cli):
+    result = cli("build", write_recipe("bad", train={**TRAIN, "amp": "fp8"}))
+    assert result.exit_code == 2
+    assert "train.amp" in result.output and "fp8" in result.output
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_build_bf16_channels_last_one_process_ddp(write_recipe, tmp_path):
+    """On a GPU: a one-process NCCL DDP build with AMP bf16, channels_last and pinned memory."""
+    path = write_recipe(
+        "cuda",
+        device="cuda",
+        mode="speed",
+        train={**TRAIN, "amp": "bf16", "channels_last": True},
+        data={"dataset": "digits", "batch_size": 64, "num_workers": 2},
+        **QUICK,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "edgekd", "build", str(path), "--quiet", "--nproc", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "runs" / "cuda" / "metrics.json").read_text())
+    assert metrics["run"]["distributed"]["backend"] == "nccl"
+    assert metrics["run"]["device"].startswith("cuda")
+    assert {m["name"]: m for m in metrics["models"]}["kd"]["test_acc"] > 30
+
+
+def test_nproc_refuses_a_batch_that_does_not_split(write_recipe, cli, tmp_path):
+    path = write_recipe("odd", data={"dataset": "digits", "batch_size": 63}, **QUICK)
+    result = cli("build", path, "--nproc", "2")
+    assert result.exit_code == 2
+    assert "data.batch_size" in result.output and "63" in result.output and "multiple of 2" in result.output
+    assert not (tmp_path / "runs" / "odd").exists()
