@@ -82,11 +82,14 @@ def latency_option(spec: dict) -> dict:
     return option
 
 
-def partial_writers() -> str:
-    """'onnx: fp32, int8': the formats that write only some precisions, for --precision's help."""
-    return "; ".join(
+def precision_help() -> str:
+    """--precision's help: which formats write only some precisions ('onnx: fp32, int8'), if any do."""
+    partial = [
         f"{fmt.name}: {', '.join(fmt.precisions)}" for fmt in FORMATS.values() if fmt.precisions != PRECISIONS
-    )
+    ]
+    if not partial:
+        return "Every format writes each of them."
+    return f"Each format writes those it supports ({'; '.join(partial)})."
 
 
 def backends_by_suffix() -> str:
@@ -438,7 +441,7 @@ def print_tune(result: dict) -> None:
     default=("fp32",),
     show_default=True,
     type=click.Choice(list(PRECISIONS)),
-    help=f"Precision; repeat for several. Each format writes those it supports ({partial_writers()}).",
+    help=f"Precision; repeat for several. {precision_help()}",
 )
 @click.option(
     "--recipe",
@@ -494,6 +497,11 @@ def export_command(
     help=f"Runtime [default: from the suffix: {backends_by_suffix()}].",
 )
 @click.option("--shape", metavar="C,H,W", help="Input image shape, for files without edgekd metadata.")
+@click.option(
+    "--device",
+    help="Where the runtime runs it [default: the runtime's own: cpu, tensorrt cuda]; onnxruntime: cpu or cuda "
+    "(its CUDA execution provider, from onnxruntime-gpu).",
+)
 @latency_options
 @click.option(
     "--json",
@@ -503,7 +511,12 @@ def export_command(
 )
 @user_errors
 def bench_command(
-    artifact: Path, backend: str | None, shape: str | None, json_path: Path | None, **latency
+    artifact: Path,
+    backend: str | None,
+    shape: str | None,
+    device: str | None,
+    json_path: Path | None,
+    **latency,
 ) -> None:
     """Time ARTIFACT (.onnx, .xml or .engine) on this machine: cold start, p50/p90/p99, throughput.
 
@@ -512,7 +525,7 @@ def bench_command(
     """
     from edgekd.standalone import bench_artifact
 
-    result = bench_artifact(artifact, backend, shape, LatencyConfig(**latency), json_path)
+    result = bench_artifact(artifact, backend, shape, LatencyConfig(**latency), json_path, device)
     print_latency(result)
 
 
@@ -692,7 +705,8 @@ def print_summary(metrics: RunMetrics) -> None:
     console.print(rich_table("what each model used", DATA_COLUMNS, data_rows(metrics), left=("model",)))
     rows = artifact_rows(metrics.artifacts, metrics.budget_check)
     if rows:
-        console.print(rich_table("deployment artifacts", ARTIFACT_COLUMNS, rows, left=("artifact", "parity")))
+        left = ("artifact", "runs on", "parity")
+        console.print(rich_table("deployment artifacts", ARTIFACT_COLUMNS, rows, left=left))
     verdict = budget_verdict(metrics.budget_check)
     colour = {"pass": "green", "fail": "red", "neutral": "yellow"}[verdict.state]
     for line in verdict.details if metrics.budget_check is not None else ():
@@ -714,7 +728,9 @@ def print_artifacts(records: list[ArtifactRecord], title: str) -> None:
     from edgekd.report.tables import ARTIFACT_COLUMNS, artifact_rows
 
     console = table_console()
-    console.print(rich_table(title, ARTIFACT_COLUMNS, artifact_rows(records), left=("artifact", "parity")))
+    console.print(
+        rich_table(title, ARTIFACT_COLUMNS, artifact_rows(records), left=("artifact", "runs on", "parity"))
+    )
     for record in records:
         if record.path:
             console.print(f"{record.name}: {record.path}")
@@ -725,7 +741,9 @@ def print_latency(result: dict) -> None:
 
     console = table_console()
     columns = ["batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "img/s", "iters"]
-    title = f"{result['artifact']} on {result['runner']['backend']} (threads {result['latency']['threads']})"
+    runner = result["runner"]
+    where = runner.get("runs_on", runner["backend"])
+    title = f"{result['artifact']} on {where} (threads {result['latency']['threads']})"
     console.print(rich_table(title, columns, latency_table_rows(result["latency"]), left=()))
     cold = result["latency"]["cold_start"]
     console.print(

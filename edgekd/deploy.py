@@ -36,6 +36,7 @@ from edgekd.exporters import (
     trtexec_command,
 )
 from edgekd.formats import FORMATS, PRECISIONS
+from edgekd.preflight import check_onnxruntime_device
 from edgekd.recipe import BenchmarkConfig, ExportConfig, ParityConfig
 from edgekd.records import ArtifactRecord
 
@@ -204,16 +205,21 @@ def tolerance_for(precision: str, parity: ParityConfig) -> ParityTolerance:
     return ParityTolerance(max_abs=None, min_top1=parity.int8_min_top1)
 
 
-def artifact_runner(artifact: Artifact, threads: int | None) -> Runner:
-    return file_runner(artifact.path, artifact.format, artifact.precision, threads)
+def artifact_runner(artifact: Artifact, threads: int | None, onnxruntime_device: str = "cpu") -> Runner:
+    return file_runner(artifact.path, artifact.format, artifact.precision, threads, onnxruntime_device)
 
 
-def file_runner(path: Path | str, format_name: str, precision: str, threads: int | None) -> Runner:
+def file_runner(
+    path: Path | str, format_name: str, precision: str, threads: int | None, onnxruntime_device: str = "cpu"
+) -> Runner:
     """The runner of an exported file; OpenVINO is told the artifact's precision (it picks f32 or f16
-    arithmetic by it)."""
+    arithmetic by it), ONNX Runtime the device whose execution provider runs ONNX files
+    (``benchmark.onnxruntime_device``)."""
     options: dict[str, Any] = {"threads": threads}
     if format_name == "openvino":
         options["precision"] = precision
+    if format_name == "onnx":
+        options["device"] = onnxruntime_device
     return runner_for(path, **options)
 
 
@@ -240,6 +246,7 @@ def check_artifact(
         precision=artifact.precision,
         path=str(artifact.path),
         size_bytes=artifact.size_bytes,
+        runs_on=runner.runs_on(),
         status="ok" if failure is None else "parity failed",
         val_acc=accuracy(logits_of(runner, evaluation.val[0]), evaluation.val[1]),
         test_acc=test_acc,
@@ -275,6 +282,7 @@ def pytorch_record(
         precision="fp32",
         path=None,
         size_bytes=params * 4,
+        runs_on=runner.runs_on(),
         status="ok",
         val_acc=accuracy(logits_of(runner, evaluation.val[0]), evaluation.val[1]),
         test_acc=accuracy(logits_of(runner, evaluation.test[0]), evaluation.test[1]),
@@ -313,6 +321,9 @@ def deploy(
 
     Raises ParityFailure (after the records are complete) when an artifact is outside its tolerance.
     """
+    device = bench.onnxruntime_device
+    if any(format_name == "onnx" for format_name, _ in export_targets(export, also)):
+        check_onnxruntime_device(device)  # before anything is exported
     student = student.to("cpu").eval()
     io = model_io(data)
     evaluation = evaluation_data(data, export)
@@ -328,14 +339,14 @@ def deploy(
             say(f"checking {artifact.format} {artifact.precision}")
         record = check_artifact(
             artifact,
-            artifact_runner(artifact, bench.threads),
+            artifact_runner(artifact, bench.threads, device),
             reference,
             evaluation,
             export.parity,
             records[0].test_acc or 0.0,
         )
         records.append(record)
-        timed.append((record, lambda artifact=artifact: artifact_runner(artifact, bench.threads)))
+        timed.append((record, lambda artifact=artifact: artifact_runner(artifact, bench.threads, device)))
     records += not_built
     if bench.enabled:
         time_runners(timed, io, bench, say)

@@ -38,10 +38,11 @@ FORMATS: dict[str, Format] = {
     for declared in (
         Format(
             "onnx",
-            ("fp32", "int8"),
+            PRECISIONS,
             (".onnx",),
             "onnxruntime",
-            "ONNX with a dynamic batch; INT8 as ONNX Runtime Q/DQ (FP16 comes from TensorRT or OpenVINO)",
+            "ONNX with a dynamic batch; FP16 weights and arithmetic behind FP32 input and output (for ONNX "
+            "Runtime's CUDA execution provider); INT8 as ONNX Runtime Q/DQ (tuned for its CPU provider)",
         ),
         Format(
             "openvino",

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, RecipeError
 from edgekd.models.memory import Footprint, available_bytes, footprint, gib
 from edgekd.recipe import Recipe
+
+ONNXRUNTIME_DEVICE_FIELD = "benchmark.onnxruntime_device"
 
 
 @dataclass(frozen=True)
@@ -81,3 +83,39 @@ def check_memory(
             f"{field}: {phase.what} needs at least {gib(phase.needs)} (activations {gib(phase.activations)}), "
             f"more than {where} ({gib(available)}); allowed: {fix}"
         )
+
+
+def onnxruntime_cuda_missing() -> str | None:
+    """Why ONNX Runtime's CUDA execution provider cannot run here, or None where it can."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed"
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        return (
+            f"this onnxruntime {onnxruntime.__version__} has no CUDAExecutionProvider (it has "
+            f"{', '.join(available)}): install onnxruntime-gpu in place of onnxruntime (see the README)"
+        )
+    if not torch.cuda.is_available():
+        return "there is no CUDA GPU on this machine (torch.cuda.is_available() is False)"
+    return None
+
+
+def check_onnxruntime_device(device: str, field: str = ONNXRUNTIME_DEVICE_FIELD) -> None:
+    """Refuse ONNX artifacts on 'cuda' where that cannot run, before anything is built or exported."""
+    if device == "cpu":
+        return
+    why = onnxruntime_cuda_missing()
+    if why is not None:
+        raise RecipeError(field, f"got {device!r}, but {why}; allowed here: cpu")
+
+
+def check_benchmark_devices(recipe: Recipe) -> None:
+    """The devices the recipe's artifacts are checked and timed on exist here, where anything runs on them:
+    an ONNX export target, or a latency budget on onnxruntime."""
+    budget = recipe.latency_budget
+    if "onnx" in recipe.export.targets or (budget is not None and budget.backend == "onnxruntime"):
+        check_onnxruntime_device(recipe.benchmark.onnxruntime_device)

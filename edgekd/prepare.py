@@ -24,7 +24,7 @@ from edgekd.distill.plan import Stage, produced_artifacts
 from edgekd.distill.registry import resolve_method
 from edgekd.errors import CheckFailed, EdgekdError, RecipeError
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
-from edgekd.preflight import check_memory
+from edgekd.preflight import check_benchmark_devices, check_memory
 from edgekd.recipe import Recipe
 from edgekd.records import Sizing
 from edgekd.train.checkpoint import fitting_state, load_checkpoint, load_weights
@@ -275,6 +275,7 @@ def prepare(recipe: Recipe, say=None, parallel: Parallel | None = None) -> Prepa
         check_parallel_batches(recipe, parallel.world)
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
+    check_benchmark_devices(recipe)  # the devices the artifacts will be checked and timed on exist here
     plan = DataPlan(recipe.data, recipe.teacher.classes)
     check_methods(recipe, plan.relation)
     shape, all_classes = plan.image_shape, len(plan.teacher_ids)

@@ -532,6 +532,12 @@ class BenchmarkConfig(LatencySettings):
     """Latency and accuracy of the PyTorch student and of every exported artifact."""
 
     enabled: bool = Field(True, description="Measure latency (accuracy of the artifacts is always measured).")
+    onnxruntime_device: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        description="Where the ONNX artifacts are checked, evaluated and timed (and a latency budget on "
+        "onnxruntime is sized): 'cpu' (ONNX Runtime's CPU execution provider) or 'cuda' (its CUDA execution "
+        "provider: needs onnxruntime-gpu, the `gpu` extra, and an NVIDIA GPU). Other formats are unaffected.",
+    )
 
 
 # ---------------------------------------------------------------------------------------- the run

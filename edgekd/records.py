@@ -152,6 +152,9 @@ class ArtifactRecord(Record):
     path: str | None
     size_bytes: int | None
     status: str  # "ok", "parity failed", or "not built: <why>"
+    # What ran its parity, accuracy and latency (Runner.runs_on): "onnxruntime CUDA EP", "openvino cpu"...;
+    # null where nothing ran it (not built) or in metrics.json written before it was recorded.
+    runs_on: str | None = None
     val_acc: float | None = None
     test_acc: float | None = None
     test_acc_drop: float | None = None

@@ -13,7 +13,7 @@ from edgekd.fileio import write_json
 from edgekd.formats import FORMAT_PRECISIONS, formats_writing
 from edgekd.latency_settings import LatencySettings
 from edgekd.layout import RunLayout
-from edgekd.recipe import BenchmarkConfig, ExportConfig, Recipe, load_recipe
+from edgekd.recipe import ExportConfig, Recipe, load_recipe
 from edgekd.records import ArtifactRecord, RunMetrics
 
 
@@ -115,7 +115,9 @@ def export_source(
     if output is None:
         output = RunLayout(source).artifacts if source.is_dir() else source.parent
     data = build_data(recipe.data, subset=True)
-    records = deploy(student, params, data, export, BenchmarkConfig(enabled=False), output, stem, say=say)
+    # Nothing is timed; the ONNX artifacts are checked where the recipe runs them (benchmark.onnxruntime_device).
+    bench = recipe.benchmark.model_copy(update={"enabled": False})
+    records = deploy(student, params, data, export, bench, output, stem, say=say)
     failures = parity_failures(records)
     if failures:
         raise ParityError(f"parity: {len(failures)} artifact(s) outside tolerance: " + "; ".join(failures))
@@ -143,11 +145,20 @@ def artifact_shape(path: Path, shape: str | None) -> tuple[int, int, int]:
 
 
 def bench_artifact(
-    path: Path, backend: str | None, shape: str | None, settings: LatencySettings, json_path: Path | None
+    path: Path,
+    backend: str | None,
+    shape: str | None,
+    settings: LatencySettings,
+    json_path: Path | None,
+    device: str | None = None,
 ) -> dict[str, Any]:
+    """Time one artifact file; ``device`` goes to its runner (None: the runner's default)."""
     from edgekd.bench import environment_record, measure_latency, runner_for
 
-    runner = runner_for(path, backend, threads=settings.threads)
+    options: dict[str, Any] = {"threads": settings.threads}
+    if device is not None:
+        options["device"] = device
+    runner = runner_for(path, backend, **options)
     image_shape = artifact_shape(path, shape)
     # A batch size given twice is timed once.
     config = settings.model_copy(update={"batches": list(dict.fromkeys(settings.batches))})

@@ -82,7 +82,12 @@ def sweep_recipes(
         raise EdgekdError(
             "student.family: a sweep sizes the student to each budget; allowed: a family recipe"
         )
-    return base, [point_recipe(path, overrides, base, point, teacher=None) for point in points]
+    from edgekd.preflight import check_benchmark_devices
+
+    recipes = [point_recipe(path, overrides, base, point, teacher=None) for point in points]
+    for recipe in recipes:  # a latency point may add an onnxruntime target to a recipe that had none
+        check_benchmark_devices(recipe)
+    return base, recipes
 
 
 def point_recipe(

@@ -66,6 +66,8 @@ def test_build_writes_checked_and_timed_artifacts(built_run):
         "openvino fp16",
         "openvino int8",
     ]
+    runs_on = [record["runs_on"] for record in metrics["artifacts"]]
+    assert runs_on == ["pytorch cpu", *["onnxruntime CPU EP"] * 2, *["openvino cpu"] * 3]
     for record in metrics["artifacts"]:
         assert record["status"] == "ok", record
         assert [timing["batch"] for timing in record["latency"]["batches"]] == [1, 4]
@@ -181,10 +183,14 @@ def test_too_strict_tolerance_fails_the_build_with_exit_1(cli, write_recipe):
 def test_standalone_export_and_bench(built_run, cli, tmp_path):
     run_dir, _, _ = built_run
     out = tmp_path / "out"
-    result = cli("export", run_dir, "--format", "onnx", "--precision", "fp32", "-o", out)
+    result = cli(
+        "export", run_dir, "--format", "onnx", "--precision", "fp32", "--precision", "fp16", "-o", out
+    )
     assert result.exit_code == 0, result.output
     exported = out / "kd_onnx_fp32.onnx"
-    assert exported.is_file()
+    assert exported.is_file() and (out / "kd_onnx_fp16.onnx").is_file()
+    # Both checked against PyTorch on the CPU provider, and the table says so.
+    assert "onnx fp16" in result.output and result.output.count("onnxruntime CPU EP") == 2
     report = tmp_path / "bench.json"
     args = ["--batch", "1", "--batch", "2", "--min-iters", "3", "--min-time-s", "0", "--warmup-s", "0"]
     result = cli("bench", exported, *args, "--json", report)
@@ -198,7 +204,7 @@ def test_standalone_export_and_bench(built_run, cli, tmp_path):
     ("args", "needle"),
     [
         (["export", "missing_run", "--format", "onnx"], "missing_run"),
-        (["export", "RUN", "--format", "onnx", "--precision", "fp16"], "fp16"),
+        (["export", "RUN", "--format", "onnx", "--precision", "bf16"], "bf16"),
         (["bench", "missing.onnx"], "missing.onnx"),
         (["bench", "CORRUPT"], "corrupt.onnx"),
         (["bench", "ENGINE"], "tensorrt"),

@@ -22,6 +22,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
+from edgekd.bench import check_parity
 from edgekd.errors import EdgekdError
 from edgekd.exporters import (
     PRECISIONS,
@@ -168,7 +169,11 @@ def test_registry_lists_every_format_and_rejects_unknown_ones():
 
 @pytest.mark.parametrize(
     ("format_name", "precision", "allowed"),
-    [("onnx", "fp16", "fp32, int8"), ("openvino", "int4", "fp32, fp16, int8"), ("tensorrt", "bf16", "fp32")],
+    [
+        ("onnx", "bf16", "fp32, fp16, int8"),
+        ("openvino", "int4", "fp32, fp16, int8"),
+        ("tensorrt", "bf16", "fp32"),
+    ],
 )
 def test_unknown_precision_is_rejected_before_any_work(tmp_path, format_name, precision, allowed):
     with pytest.raises(EdgekdError) as error:
@@ -177,11 +182,6 @@ def test_unknown_precision_is_rejected_before_any_work(tmp_path, format_name, pr
     assert f"precision: {precision!r} is not supported by the {format_name} exporter" in message
     assert allowed in message and "\n" not in message
     assert not (tmp_path / "out").exists()
-
-
-def test_onnx_fp16_error_says_where_fp16_comes_from(tmp_path):
-    with pytest.raises(EdgekdError, match=r"tensorrt fp16 engine.*openvino fp16"):
-        get_exporter("onnx").export(nn.Linear(1, 1), IO, "fp16", tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -250,6 +250,71 @@ def test_an_opset_below_the_dynamo_exporters_is_honoured_through_torchscript(tra
         artifact = get_exporter("onnx").export(trained, IO, "fp32", tmp_path, options=ExportOptions(opset=17))
     assert artifact.details["exporter"] == "torchscript" and artifact.details["opset"] == 17
     assert onnx.load(str(artifact.path)).opset_import[0].version == 17
+
+
+# ---------------------------------------------------------------------------------------------- onnx fp16
+def float_types(proto: onnx.ModelProto) -> dict[str, set[int]]:
+    """The element types of the graph's input, output and float initializers."""
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    return {
+        "io": {value.type.tensor_type.elem_type for value in [*proto.graph.input, *proto.graph.output]},
+        "weights": {tensor.data_type for tensor in proto.graph.initializer if tensor.data_type in floats},
+    }
+
+
+def weight_bytes(proto: onnx.ModelProto) -> int:
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    return sum(len(tensor.raw_data) for tensor in proto.graph.initializer if tensor.data_type in floats)
+
+
+def test_onnx_fp16_holds_float16_weights_behind_float32_io(onnx_fp32, digits, reference, tmp_path):
+    fp16 = get_exporter("onnx").export(None, IO, "fp16", tmp_path, onnx_fp32=onnx_fp32)
+    assert fp16.path.name == "student_onnx_fp16.onnx" and fp16.precision == "fp16"
+    assert fp16.details["source"] == str(onnx_fp32.path) and fp16.details["float16"]["keep_io_types"] is True
+    proto = onnx.load(str(fp16.path))
+    assert float_types(proto) == {"io": {onnx.TensorProto.FLOAT}, "weights": {onnx.TensorProto.FLOAT16}}
+    fp32_bytes = weight_bytes(onnx.load(str(onnx_fp32.path)))
+    assert fp32_bytes > 0 and weight_bytes(proto) == fp32_bytes // 2  # 2 bytes per weight, not 4
+    assert read_metadata(fp16.path)["precision"] == "fp16"
+    # Real ONNX Runtime on its CPU provider: float32 in, float32 out, within FP16's tolerance of PyTorch,
+    # and not the FP32 model's numbers (the weights really were rounded).
+    logits = ort_run(fp16.path, digits[0][TRAIN:])
+    assert logits.dtype == np.float32
+    result = check_parity(reference, logits, "fp16")
+    assert result.passed, result.failure
+    assert (
+        result.max_abs > check_parity(reference, ort_run(onnx_fp32.path, digits[0][TRAIN:]), "fp32").max_abs
+    )
+
+
+def test_onnx_fp16_without_an_fp32_artifact_exports_the_torch_model(trained, digits, reference, tmp_path):
+    fp16 = get_exporter("onnx").export(trained, IO, "fp16", tmp_path)
+    assert fp16.details["source"] == "exported from the torch model"
+    assert listing(tmp_path) == ["student_onnx_fp16.onnx"]  # the FP32 intermediate is not left behind
+    assert check_parity(reference, ort_run(fp16.path, digits[0][TRAIN:]), "fp16").passed
+
+
+def test_sort_nodes_puts_a_node_after_the_ones_it_reads():
+    from onnx import helper
+
+    from edgekd.exporters.onnx_export import sort_nodes
+
+    nodes = [
+        helper.make_node("Relu", ["cast"], ["y"], name="relu"),
+        helper.make_node("Cast", ["x"], ["cast"], name="cast", to=onnx.TensorProto.FLOAT16),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])], []
+    )
+    sort_nodes(graph)
+    assert [node.name for node in graph.node] == ["cast", "relu"]
+    cycle = [
+        helper.make_node("Relu", ["b"], ["a"], name="one"),
+        helper.make_node("Relu", ["a"], ["b"], name="two"),
+    ]
+    looped = helper.make_graph(cycle, "g", [], [])
+    with pytest.raises(EdgekdError, match="cycle through one, two"):
+        sort_nodes(looped)
 
 
 # ---------------------------------------------------------------------------------------------- onnx int8

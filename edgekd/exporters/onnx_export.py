@@ -1,9 +1,13 @@
-"""ONNX: FP32 through ``torch.onnx.export`` (torch.export-based, TorchScript as fallback) and INT8 through
-ONNX Runtime static quantization (QDQ).
+"""ONNX: FP32 through ``torch.onnx.export`` (torch.export-based, TorchScript as fallback), FP16 converted
+from the FP32 graph by ONNX Runtime's float16 converter, and INT8 through ONNX Runtime static quantization
+(QDQ).
 
 The file is self-contained (weights inside, no external-data side file), has a dynamic batch dimension,
 passes ``onnx.checker`` and opens in onnxruntime's CPU provider before it replaces anything in ``out_dir``.
-FP16 is not offered: on a GPU, TensorRT makes FP16 from the FP32 file with a builder flag.
+FP16 is for ONNX Runtime's CUDA execution provider: weights and arithmetic in float16, the input and the
+logits kept float32 (a Cast at each end), so every runner and the parity check still see float32. The CPU
+provider runs it too, slowly (it casts back to float32 around the operators it has no float16 kernel for).
+TensorRT makes its own FP16 engines from the FP32 file with a builder flag.
 
 INT8 comes in two Q/DQ flavours of one calibration (see :data:`INT8_TARGETS`): the ONNX artifact is tuned
 for ONNX Runtime on a CPU, and the TensorRT exporter asks for the flavour TensorRT's ONNX parser accepts.
@@ -12,6 +16,7 @@ for ONNX Runtime on a CPU, and the TensorRT exporter asks for the flavour Tensor
 from __future__ import annotations
 
 import contextlib
+import copy
 import io as bytes_io
 import json
 import logging
@@ -64,14 +69,11 @@ INT8_TARGETS: dict[str, dict[str, Any]] = {
 class OnnxExporter(Exporter):
     format = "onnx"
 
-    def precision_hint(self, precision: str) -> str:
-        if precision == "fp16":
-            return " (for FP16 on a GPU, build a tensorrt fp16 engine; for the CPU, use openvino fp16)"
-        return ""
-
     def _export(self, request: ExportRequest) -> Artifact:
         if request.precision == "fp32":
             proto, details = torch_to_onnx(request.model, request.io, request.options.opset)
+        elif request.precision == "fp16":
+            proto, details = float16_proto(request)
         else:
             proto, details = quantized_proto(request, target="cpu")
         path = self.artifact_path(request)
@@ -101,6 +103,52 @@ def quantized_proto(request: ExportRequest, *, target: str) -> tuple[onnx.ModelP
                 "not applied: onnxruntime static quantization has no accuracy control (openvino int8 has)"
             )
         return onnx.load_model(str(work / "int8.onnx")), details
+
+
+def float16_proto(request: ExportRequest) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The FP16 model, from ``onnx_fp32`` or a fresh FP32 export: every float tensor and operator in float16
+    except the graph's input and output, which stay float32 behind a Cast (``keep_io_types``)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with tempfile.TemporaryDirectory(prefix="edgekd-onnx-fp16-") as work_dir:
+        fp32_path, details = fp32_source(request, Path(work_dir))
+        fp32 = onnx.load_model(str(fp32_path))
+    try:
+        with _quiet_logs():
+            proto = convert_float_to_float16(fp32, keep_io_types=True)
+    except Exception as error:
+        raise EdgekdError(f"onnx: converting the FP32 graph to FP16 failed ({one_line(error)})") from error
+    # The converter appends the input's Cast after the nodes that read it; onnx.checker wants them in order.
+    sort_nodes(proto.graph)
+    details["float16"] = {
+        "tool": "onnxruntime.transformers.float16.convert_float_to_float16",
+        "keep_io_types": True,
+        "weights": "float16 (values outside its finite range clipped into it)",
+        "io": "float32 input and logits, cast at the graph's ends",
+    }
+    return proto, details
+
+
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """Put ``graph``'s nodes in topological order, keeping the given order wherever it already is one."""
+    produced = {name for node in graph.node for name in node.output}
+    available = {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer}
+    pending, ordered = [copy.deepcopy(node) for node in graph.node], []
+    while pending:
+        waiting = []
+        for node in pending:
+            # A name no node produces is an input, an initializer or the empty name of an omitted input.
+            if all(name in available or name not in produced for name in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            raise EdgekdError(f"onnx: the graph has a cycle through {', '.join(n.name for n in waiting[:3])}")
+        pending = waiting
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def fp32_source(request: ExportRequest, work: Path) -> tuple[Path, dict[str, Any]]:

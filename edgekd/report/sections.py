@@ -354,8 +354,10 @@ def sizing_blocks(sizing: Sizing | None) -> list[Block]:
 def sizing_intro(sizing: Sizing) -> str:
     target = sizing.target
     threads = target.get("threads")
+    device = target.get("device", "cpu")
+    where = "" if device == "cpu" else f" on {device}"
     return (
-        f"Target: {target.get('backend', '?')} {target.get('precision', '?')}, "
+        f"Target: {target.get('backend', '?')}{where} {target.get('precision', '?')}, "
         f"{target.get('statistic', '?')} latency at batch {target.get('batch', '?')} on "
         f"{threads_text(threads)}, "
         f"limit {target.get('limit_ms', '?')} ms. Rule `{sizing.rule}`: "
@@ -402,9 +404,12 @@ def artifact_blocks(metrics: RunMetrics) -> list[Block]:
         ),
     ]
     if env:
+        # Where an artifact ran on a GPU (the `runs on` column), the GPU is named too.
+        on_gpu = any("cuda" in (record.runs_on or "").lower() for record in artifacts)
+        gpu = f", GPU {env.get('cuda_device') or '?'}" if on_gpu else ""
         blocks.append(
             Paragraph(
-                f"Measured on: {env.get('cpu', '?')}, threads {env.get('threads') or 'the runtime default'}."
+                f"Measured on: {env.get('cpu', '?')}{gpu}, threads {env.get('threads') or 'the runtime default'}."
             )
         )
     for record in artifacts:

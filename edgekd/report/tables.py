@@ -158,6 +158,7 @@ def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
 # ------------------------------------------------------------------------------------------- artifacts
 ARTIFACT_COLUMNS = [
     "artifact",
+    "runs on",
     "size",
     "params / budget",
     "test acc %",
@@ -219,8 +220,11 @@ def artifact_rows(artifacts: list[ArtifactRecord], budget: BudgetCheck | None = 
     rows = []
     for record in artifacts:
         name = record.name
+        runs_on = record.runs_on or "-"
         if not record.built:
-            rows.append([name, "-", fit, "-", "-", record.status.split(":")[0], "-", "-", "-", "-", "-"])
+            rows.append(
+                [name, runs_on, "-", fit, "-", "-", record.status.split(":")[0], "-", "-", "-", "-", "-"]
+            )
             continue
         accuracy = "-" if record.test_acc is None else f"{record.test_acc:.2f}"
         # Shown as artifact minus PyTorch (negative: the artifact lost accuracy); `or 0.0` avoids "-0.00".
@@ -232,6 +236,7 @@ def artifact_rows(artifacts: list[ArtifactRecord], budget: BudgetCheck | None = 
             rows.append(
                 [
                     label,
+                    runs_on if first else "",
                     human_bytes(record.size_bytes) if first else "",
                     fit if first else "",
                     accuracy if first else "",
@@ -267,6 +272,7 @@ BENCH_CSV_COLUMNS = [
     "artifact",
     "format",
     "precision",
+    "runs_on",
     "status",
     "path",
     "size_bytes",
@@ -299,6 +305,7 @@ def bench_csv_rows(artifacts: list[ArtifactRecord]) -> list[dict[str, Any]]:
             "artifact": record.name,
             "format": record.format,
             "precision": record.precision,
+            "runs_on": record.runs_on,
             "status": record.status,
             "path": record.path,
             "size_bytes": record.size_bytes,

@@ -79,7 +79,9 @@ def time_artifact(
     else:
         from edgekd.deploy import file_runner
 
-        runner = file_runner(record.path, record.format, record.precision, threads)
+        runner = file_runner(
+            record.path, record.format, record.precision, threads, recipe.benchmark.onnxruntime_device
+        )
     settings = LatencyConfig(**{**recipe.benchmark.to_dict(), "batches": [budget.batch], "threads": threads})
     return measure_latency(runner, image_shape, settings, seed=recipe.seed).at_batch(budget.batch).to_dict()
 

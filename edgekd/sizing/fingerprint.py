@@ -33,16 +33,23 @@ class LatencyTarget:
     statistic: str
     timing: dict[str, Any]  # the harness settings (warm-up and timed runs)
     export: dict[str, Any]  # what shapes the exported graph: opset, INT8 calibrator and image count
+    # Where onnxruntime runs the members: 'cuda' is its CUDA execution provider (benchmark.onnxruntime_device).
+    device: str = "cpu"
 
     def key(self) -> dict[str, Any]:
         """The target's part of the fingerprint (the statistic is not: every percentile is stored)."""
         target = asdict(self)
         del target["statistic"]
         target["input_shape"] = list(self.input_shape)
+        if self.device == "cpu":
+            del target[
+                "device"
+            ]  # tables timed before the device was a setting (all on the CPU) keep their key
         return target
 
     def describe(self) -> str:
-        return f"{self.backend} {self.precision}, batch {self.batch}, {threads_text(self.threads)}"
+        where = "" if self.device == "cpu" else f" on {self.device}"
+        return f"{self.backend}{where} {self.precision}, batch {self.batch}, {threads_text(self.threads)}"
 
 
 def machine_fingerprint() -> dict[str, Any]:

@@ -153,7 +153,11 @@ def progress_line(progress, label: str) -> Say | None:
 
 
 def check_backend_available(budget: LatencyBudgetConfig, recipe: Recipe) -> None:
-    """TensorRT can only be timed where it runs: say where to size instead."""
+    """TensorRT, and onnxruntime on its CUDA provider, can only be timed where they run: say so first."""
+    if budget.backend == "onnxruntime":
+        from edgekd.preflight import check_onnxruntime_device
+
+        check_onnxruntime_device(recipe.benchmark.onnxruntime_device)
     if budget.backend != "tensorrt":
         return
     from edgekd.deploy import tensorrt_available
@@ -184,6 +188,7 @@ def latency_target(recipe: Recipe, data: DataBundle, export: ExportOptions | Non
         statistic=budget.statistic,
         timing=timing,
         export=describe_export(export) if budget.backend != "pytorch" else {},
+        device=recipe.benchmark.onnxruntime_device if budget.backend == "onnxruntime" else "cpu",
     )
 
 
@@ -275,6 +280,7 @@ def sizing_record(
         target={
             "family": family.name,
             "backend": target.backend,
+            "device": target.device,
             "precision": target.precision,
             "batch": target.batch,
             "threads": target.threads,

@@ -101,7 +101,7 @@ def member_runner(model: nn.Module, target: LatencyTarget, inputs: SizingInputs,
         calibration=inputs.images if int8 else None,
         stem="sizing",
     )
-    return artifact_runner(artifact, target.threads)
+    return artifact_runner(artifact, target.threads, target.device)
 
 
 def sizing_export_options(opset: int, max_batch: int, calibration_method: str, images: int) -> ExportOptions:

@@ -104,11 +104,16 @@ class Runner(ABC):
 
         return BoundInference(infer=run_on_images, logits=last_logits, timed_call=UNBOUND_CALL)
 
+    def runs_on(self) -> str:
+        """What ran the model, in a few words for tables: ``openvino cpu``, ``onnxruntime CUDA EP``."""
+        return f"{self.backend} {self.device}"
+
     def describe(self) -> dict[str, Any]:
         """What this runner runs on and how it is configured; backends add their own keys."""
         return {
             "backend": self.backend,
             "device": self.device,
+            "runs_on": self.runs_on(),
             "threads": self.threads,
             "precision": self.precision,
         }

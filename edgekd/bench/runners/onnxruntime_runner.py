@@ -1,8 +1,12 @@
-"""ONNX Runtime: an .onnx file in an InferenceSession, CPU by default."""
+"""ONNX Runtime: an .onnx file in an InferenceSession, on the CPU by default or on the CUDA execution provider
+of onnxruntime-gpu (``device="cuda"``)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,10 @@ PROVIDERS_FOR_DEVICE = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+# Options given to a provider where its defaults would change what an artifact computes: the CUDA provider
+# runs float32 convolutions and matrix products in TF32 (10-bit mantissas) unless told not to, which an FP32
+# artifact's parity check would rightly fail; an FP16 artifact computes in float16 either way.
+PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"CUDAExecutionProvider": {"use_tf32": "0"}}
 # Where a bound batch and its logits live for each device: the GPU providers read and write CUDA memory.
 BINDING_DEVICE = {"cpu": "cpu", "cuda": "cuda", "tensorrt": "cuda"}
 # What the latency harness times (bind_inference), in the words results files record.
@@ -35,15 +43,20 @@ BOUND_CALL = (
     "bound infer: InferenceSession.run_with_iobinding, input and output bound once "
     "(no conversion, allocation or output copy)"
 )
+# On a GPU provider the batch and the logits stay in CUDA memory; ONNX Runtime synchronizes the provider's
+# stream at the end of every run (its default), so the call returns when the logits are computed.
+BOUND_CALL_ON_GPU = BOUND_CALL + "; input and logits in CUDA memory, the run ends with a stream synchronize"
 
 
 class OnnxRuntimeRunner(Runner):
     """One InferenceSession with all graph optimizations, ``threads`` intra-op threads and 1 inter-op thread.
 
     ``device`` picks the execution providers: ``cpu`` (default), ``cuda`` or ``tensorrt``; a GPU provider that
-    this onnxruntime build lacks is an error rather than a silent fall back to the CPU. ``precision`` is only
-    reported (ONNX Runtime runs what the file holds); when not given it is read from the file's edgekd
-    metadata.
+    this onnxruntime build lacks, or that cannot start (no GPU, missing CUDA libraries), is an error rather
+    than a silent fall back to the CPU (ONNX Runtime's Python session falls back by default). Operators a
+    GPU provider has no kernel for still run on the CPU provider, as ONNX Runtime assigns them.
+    ``precision`` is only reported (ONNX Runtime runs what the file holds); when not given it is read from
+    the file's edgekd metadata.
     """
 
     backend = "onnxruntime"
@@ -70,14 +83,24 @@ class OnnxRuntimeRunner(Runner):
         from edgekd.exporters.onnx_export import refuse_empty
 
         refuse_empty(self.path)
+        preload_note = preload_cuda_libraries(ort) if self.device != "cpu" else ""
         try:
+            # enable_fallback=0: a GPU provider that fails to start raises instead of quietly becoming the CPU.
             session = ort.InferenceSession(
-                str(self.path), sess_options=self._session_options(ort), providers=providers
+                str(self.path),
+                sess_options=self._session_options(ort),
+                providers=[
+                    (name, PROVIDER_OPTIONS[name]) if name in PROVIDER_OPTIONS else name for name in providers
+                ],
+                enable_fallback=0,
             )
         except Exception as err:  # onnxruntime raises its own Exception subclasses (InvalidProtobuf, Fail...)
+            if self.device != "cpu":
+                raise self._provider_failed(err, preload_note) from None
             raise EdgekdError(
                 f"{self.path}: onnxruntime cannot load it ({first_line(err)}); allowed: a valid .onnx model"
             ) from None
+        self._check_provider(session)
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or not outputs:
             raise EdgekdError(
@@ -115,6 +138,38 @@ class OnnxRuntimeRunner(Runner):
             )
         return wanted
 
+    def _provider_failed(self, err: Exception, preload_note: str) -> EdgekdError:
+        wanted = PROVIDERS_FOR_DEVICE[self.device][0]
+        loader = f"; {preload_note}" if preload_note else ""
+        # Either the file or the provider: ONNX Runtime's own first line says which.
+        return EdgekdError(
+            f"{self.path}: onnxruntime cannot load it on {wanted} ({first_line(err)}{loader}); allowed: a valid "
+            ".onnx model on a machine with an NVIDIA GPU and the CUDA and cuDNN libraries onnxruntime-gpu was "
+            "built for, or device='cpu'"
+        )
+
+    def _check_provider(self, session: Any) -> None:
+        """The session must run on the device's first provider: a CPU session timed as a GPU one would lie."""
+        wanted = PROVIDERS_FOR_DEVICE[self.device][0]
+        used = session.get_providers()
+        if not used or used[0] != wanted:
+            raise EdgekdError(
+                f"{self.path}: device {self.device!r} asked for {wanted}, but the session runs on "
+                f"{', '.join(used) or 'no provider'}; allowed: a machine where {wanted} starts, or device='cpu'"
+            )
+        if hasattr(session, "disable_fallback"):
+            session.disable_fallback()  # a provider failure during a run is an error, not a CPU rerun
+
+    @property
+    def execution_provider(self) -> str:
+        """The provider that runs the model's nodes (those it has kernels for), as ONNX Runtime names it."""
+        if self._session is not None:
+            return self._session.get_providers()[0]
+        return PROVIDERS_FOR_DEVICE[self.device][0]
+
+    def runs_on(self) -> str:
+        return f"{self.backend} {self.execution_provider.removesuffix('ExecutionProvider')} EP"
+
     def run(self, images: np.ndarray) -> np.ndarray:
         session = self._loaded_session("run()")
         batch = as_float32_batch(images)
@@ -142,7 +197,7 @@ class OnnxRuntimeRunner(Runner):
         return BoundInference(
             infer=functools.partial(session.run_with_iobinding, binding),
             logits=lambda: binding.copy_outputs_to_cpu()[0],
-            timed_call=BOUND_CALL,
+            timed_call=BOUND_CALL if BINDING_DEVICE[self.device] == "cpu" else BOUND_CALL_ON_GPU,
         )
 
     def _bind_input(self, binding: Any, batch: np.ndarray) -> None:
@@ -169,9 +224,36 @@ class OnnxRuntimeRunner(Runner):
             version=ort.__version__,
             path=str(self.path),
             providers=self._session.get_providers() if self._session else PROVIDERS_FOR_DEVICE[self.device],
+            execution_provider=self.execution_provider,
             intra_op_threads=self.threads or "onnxruntime default (physical cores)",
             inter_op_threads=1,
             execution_mode="sequential",
             graph_optimization="ORT_ENABLE_ALL",
         )
+        if self._session is not None and self.device != "cpu":
+            # device_id, cudnn_conv_algo_search, ...: what decides which GPU kernels ran.
+            info["provider_options"] = self._session.get_provider_options().get(self.execution_provider, {})
         return info
+
+
+def preload_cuda_libraries(ort: Any) -> str:
+    """Load the CUDA and cuDNN libraries a CUDA build of onnxruntime-gpu links against, from the nvidia-*
+    wheels (PyTorch's) where the system has none: the CUDA 13 builds (onnxruntime-gpu 1.31 on PyPI) need
+    libcudart.so.13, libcublas.so.13 and cuDNN 9 loaded before a session starts its CUDA provider.
+
+    ``onnxruntime.preload_dlls`` (onnxruntime 1.21 and newer) does this; older builds have no such call and
+    rely on the system's library path. It prints what it could not load: that first line is returned, for
+    the error a failed provider start gives, instead of being printed.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return ""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            preload()
+    except Exception as err:  # a missing folder or an unloadable library: the session start reports it
+        return f"preload_dlls: {first_line(err)}"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", printed.getvalue())  # its warnings are coloured
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"preload_dlls: {lines[0]}" if lines else ""
