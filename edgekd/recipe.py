@@ -155,6 +155,12 @@ class DataConfig(Section):
     num_workers: int = Field(
         0, ge=0, le=256, description="DataLoader worker processes (per training process)."
     )
+    persistent_workers: bool = Field(
+        False,
+        description="Keep the loader's worker processes from epoch to epoch (one loader per training stage) "
+        "instead of starting them every epoch; each image then carries its own augmentation seed, so the "
+        "numbers stay reproducible. Needs num_workers >= 1.",
+    )
     pin_memory: bool | None = Field(
         None,
         description="Page-locked host batches, copied to the GPU without blocking the step; null: on when "
@@ -205,6 +211,15 @@ class DataConfig(Section):
             raise ValueError(
                 "unlabeled: 'all' needs classes or per_class (without them every training image is already "
                 "labelled); allowed: 'none'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_persistent_workers(self) -> DataConfig:
+        if self.persistent_workers and self.num_workers == 0:
+            raise ValueError(
+                "persistent_workers: true needs worker processes, but num_workers is 0; allowed: "
+                "num_workers >= 1, or persistent_workers: false"
             )
         return self
 

@@ -84,3 +84,55 @@ def test_nproc_refuses_a_batch_that_does_not_split(write_recipe, cli, tmp_path):
     assert result.exit_code == 2
     assert "data.batch_size" in result.output and "63" in result.output and "multiple of 2" in result.output
     assert not (tmp_path / "runs" / "odd").exists()
+
+
+def stage_images(data, workers: int, seeds: list[int]) -> list[torch.Tensor]:
+    from dataclasses import replace
+
+    from edgekd.data.bundle import close_loader
+
+    loader = replace(data, num_workers=workers, persistent_workers=True).stage_loader("train")
+    epochs = []
+    try:
+        for seed in seeds:
+            loader.batch_sampler.set_epoch(seed)
+            epochs.append(torch.cat([images for images, _ in loader]))
+    finally:
+        close_loader(loader)
+    return epochs
+
+
+def test_persistent_workers_draw_what_fresh_workers_draw():
+    """Per-image augmentation seeds: a stage loader's epoch depends on its seed alone, not on how many
+    workers drew it or what they drew before (so a resumed run repeats an uninterrupted one)."""
+    from edgekd.data import DataPlan
+    from edgekd.recipe import DataConfig
+
+    data = DataPlan(DataConfig(dataset="digits", augment="crop_flip", batch_size=64), None).student(0)
+    one_worker = stage_images(data, 1, [11, 12])
+    two_workers = stage_images(data, 2, [12])
+    assert torch.equal(one_worker[1], two_workers[0])
+    assert not torch.equal(one_worker[0], one_worker[1])  # another epoch, another order and augmentation
+    plain = torch.cat([images for images, _ in data.eval_loader("train")])
+    assert not torch.equal(one_worker[1].sort(0).values, plain.sort(0).values)  # augmented
+
+
+def test_persistent_workers_build_is_deterministic(write_recipe, cli, tmp_path):
+    data = {
+        "dataset": "digits",
+        "batch_size": 128,
+        "augment": "crop",
+        "num_workers": 2,
+        "persistent_workers": True,
+    }
+    histories = []
+    for name in ("persist_a", "persist_b"):
+        build(cli, write_recipe(name, data=data, train=TRAIN, **QUICK))
+        history = json.loads((tmp_path / "runs" / name / "history.json").read_text())
+        histories.append({k: [r["train_loss"] for r in rows] for k, rows in history.items()})
+    assert histories[0] == histories[1]
+
+
+def test_persistent_workers_need_workers(write_recipe, cli):
+    result = cli("build", write_recipe("noworkers", data={"dataset": "digits", "persistent_workers": True}))
+    assert result.exit_code == 2 and "persistent_workers" in result.output and "num_workers" in result.output

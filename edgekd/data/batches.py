@@ -79,3 +79,32 @@ class ShardedBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batches:
             yield list(batch)[self.rank :: self.world]
+
+
+class SeededBatches(Sampler[list[tuple[int, int]]]):
+    """The batches of `make_batches(generator)` for the epoch set by :meth:`set_epoch`, each image paired with
+    a seed of its own (drawn from the epoch's seed), for a DataLoader whose workers persist across epochs.
+
+    A persistent worker's random state runs on from epoch to epoch, so augmentation drawn from it would depend
+    on what the worker drew before (and a resumed run would differ from an uninterrupted one); a per-image
+    seed makes each image's augmentation a function of the epoch seed and its place in the epoch alone.
+    """
+
+    def __init__(self, make_batches, shard: tuple[int, int] | None = None):
+        self.make_batches = make_batches
+        self.shard = shard
+        self.seed = 0
+
+    def set_epoch(self, seed: int) -> None:
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.make_batches(torch.Generator().manual_seed(self.seed)))
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        generator = torch.Generator().manual_seed(self.seed)
+        for batch in self.make_batches(generator):
+            # seeds for the whole global batch, then this process's share: any process count, same draws
+            seeds = torch.randint(0, 2**62, (len(batch),), generator=generator).tolist()
+            pairs = list(zip(batch, seeds, strict=True))
+            yield pairs if self.shard is None else pairs[self.shard[0] :: self.shard[1]]

@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, Subset
 
-from edgekd.data.batches import EvenBatchSampler, ShardedBatchSampler, smallest_batch, steps_per_epoch
+from edgekd.data.batches import (
+    EvenBatchSampler,
+    SeededBatches,
+    ShardedBatchSampler,
+    smallest_batch,
+    steps_per_epoch,
+)
 from edgekd.data.digits import load_digits_source
 from edgekd.data.imagefolder import load_imagefolder_source
 from edgekd.data.pools import ImagePool, Source
@@ -70,6 +76,16 @@ class InputSpec:
         }
 
 
+def close_loader(loader: DataLoader) -> None:
+    """Stop a persistent loader's workers now. Left to garbage collection they outlive the stage, and torch's
+    SIGCHLD handler can then crash on an unrelated child's exit; DataLoader has no public close, so this
+    uses its iterator's own shutdown (what the iterator's __del__ calls)."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
+
+
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker init: torch seeds each worker from the loader's generator; carry that seed over to
     NumPy and `random` so any code using them in a worker is deterministic too."""
@@ -102,6 +118,7 @@ class DataBundle:
     unlabeled_batch_size: int | None = None
     last_batch: str = "keep"
     pin_memory: bool | None = None  # page-locked batches; None: when training on CUDA (the trainer decides)
+    persistent_workers: bool = False  # one loader per stage, its workers kept (stage_loader)
     # Where the images came from and what the teacher saw of them (the report says it per model).
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -131,6 +148,34 @@ class DataBundle:
             # Runtime already started their thread pools crashed it now and then (seen in the test suite), so
             # the pipeline trains before it loads any runtime.
             worker_init_fn=seed_worker if workers > 0 else None,
+            pin_memory=bool(self.pin_memory),
+        )
+
+    def stage_loader(self, part: Literal["train", "unlabeled"], shard: Shard | None = None) -> DataLoader:
+        """One loader for a whole stage whose workers persist across epochs (`data.persistent_workers`): call
+        ``loader.batch_sampler.set_epoch(seed)`` before each pass. Its batches are those of the per-epoch
+        loaders' shape (the same `last_batch` rule), each image with a seed of its own for its augmentation
+        (SeededBatches), so the numbers do not depend on the workers and a resumed run repeats the
+        uninterrupted one. Close it with :func:`close_loader`."""
+        dataset = self.train if part == "train" else self.unlabeled
+        if dataset is None:
+            raise ValueError("this data has no unlabelled images (data.unlabeled is 'none')")
+        batch_size = self.batch_size if part == "train" else (self.unlabeled_batch_size or self.batch_size)
+
+        def make_batches(generator: torch.Generator) -> Sampler:
+            if self.last_batch == "even":
+                return EvenBatchSampler(len(dataset), batch_size, generator)
+            return BatchSampler(
+                RandomSampler(dataset, generator=generator), batch_size, drop_last=self.last_batch == "drop"
+            )
+
+        return DataLoader(
+            dataset,
+            batch_sampler=SeededBatches(make_batches, shard),
+            generator=torch.Generator().manual_seed(_EVAL_LOADER_SEED),
+            num_workers=self.num_workers,
+            persistent_workers=True,
+            worker_init_fn=seed_worker,
             pin_memory=bool(self.pin_memory),
         )
 
@@ -453,6 +498,7 @@ class DataPlan:
             unlabeled_batch_size=cfg.unlabeled_batch_size,
             last_batch=cfg.last_batch,
             pin_memory=cfg.pin_memory,
+            persistent_workers=cfg.persistent_workers,
             provenance=provenance,
         )
 

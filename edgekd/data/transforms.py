@@ -1,7 +1,9 @@
 """Training augmentation, applied per sample to normalized C×H×W tensors.
 
 Randomness comes from torch's global RNG, so the trainer's per-epoch `torch.manual_seed` makes an epoch's
-augmentation reproducible (and each DataLoader worker gets its own seed derived from the loader's generator).
+augmentation reproducible (and each DataLoader worker gets its own seed derived from the loader's generator);
+with persistent workers (`data.persistent_workers`) every sample brings its own seed instead (a generator),
+so its augmentation does not depend on which worker drew it or what that worker drew before.
 Evaluation uses no augmentation at all.
 """
 
@@ -29,15 +31,15 @@ class RandomCropFlip:
 
     flip: bool = False
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _, height, width = image.shape
         pad = crop_padding(height, width)
         # Zero padding of a normalized image is the data set's mean colour: a neutral border.
         padded = F.pad(image, (pad, pad, pad, pad))
-        top = int(torch.randint(0, 2 * pad + 1, ()))
-        left = int(torch.randint(0, 2 * pad + 1, ()))
+        top = int(torch.randint(0, 2 * pad + 1, (), generator=generator))
+        left = int(torch.randint(0, 2 * pad + 1, (), generator=generator))
         cropped = padded[:, top : top + height, left : left + width]
-        if self.flip and bool(torch.rand(()) < 0.5):
+        if self.flip and bool(torch.rand((), generator=generator) < 0.5):
             cropped = cropped.flip(-1)
         return cropped
 

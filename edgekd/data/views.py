@@ -55,14 +55,27 @@ class SplitView(Dataset):
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
         return self.__getitems__([position])[0]
 
-    def __getitems__(self, positions: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+    def __getitems__(
+        self, positions: Sequence[int] | Sequence[tuple[int, int]]
+    ) -> list[tuple[torch.Tensor, int]]:
+        """Items at `positions`; (position, seed) pairs (SeededBatches) seed each item's augmentation."""
+        seeds = [seed for _, seed in positions] if positions and isinstance(positions[0], tuple) else None
+        if seeds is not None:
+            positions = [position for position, _ in positions]
         pool_indices = self.indices[np.asarray(positions, dtype=np.int64)]
         images = (self.pool.load(pool_indices) - self._mean) / self._std
         labels = self._relabel(self.pool.labels[pool_indices])
         items = []
-        for image, label in zip(images, labels, strict=True):
-            items.append((self.augment(image) if self.augment is not None else image, int(label)))
+        for slot, (image, label) in enumerate(zip(images, labels, strict=True)):
+            items.append((self._augmented(image, None if seeds is None else seeds[slot]), int(label)))
         return items
+
+    def _augmented(self, image: torch.Tensor, seed: int | None) -> torch.Tensor:
+        if self.augment is None:
+            return image
+        if seed is None:
+            return self.augment(image)
+        return self.augment(image, torch.Generator().manual_seed(seed))
 
     def part(self, positions: np.ndarray, *, augment: bool = True) -> SplitView:
         """The items at `positions` (of this view) as a view of their own, with or without this view's
@@ -98,7 +111,7 @@ class ImagesOnly(Dataset):
     def __getitem__(self, position: int) -> torch.Tensor:
         return self.view.__getitems__([position])[0][0]
 
-    def __getitems__(self, positions: Sequence[int]) -> list[torch.Tensor]:
+    def __getitems__(self, positions: Sequence[int] | Sequence[tuple[int, int]]) -> list[torch.Tensor]:
         return [image for image, _ in self.view.__getitems__(positions)]
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd.data import DataBundle
+from edgekd.data.bundle import close_loader
 from edgekd.distill.base import Distiller
 from edgekd.errors import EdgekdError, TrainingDiverged
 from edgekd.fileio import read_json, write_json
@@ -43,6 +44,8 @@ _RANK_SEED_STEP = 15_485_863
 # Steps between checks that the loss is still finite: each check waits for the GPU, so not every step.
 _FINITE_CHECK_EVERY = 50
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The unlabelled stream's persistent loader is seeded apart from the labelled one's.
+_UNLABELED_STAGE_SALT = 7_919
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,7 @@ class Trainer:
         self.best_epoch = -1
         self.steps_done = 0
         self.train_time_s = 0.0
+        self._stage_loaders: dict[str, Any] = {}
         self.amp_dtype = _AMP_DTYPES.get(cfg.amp) if cfg.amp else None
         # fp16 needs a loss scale (its small gradients underflow); bf16 has FP32's range and needs none.
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
@@ -229,9 +233,13 @@ class Trainer:
         start_epoch = self._restore() if resume else 0
         self.distiller.prepare_stage(self.data, self.device)
         task = self._start_progress(start_epoch)
-        for epoch in range(start_epoch, self.cfg.epochs):
-            row = self._run_epoch(epoch, task)
-            self._end_epoch(epoch, row)
+        self._open_stage_loaders()
+        try:
+            for epoch in range(start_epoch, self.cfg.epochs):
+                row = self._run_epoch(epoch, task)
+                self._end_epoch(epoch, row)
+        finally:
+            self._close_stage_loaders()
         result = FitResult(
             self.best_epoch,
             self.best_val_acc,
@@ -263,7 +271,7 @@ class Trainer:
         started = time.perf_counter()
         tally = EpochTally()
         unlabeled = self._unlabeled_batches(seed)
-        for images, labels in self.data.train_loader(seed, self._shard()):
+        for images, labels in self._train_batches(seed):
             self.train_step(images, labels, unlabeled, epoch, tally)
             if task is not None:
                 self.progress.advance(task)
@@ -346,9 +354,37 @@ class Trainer:
 
         def batches() -> Iterator[torch.Tensor]:
             for round_ in itertools.count():
-                yield from self.data.unlabeled_loader(seed + _ROUND_SEED_STEP * round_, self._shard())
+                round_seed = seed + _ROUND_SEED_STEP * round_
+                stage_loader = self._stage_loaders.get("unlabeled")
+                if stage_loader is None:
+                    yield from self.data.unlabeled_loader(round_seed, self._shard())
+                else:
+                    stage_loader.batch_sampler.set_epoch(round_seed + _UNLABELED_STAGE_SALT)
+                    yield from stage_loader
 
         return batches()
+
+    def _train_batches(self, seed: int):
+        """The epoch's labelled batches: a fresh loader per epoch, or the stage's persistent one."""
+        stage_loader = self._stage_loaders.get("train")
+        if stage_loader is None:
+            return self.data.train_loader(seed, self._shard())
+        stage_loader.batch_sampler.set_epoch(seed)
+        return stage_loader
+
+    def _open_stage_loaders(self) -> None:
+        """data.persistent_workers: one loader per part for the whole stage, its workers kept alive."""
+        self._stage_loaders = {}
+        if not self.data.persistent_workers:
+            return
+        self._stage_loaders["train"] = self.data.stage_loader("train", self._shard())
+        if self.data.unlabeled is not None and self.distiller.learns_from_unlabeled:
+            self._stage_loaders["unlabeled"] = self.data.stage_loader("unlabeled", self._shard())
+
+    def _close_stage_loaders(self) -> None:
+        for loader in self._stage_loaders.values():
+            close_loader(loader)
+        self._stage_loaders = {}
 
     def _step(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = sum(terms.values())
