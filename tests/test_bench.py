@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_helpers import with_batchnorm_statistics
 from sklearn.datasets import load_digits
 
 from edgekd.bench import (
@@ -51,13 +52,7 @@ QUICK = {"warmup_iters": 2, "warmup_s": 0.0, "min_iters": 5, "min_time_s": 0.0}
 def model() -> torch.nn.Module:
     torch.manual_seed(0)
     net = create_model("resnet8", num_classes=CLASSES, in_channels=1, width=8)
-    # A few BatchNorm statistics that are not the identity, so that a dropped or mis-fused BN shows.
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-    return net.eval()
+    return with_batchnorm_statistics(net)
 
 
 @pytest.fixture(scope="module")

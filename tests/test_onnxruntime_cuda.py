@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from model_helpers import with_batchnorm_statistics
 
 from edgekd.bench import LatencyConfig, OnnxRuntimeRunner, check_parity, measure_latency, runner_for
 from edgekd.bench.runners.onnxruntime_runner import BOUND_CALL, BOUND_CALL_ON_GPU
@@ -37,12 +38,7 @@ def model() -> torch.nn.Module:
     """The CIFAR-size WRN-16-2 student with random weights and BatchNorm statistics that are not the identity."""
     torch.manual_seed(0)
     net = create_model("wrn_16_2", num_classes=10, in_channels=3)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-    return net.eval()
+    return with_batchnorm_statistics(net)
 
 
 @pytest.fixture(scope="module")
