@@ -90,13 +90,14 @@ class SeededBatches(Sampler[list[tuple[int, int]]]):
     seed makes each image's augmentation a function of the epoch seed and its place in the epoch alone.
     """
 
-    def __init__(self, make_batches, shard: tuple[int, int] | None = None):
+    def __init__(self, make_batches, shard: tuple[int, int] | None = None, salt: int = 0):
         self.make_batches = make_batches
         self.shard = shard
-        self.seed = 0
+        self.salt = salt  # added to every epoch's seed: streams of one loader kind stay apart
+        self.seed = salt
 
     def set_epoch(self, seed: int) -> None:
-        self.seed = seed
+        self.seed = seed + self.salt
 
     def __len__(self) -> int:
         return len(self.make_batches(torch.Generator().manual_seed(self.seed)))

@@ -47,15 +47,6 @@ _EVAL_LOADER_SEED = 0
 Shard = tuple[int, int]
 
 
-def global_batches(dataset: Dataset, generator: torch.Generator, batching: dict[str, Any]) -> Sampler:
-    """The batches one process would draw (the same seeded order and cuts), for a data-parallel shard."""
-    if "batch_sampler" in batching:
-        return batching["batch_sampler"]
-    return BatchSampler(
-        RandomSampler(dataset, generator=generator), batching["batch_size"], batching["drop_last"]
-    )
-
-
 @dataclass(frozen=True)
 class InputSpec:
     """What a deployed model must be fed: C×H×W float images scaled to [0, 1], then (x - mean) / std."""
@@ -127,15 +118,11 @@ class DataBundle:
     ) -> DataLoader:
         workers = self.num_workers
         generator = torch.Generator().manual_seed(seed)
-        batching: dict[str, Any] = {"batch_size": batch_size, "shuffle": shuffle, "drop_last": False}
-        if shuffle and self.last_batch == "even":
-            batching = {"batch_sampler": EvenBatchSampler(len(dataset), batch_size, generator)}
-        elif shuffle and self.last_batch == "drop":
-            batching["drop_last"] = True
-        if shard is not None:
-            batching = {
-                "batch_sampler": ShardedBatchSampler(global_batches(dataset, generator, batching), *shard)
-            }
+        batching: dict[str, Any] = {"batch_size": batch_size, "shuffle": False}
+        if shuffle:
+            batches = self._shuffled_batches(dataset, batch_size, generator)
+            # A data-parallel process reads its share of the batches one process would draw.
+            batching = {"batch_sampler": batches if shard is None else ShardedBatchSampler(batches, *shard)}
         return DataLoader(
             dataset,
             **batching,
@@ -151,6 +138,14 @@ class DataBundle:
             pin_memory=bool(self.pin_memory),
         )
 
+    def _shuffled_batches(self, dataset: Dataset, batch_size: int, generator: torch.Generator) -> Sampler:
+        """An epoch's shuffled batches drawn from `generator`, the last one cut by data.last_batch."""
+        if self.last_batch == "even":
+            return EvenBatchSampler(len(dataset), batch_size, generator)
+        return BatchSampler(
+            RandomSampler(dataset, generator=generator), batch_size, drop_last=self.last_batch == "drop"
+        )
+
     def stage_loader(self, part: Literal["train", "unlabeled"], shard: Shard | None = None) -> DataLoader:
         """One loader for a whole stage whose workers persist across epochs (`data.persistent_workers`): call
         ``loader.batch_sampler.set_epoch(seed)`` before each pass. Its batches are those of the per-epoch
@@ -161,17 +156,11 @@ class DataBundle:
         if dataset is None:
             raise ValueError("this data has no unlabelled images (data.unlabeled is 'none')")
         batch_size = self.batch_size if part == "train" else (self.unlabeled_batch_size or self.batch_size)
-
-        def make_batches(generator: torch.Generator) -> Sampler:
-            if self.last_batch == "even":
-                return EvenBatchSampler(len(dataset), batch_size, generator)
-            return BatchSampler(
-                RandomSampler(dataset, generator=generator), batch_size, drop_last=self.last_batch == "drop"
-            )
-
+        salt = 0 if part == "train" else _UNLABELED_SEED_SALT  # the per-epoch loaders' seeds
+        make_batches = functools.partial(self._shuffled_batches, dataset, batch_size)
         return DataLoader(
             dataset,
-            batch_sampler=SeededBatches(make_batches, shard),
+            batch_sampler=SeededBatches(make_batches, shard, salt),
             generator=torch.Generator().manual_seed(_EVAL_LOADER_SEED),
             num_workers=self.num_workers,
             persistent_workers=True,

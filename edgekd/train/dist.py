@@ -169,7 +169,7 @@ def stop() -> None:
 @contextlib.contextmanager
 def session(recipe) -> Iterator[Parallel | None]:
     """The process group for a build launched by torchrun (None without torchrun), left cleanly."""
-    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) < 1:
+    if not launched_by_torchrun():
         yield None
         return
     die_with_parent()

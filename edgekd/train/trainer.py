@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -44,8 +45,6 @@ _RANK_SEED_STEP = 15_485_863
 # Steps between checks that the loss is still finite: each check waits for the GPU, so not every step.
 _FINITE_CHECK_EVERY = 50
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# The unlabelled stream's persistent loader is seeded apart from the labelled one's.
-_UNLABELED_STAGE_SALT = 7_919
 
 
 @dataclass(frozen=True)
@@ -359,7 +358,7 @@ class Trainer:
                 if stage_loader is None:
                     yield from self.data.unlabeled_loader(round_seed, self._shard())
                 else:
-                    stage_loader.batch_sampler.set_epoch(round_seed + _UNLABELED_STAGE_SALT)
+                    stage_loader.batch_sampler.set_epoch(round_seed)
                     yield from stage_loader
 
         return batches()
@@ -400,7 +399,7 @@ class Trainer:
     def _check_finite(self, loss_sum: float, terms: list[str], epoch: int) -> None:
         """A NaN or infinite loss stops the stage: its sum over the epoch so far is checked, so one bad step
         anywhere shows (the optimizer has stepped on it by then; the epoch is not saved)."""
-        if not torch.isfinite(torch.tensor(loss_sum)):
+        if not math.isfinite(loss_sum):
             shown = ", ".join(t for t in terms if t != "loss")
             raise TrainingDiverged(
                 f"train: the {self.label} loss became {loss_sum} in epoch {epoch + 1} "
