@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
@@ -22,7 +23,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from edgekd.errors import EdgekdError
+from edgekd.errors import CheckFailed, EdgekdError
 from edgekd.formats import BACKENDS, FORMATS, PRECISIONS
 from edgekd.latency_settings import LatencyConfig, LatencySettings
 from edgekd.layout import RunLayout
@@ -128,8 +129,42 @@ def user_errors(command):
                 "[yellow]interrupted[/]: completed epochs are saved; run the same command with --resume to continue"
             )
             sys.exit(EXIT_INTERRUPTED)
+        except OSError as exc:
+            if debug or exc.errno not in FILE_SYSTEM_ERRORS:
+                raise
+            err.print(f"[bold red]error:[/] {escape(file_system_error(exc))}", soft_wrap=True)
+            sys.exit(1 if exc.errno in OUT_OF_SPACE else 2)
 
     return wrapper
+
+
+# Failures of the file system a user can act on (a path, a permission, a full disk): one line, not a traceback.
+OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+FILE_SYSTEM_ERRORS = OUT_OF_SPACE | {
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENAMETOOLONG,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ELOOP,
+    errno.EFBIG,
+}
+
+
+def file_system_error(exc: OSError) -> str:
+    """`cannot write '<file>': No space left on device (...)`: what failed, where, and what to do."""
+    where = f" '{exc.filename}'" if exc.filename else ""
+    reason = exc.strerror or errno.errorcode.get(exc.errno, str(exc))
+    if exc.errno in OUT_OF_SPACE:
+        return (
+            f"cannot write{where}: {reason}; files already written are whole (each is written beside its place, "
+            "then renamed): free some space and run the same command with --resume"
+        )
+    return (
+        f"cannot use{where}: {reason}; allowed: a path edgekd can create and write (check output_dir and "
+        "the paths given)"
+    )
 
 
 class OneLineUsageErrors(click.Group):
@@ -231,15 +266,29 @@ def build(
         check_parallel_batches(loaded, nproc)  # refused here, once, rather than by every process
         launch_torchrun(nproc, sys.argv[1:])
     worker = launched_by_torchrun() and os.environ.get("RANK", "0") != "0"
-    with make_progress(quiet or worker) as progress:
-        metrics = run_build(
-            loaded, resume=resume, force=force, progress=progress, strict_budget=strict_budget
-        )
+    try:
+        with make_progress(quiet or worker) as progress:
+            metrics = run_build(
+                loaded, resume=resume, force=force, progress=progress, strict_budget=strict_budget
+            )
+    except CheckFailed as failed:  # parity or --strict-budget: the results are written; show them first
+        if failed.results is not None and not worker:
+            print_results(failed.results, loaded.run_dir)
+        raise
     if metrics is None or worker:
         return  # a torchrun process other than rank 0: rank 0 prints the summary
+    print_results(metrics, loaded.run_dir)
+
+
+def print_results(metrics: RunMetrics, run_dir: Path) -> None:
+    """The summary tables and where the run folder, report and web page are."""
     print_summary(metrics)
-    layout = RunLayout(loaded.run_dir)
-    out.print(f"run folder: {loaded.run_dir}  (report: {layout.report_md}, web page: {layout.report_html})")
+    layout = RunLayout(run_dir)
+    # Paths are data: a [bracket] in output_dir is not markup.
+    out.print(
+        escape(f"run folder: {run_dir}  (report: {layout.report_md}, web page: {layout.report_html})"),
+        soft_wrap=True,
+    )
 
 
 @main.command()
@@ -256,8 +305,10 @@ def build(
 def validate(recipe: Path, overrides: tuple[str, ...], explain: bool, schema_only: bool) -> None:
     """Check RECIPE without training: fields, data, budget fit and teacher checkpoint."""
     from edgekd.recipe import dump_recipe, load_recipe
+    from edgekd.runfolder import refuse_foreign_folder
 
     loaded = load_recipe(recipe, overrides)
+    refuse_foreign_folder(loaded.run_dir)
     if not schema_only:
         from edgekd.pipeline import prepare, sizing_progress
 
@@ -272,7 +323,7 @@ def validate(recipe: Path, overrides: tuple[str, ...], explain: bool, schema_onl
         )
     if explain:
         out.print(dump_recipe(loaded), end="")
-    out.print(f"[green]ok[/]: {recipe} is a valid recipe")
+    out.print(f"[green]ok[/]: {escape(str(recipe))} is a valid recipe", soft_wrap=True)
 
 
 @main.command()
@@ -316,7 +367,9 @@ def sweep(recipe: Path, overrides: tuple[str, ...], budget: str, force: bool, qu
     console.print(
         rich_table("accuracy against latency", columns, rows, left=("budget", "student", "artifact"))
     )
-    console.print(f"written: {result['folder']}/sweep.md, sweep.json, sweep.csv, frontier.png")
+    console.print(
+        escape(f"written: {result['folder']}/sweep.md, sweep.json, sweep.csv, frontier.png"), soft_wrap=True
+    )
 
 
 @main.command(name="latency-table")
@@ -346,7 +399,7 @@ def latency_table_command(
         table, paths = write_latency_table(loaded, out, progress, refresh=refresh)
     print_sizing(table)
     out_console = table_console()
-    out_console.print("written: " + ", ".join(str(path) for path in paths))
+    out_console.print(escape("written: " + ", ".join(str(path) for path in paths)), soft_wrap=True)
 
 
 @main.command()
@@ -421,7 +474,7 @@ def print_tune(result: dict) -> None:
             ]
         )
     console.print(rich_table(title, columns, rows, left=("variant",)))
-    console.print(f"written: {result['path']}")
+    console.print(escape(f"written: {result['path']}"), soft_wrap=True)
 
 
 @main.command(name="export")
@@ -481,12 +534,13 @@ def export_command(
     Calibration (INT8) and parity use real images of the recipe's data. `--set export.opset=17` and other
     `export.*` fields of the recipe apply. Exit code 1 when an artifact fails its parity check.
     """
-    from edgekd.standalone import export_source
+    from edgekd.standalone import check_parity, export_source
 
     records = export_source(
         source, formats, precisions, recipe_path, model, model_args, output, overrides, say=err.print
     )
     print_artifacts(records, "exported artifacts")
+    check_parity(records)
 
 
 @main.command(name="bench")
@@ -688,6 +742,7 @@ def make_progress(quiet: bool) -> Progress:
 
 
 def print_summary(metrics: RunMetrics) -> None:
+    from edgekd.bench.machine_load import load_warning
     from edgekd.report.tables import (
         ARTIFACT_COLUMNS,
         DATA_COLUMNS,
@@ -707,6 +762,9 @@ def print_summary(metrics: RunMetrics) -> None:
     if rows:
         left = ("artifact", "runs on", "parity")
         console.print(rich_table("deployment artifacts", ARTIFACT_COLUMNS, rows, left=left))
+    busy = load_warning([(record.latency or {}).get("machine_load") for record in metrics.artifacts])
+    if busy:
+        console.print(f"[yellow]warning:[/] {escape(busy)}", soft_wrap=True)
     verdict = budget_verdict(metrics.budget_check)
     colour = {"pass": "green", "fail": "red", "neutral": "yellow"}[verdict.state]
     for line in verdict.details if metrics.budget_check is not None else ():
@@ -733,10 +791,11 @@ def print_artifacts(records: list[ArtifactRecord], title: str) -> None:
     )
     for record in records:
         if record.path:
-            console.print(f"{record.name}: {record.path}")
+            console.print(escape(f"{record.name}: {record.path}"), soft_wrap=True)
 
 
 def print_latency(result: dict) -> None:
+    from edgekd.bench.machine_load import load_warning
     from edgekd.report.tables import latency_table_rows
 
     console = table_console()
@@ -749,14 +808,18 @@ def print_latency(result: dict) -> None:
     console.print(
         f"cold start: load {cold['load_ms']:.1f} ms + first inference {cold['first_inference_ms']:.2f} ms"
     )
+    busy = load_warning([result["latency"].get("machine_load")])
+    if busy:
+        console.print(f"[yellow]warning:[/] {escape(busy)}", soft_wrap=True)
 
 
 def rich_table(title: str, columns: list[str], rows: list[list[str]], left: tuple[str, ...]) -> Table:
-    table = Table(title=title)
+    """A table whose title and cells are data: a [bracket] in a path or name is shown, not read as markup."""
+    table = Table(title=escape(title))
     for column in columns:
-        table.add_column(column, justify="left" if column in left else "right")
+        table.add_column(escape(column), justify="left" if column in left else "right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(str(cell)) for cell in row))
     return table
 
 

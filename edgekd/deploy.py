@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from edgekd.bench import (
+    ParityError,
     ParityTolerance,
     Runner,
     TorchRunner,
@@ -359,3 +360,28 @@ def parity_failures(records: list[ArtifactRecord]) -> list[str]:
         for record in records
         if record.status == "parity failed"
     ]
+
+
+# What a user can change when an INT8 artifact fails its gate (post-training quantization hurt the student).
+INT8_REMEDY = (
+    "For INT8, try: export.int8_max_drop (OpenVINO with NNCF accuracy control, e.g. 0.01), more "
+    "export.calibration_images, export.calibration_method: entropy or percentile (ONNX Runtime), or a longer "
+    "train.epochs (a well-trained student quantizes better); export.parity.int8_min_top1 and "
+    "int8_max_acc_drop set the gate"
+)
+
+
+def parity_error(records: list[ArtifactRecord], where: str) -> ParityError | None:
+    """The error (exit 1) naming every artifact outside its tolerance, with what to try for INT8; None when
+    all pass. `where` says where the results are shown (they are, before the error is raised)."""
+    failures = parity_failures(records)
+    if not failures:
+        return None
+    int8 = any(record.precision == "int8" and record.status == "parity failed" for record in records)
+    remedy = f" {INT8_REMEDY}." if int8 else ""
+    return ParityError(
+        f"parity: {len(failures)} artifact(s) outside tolerance ({where}): "
+        + "; ".join(failures)
+        + "."
+        + remedy
+    )

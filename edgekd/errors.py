@@ -12,9 +12,13 @@ class EdgekdError(Exception):
 
 
 class CheckFailed(EdgekdError):
-    """The input was fine but a result failed a check the run enforces (e.g. artifact parity): exit code 1."""
+    """The input was fine but a result failed a check the run enforces (e.g. artifact parity): exit code 1.
+
+    A build that fails a check after writing its report sets `results` (its RunMetrics), so the command can
+    still show the summary tables the user needs to judge the failure."""
 
     exit_code = 1
+    results = None
 
 
 class RecipeError(EdgekdError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -19,6 +20,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        # A failed write() (a full disk) names no file: name the one being written.
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -28,6 +34,27 @@ def write_atomic(path: Path, write: Callable[[Path], Any]) -> Path:
     with atomic_path(path) as tmp:
         write(tmp)
     return Path(path)
+
+
+# A native writer (OpenVINO's serializer, torch's zip writer) that runs out of disk raises its own RuntimeError
+# ("basic_ios::clear: iostream error"); with less than this free on the folder's file system it is reported
+# as the full disk it is.
+NEARLY_FULL_BYTES = 16 << 20
+
+
+@contextlib.contextmanager
+def native_writes(path: Path) -> Iterator[None]:
+    """Turn a native library's write failure on a nearly full file system into OSError(ENOSPC, path)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        folder = Path(path).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        stats = os.statvfs(folder)
+        if stats.f_bavail * stats.f_frsize < NEARLY_FULL_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+        raise
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -3,7 +3,8 @@ reads a run folder (the pipeline, the trainer, the report, `edgekd export/bench`
 
 ```
 runs/<name>/
-  recipe.yaml  layout.json  metrics.json  history.json  history.csv  bench.csv  report.md  report.html  *.png
+  .edgekd-run (the marker)  recipe.yaml  layout.json  metrics.json  history.json  history.csv  bench.csv
+  report.md  report.html  *.png
   models/<method>[_seed<k>].pt, teacher.pt     the selected weights of every trained model
   artifacts/                                   the main student's deployables (ONNX, OpenVINO IR, ...)
   train/teacher/                               the teacher's training state (when the run trains it)
@@ -76,6 +77,13 @@ class MethodFolder:
 @dataclass(frozen=True)
 class RunLayout:
     root: Path
+
+    # Written first into every run folder edgekd creates: --force deletes only a folder that carries it.
+    MARKER = ".edgekd-run"
+
+    @property
+    def marker(self) -> Path:
+        return self.root / self.MARKER
 
     @property
     def lock(self) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
 import signal
 import threading
 import time
@@ -19,8 +18,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from edgekd.bench import ParityError
-from edgekd.deploy import deploy, parity_failures
+from edgekd.deploy import deploy, parity_error
 from edgekd.distill import DistillContext, get_method
 from edgekd.distill.registry import ResolvedMethod, resolve_method
 from edgekd.evaluation import (
@@ -42,7 +40,7 @@ from edgekd.models import count_flops, count_params, create_model
 from edgekd.prepare import ModelChoice, Prepared, loaded_artifacts, prepare, seed_everything
 from edgekd.recipe import Recipe
 from edgekd.records import ArtifactRecord, ModelRecord, RunMetrics, RunRecord, StudentChoice
-from edgekd.runfolder import open_run_dir
+from edgekd.runfolder import check_run_folder, delete_owned_folder, open_run_dir
 from edgekd.runlock import run_folder_lock
 from edgekd.sizing.check import (
     BudgetExceeded,
@@ -77,6 +75,8 @@ def build(
     refused, naming the holder, before it writes anything. With ``strict_budget`` a deployed student over
     its budget fails the build (BudgetExceeded, exit 1) after the report is written."""
     started = time.perf_counter()
+    # A folder that cannot be the run folder is refused before minutes of sizing or teacher training.
+    check_run_folder(recipe.run_dir, resume=resume, force=force)
     with distributed_session(recipe) as parallel:
         if parallel is not None:
             return build_parallel(recipe, parallel, started, resume=resume, force=force, progress=progress)
@@ -177,15 +177,14 @@ def run(
         histories.update(method.histories)
         embeddings.update(method.embedding)
     write_outputs(layout, recipe, metrics, histories, embeddings)
-    failures = parity_failures(artifacts)
-    if failures:
-        raise ParityError(
-            f"parity: {len(failures)} artifact(s) outside tolerance (report written): " + "; ".join(failures)
-        )
-    if strict_budget and check is not None and check.fits is False:
-        raise BudgetExceeded(
+    failed = parity_error(artifacts, "report written")
+    if failed is None and strict_budget and check is not None and check.fits is False:
+        failed = BudgetExceeded(
             f"--strict-budget: the deployed student is over its budget (report written): {over_budget_text(check)}"
         )
+    if failed is not None:
+        failed.results = metrics
+        raise failed
     return metrics
 
 
@@ -421,8 +420,8 @@ def deploy_main_student(
             progress.update(task, description=f"export + benchmark: {text}")
 
     out_dir = layout.artifacts
-    if out_dir.exists():  # a resumed run exports again: every artifact must come from the final student
-        shutil.rmtree(out_dir)
+    # A resumed run exports again: every artifact must come from the final student.
+    delete_owned_folder(out_dir)
     quiet = progress is None or getattr(progress, "disable", False)
     # NNCF draws its own progress bars on stdout; --quiet means none at all.
     silence = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()

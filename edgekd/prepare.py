@@ -154,10 +154,20 @@ def choose_student(recipe: Recipe, num_classes: int, input_shape: tuple[int, int
         model = create_model(
             student.model, num_classes=num_classes, in_channels=channels, **student.model_args
         )
+    params = count_params(model)
+    limit = student.budget.params if student.budget is not None else None
+    if limit is not None and params > limit:
+        # The recipe contradicts itself: known now, not after the student has trained.
+        raise EdgekdError(
+            f"student.model: {student.model}{f' {student.model_args}' if student.model_args else ''} has "
+            f"{params:,} parameters, over "
+            f"student.budget.params ({limit:,}); allowed: a model within the budget, `family:` to size one "
+            "to it, or no params budget"
+        )
     return ModelChoice(
         student.model,
         dict(student.model_args),
-        count_params(model),
+        params,
         count_flops(model, input_shape),
         "given by the recipe",
     )

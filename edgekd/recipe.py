@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 
 from edgekd.distill.registry import distill_section_model
 from edgekd.errors import RecipeError
@@ -227,10 +227,12 @@ class DataConfig(Section):
 # ------------------------------------------------------------------------------------------- training
 class OptimizerConfig(Section):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
+    # Bounded far above any useful value, so that an absurd one is refused here rather than overflowing the
+    # optimizer's float32 step after the teacher has trained.
+    lr: float = Field(0.05, gt=0, le=100)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by Adam).")
     nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
 
 
 class ScheduleConfig(Section):
@@ -291,7 +293,23 @@ class TrainConfig(Section):
 
 
 # ------------------------------------------------------------------------------------- teacher/student
-ModelArgs = dict[str, int | float | str | bool]
+# Constructor arguments edgekd sets itself, from the data: a model_args entry for them would clash.
+DATA_MODEL_ARGS = {
+    "num_classes": "the data's classes (data.classes, teacher.classes)",
+    "in_channels": "the images' channels (data.channels)",
+}
+
+
+def _without_data_args(args: dict[str, Any]) -> dict[str, Any]:
+    for key in args:
+        if key in DATA_MODEL_ARGS:
+            raise ValueError(
+                f"'{key}' is set by edgekd from {DATA_MODEL_ARGS[key]}; allowed: the model's own options"
+            )
+    return args
+
+
+ModelArgs = Annotated[dict[str, int | float | str | bool], AfterValidator(_without_data_args)]
 
 
 class TeacherConfig(Section):

@@ -278,6 +278,8 @@ class RunMetrics(Record):
 
         try:
             return cls.model_validate(json.loads(Path(path).read_text()))
+        except RecursionError:
+            raise EdgekdError(f"{path}: nested too deeply to be a metrics.json of edgekd") from None
         except (ValueError, ValidationError) as exc:
             raise EdgekdError(
                 f"{path}: not a metrics.json of this edgekd version ({_first_problem(exc)})"

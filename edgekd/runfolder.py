@@ -1,10 +1,20 @@
 """Opening a run folder: a new one, one to continue (`--resume`: the same recipe, the same layout) or one
-to start over (`--force`)."""
+to start over (`--force`).
+
+edgekd writes a marker file (`.edgekd-run`) into every run folder it creates, before anything else, and
+deletes (or writes into) an existing folder only when the marker is there: a folder of the user's that
+happens to sit at `output_dir/name` is refused, never emptied. A run folder that is a symbolic link is
+refused too (edgekd never deletes or writes through a link: the target may be anything).
+"""
 
 from __future__ import annotations
 
 import copy
+import json
+import os
 import shutil
+import time
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -18,21 +28,94 @@ from edgekd.recipe import Recipe, dump_recipe
 def open_run_dir(recipe: Recipe, *, resume: bool, force: bool) -> RunLayout:
     run_dir = recipe.run_dir
     layout = RunLayout(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if check_run_folder(run_dir, resume=resume, force=force) == "holds a run":
         if resume:
             _check_same_recipe(layout, recipe)
             _check_layout(layout)
-        elif force:
-            shutil.rmtree(run_dir)
-        else:
-            raise EdgekdError(
-                f"output: run folder '{run_dir}' already holds a run (use --resume to continue it, "
-                "--force to start over, or --set name=... for a new one)"
-            )
+        else:  # --force on a folder that carries edgekd's marker
+            delete_owned_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not layout.marker.is_file():
+        write_json(layout.marker, {"edgekd": "run folder", "name": recipe.name, "created": _now()})
     write_text(layout.recipe, dump_recipe(recipe))
     write_json(layout.layout, {"layout": LAYOUT_VERSION})
     return layout
+
+
+def check_run_folder(run_dir: Path, *, resume: bool = False, force: bool = False) -> str:
+    """What sits at `run_dir`: "new" (nothing, or an empty folder) or "holds a run" (a folder edgekd created,
+    to resume or, with --force, to delete); anything else is refused (EdgekdError, one line). Writes nothing,
+    so `validate` and the --nproc launcher can call it before any process starts."""
+    run_dir = Path(run_dir)
+    if run_dir.is_symlink():
+        raise EdgekdError(
+            f"output: run folder '{run_dir}' is a symbolic link (to '{os.readlink(run_dir)}'); edgekd never "
+            "writes or deletes through a link: point output_dir at the real folder instead"
+        )
+    if not run_dir.exists():
+        return "new"
+    if not run_dir.is_dir():
+        raise EdgekdError(f"output: '{run_dir}' is a file; allowed: a folder (created when missing)")
+    try:
+        empty = not any(run_dir.iterdir())
+    except OSError as error:
+        raise EdgekdError(f"output: run folder '{run_dir}' cannot be read ({error.strerror})") from None
+    if empty:
+        return "new"
+    if not is_run_folder(run_dir):
+        raise EdgekdError(
+            f"output: '{run_dir}' already exists and was not created by edgekd (no {RunLayout.MARKER} file "
+            "in it); edgekd neither writes into nor deletes such a folder: choose another name (--set name=...) "
+            "or output_dir"
+        )
+    if not (resume or force):
+        raise EdgekdError(
+            f"output: run folder '{run_dir}' already holds a run (use --resume to continue it, "
+            "--force to start over, or --set name=... for a new one)"
+        )
+    return "holds a run"
+
+
+def refuse_foreign_folder(run_dir: Path) -> None:
+    """`validate`: the run folder may be new or an edgekd run (to resume or start over), nothing else."""
+    check_run_folder(run_dir, resume=True)
+
+
+def is_run_folder(path: Path) -> bool:
+    """A real folder (not a link) holding edgekd's marker as a regular file (or, written before the marker
+    existed, edgekd's layout.json: exactly {"layout": <version>})."""
+    layout = RunLayout(path)
+    if path.is_symlink():
+        return False
+    if _json_file(layout.marker).get("edgekd") == "run folder":
+        return True
+    stored = _json_file(layout.layout)
+    return set(stored) == {"layout"} and type(stored["layout"]) is int
+
+
+def _json_file(path: Path) -> dict[str, Any]:
+    """A small JSON object file edgekd wrote; {} for anything else (a link, a folder, other content)."""
+    if path.is_symlink() or not path.is_file() or path.stat().st_size > 4096:
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def delete_owned_folder(path: Path) -> None:
+    """Delete a folder inside a run folder edgekd created (or that run folder itself, once its marker was
+    checked). A symbolic link is removed as a link: its target is never touched (shutil.rmtree does not
+    follow links inside the tree either)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _check_layout(layout: RunLayout) -> None:

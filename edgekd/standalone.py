@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ from edgekd.fileio import write_json
 from edgekd.formats import FORMAT_PRECISIONS, formats_writing
 from edgekd.latency_settings import LatencySettings
 from edgekd.layout import RunLayout
-from edgekd.recipe import ExportConfig, Recipe, load_recipe
-from edgekd.records import ArtifactRecord, RunMetrics
+from edgekd.recipe import DATA_MODEL_ARGS, ExportConfig, Recipe, load_recipe
+from edgekd.records import ArtifactRecord, ModelRecord, RunMetrics
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -44,54 +45,109 @@ def load_source(
         raise EdgekdError(
             f"SOURCE: '{source}' is neither a run folder (with {RunLayout(source).recipe.name}) nor a .pt checkpoint"
         )
+    of_run = run_model_of(source) if model is None else None
+    if of_run is not None:  # models/<name>.pt of a finished run: its architecture is in metrics.json
+        run_dir, record = of_run
+        recipe = load_recipe(recipe_path or RunLayout(run_dir).recipe, overrides)
+        return _load_student(source, recipe, record.arch, dict(record.model_args), "SOURCE")
     if recipe_path is None:
         raise EdgekdError(
-            f"--recipe: required for a .pt SOURCE ('{source}'): it gives the data and input shape"
+            f"--recipe: required for a .pt SOURCE ('{source}') outside a run folder's models/: it gives the "
+            "data and input shape"
         )
     return _load_checkpoint(source, load_recipe(recipe_path, overrides), model, model_args)
 
 
-def _load_run(run_dir: Path, overrides: tuple[str, ...]) -> tuple[Recipe, nn.Module, str, int]:
-    from edgekd.models import create_model
-    from edgekd.train.checkpoint import load_weights
+def run_model_of(checkpoint: Path) -> tuple[Path, ModelRecord] | None:
+    """The run folder and the student record of `checkpoint` when it is a finished run's
+    models/<name>[_seed<k>].pt; None for any other file."""
+    run_dir = checkpoint.parent.parent
+    layout = RunLayout(run_dir)
+    if checkpoint.parent.name != layout.models.name or not layout.metrics.is_file():
+        return None
+    for record in RunMetrics.load(layout.metrics).models:
+        files = [record.checkpoint, *(seed.checkpoint for seed in record.per_seed)]
+        if any(file is not None and Path(file).name == checkpoint.name for file in files):
+            if record.role != "student":
+                raise EdgekdError(
+                    f"SOURCE: '{checkpoint}' is the run's {record.role}; edgekd export writes its students "
+                    "(give one of models/<method>.pt)"
+                )
+            return run_dir, record
+    return None
 
+
+def _load_run(run_dir: Path, overrides: tuple[str, ...]) -> tuple[Recipe, nn.Module, str, int]:
     layout = RunLayout(run_dir)
     for path in (layout.recipe, layout.metrics):
         if not path.is_file():
             raise EdgekdError(f"SOURCE: '{run_dir}' has no {path.name}; give a finished edgekd run folder")
     recipe = load_recipe(layout.recipe, overrides)
-    metrics = RunMetrics.load(layout.metrics)
-    main, data = metrics.main, metrics.student_data
-    student = create_model(main.arch, data["num_classes"], data["input_spec"]["channels"], **main.model_args)
-    load_weights(student, Path(main.checkpoint), "student checkpoint", main.arch)
+    main = RunMetrics.load(layout.metrics).main
+    _, student, _, _ = _load_student(
+        Path(main.checkpoint), recipe, main.arch, main.model_args, "student checkpoint"
+    )
     return recipe, student, main.name, main.params
+
+
+def _load_student(
+    checkpoint: Path, recipe: Recipe, arch: str, args: dict[str, Any], what: str
+) -> tuple[Recipe, nn.Module, str, int]:
+    """The recipe's student data gives the classes and channels; the weights must fit `arch`."""
+    from edgekd.data import build_data
+    from edgekd.models import count_params, create_model
+    from edgekd.train.checkpoint import load_weights
+
+    data = build_data(recipe.data, subset=True)
+    try:
+        student = create_model(arch, data.num_classes, data.input_spec.channels, **args)
+    except EdgekdError as error:  # e.g. "model_args.bogus: not an option of 'resnet8'"
+        raise EdgekdError(f"--model/--model-arg: {error}") from None
+    load_weights(student, checkpoint, what, arch)
+    return recipe, student, checkpoint.stem, count_params(student)
 
 
 def _load_checkpoint(
     checkpoint: Path, recipe: Recipe, model: str | None, model_args: tuple[str, ...]
 ) -> tuple[Recipe, nn.Module, str, int]:
+    """A .pt of the recipe's student (sized as the build sizes it), or of --model with --model-arg."""
+    if model is None:
+        return _load_student(checkpoint, recipe, *_recipe_student(recipe), "SOURCE")
+    return _load_student(checkpoint, recipe, model, parse_model_args(model_args), "SOURCE")
+
+
+def _recipe_student(recipe: Recipe) -> tuple[str, dict[str, Any]]:
+    from edgekd.data import build_data
+    from edgekd.prepare import choose_student
+
+    if recipe.latency_budget is not None:
+        raise EdgekdError(
+            "--model: required for a .pt SOURCE when the recipe sizes its student by latency (which member "
+            "it chose depends on timings): give --model and --model-arg, or export the run folder"
+        )
+    data = build_data(recipe.data, subset=True)
+    spec = data.input_spec
+    choice = choose_student(recipe, data.num_classes, (spec.channels, spec.height, spec.width))
+    return choice.arch, choice.model_args
+
+
+def parse_model_args(model_args: tuple[str, ...]) -> dict[str, Any]:
     import yaml
 
-    from edgekd.data import build_data
-    from edgekd.models import count_params, create_model
-    from edgekd.pipeline import choose_student
-    from edgekd.train.checkpoint import load_weights
-
-    data = build_data(recipe.data, subset=True)
-    if model is None:
-        spec = data.input_spec
-        choice = choose_student(recipe, data.num_classes, (spec.channels, spec.height, spec.width))
-        model, args = choice.arch, choice.model_args
-    else:
-        args = {}
-        for item in model_args:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise EdgekdError(f"--model-arg: {item!r} is not allowed; give KEY=VALUE, e.g. width=8")
+    args = {}
+    for item in model_args:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EdgekdError(f"--model-arg: {item!r} is not allowed; give KEY=VALUE, e.g. width=8")
+        if key.strip() in DATA_MODEL_ARGS:
+            raise EdgekdError(
+                f"--model-arg: {key.strip()!r} is set by edgekd from {DATA_MODEL_ARGS[key.strip()]} of --recipe"
+            )
+        try:
             args[key.strip()] = yaml.safe_load(value)
-    student = create_model(model, data.num_classes, data.input_spec.channels, **args)
-    load_weights(student, checkpoint, "SOURCE", model)
-    return recipe, student, checkpoint.stem, count_params(student)
+        except yaml.YAMLError:
+            raise EdgekdError(f"--model-arg: {item!r}: the value is not readable as YAML") from None
+    return args
 
 
 def export_source(
@@ -105,9 +161,8 @@ def export_source(
     overrides: tuple[str, ...],
     say=None,
 ) -> list[ArtifactRecord]:
-    from edgekd.bench import ParityError
     from edgekd.data import build_data
-    from edgekd.deploy import deploy, parity_failures
+    from edgekd.deploy import deploy
 
     targets = export_targets(formats, precisions)
     recipe, student, stem, params = load_source(source, recipe_path, model, model_args, overrides)
@@ -117,11 +172,16 @@ def export_source(
     data = build_data(recipe.data, subset=True)
     # Nothing is timed; the ONNX artifacts are checked where the recipe runs them (benchmark.onnxruntime_device).
     bench = recipe.benchmark.model_copy(update={"enabled": False})
-    records = deploy(student, params, data, export, bench, output, stem, say=say)
-    failures = parity_failures(records)
-    if failures:
-        raise ParityError(f"parity: {len(failures)} artifact(s) outside tolerance: " + "; ".join(failures))
-    return records
+    return deploy(student, params, data, export, bench, output, stem, say=say)
+
+
+def check_parity(records: list[ArtifactRecord]) -> None:
+    """ParityError (exit 1) naming every artifact outside its tolerance, once the table was shown."""
+    from edgekd.deploy import parity_error
+
+    error = parity_error(records, "table above")
+    if error is not None:
+        raise error
 
 
 # ------------------------------------------------------------------------------------------------ bench
@@ -131,6 +191,41 @@ def parse_shape(text: str) -> tuple[int, int, int]:
         raise EdgekdError(f"--shape: {text!r} is not allowed; give C,H,W as three positive whole numbers")
     channels, height, width = (int(part) for part in parts)
     return channels, height, width
+
+
+# The timed batch, the runner's own copy of it and its output side by side: a floor on what timing needs.
+INPUT_COPIES = 3
+
+
+def check_input_memory(image_shape: tuple[int, int, int], batch: int, field: str) -> None:
+    """Refuse a batch of images that cannot fit in memory (random images of that size would be drawn)."""
+    from edgekd.bench.environment import available_memory_bytes
+
+    channels, height, width = image_shape
+    needs = INPUT_COPIES * 4 * batch * channels * height * width
+    available, where = available_memory_bytes()
+    if needs > available:
+        raise EdgekdError(
+            f"{field}: a batch of {batch} images of {channels}x{height}x{width} needs at least "
+            f"{needs / 2**30:,.1f} GiB, more than {where} ({available / 2**30:,.1f} GiB); allowed: a smaller "
+            "image shape or batch"
+        )
+
+
+def check_writable_file(path: Path, option: str) -> None:
+    """`path` can be written as a file: not a folder, inside a folder that exists (or can be made) and is
+    writable. Checked before minutes of work, so the result is not lost at the end."""
+    if path.is_dir():
+        raise EdgekdError(f"{option}: '{path}' is a folder; allowed: a file path")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise EdgekdError(f"{option}: '{path}' cannot be created: '{folder}' is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise EdgekdError(f"{option}: '{path}' cannot be written: '{folder}' is not writable here")
+    if len(path.name.encode()) > 255:
+        raise EdgekdError(f"{option}: the file name is {len(path.name.encode())} bytes long; allowed: 255")
 
 
 def artifact_shape(path: Path, shape: str | None) -> tuple[int, int, int]:
@@ -155,6 +250,8 @@ def bench_artifact(
     """Time one artifact file; ``device`` goes to its runner (None: the runner's default)."""
     from edgekd.bench import environment_record, measure_latency, runner_for
 
+    if json_path is not None:
+        check_writable_file(json_path, "--json")  # before the timing, not after it
     options: dict[str, Any] = {"threads": settings.threads}
     if device is not None:
         options["device"] = device
@@ -162,6 +259,7 @@ def bench_artifact(
     image_shape = artifact_shape(path, shape)
     # A batch size given twice is timed once.
     config = settings.model_copy(update={"batches": list(dict.fromkeys(settings.batches))})
+    check_input_memory(image_shape, max(config.batches), "--shape" if shape is not None else "ARTIFACT")
     latency = measure_latency(runner, image_shape, config).to_dict()
     result = {
         "artifact": str(path),

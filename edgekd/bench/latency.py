@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.bench.machine_load import MachineLoad, measured_load
 from edgekd.bench.runners.base import BoundInference, Runner
 from edgekd.errors import EdgekdError
 from edgekd.latency_settings import LatencyConfig, LatencySettings
@@ -106,6 +107,8 @@ class LatencyResult:
     runner: dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # of the random images drawn when only a shape was given
     timed_call: str = ""  # what each timed run was (BoundInference.timed_call), for the results files
+    # How busy the machine was while the batches were timed (machine_load.py): others' cores, steal, load.
+    machine_load: MachineLoad | None = None
 
     def at_batch(self, batch: int) -> BatchLatency:
         for timing in self.batches:
@@ -122,6 +125,7 @@ class LatencyResult:
             "config": {**self.config.to_dict(), "seed": self.seed},
             "runner": self.runner,
             "timed_call": self.timed_call,
+            "machine_load": self.machine_load.to_dict() if self.machine_load else None,
         }
 
 
@@ -147,7 +151,8 @@ def measure_latency(
     cold_start = None
     if not runner.loaded:
         cold_start = _cold_start(runner, make_batch(config.batches[0]))
-    timed = [_time_batch(runner, make_batch(batch), config) for batch in config.batches]
+    with measured_load() as load:
+        timed = [_time_batch(runner, make_batch(batch), config) for batch in config.batches]
     description = runner.describe()
     return LatencyResult(
         backend=runner.backend,
@@ -158,6 +163,7 @@ def measure_latency(
         runner=description,
         seed=seed,
         timed_call="; ".join(dict.fromkeys(call for _, call in timed)),
+        machine_load=load[0],
     )
 
 

@@ -355,7 +355,9 @@ class DistProOptions(Section):
         1.0,
         description="g of the biased softmax α = softmax(concat(α̃, g))[:N]; null: a plain softmax over α̃.",
     )
-    alpha_lr: float = Field(0.05, gt=0, description="Adam learning rate of α̃ (the paper 0.05; its code 0.1).")
+    alpha_lr: float = Field(
+        0.05, gt=0, le=100, description="Adam learning rate of α̃ (the paper 0.05; its code 0.1)."
+    )
     alpha_betas: list[float] = Field(
         default_factory=lambda: [0.5, 0.999], min_length=2, max_length=2, description="Adam betas of α̃."
     )

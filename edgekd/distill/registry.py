@@ -121,13 +121,25 @@ class MethodVariant(Section):
 
 
 _VARIANT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# A variant's name is part of file names (models/<name>_seed<k>.pt, artifacts/<name>_openvino_int8.xml,
+# train/<name>/...): short enough that every one of them stays far below the file systems' 255 bytes.
+MAX_VARIANT_NAME = 64
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 40 else f"{name[:24]}..."
 
 
 def check_variants(section: Any) -> None:
     for name, variant in section.variants.items():
         if not _VARIANT_NAME.match(name):
             raise ValueError(
-                f"variants.{name}: a variant name is letters, digits and '_', starting with a letter"
+                f"variants.{_short(name)}: a variant name is letters, digits and '_', starting with a letter"
+            )
+        if len(name) > MAX_VARIANT_NAME:
+            raise ValueError(
+                f"variants.{_short(name)}: a name of {len(name)} characters; allowed: at most {MAX_VARIANT_NAME} "
+                "(it names files and folders)"
             )
         if name in CATALOG:
             raise ValueError(

@@ -29,6 +29,7 @@ from edgekd.exporters.base import (
     one_line,
     register_exporter,
 )
+from edgekd.fileio import native_writes
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -240,7 +241,8 @@ def save_pair(ov_model: ov.Model, xml_path: Path, *, compress_to_fp16: bool) -> 
     staging.mkdir(parents=True)
     moved_bin = False
     try:
-        ov.save_model(ov_model, str(staging / xml_path.name), compress_to_fp16=compress_to_fp16)
+        with native_writes(xml_path):
+            ov.save_model(ov_model, str(staging / xml_path.name), compress_to_fp16=compress_to_fp16)
         # The .bin goes first: a reader that finds the new .xml always finds its .bin.
         os.replace(staging / bin_path.name, bin_path)
         moved_bin = True

@@ -8,7 +8,6 @@ under it may still be tight, which PyTorch then reports itself.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,14 +66,9 @@ def available_bytes(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free), f"free memory of {torch.cuda.get_device_name(device)}"
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024, "this machine's available memory"
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+    from edgekd.bench.environment import available_memory_bytes
+
+    return available_memory_bytes()
 
 
 def gib(size: int) -> str:

@@ -154,14 +154,16 @@ def stage_curves(metrics: RunMetrics, histories: dict[str, list[dict[str, Any]]]
 def process_curves(metrics: RunMetrics, path: Path) -> Path | None:
     """Each searched distillation process (DistPro, first seed): α of every pathway over the search steps,
     as the replay stretches it over the student's run (the paper's Fig. 6). None when no model searched one."""
-    import torch
+    from edgekd.train.checkpoint import load_checkpoint
 
     processes = []
     for record in metrics.models:
         for stage in record.stages:
             for artifact in stage.produces:
                 if artifact.name == "process" and Path(artifact.path).is_file():
-                    processes.append((record.name, torch.load(artifact.path, weights_only=True)))
+                    # edgekd's own refusal of a file with code in it, never PyTorch's advice to unpickle it
+                    payload = load_checkpoint(Path(artifact.path), f"{record.name} process")
+                    processes.append((record.name, payload))
     if not processes:
         return None
     fig, axes = plt.subplots(1, len(processes), figsize=(6.5 * len(processes), 4.2), squeeze=False)

@@ -292,6 +292,8 @@ BENCH_CSV_COLUMNS = [
     "mean_ms",
     "std_ms",
     "throughput",
+    "others_cores",
+    "machine_busy",
 ]
 
 
@@ -318,6 +320,9 @@ def bench_csv_rows(artifacts: list[ArtifactRecord]) -> list[dict[str, Any]]:
             "threads": latency.get("threads"),
             "load_ms": cold.get("load_ms"),
             "first_inference_ms": cold.get("first_inference_ms"),
+            # how busy the machine was while this artifact was timed (bench/machine_load.py)
+            "others_cores": (latency.get("machine_load") or {}).get("others_cores"),
+            "machine_busy": (latency.get("machine_load") or {}).get("busy"),
         }
         for timing in latency_rows(record) or [{}]:
             rows.append({**base, **{key: timing.get(key) for key in BENCH_CSV_COLUMNS if key in timing}})

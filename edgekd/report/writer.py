@@ -157,7 +157,17 @@ def rerender_report(run_dir: Path) -> tuple[Path, Path]:
     recipe = stored_recipe(layout.recipe)
     # Not while a build (a --resume) writes the same files.
     with run_folder_lock(layout.root):
-        return write_report(layout, recipe, metrics, histories, embeddings=None)
+        try:
+            return write_report(layout, recipe, metrics, histories, embeddings=None)
+        except (TypeError, KeyError, IndexError, AttributeError, ValueError) as exc:
+            # Each file read on its own terms, but they do not fit together (an edited history row, a model
+            # missing from metrics.json): the folder is not a run this edgekd wrote. --debug shows where.
+            if isinstance(exc, EdgekdError):
+                raise
+            raise EdgekdError(
+                f"{layout.root}: its metrics.json, history.json and recipe.yaml do not fit together as one run "
+                f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); {FINISHED_RUN}"
+            ) from exc
 
 
 def stored_recipe(path: Path) -> Recipe:
@@ -185,6 +195,10 @@ def read_histories(path: Path) -> dict[str, list[dict[str, Any]]]:
     """history.json: per model, its per-epoch rows."""
     try:
         histories = read_json(path)
+    except RecursionError:
+        raise EdgekdError(
+            f"{path}: nested too deeply to be a history.json of edgekd; {FINISHED_RUN}"
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise EdgekdError(f"{path}: not valid JSON ({str(exc).splitlines()[0]}); {FINISHED_RUN}") from None
     if not isinstance(histories, dict) or not all(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,11 @@ _SHOWN_KEYS = 5
 
 
 def save_checkpoint(obj: Any, path: Path) -> Path:
-    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    """Serialized in memory, then written by Python: a full disk or a read-only folder is the OSError it is
+    (ENOSPC, EROFS), which the CLI reports in one line, rather than torch's writer's "unexpected pos"."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
 def load_checkpoint(path: Path, what: str = "checkpoint") -> Any:
