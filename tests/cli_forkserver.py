@@ -1,7 +1,10 @@
 """Runs the edgekd CLI in forked child processes, one per request, for tests that run it hundreds of times.
 
 Each run is a real process: its own exit code, stdout and stderr (files), working folder, address-space limit
-and wall-clock limit (killed past it), and its peak memory is measured. Forking from this server, which has
+and CPU-time limit (killed past it), and its peak memory and CPU time are measured. The bound is CPU time,
+not wall-clock time, so that a busy machine (other processes taking the cores) does not fail a refusal that
+is quick in work; a generous wall-clock ceiling remains only against a child that hangs without computing.
+Forking from this server, which has
 imported edgekd once and never computed anything (no thread pool to break), saves each run the seconds that
 importing torch costs.
 
@@ -32,7 +35,9 @@ def _rss_bytes() -> int:
     return 0
 
 
-def _child(args: list[str], cwd: str, memory_bytes: int, stdout_path: str, stderr_path: str) -> None:
+def _child(
+    args: list[str], cwd: str, memory_bytes: int, cpu_seconds: int, stdout_path: str, stderr_path: str
+) -> None:
     """Never returns: runs `edgekd *args` and leaves with its exit code."""
     code = 1
     try:
@@ -44,6 +49,8 @@ def _child(args: list[str], cwd: str, memory_bytes: int, stdout_path: str, stder
         with open("/proc/self/status") as status:
             mapped = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
         resource.setrlimit(resource.RLIMIT_AS, (mapped + memory_bytes, mapped + memory_bytes))
+        # SIGXCPU ends the child once it has computed for this long, however slowly the machine ran it.
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
         from edgekd.cli import main
 
         main(args, prog_name="edgekd")
@@ -79,19 +86,22 @@ def _read(path: str) -> str:
         return file.read(OUTPUT_LIMIT)
 
 
-def run(args: list[str], cwd: str, timeout_s: float, memory_bytes: int) -> dict:
+def run(args: list[str], cwd: str, timeout_s: float, memory_bytes: int, cpu_seconds: int) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         stdout_path, stderr_path = os.path.join(scratch, "out"), os.path.join(scratch, "err")
         started = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            _child(args, cwd, memory_bytes, stdout_path, stderr_path)
-        status, usage, timed_out = _wait(pid, timeout_s)
+            _child(args, cwd, memory_bytes, cpu_seconds, stdout_path, stderr_path)
+        status, usage, hung = _wait(pid, timeout_s)
+        out_of_cpu = os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL)
         return {
             "exit": os.waitstatus_to_exitcode(status),
             "seconds": time.monotonic() - started,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime,
             "peak_rss_bytes": usage.ru_maxrss * 1024,
-            "timed_out": timed_out,
+            "timed_out": hung or out_of_cpu,
+            "hung": hung,
             "stdout": _read(stdout_path),
             "stderr": _read(stderr_path),
         }
@@ -111,10 +121,10 @@ def serve() -> None:
 class CliProcesses:
     """The client side: starts this file as a server and runs `edgekd *args` in a fresh child per call."""
 
-    def __init__(self, timeout_s: float = 10.0, memory_bytes: int = 3 << 30) -> None:
+    def __init__(self, cpu_seconds: int = 20, timeout_s: float = 900.0, memory_bytes: int = 3 << 30) -> None:
         import subprocess
 
-        self.timeout_s, self.memory_bytes = timeout_s, memory_bytes
+        self.cpu_seconds, self.timeout_s, self.memory_bytes = cpu_seconds, timeout_s, memory_bytes
         self.process = subprocess.Popen(
             [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -127,12 +137,14 @@ class CliProcesses:
         return json.loads(line)
 
     def run(self, args: list[str], cwd: str | os.PathLike) -> dict:
-        """Exit code, seconds, peak RSS (bytes, inherited pages included), timed_out, stdout and stderr."""
+        """Exit code, seconds, CPU seconds, peak RSS (bytes, inherited pages included), timed_out (out of CPU
+        time, or hung past the wall-clock ceiling), stdout and stderr."""
         request = {
             "args": args,
             "cwd": str(cwd),
             "timeout_s": self.timeout_s,
             "memory_bytes": self.memory_bytes,
+            "cpu_seconds": self.cpu_seconds,
         }
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()

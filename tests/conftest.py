@@ -56,7 +56,8 @@ def cli():
 @pytest.fixture(scope="session")
 def cli_processes():
     """Runs `edgekd ...` as a real process per call (forked from a server that imported edgekd once): exit
-    code, stdout, stderr as a user sees them, native libraries' output included; 10 s and 3 GiB at most."""
+    code, stdout, stderr as a user sees them, native libraries' output included; 20 CPU seconds and 3 GiB at
+    most (and a wall-clock ceiling only against a hang)."""
     from cli_forkserver import CliProcesses
 
     processes = CliProcesses()

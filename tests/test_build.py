@@ -114,7 +114,8 @@ def _start_build(path: Path, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def _wait_for_epochs(history: Path, epochs: int, process: subprocess.Popen, timeout: float = 240) -> None:
+def _wait_for_epochs(history: Path, epochs: int, process: subprocess.Popen, timeout: float = 1800) -> None:
+    """Until `history` lists `epochs` epochs (an event, not a duration); the ceiling only stops a hang."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if history.is_file():

@@ -1,5 +1,6 @@
-"""Every malformed recipe ends in one line on stderr that names the field or file, exit code 2, within seconds
-and bounded memory, and leaves nothing behind: `edgekd validate` and `edgekd build` alike.
+"""Every malformed recipe ends in one line on stderr that names the field or file, exit code 2, within a few
+CPU seconds (not wall-clock seconds: the machine may be busy) and bounded memory, and leaves nothing behind:
+`edgekd validate` and `edgekd build` alike.
 
 The corpus is tests/malformed/*.yaml (each file's first line says what the error must name); the resource
 bombs are generated here rather than stored. Every case runs in its own process (forked from a server that
@@ -85,7 +86,9 @@ def test_malformed_recipe_is_one_line_exit_2(cli_processes, tmp_path, name, comm
     before = _tree(tmp_path)
     result = cli_processes.run([command, "recipe.yaml"], tmp_path)
 
-    assert not result["timed_out"], f"{name}: still running after {result['seconds']:.0f} s"
+    assert not result["timed_out"], (
+        f"{name}: still running after {result['cpu_seconds']:.0f} CPU seconds ({result['seconds']:.0f} s)"
+    )
     stderr = result["stderr"]
     assert "Traceback" not in stderr, stderr[-3000:]
     assert result["exit"] == 2, f"{name}: exit {result['exit']}\n{stderr[-3000:]}"
@@ -115,7 +118,7 @@ def test_the_installed_command_refuses_as_the_forked_one_does(tmp_path, name):
     command = Path(sys.executable).with_name("edgekd")  # the console script pip installed beside python
     assert command.is_file(), f"edgekd is not installed beside {sys.executable}"
     result = subprocess.run(
-        [str(command), "build", "recipe.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [str(command), "build", "recipe.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and expect in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["recipe.yaml"]

@@ -57,7 +57,7 @@ def run_chromium(page: Path, *action: str) -> tuple[str, str]:
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
         try:
-            return process.communicate(timeout=120)
+            return process.communicate(timeout=600)  # a ceiling against a hang only
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
