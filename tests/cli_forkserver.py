@@ -4,13 +4,13 @@ Each run is a real process: its own exit code, stdout and stderr (files), workin
 and CPU-time limit (killed past it), and its peak memory and CPU time are measured. The bound is CPU time,
 not wall-clock time, so that a busy machine (other processes taking the cores) does not fail a refusal that
 is quick in work; a generous wall-clock ceiling remains only against a child that hangs without computing.
-Forking from this server, which has
-imported edgekd once and never computed anything (no thread pool to break), saves each run the seconds that
-importing torch costs.
+Forking from this server, which has imported edgekd once and never computed anything (no thread pool to
+break), saves each run the seconds that importing torch costs.
 
 Protocol: one JSON request per line on stdin, {"args": [...], "cwd": ..., "timeout_s": ..., "memory_bytes":
-...}; one JSON reply per line on stdout, {"exit": ..., "seconds": ..., "peak_rss_bytes": ..., "timed_out":
-..., "stdout": ..., "stderr": ...}. The first line written is {"ready": true, "rss_bytes": ...}.
+..., "cpu_seconds": ...}; one JSON reply per line on stdout, {"exit": ..., "seconds": ..., "cpu_seconds": ...,
+"peak_rss_bytes": ..., "timed_out": ..., "hung": ..., "stdout": ..., "stderr": ...}. The first line written
+is {"ready": true, "rss_bytes": ...}.
 """
 
 from __future__ import annotations
