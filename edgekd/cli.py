@@ -331,24 +331,35 @@ def validate(recipe: Path, overrides: tuple[str, ...], explain: bool, schema_onl
 @SET_OPTION
 @click.option(
     "--budget",
+    "budgets",
     required=True,
+    multiple=True,
     metavar="KIND=V1,V2",
     help="The budgets to build for: latency=0.5ms,1ms,2ms (the recipe's latency target, another limit) or "
-    "params=50k,100k.",
+    "params=50k,100k. Repeatable: several --budget options sweep the union of their budgets, in the order "
+    "given; one budget named twice, in any spelling (0.5ms and 500us), is an error.",
 )
-@click.option("--force", is_flag=True, help="Build every run again instead of reusing finished ones.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Build every run again. Without it a finished run is reused only when it was built from exactly the "
+    "recipe (and --set values) it would run now; one built from another recipe is an error.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def sweep(recipe: Path, overrides: tuple[str, ...], budget: str, force: bool, quiet: bool) -> None:
+def sweep(
+    recipe: Path, overrides: tuple[str, ...], budgets: tuple[str, ...], force: bool, quiet: bool
+) -> None:
     """Build RECIPE once per budget (sharing the teacher) and map accuracy against measured latency.
 
-    Writes <output_dir>/<name>_sweep/: one run folder per budget, sweep.json/csv/md and frontier.png (every
-    artifact's test accuracy against its latency, the Pareto frontier marked).
+    Writes <output_dir>/<name>_sweep/: one run folder per budget, named by its value (latency-0.2ms,
+    params-70k), sweep.json/csv/md and frontier.png (every artifact's test accuracy against its latency, the
+    Pareto frontier marked).
     """
     from edgekd.sweep import run_sweep
 
     with make_progress(quiet) as progress:
-        result = run_sweep(recipe, overrides, budget, force=force, progress=progress)
+        result = run_sweep(recipe, overrides, budgets, force=force, progress=progress)
     columns = ["budget", "student", "artifact", "val acc %", "test acc %", "latency ms", "fits", "frontier"]
     rows = [
         [

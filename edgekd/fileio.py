@@ -65,6 +65,30 @@ def write_json(path: Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def folder_problem(path: Path) -> str | None:
+    """Why files cannot be written into the folder `path` (made when missing), or None; creates nothing, so
+    a command can refuse a bad output folder before its work rather than after it."""
+    try:
+        return _folder_problem(Path(path))
+    except OSError as error:  # a parent this user may not even look into
+        return f"cannot be reached ({error.strerror})"
+
+
+def _folder_problem(path: Path) -> str | None:
+    if path.exists():
+        if not path.is_dir():
+            return "is a file, not a folder"
+        return None if os.access(path, os.W_OK | os.X_OK) else "is a folder this user cannot write in"
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"lies under '{ancestor}', which is a file"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"cannot be made: this user cannot write in '{ancestor}'"
+    return None
+
+
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 

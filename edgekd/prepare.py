@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from edgekd.data import DataBundle, DataPlan
-from edgekd.distill.plan import Stage, produced_artifacts
+from edgekd.distill.plan import Networks, Stage, check_payload, produced_artifacts
 from edgekd.distill.registry import resolve_method
 from edgekd.errors import CheckFailed, EdgekdError, RecipeError
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
@@ -241,29 +241,67 @@ def loaded_artifacts(recipe: Recipe, method: str, seed: int) -> dict[str, Path]:
     }
 
 
-def check_loaded_artifacts(recipe: Recipe, student: ModelChoice, plan: DataPlan) -> None:
-    """Every artifact to load exists for every seed, one that holds student weights fits the student
-    (checked on the meta device: nothing is allocated), and one with its own check passes it."""
+def check_loaded_artifacts(
+    recipe: Recipe, student: ModelChoice, plan: DataPlan, teacher: nn.Module | None = None
+) -> None:
+    """Every artifact to load exists for every seed and holds what its kind declares: student weights that
+    fit the student (checked on the meta device: nothing is allocated), or a payload of the declared
+    structure that agrees with the method's options and networks (plan.py's Artifact). With `teacher`, the
+    run's teacher with its final weights (a checkpoint's), what depends on them is checked too."""
     for method in recipe.distill.artifacts:
         resolved = resolve_method(recipe.distill, method)
         produced = produced_artifacts(resolved.entry.plan(resolved.options, recipe.train))
+        networks = MethodNetworks(recipe, resolved.entry.student_from_teacher, student, plan, teacher)
         for seed in recipe.student_seeds:
             for name, path in loaded_artifacts(recipe, method, seed).items():
-                where = f"distill.artifacts.{method}.{name}"
+                field = f"distill.artifacts.{method}.{name}"
                 if not path.is_file():
                     raise EdgekdError(
-                        f"{where}: '{path}' does not exist (seed {seed}); allowed: an artifact file"
+                        f"{field}: '{path}' does not exist (seed {seed}); allowed: an artifact file"
                     )
-                if produced[name].check is not None:
-                    produced[name].check(load_checkpoint(path, where), resolved.options, where)
                 if produced[name].holds == "student":
-                    arch, args, classes = student.arch, student.model_args, len(plan.student_ids)
-                    if resolved.entry.student_from_teacher:
-                        arch, args = recipe.teacher.model, recipe.teacher.model_args
-                        classes = len(plan.teacher_ids)
-                    with torch.device("meta"):
-                        model = create_model(arch, classes, plan.image_shape[0], **args)
-                    fitting_state(model, path, where, arch)
+                    fitting_state(networks.student(), path, field, networks.student_arch)
+                    continue
+                artifact, where = produced[name], f"{field} ('{path}')"
+                payload = load_checkpoint(path, field)
+                check_payload(artifact, payload, resolved.options, where)
+                if artifact.fits is not None:
+                    artifact.fits(payload, networks.both(), resolved.options, where)
+
+
+class MethodNetworks:
+    """A method's teacher and student as the recipe builds them, on the meta device (shapes and taps are
+    known; no weight is allocated), built when first asked for; or the run's teacher when given."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        student_from_teacher: bool,
+        student: ModelChoice,
+        plan: DataPlan,
+        teacher: nn.Module | None = None,
+    ):
+        self.recipe, self.plan, self.teacher = recipe, plan, teacher
+        self.student_arch, self.student_args = student.arch, student.model_args
+        self.student_classes = len(plan.student_ids)
+        if student_from_teacher:
+            self.student_arch, self.student_args = recipe.teacher.model, recipe.teacher.model_args
+            self.student_classes = len(plan.teacher_ids)
+        self._built: Networks | None = None
+
+    def student(self) -> nn.Module:
+        return self.both().student
+
+    def both(self) -> Networks:
+        if self._built is None:
+            channels = self.plan.image_shape[0]
+            with torch.device("meta"):
+                student = create_model(self.student_arch, self.student_classes, channels, **self.student_args)
+                teacher = self.teacher
+                if teacher is None:
+                    teacher = create_teacher(self.recipe, len(self.plan.teacher_ids), channels)
+            self._built = Networks(teacher, student, self.plan.image_shape, self.teacher is not None)
+        return self._built
 
 
 def create_teacher(recipe: Recipe, num_classes: int, channels: int) -> nn.Module:
@@ -320,6 +358,7 @@ def prepare(recipe: Recipe, say=None, parallel: Parallel | None = None) -> Prepa
     teacher = create_teacher(recipe, all_classes, shape[0])
     if recipe.teacher.checkpoint is not None:
         load_weights(teacher, recipe.teacher.checkpoint, "teacher.checkpoint", recipe.teacher.model)
+        check_loaded_artifacts(recipe, student_choice, plan, teacher)  # what fits only this teacher
     return Prepared(
         recipe,
         device,

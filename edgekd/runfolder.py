@@ -134,14 +134,24 @@ def _check_same_recipe(layout: RunLayout, recipe: Recipe) -> None:
         raise EdgekdError(
             f"--resume: '{run_dir}' has no {stored_file.name}, so it is not an edgekd run folder"
         )
-    stored = with_current_defaults(yaml.safe_load(stored_file.read_text()))
-    current = recipe.model_dump(mode="json")
-    changed = _changed_fields(stored, current)
+    changed = recipe_changes(layout, recipe)
     if changed:
         raise EdgekdError(
             f"--resume: the recipe differs from the one that started '{run_dir}' in {', '.join(changed[:5])} "
             "(use --force to start over)"
         )
+
+
+def recipe_changes(layout: RunLayout, recipe: Recipe) -> list[str]:
+    """The fields in which `recipe` differs from the one stored in the run folder (its recipe.yaml, read
+    with today's defaults); ['recipe.yaml'] when the folder holds none."""
+    if not layout.recipe.is_file():
+        return [layout.recipe.name]
+    try:
+        stored = yaml.safe_load(layout.recipe.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return [f"{layout.recipe.name} (unreadable)"]
+    return _changed_fields(with_current_defaults(stored), recipe.model_dump(mode="json"))
 
 
 # Fields added after a run folder may have been written whose default is not what the older edgekd did: a

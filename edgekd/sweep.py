@@ -2,16 +2,19 @@
 them: every artifact of every run is a point (its test accuracy, its measured latency); the points no other
 point beats on both are the Pareto frontier.
 
-The runs go to <output_dir>/<name>_sweep/<name>-<kind>-<value>/ (each a normal run folder; a finished one is
-reused unless --force), and the comparison to sweep.json, sweep.csv, sweep.md and frontier.png beside them.
-The first run trains the teacher when the recipe asks for it; the others load its checkpoint.
+The runs go to <output_dir>/<name>_sweep/<name>-<kind>-<value>/ (each a normal run folder, named by the budget's
+value in one spelling: `latency-0.2ms`, `params-70k`), and the comparison to sweep.json, sweep.csv, sweep.md
+and frontier.png beside them. The first run trains the teacher when the recipe asks for it; the others load
+its checkpoint. A finished run is reused only when it was built from exactly the recipe it would run now;
+one of another recipe is refused before anything is built (--force builds every run again).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import re
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from edgekd.fileio import write_json, write_text
 from edgekd.layout import RunLayout
 from edgekd.recipe import Recipe, load_recipe, parse_count, parse_milliseconds
 from edgekd.records import RunMetrics
+from edgekd.runfolder import recipe_changes
 
 KINDS = ("latency", "params")
 COLUMNS = [
@@ -42,20 +46,55 @@ COLUMNS = [
 class BudgetPoint:
     kind: str  # latency or params
     text: str  # as the user wrote it: "0.5ms", "50k"
-    value: float
+    value: float  # canonical: milliseconds to 12 significant digits, or a whole count
 
     @property
     def override(self) -> str:
-        field = "student.budget.latency.limit_ms" if self.kind == "latency" else "student.budget.params"
-        return f"{field}={self.value:g}" if self.kind == "latency" else f"{field}={int(self.value)}"
+        if self.kind == "latency":
+            return f"student.budget.latency.limit_ms={_shortest(self.value)}"
+        return f"student.budget.params={int(self.value)}"
+
+    @property
+    def canonical(self) -> str:
+        """The budget in one spelling ('0.2ms', '70k'): two points share it only when they are one budget."""
+        if self.kind == "latency":
+            return f"{_shortest(self.value)}ms"
+        count = int(self.value)
+        for suffix, unit in (("M", 1_000_000), ("k", 1_000)):
+            if count % unit == 0:
+                return f"{count // unit}{suffix}"
+        return str(count)
 
     @property
     def label(self) -> str:
-        return f"{self.kind}-{re.sub(r'[^A-Za-z0-9.]', '', self.text)}"
+        """The run folder's suffix, from the value rather than the spelling: '2e-1ms' and '2e1ms' are
+        'latency-0.2ms' and 'latency-20ms', never one folder."""
+        return f"{self.kind}-{self.canonical}"
 
 
-def parse_budgets(text: str) -> list[BudgetPoint]:
-    """`latency=0.5ms,1ms,2ms` or `params=50k,100k` → one point per value, in the order given."""
+def _shortest(number: float) -> str:
+    """The shortest text that reads back as `number` ('0.2', '20', '2e-05'): one text per value."""
+    text = repr(float(number))
+    return text.removesuffix(".0")
+
+
+def parse_budgets(texts: str | Sequence[str]) -> list[BudgetPoint]:
+    """`latency=0.5ms,1ms,2ms` or `params=50k,100k` → one point per value, in the order given; several
+    options are their union (`--budget latency=1ms --budget params=50k`). One budget named twice, in any
+    spelling (`0.5ms` and `500us`), is refused."""
+    points = [point for text in ([texts] if isinstance(texts, str) else texts) for point in _parse_one(text)]
+    seen: dict[str, BudgetPoint] = {}
+    for point in points:
+        twin = seen.setdefault(point.label, point)
+        if twin is not point:
+            raise EdgekdError(
+                f"--budget: {point.kind} {twin.text!r} and {point.text!r} are the same budget "
+                f"({point.canonical}); allowed: each budget once"
+            )
+    return points
+
+
+def _parse_one(text: str) -> list[BudgetPoint]:
     kind, sep, values = text.partition("=")
     kind = kind.strip()
     if not sep or kind not in KINDS or not values.strip():
@@ -63,12 +102,12 @@ def parse_budgets(text: str) -> list[BudgetPoint]:
     points = []
     for item in (part.strip() for part in values.split(",")):
         parsed = parse_milliseconds(item) if kind == "latency" else parse_count(item)
-        if not isinstance(parsed, int | float) or isinstance(parsed, bool) or parsed <= 0:
+        if not isinstance(parsed, int | float) or isinstance(parsed, bool) or not 0 < parsed < math.inf:
             unit = "a time such as 0.5ms or 500us" if kind == "latency" else "a count such as 50k"
             raise EdgekdError(f"--budget: {kind} value {item!r} is not {unit}")
-        points.append(BudgetPoint(kind, item, float(parsed)))
-    if len({p.value for p in points}) != len(points):
-        raise EdgekdError(f"--budget: {text!r} names a value twice")
+        # 300us is 300 x 0.001 ms = 0.30000000000000004: rounded, it is the 0.3ms it means
+        value = float(f"{parsed:.12g}") if kind == "latency" else float(parsed)
+        points.append(BudgetPoint(kind, item, value))
     return points
 
 
@@ -105,28 +144,68 @@ def point_recipe(
 
 
 def run_sweep(
-    path: Path, overrides: tuple[str, ...], budget: str, *, force: bool = False, progress=None
+    path: Path,
+    overrides: tuple[str, ...],
+    budgets: str | Sequence[str],
+    *,
+    force: bool = False,
+    progress=None,
 ) -> dict[str, Any]:
     from edgekd.pipeline import build
 
-    points = parse_budgets(budget)
+    points = parse_budgets(budgets)
     base, recipes = sweep_recipes(path, overrides, points)
-    teacher: Path | None = None
+    reused = [None] * len(points) if force else reusable_runs(path, overrides, base, points, recipes)
+    teacher = shared_teacher(base, recipes[0])
     runs: list[tuple[BudgetPoint, RunMetrics]] = []
-    for point, recipe in zip(points, recipes, strict=True):
-        if teacher is not None:
-            recipe = point_recipe(path, overrides, base, point, teacher)
-        metrics = None if force else finished(recipe)
+    for index, (point, recipe, metrics) in enumerate(zip(points, recipes, reused, strict=True)):
         if metrics is None:
+            if index > 0 and teacher is not None:
+                recipe = point_recipe(path, overrides, base, point, teacher)
             metrics = build(recipe, force=recipe.run_dir.exists(), progress=progress)
-        teacher = teacher or RunLayout(recipe.run_dir).model_weights("teacher")
         runs.append((point, metrics))
     return write_sweep(recipes[0].output_dir, runs, path)
 
 
-def finished(recipe: Recipe) -> RunMetrics | None:
-    metrics = RunLayout(recipe.run_dir).metrics
-    return RunMetrics.load(metrics) if metrics.is_file() else None
+def shared_teacher(base: Recipe, first: Recipe) -> Path | None:
+    """The teacher the first run trains and the others load (None when the recipe loads its own)."""
+    return RunLayout(first.run_dir).model_weights("teacher") if base.teacher.train is not None else None
+
+
+def reusable_runs(
+    path: Path, overrides: tuple[str, ...], base: Recipe, points: list[BudgetPoint], recipes: list[Recipe]
+) -> list[RunMetrics | None]:
+    """Per point, its finished run when that was built from exactly the recipe it would run now (None: build
+    it). A finished run of another recipe (`--set train.epochs=5` since), or one distilled from a teacher
+    this sweep trains again, is refused before anything is built: it would be silently stale."""
+    teacher = shared_teacher(base, recipes[0])
+    reused: list[RunMetrics | None] = []
+    for index, (point, recipe) in enumerate(zip(points, recipes, strict=True)):
+        if not RunLayout(recipe.run_dir).metrics.is_file():  # not built, or not finished: build it
+            reused.append(None)
+            continue
+        if index > 0 and teacher is not None:
+            if reused[0] is None:
+                raise EdgekdError(
+                    f"--budget {point.kind} {point.text}: the finished run '{recipe.run_dir}' was distilled from "
+                    f"the teacher of '{recipes[0].run_dir}', which this sweep trains again; allowed: --force "
+                    "to build every run again"
+                )
+            recipe = point_recipe(path, overrides, base, point, teacher)
+        check_same_recipe(point, recipe)
+        reused.append(RunMetrics.load(RunLayout(recipe.run_dir).metrics))
+    return reused
+
+
+def check_same_recipe(point: BudgetPoint, recipe: Recipe) -> None:
+    changes = recipe_changes(RunLayout(recipe.run_dir), recipe)
+    if changes:
+        shown = ", ".join(changes[:5]) + (", ..." if len(changes) > 5 else "")
+        raise EdgekdError(
+            f"--budget {point.kind} {point.text}: the finished run '{recipe.run_dir}' was built from another "
+            f"recipe (it differs in {shown}); allowed: the same recipe and --set values, or --force to build "
+            "every run again"
+        )
 
 
 def sweep_points(runs: list[tuple[BudgetPoint, RunMetrics]]) -> list[dict[str, Any]]:

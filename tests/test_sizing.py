@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,71 @@ def test_a_cache_file_with_another_key_is_not_trusted(tmp_path):
     assert LatencyCache(recipe.latency_cache_dir, cache.key).entries == {}
 
 
+SMALLEST = describe_member("resnet8", {"width": 8})
+
+
+def edit_entry(cache: LatencyCache, member: str, entry) -> None:
+    """Edit one member's entry of the cache file in place, as a user with an editor might."""
+    stored = json.loads(cache.path.read_text())
+    stored["members"][member] = entry
+    cache.path.write_text(json.dumps(stored))
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"timings_ms": {"p50": 0, "p90": 0, "p99": 0}},
+        {"timings_ms": {"p50": -0.1, "p90": 0.2, "p99": 0.3}},
+        {"timings_ms": {"p50": float("nan"), "p90": 0.2, "p99": 0.3}},
+        {"timings_ms": {"p50": float("inf"), "p90": 0.2, "p99": 0.3}},
+        {"timings_ms": {"p50": "fast", "p90": 0.2, "p99": 0.3}},
+        {"timings_ms": {"p50": True, "p90": 0.2, "p99": 0.3}},
+        {"timings_ms": {"p50": 0.1, "p90": 0.2}},
+        {"timings_ms": [0.1, 0.2, 0.3]},
+        {"timings_ms": "0.1"},
+        {"measured_at": "yesterday"},
+        [0.1, 0.2, 0.3],
+        7,
+    ],
+    ids=[
+        "zero",
+        "negative",
+        "nan",
+        "inf",
+        "text",
+        "bool",
+        "no p99",
+        "timings a list",
+        "timings a string",
+        "no timings",
+        "entry a list",
+        "entry an int",
+    ],
+)
+def test_an_edited_cache_entry_is_ignored_with_a_warning(tmp_path, entry):
+    recipe, data = recipe_and_data(latency_raw(tmp_path))
+    cache = record_table(recipe, data, lambda m: 0.01)
+    edit_entry(cache, SMALLEST, entry)
+    with pytest.warns(UserWarning, match=rf"the entry of '{SMALLEST}' is ignored"):
+        reread = LatencyCache(recipe.latency_cache_dir, cache.key)
+    assert reread.get(SMALLEST) is None
+    assert reread.get(describe_member("resnet14", {"width": 8}))["p50"] == 0.01  # the others are kept
+
+
+def test_a_zero_timing_in_the_cache_is_timed_again_not_trusted(tmp_path):
+    """Every member cached as too slow but the smallest, edited to 0 ms: it is timed for real (it fits the
+    10 ms limit on its own merit) and its entry rewritten; a zero timing used to fit any limit."""
+    recipe, data = recipe_and_data(latency_raw(tmp_path))
+    cache = record_table(recipe, data, lambda m: 100.0)
+    edit_entry(cache, SMALLEST, {"timings_ms": {"p50": 0, "p90": 0, "p99": 0}})
+    with pytest.warns(UserWarning, match="p50 is 0; allowed: a finite time above 0 ms"):
+        (name, args), sizing = size_to_latency(recipe, data)
+    row = next(row for row in sizing.candidates if row.member == SMALLEST)
+    assert (name, args) == ("resnet8", {"width": 8}) and row.source == "measured" and row.latency_ms > 0
+    stored = json.loads(cache.path.read_text())["members"][SMALLEST]["timings_ms"]
+    assert stored["p50"] > 0
+
+
 # ----------------------------------------------------------------------------------------------- errors
 def test_an_impossible_latency_budget_names_the_fastest_member(tmp_path):
     recipe, data = recipe_and_data(latency_raw(tmp_path, limit_ms=1e-6))
@@ -257,6 +323,32 @@ def test_latency_table_times_every_member_once_and_saves_csv_and_json(cli, tmp_p
 
     again = cli("latency-table", path, "--out", tmp_path / "tables", "--quiet")
     assert again.exit_code == 0 and "read from the latency cache: 3," in again.output.replace("\n", " ")
+
+
+@pytest.mark.parametrize(
+    ("out", "says"),
+    [("table.csv", "is a file, not a folder"), ("table.csv/tables", "which is a file")],
+    ids=["a file", "under a file"],
+)
+def test_latency_table_refuses_an_unusable_out_before_timing_anything(cli, tmp_path, out, says):
+    (tmp_path / "table.csv").write_text("an earlier table\n")
+    path = tmp_path / "table.yaml"
+    path.write_text(yaml.safe_dump(latency_raw(tmp_path)))
+    result = cli("latency-table", path, "--out", tmp_path / out, "--quiet")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"error: --out: '{tmp_path / out}' ") and says in result.output
+    assert not (tmp_path / "runs").exists()  # nothing timed: the cache was never written
+    assert (tmp_path / "table.csv").read_text() == "an earlier table\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in any folder")
+def test_latency_table_refuses_a_folder_it_cannot_write_in_before_timing(cli, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    path = tmp_path / "table.yaml"
+    path.write_text(yaml.safe_dump(latency_raw(tmp_path)))
+    result = cli("latency-table", path, "--out", locked / "tables", "--quiet")
+    assert result.exit_code == 2 and "cannot write in" in result.output and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow

@@ -434,26 +434,3 @@ def test_channel_moments_give_the_squared_deviation_from_each_channels_mean():
     expected = (whole - whole.mean((0, 2, 3), keepdim=True)).square().sum()
     assert moments.elements == whole.numel()
     assert abs(moments.total - float(expected)) < 1e-9 * float(expected)
-
-
-@pytest.mark.parametrize(
-    ("payload", "words"),
-    [
-        ({"format": "other"}, ["not an SRM dictionaries file"]),
-        (
-            {"format": "edgekd.srm.dictionaries/1", "atoms_per_channel": 3.0, "sparsity": 0.1},
-            ["learnt with atoms_per_channel 3.0", "distill.srm.atoms_per_channel is 2.0"],
-        ),
-    ],
-)
-def test_a_dictionaries_file_of_other_options_is_refused_before_anything_is_written(
-    cli, write_recipe, tmp_path, payload, words
-):
-    path = tmp_path / "dictionaries.pt"
-    torch.save(payload, path)
-    distill = {"method": "srm", "srm": {"sparsity": 0.1}, "artifacts": {"srm": {"dictionaries": str(path)}}}
-    result = cli("build", write_recipe(distill=distill, train=TRAIN))
-    assert result.exit_code == 2, result.output
-    assert result.output.count("\n") == 1 and "distill.artifacts.srm.dictionaries" in result.output
-    assert all(word in result.output for word in words), result.output
-    assert not (tmp_path / "runs").exists()

@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from edgekd.errors import EdgekdError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from edgekd.distill.base import Distiller
+    from edgekd.distill.payload import PayloadSchema
     from edgekd.recipe import TrainConfig
     from edgekd.schema_base import Section
 
@@ -52,16 +55,46 @@ class Artifact:
     producing objective's `artifact(name)` returns (tensors, numbers, strings, lists, dicts), given to the
     consuming objective's `use_artifact(name, payload)`. Either way it is saved with torch.save and read
     back weights_only.
+
+    A file loaded from another run (`distill.artifacts`) is checked before anything is written: a "student"
+    one against the architecture's own state_dict (keys, shapes, dtypes, finite values: checkpoint.py's
+    fitting_state), an "objective" one by `check_payload` below, then by `fits` on the consuming stage's
+    networks, built on the meta device, and again with the teacher's weights when a checkpoint gives them.
+    Where the run trains its teacher, what needs its weights (SRM's teacher fingerprint) is checked when the
+    consuming stage takes the payload in.
     """
 
     name: str
     file: str
     holds: Literal["student", "objective"]
     summary: str
-    # For holds="objective": checks a payload loaded from another run against the method's options
-    # (check(payload, options, where), raising EdgekdError), before anything is written. What needs the
-    # networks (which teacher, which taps) is checked when the consuming stage takes it in.
+    # For holds="objective": the payload's declared structure, beside the code that writes it.
+    schema: PayloadSchema | None = None
+    # Agreement of a valid payload with the method's options: check(payload, options, where).
     check: Callable[[Any, Section, str], None] | None = None
+    # Agreement with the networks (taps, channels): fits(payload, networks, options, where).
+    fits: Callable[[Any, Networks, Section, str], None] | None = None
+
+
+@dataclass(frozen=True)
+class Networks:
+    """The consuming stage's teacher and student as the recipe builds them (on the meta device: their taps
+    and shapes are known, their weights are not), and the shape of one input image. `teacher_weights`: the
+    teacher is the run's, with the weights it will have (loaded from teacher.checkpoint)."""
+
+    teacher: nn.Module
+    student: nn.Module
+    input_shape: tuple[int, int, int]
+    teacher_weights: bool = False
+
+
+def check_payload(artifact: Artifact, payload: Any, options: Section, where: str) -> None:
+    """An "objective" artifact's payload has its declared structure and agrees with the method's options;
+    an EdgekdError (one line, starting with `where`) says where it does not."""
+    if artifact.schema is not None:
+        artifact.schema.check(payload, where)
+    if artifact.check is not None:
+        artifact.check(payload, options, where)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,18 @@
 """The latency cache: one JSON file per fingerprint, one entry per family member, written as measured.
 
-A file whose stored key differs from the one asked for (a hash collision, an edited file) is not used. Each
-measurement is saved at once (atomically), so an interrupted sizing keeps what it timed.
+A file whose stored key differs from the one asked for (a hash collision, an edited file) is not used. An
+entry that is not what `put` writes (timings that are missing, not numbers, zero, negative or not finite:
+an edited or damaged file) is dropped with a warning, so the member is timed again and the entry rewritten;
+a zero timing would otherwise fit every limit. Each measurement is saved at once (atomically), so an
+interrupted sizing keeps what it timed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +39,23 @@ class LatencyCache:
         if not isinstance(stored, dict) or stored.get("key") != json.loads(json.dumps(self.key)):
             return {}
         entries = stored.get("members")
-        return entries if isinstance(entries, dict) else {}
+        if not isinstance(entries, dict):
+            return {}
+        return {member: entry for member, entry in entries.items() if self._usable(member, entry)}
+
+    def _usable(self, member: str, entry: Any) -> bool:
+        problem = entry_problem(entry)
+        if problem is not None:
+            warnings.warn(
+                f"latency cache {self.path}: the entry of '{member}' is ignored ({problem}); it is timed again",
+                UserWarning,
+                stacklevel=2,
+            )
+        return problem is None
 
     def get(self, member: str) -> dict[str, float] | None:
         entry = self.entries.get(member)
-        return dict(entry["timings_ms"]) if entry and "timings_ms" in entry else None
+        return dict(entry["timings_ms"]) if entry is not None else None
 
     def put(self, member: str, timings_ms: dict[str, float]) -> None:
         self.entries[member] = {
@@ -52,3 +69,22 @@ class LatencyCache:
                 f"student.budget.latency.cache_dir: cannot write {self.path} ({err.strerror}); "
                 "allowed: a writable folder"
             ) from None
+
+
+# What time_member measures (measure.py): every entry holds all three.
+TIMINGS = ("p50", "p90", "p99")
+
+
+def entry_problem(entry: Any) -> str | None:
+    """Why a stored entry cannot be trusted, or None: its timings must be finite positive numbers (ms)."""
+    timings = entry.get("timings_ms") if isinstance(entry, dict) else None
+    if not isinstance(timings, dict):
+        return "no timings_ms mapping"
+    for statistic in TIMINGS:
+        value = timings.get(statistic)
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{statistic} is {shown}, not a number of milliseconds"
+        if not (math.isfinite(value) and value > 0):
+            return f"{statistic} is {shown}; allowed: a finite time above 0 ms"
+    return None

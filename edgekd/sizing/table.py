@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgekd.data import DataPlan
 from edgekd.errors import EdgekdError
-from edgekd.fileio import write_json, write_text
+from edgekd.fileio import folder_problem, write_json, write_text
 from edgekd.recipe import Recipe
 from edgekd.records import Sizing
 from edgekd.sizing.latency_budget import latency_table, progress_line
@@ -26,19 +26,32 @@ def write_latency_table(
             "student.budget.latency: latency-table needs a student family and a latency target; allowed: a "
             "recipe with both, e.g. --set student.family=resnet --set student.budget.latency.limit_ms=1"
         )
+    folder = out or recipe.output_dir / "latency_tables"
+    field = "--out" if out is not None else "output_dir"
+    check_output_folder(folder, field)  # before minutes of timing, not after
     data = DataPlan(recipe.data, recipe.teacher.classes).student(recipe.student_seeds[0])
     table = latency_table(recipe, data, progress_line(progress, "latency table"), refresh=refresh)
-    folder = out or recipe.output_dir / "latency_tables"
     target = table.target
     stem = (
         f"{target['family']}_{target['backend']}_{target['precision']}_b{target['batch']}_"
         f"t{target['threads'] or 'default'}_{Path(table.cache_file).stem}"
     )
-    paths = [
-        write_text(folder / f"{stem}.csv", table_csv(table)),
-        write_json(folder / f"{stem}.json", table.model_dump(mode="json")),
-    ]
+    try:
+        paths = [
+            write_text(folder / f"{stem}.csv", table_csv(table)),
+            write_json(folder / f"{stem}.json", table.model_dump(mode="json")),
+        ]
+    except OSError as error:  # the folder changed while the family was timed (the timings stay cached)
+        raise EdgekdError(f"{field}: cannot write the table into '{folder}' ({error.strerror})") from None
     return table, paths
+
+
+def check_output_folder(folder: Path, field: str) -> None:
+    problem = folder_problem(folder)
+    if problem is not None:
+        raise EdgekdError(
+            f"{field}: '{folder}' {problem}; allowed: a folder (existing or new) this user can write in"
+        )
 
 
 def table_csv(table: Sizing) -> str:

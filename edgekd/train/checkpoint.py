@@ -71,7 +71,9 @@ def load_weights(model: nn.Module, path: Path, what: str, arch: str) -> None:
 
 
 def fitting_state(model: nn.Module, path: Path, what: str, arch: str) -> dict[str, torch.Tensor]:
-    """The state_dict in `path`, checked to fit `model` (which may live on the meta device) key by key."""
+    """The state_dict in `path`, checked to fit `model` (which may live on the meta device) key by key:
+    the same keys and shapes, values of the same kind (load_state_dict would cast integers to floats and
+    drop imaginary parts without a word) and finite floating-point values (a NaN weight trains nothing)."""
     state = extract_state_dict(load_checkpoint(path, what), path, what)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -83,7 +85,37 @@ def fitting_state(model: nn.Module, path: Path, what: str, arch: str) -> dict[st
             + _describe(missing, unexpected, mismatched, state, expected)
             + ")"
         )
+    unusable = _unusable_values(state, expected)
+    if unusable:
+        raise EdgekdError(
+            f"{what}: '{path}' holds values the architecture '{arch}' cannot take ({len(unusable)} tensors, "
+            f"first: {'; '.join(unusable[:_SHOWN_KEYS])}); allowed: finite values of each tensor's kind"
+        )
     return state
+
+
+def _value_kind(tensor: torch.Tensor) -> str:
+    if tensor.is_complex():
+        return "complex"
+    if tensor.is_floating_point():
+        return "floating-point"
+    return "boolean" if tensor.dtype == torch.bool else "integer"
+
+
+def _unusable_values(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+    """'conv1.weight is int64 where the architecture has float32', 'fc.bias holds NaN or infinite values'."""
+    problems = []
+    for key, wanted in expected.items():
+        given = state[key]
+        if _value_kind(given) != _value_kind(wanted):
+            problems.append(f"{key} is {_dtype(given)} where the architecture has {_dtype(wanted)}")
+        elif given.is_floating_point() and not bool(torch.isfinite(given).all()):
+            problems.append(f"{key} holds NaN or infinite values")
+    return problems
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def _describe(missing, unexpected, mismatched, state, expected) -> str:

@@ -27,7 +27,7 @@ from edgekd.layout import MethodFolder, StageFolder
 from edgekd.recipe import TrainConfig, stage_train_config
 from edgekd.records import DataUse, StageArtifact, StageRecord
 from edgekd.schema_base import Section
-from edgekd.train.checkpoint import load_checkpoint, save_checkpoint
+from edgekd.train.checkpoint import fitting_state, load_checkpoint, save_checkpoint
 from edgekd.train.dist import Parallel, is_main_process
 from edgekd.train.trainer import FitResult, Trainer, epoch_seed, evaluate
 
@@ -280,10 +280,12 @@ def data_use(data: DataBundle, objective: Distiller, selection: str) -> DataUse:
 
 def hand_on_student(stage: Stage, student: nn.Module, consumed: list[StageArtifact]) -> None:
     """Load the student's weights from the artifacts of kind "student" the stage consumes (before its fresh
-    head: the head is new either way)."""
+    head: the head is new either way). Read as the recipe check read them (fitting_state): a file it
+    accepted ({'state_dict': ...}, 'module.' keys) loads the same way."""
     for artifact, record in zip(stage.consumes, consumed, strict=True):
         if artifact.holds == "student":
-            student.load_state_dict(load_checkpoint(Path(record.path), f"artifact {artifact.name}"))
+            what, arch = f"artifact {artifact.name}", type(student).__name__
+            student.load_state_dict(fitting_state(student, Path(record.path), what, arch))
 
 
 def hand_on_objective(stage: Stage, objective: Distiller, consumed: list[StageArtifact]) -> None:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd.distill.base import Distiller
-from edgekd.distill.features import FeatureCapture, probe_shapes, resolve_taps
+from edgekd.distill.features import FeatureCapture, Tap, probe_shapes, resolve_taps
 from edgekd.distill.hypergradient import finite_difference_hypergradient
 from edgekd.distill.options import DistProOptions
 from edgekd.distill.pathways import (
@@ -35,19 +35,56 @@ from edgekd.distill.pathways import (
     interpolate_process,
     process_weights,
 )
-from edgekd.distill.plan import Artifact, Stage
+from edgekd.distill.payload import Items, Mapping, Number, PayloadSchema, Tensor, Text
+from edgekd.distill.plan import Artifact, Networks, Stage, check_payload
 from edgekd.distill.registry import implements
 from edgekd.errors import EdgekdError
 
 PROCESS_FORMAT = "edgekd.distpro.process/1"
+# What DistProSearch.artifact writes: the pathways' names, and α (softmax weights, so in [0, 1]) and α̃ of
+# every pathway at each recorded search step, those steps increasing from 0 to the steps searched.
+PROCESS_SCHEMA = PayloadSchema(
+    "a DistPro process file",
+    PROCESS_FORMAT,
+    Mapping(
+        {
+            "pathways": Items(Text(), binds="pathways", unique=True),
+            "searched_steps": Number(integer=True, minimum=1, binds="searched_steps"),
+            "steps": Items(
+                Number(integer=True, minimum=0, maximum="searched_steps"), binds="steps", order="increasing"
+            ),
+            "alpha": Tensor(("steps", "pathways"), minimum=0.0, maximum=1.0),
+            "logits": Tensor(("steps", "pathways")),
+        },
+        optional={"bias": Number(nullable=True), "searched_on": Mapping()},
+    ),
+)
 
 
-def check_process(payload, options: DistProOptions, where: str) -> None:
-    """A loaded process file is DistPro's (its pathways are checked against the networks later)."""
-    if not isinstance(payload, dict) or payload.get("format") != PROCESS_FORMAT:
-        raise EdgekdError(f"{where}: not a DistPro process file (expected format '{PROCESS_FORMAT}')")
+def check_process_options(payload, options: DistProOptions, where: str) -> None:
+    """A process is replayed only by the weightings that use one."""
     if options.weights == "equal":
         raise EdgekdError(f"{where}: distill.distpro.weights 'equal' uses no process; remove the artifact")
+
+
+def check_pathways(payload, pathways: list[str], where: str) -> None:
+    """The process was searched over this recipe's pathways, by name and in order."""
+    theirs = payload["pathways"]
+    if theirs != pathways:
+        raise EdgekdError(
+            f"{where}: the process was searched over {len(theirs)} pathways ({_first_names(theirs)}), this "
+            f"recipe has {len(pathways)} ({_first_names(pathways)}); the pathways must match by name"
+        )
+
+
+def _first_names(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+
+def check_process_networks(payload, networks: Networks, options: DistProOptions, where: str) -> None:
+    teacher_taps, student_taps = distpro_taps(networks.teacher, networks.student, options)
+    pathways, _ = pathways_between(teacher_taps, student_taps, options)
+    check_pathways(payload, [pathway.name for pathway in pathways], where)
 
 
 PROCESS = Artifact(
@@ -55,14 +92,45 @@ PROCESS = Artifact(
     "process.pt",
     "objective",
     "the searched distillation process: α of every pathway at the recorded search steps",
-    check=check_process,
+    schema=PROCESS_SCHEMA,
+    check=check_process_options,
+    fits=check_process_networks,
 )
+
+WHERE = "distill.distpro"
+
+
+def distpro_taps(teacher, student, options: DistProOptions) -> tuple[list[Tap], list[Tap]]:
+    """The teacher's and the student's taps pathways may join."""
+    teacher_taps = resolve_taps(
+        teacher, options.teacher_taps, preact=False, role="teacher", where=f"{WHERE}.teacher_taps"
+    )
+    student_taps = resolve_taps(
+        student, options.student_taps, preact=False, role="student", where=f"{WHERE}.student_taps"
+    )
+    return teacher_taps, student_taps
+
+
+def pathways_between(
+    teacher_taps: list[Tap], student_taps: list[Tap], options: DistProOptions
+) -> tuple[list[Pathway], list[tuple[int, int]]]:
+    """Every pathway the options allow, and the (teacher tap, student tap) indices each joins."""
+    pairs = allowed_pairs(len(teacher_taps), len(student_taps), options.pairs)
+    if not pairs:
+        raise EdgekdError(f"{WHERE}.pairs: no (teacher tap, student tap) pair is allowed")
+    ends = [(i, j) for i, j in pairs for _ in range(options.variants)]
+    pathways = [
+        Pathway(teacher_taps[i].name, student_taps[j].name, variant)
+        for i, j in pairs
+        for variant in range(options.variants)
+    ]
+    return pathways, ends
 
 
 class _DistProStage(Distiller):
     """The pathways between the chosen taps, their transforms and the weighted loss both stages train on."""
 
-    where = "distill.distpro"
+    where = WHERE
 
     def __init__(self, student, teacher, options, context):
         super().__init__(student, teacher, options, context)
@@ -71,23 +139,10 @@ class _DistProStage(Distiller):
         if context.input_shape is None:
             raise EdgekdError(f"{self.where}: the input shape is needed to size the transforms")
         shape = tuple(context.input_shape)
-        teacher_taps = resolve_taps(
-            teacher, options.teacher_taps, preact=False, role="teacher", where=f"{self.where}.teacher_taps"
-        )
-        student_taps = resolve_taps(
-            student, options.student_taps, preact=False, role="student", where=f"{self.where}.student_taps"
-        )
+        teacher_taps, student_taps = distpro_taps(teacher, student, options)
         teacher_shapes = probe_shapes(teacher, teacher_taps, shape, role="teacher", where=self.where)
         student_shapes = probe_shapes(student, student_taps, shape, role="student", where=self.where)
-        pairs = allowed_pairs(len(teacher_taps), len(student_taps), options.pairs)
-        if not pairs:
-            raise EdgekdError(f"{self.where}.pairs: no (teacher tap, student tap) pair is allowed")
-        self.pathways = [
-            Pathway(teacher_taps[i].name, student_taps[j].name, variant)
-            for i, j in pairs
-            for variant in range(options.variants)
-        ]
-        self.ends = [(i, j) for i, j in pairs for _ in range(options.variants)]
+        self.pathways, self.ends = pathways_between(teacher_taps, student_taps, options)
         self.transforms = nn.ModuleList(
             PathwayTransform(student_shapes[j].channels, teacher_shapes[i].channels, teacher_shapes[i].size)
             for i, j in self.ends
@@ -278,14 +333,8 @@ class DistProReplay(_DistProStage):
 
     def use_artifact(self, name: str, payload: dict) -> None:
         where = f"distill.artifacts.distpro.{name}"
-        check_process(payload, self.options, where)
-        if payload["pathways"] != self.pathway_names():
-            ours, theirs = self.pathway_names(), payload["pathways"]
-            raise EdgekdError(
-                f"{where}: the process was searched over {len(theirs)} pathways ({', '.join(theirs[:4])}"
-                f"{', ...' if len(theirs) > 4 else ''}), this recipe has {len(ours)} ({', '.join(ours[:4])}"
-                f"{', ...' if len(ours) > 4 else ''}); the pathways must match by name"
-            )
+        check_payload(PROCESS, payload, self.options, where)
+        check_pathways(payload, self.pathway_names(), where)
         alpha = torch.as_tensor(payload["alpha"], dtype=torch.float32)
         if self.options.drop_below is not None:
             logits = torch.as_tensor(payload["logits"])

@@ -35,7 +35,8 @@ from torch import nn
 from edgekd.distill.features import FeatureDistiller, TapPair, pair_taps, probe_shapes, resolve_taps
 from edgekd.distill.methods.kd import KD
 from edgekd.distill.options import SRMOptions
-from edgekd.distill.plan import Artifact, Stage
+from edgekd.distill.payload import Items, Mapping, Number, PayloadSchema, Tensor, Text
+from edgekd.distill.plan import Artifact, Networks, Stage, check_payload
 from edgekd.distill.registry import implements
 from edgekd.distill.sparse_coding import (
     SparseDictionary,
@@ -53,12 +54,35 @@ from edgekd.errors import EdgekdError
 from edgekd.models._common import evaluating
 
 ARTIFACT_FORMAT = "edgekd.srm.dictionaries/1"
+# What SRMDictionaries.artifact writes: per teacher tap its C x M atoms and its scalar bias (M = ⌊μ·C⌋ atoms,
+# k = max(1, ⌊λ·M⌋) kept codes), with the μ and λ they were learnt with and the teacher's fingerprint.
+DICTIONARIES_SCHEMA = PayloadSchema(
+    "an SRM dictionaries file",
+    ARTIFACT_FORMAT,
+    Mapping(
+        {
+            "teacher": Text(hex_digits=64),
+            "atoms_per_channel": Number(),
+            "sparsity": Number(),
+            "taps": Items(
+                Mapping(
+                    {
+                        "name": Text(),
+                        "channels": Number(integer=True, minimum=1, binds="channels"),
+                        "atoms": Number(integer=True, minimum=1, binds="atoms"),
+                        "k": Number(integer=True, minimum=1, maximum="atoms"),
+                        "dictionary": Tensor(("channels", "atoms")),
+                        "bias": Tensor(()),
+                    }
+                )
+            ),
+        }
+    ),
+)
 
 
-def check_dictionaries(payload, options: SRMOptions, where: str) -> None:
-    """A loaded dictionaries file is SRM's, made with this recipe's μ and λ."""
-    if not isinstance(payload, dict) or payload.get("format") != ARTIFACT_FORMAT:
-        raise EdgekdError(f"{where}: not an SRM dictionaries file (expected format '{ARTIFACT_FORMAT}')")
+def check_dictionaries_options(payload, options: SRMOptions, where: str) -> None:
+    """Valid dictionaries were learnt with this recipe's μ and λ."""
     for field in ("atoms_per_channel", "sparsity"):
         if abs(payload[field] - getattr(options, field)) > 1e-12:
             raise EdgekdError(
@@ -67,12 +91,65 @@ def check_dictionaries(payload, options: SRMOptions, where: str) -> None:
             )
 
 
+def dictionary_shapes(pairs: list[TapPair], options: SRMOptions) -> list[tuple[str, int, int, int]]:
+    """(teacher tap, channels C, atoms M, kept codes k) of each pair's teacher dictionary under the options."""
+    shapes = []
+    for pair in pairs:
+        channels = pair.teacher_shape.channels
+        atoms = atom_count(channels, options.atoms_per_channel)
+        shapes.append((pair.teacher.name, channels, atoms, kept_codes(atoms, options.sparsity)))
+    return shapes
+
+
+def check_dictionaries_fit(payload, pairs: list[TapPair], options: SRMOptions, where: str) -> None:
+    """Valid dictionaries hold exactly one dictionary per teacher tap this recipe pairs, in its order, of the
+    channels, atoms and kept codes the options give that tap."""
+    wanted = dictionary_shapes(pairs, options)
+    held = [(tap["name"], tap["channels"], tap["atoms"], tap["k"]) for tap in payload["taps"]]
+    held_names, wanted_names = [shape[0] for shape in held], [shape[0] for shape in wanted]
+    if held_names != wanted_names:
+        raise EdgekdError(
+            f"{where}: the file holds dictionaries of {len(held)} teacher taps ({', '.join(held_names)}); "
+            f"allowed: the {len(wanted)} this recipe pairs ({', '.join(wanted_names)})"
+        )
+    for index, (have, need) in enumerate(zip(held, wanted, strict=True)):
+        if have != need:
+            raise EdgekdError(
+                f"{where}: taps[{index}] ({have[0]}) is {_describe_dictionary(have)}; allowed: "
+                f"{_describe_dictionary(need)} (its channels under this recipe's atoms_per_channel and sparsity)"
+            )
+
+
+def _describe_dictionary(shape: tuple[str, int, int, int]) -> str:
+    _, channels, atoms, k = shape
+    return f"{channels} channels, {atoms} atoms, k={k}"
+
+
+def check_dictionaries_networks(payload, networks: Networks, options: SRMOptions, where: str) -> None:
+    pairs = srm_pairs(networks.teacher, networks.student, options, networks.input_shape, "distill.srm")
+    check_dictionaries_fit(payload, pairs, options, where)
+    if networks.teacher_weights:
+        check_dictionaries_teacher(payload, networks.teacher, where)
+
+
+def check_dictionaries_teacher(payload, teacher: nn.Module, where: str) -> None:
+    """Dictionaries fit only the teacher (its weights) they were learnt on."""
+    if payload["teacher"] != teacher_fingerprint(teacher):
+        raise EdgekdError(
+            f"{where}: these dictionaries were learnt on another teacher (weights fingerprint "
+            f"{payload['teacher'][:12]}, this run's teacher {teacher_fingerprint(teacher)[:12]}); they fit only "
+            "the teacher they were learnt on"
+        )
+
+
 DICTIONARIES = Artifact(
     "dictionaries",
     "dictionaries.pt",
     "objective",
     "the teacher's dictionaries and biases per tap (and the teacher's fingerprint)",
-    check=check_dictionaries,
+    schema=DICTIONARIES_SCHEMA,
+    check=check_dictionaries_options,
+    fits=check_dictionaries_networks,
 )
 PRETRAINED_STUDENT = Artifact(
     "pretrained_student",
@@ -141,11 +218,7 @@ class _SRMStage(FeatureDistiller):
 
     def teacher_dictionary_shapes(self) -> list[tuple[int, int, int]]:
         """(channels, atoms M, kept codes k) of each teacher tap's dictionary under the options."""
-        shapes = []
-        for pair in self.pairs:
-            atoms = atom_count(pair.teacher_shape.channels, self.options.atoms_per_channel)
-            shapes.append((pair.teacher_shape.channels, atoms, kept_codes(atoms, self.options.sparsity)))
-        return shapes
+        return [(channels, atoms, k) for _, channels, atoms, k in dictionary_shapes(self.pairs, self.options)]
 
 
 class SRMDictionaries(_SRMStage):
@@ -259,25 +332,11 @@ class SRMPretrain(_SRMStage):
 
     def use_artifact(self, name: str, payload: dict) -> None:
         where = f"distill.artifacts.srm.{name}"
-        check_dictionaries(payload, self.options, where)
-        if payload["teacher"] != teacher_fingerprint(self.teacher):
-            raise EdgekdError(
-                f"{where}: these dictionaries were learnt on another teacher (weights fingerprint "
-                f"{payload['teacher'][:12]}, this run's teacher {teacher_fingerprint(self.teacher)[:12]}); they "
-                "fit only the teacher they were learnt on"
-            )
-        saved = {tap["name"]: tap for tap in payload["taps"]}
-        for pair, dictionary in zip(self.pairs, self.teacher_dictionaries, strict=True):
-            tap = saved.get(pair.teacher.name)
-            if tap is None or tuple(tap["dictionary"].shape) != (dictionary.channels, dictionary.atoms):
-                found = ", ".join(
-                    f"{t['name']} ({t['channels']} channels, {t['atoms']} atoms)" for t in saved.values()
-                )
-                raise EdgekdError(
-                    f"{where}: no dictionary of {dictionary.channels} channels and {dictionary.atoms} atoms for "
-                    f"teacher tap '{pair.teacher.name}' (the file holds: {found})"
-                )
-            with torch.no_grad():
+        check_payload(DICTIONARIES, payload, self.options, where)
+        check_dictionaries_teacher(payload, self.teacher, where)
+        check_dictionaries_fit(payload, self.pairs, self.options, where)
+        with torch.no_grad():
+            for tap, dictionary in zip(payload["taps"], self.teacher_dictionaries, strict=True):
                 dictionary.atoms_matrix.copy_(tap["dictionary"])
                 dictionary.bias.copy_(tap["bias"])
         self._dictionaries_loaded = True
