@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -213,17 +212,15 @@ def check_input_memory(image_shape: tuple[int, int, int], batch: int, field: str
 
 
 def check_writable_file(path: Path, option: str) -> None:
-    """`path` can be written as a file: not a folder, inside a folder that exists (or can be made) and is
+    """`path` can be written as a file: not a folder, in a folder that exists (or can be made) and is
     writable. Checked before minutes of work, so the result is not lost at the end."""
+    from edgekd.fileio import folder_problem
+
     if path.is_dir():
         raise EdgekdError(f"{option}: '{path}' is a folder; allowed: a file path")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise EdgekdError(f"{option}: '{path}' cannot be created: '{folder}' is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise EdgekdError(f"{option}: '{path}' cannot be written: '{folder}' is not writable here")
+    problem = folder_problem(path.parent)
+    if problem is not None:
+        raise EdgekdError(f"{option}: '{path}' cannot be written: its folder '{path.parent}' {problem}")
     if len(path.name.encode()) > 255:
         raise EdgekdError(f"{option}: the file name is {len(path.name.encode())} bytes long; allowed: 255")
 
