@@ -72,6 +72,17 @@ class DataConfig(Section):
         None, description="Local folder of a torchvision data set or an ImageFolder tree."
     )
     download: bool = Field(False, description="Let torchvision download the data set into `root`.")
+    image_cache: Literal["auto", "memory", "disk", "off"] = Field(
+        "auto",
+        description="ImageFolder: decode each image file once, to the fed size and channels (uint8), instead of "
+        "on every epoch. auto: in memory when that takes at most a quarter of the available memory, else on "
+        "disk (image_cache_dir); memory; disk (a cache later runs reuse; a changed file is decoded again); off: "
+        "read every file on every load.",
+    )
+    image_cache_dir: LoosePath | None = Field(
+        None,
+        description="Folder of the disk image cache; null: $XDG_CACHE_HOME/edgekd/images (~/.cache/edgekd/images).",
+    )
     image_size: int | None = Field(
         None, ge=4, le=MAX_IMAGE_SIZE, description="Resize images to this square size; null keeps it."
     )

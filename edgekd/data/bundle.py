@@ -23,6 +23,7 @@ from edgekd.data.batches import (
     smallest_batch,
     steps_per_epoch,
 )
+from edgekd.data.decoded import ImageCache
 from edgekd.data.digits import load_digits_source
 from edgekd.data.imagefolder import load_imagefolder_source
 from edgekd.data.pools import ImagePool, Source
@@ -272,7 +273,10 @@ class DataBundle:
 def load_source(cfg: DataConfig) -> Source:
     """Read the data set named by `cfg.dataset` (images processed to the requested channels and size)."""
     if cfg.dataset == "imagefolder":
-        return load_imagefolder_source(cfg.root, image_size=cfg.image_size, channels=cfg.channels)
+        cache = ImageCache(cfg.image_cache, cfg.image_cache_dir)
+        return load_imagefolder_source(
+            cfg.root, image_size=cfg.image_size, channels=cfg.channels, cache=cache
+        )
     size = (cfg.image_size, cfg.image_size) if cfg.image_size is not None else None
     preprocess = Preprocess(channels=cfg.channels, size=size)
     if cfg.dataset == "digits":
@@ -411,6 +415,11 @@ class DataPlan:
             )
         return unlabeled
 
+    def _decode_record(self) -> dict[str, Any]:
+        """`image_files`: how many files this run decoded and how many came from the disk cache."""
+        counts = _decode_counts(self.source)
+        return {"image_files": counts} if counts else {}
+
     def _student_provenance(self, draw: int | None) -> dict[str, Any]:
         """What the report says about the student's images: where from, and what the teacher saw of them."""
         cfg = self.cfg
@@ -447,6 +456,7 @@ class DataPlan:
     ) -> DataBundle:
         cfg, source = self.cfg, self.source
         lookup = None if class_ids == self.all_ids else label_lookup(class_ids, source.num_classes)
+        provenance = {**provenance, **self._decode_record()}
 
         mean, std = self.stats
 
@@ -490,6 +500,16 @@ class DataPlan:
             persistent_workers=cfg.persistent_workers,
             provenance=provenance,
         )
+
+
+def _decode_counts(source: Source) -> dict[str, Any]:
+    """Per stored split, what opening its image files cost (decoded.py); empty for in-memory data sets."""
+    pools = {"train": source.train_pool, "test": source.test_pool}
+    return {
+        split: pool.decode_count.to_dict()
+        for split, pool in pools.items()
+        if getattr(pool, "decode_count", None) is not None
+    }
 
 
 def build_data(cfg: DataConfig, *, subset: bool = True, seed: int | None = None) -> DataBundle:

@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from edgekd.data.pools import FilePool, Source
+from edgekd.data.decoded import ImageCache
+from edgekd.data.pools import DecodedFilePool, FilePool, ImagePool, Source
 from edgekd.data.preprocess import Preprocess, adapt_stats
 from edgekd.errors import EdgekdError
 
@@ -62,9 +63,19 @@ def _native_size(path: str) -> tuple[int, int]:
     return height, width
 
 
-def load_imagefolder_source(root: Path | None, *, image_size: int | None, channels: int | None) -> Source:
-    """A lazy pool per split. Without `image_size`, every image is resized to the first training image's size
-    so that images of mixed sizes still batch."""
+def file_pool(paths: list[str], labels: np.ndarray, preprocess: Preprocess, cache: ImageCache) -> ImagePool:
+    """The images decoded once (decoded.py), or read from their files on every load (`off`)."""
+    if cache.mode == "off":
+        return FilePool(paths, labels, preprocess)
+    return DecodedFilePool(paths, labels, preprocess, cache)
+
+
+def load_imagefolder_source(
+    root: Path | None, *, image_size: int | None, channels: int | None, cache: ImageCache | None = None
+) -> Source:
+    """A pool per split, each file decoded once (`cache`). Without `image_size`, every image is resized to the
+    first training image's size so that images of mixed sizes still batch."""
+    cache = cache or ImageCache()
     if root is None:
         raise EdgekdError("data.root: dataset 'imagefolder' needs `root`, the folder of class folders")
     if not root.is_dir():
@@ -74,12 +85,12 @@ def load_imagefolder_source(root: Path | None, *, image_size: int | None, channe
     paths = [path for path, _ in train.samples]
     size = (image_size, image_size) if image_size is not None else _native_size(paths[0])
     preprocess = Preprocess(channels=channels, size=size)
-    train_pool = FilePool(paths, np.asarray(train.targets, dtype=np.int64), preprocess)
+    train_pool = file_pool(paths, np.asarray(train.targets, dtype=np.int64), preprocess, cache)
     test_pool = None
     if test_dir is not None:
         test = _read_folder(test_dir, allow_empty=True)
         labels = _test_labels(test, train.class_to_idx, test_dir)
-        test_pool = FilePool([path for path, _ in test.samples], labels, preprocess)
+        test_pool = file_pool([path for path, _ in test.samples], labels, preprocess, cache)
     out_channels = train_pool.image_shape[0]
     return Source(
         name="imagefolder",

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+from edgekd.data.decoded import ImageCache, decode_all
 from edgekd.data.preprocess import Preprocess
 
 # Processed in-memory pools up to this size are kept as ready float tensors (fast epochs); larger ones, e.g.
@@ -92,6 +93,31 @@ class FilePool(ImagePool):
     def load(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
         images = [self.preprocess(read_rgb(self.paths[int(i)])) for i in indices]
         return torch.stack(images) if images else torch.empty(0, *self.image_shape)
+
+
+class DecodedFilePool(ImagePool):
+    """Image files decoded once when the pool opens (decoded.py: in memory or a disk cache), then served as
+    uint8 tensors: what every epoch, the teacher and every student of the run read."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        labels: np.ndarray,
+        preprocess: Preprocess,
+        cache: ImageCache,
+        channels: int = 3,
+    ):
+        if preprocess.size is None:
+            raise ValueError("a DecodedFilePool needs a fixed output size: files may differ in size")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.image_shape = preprocess.output_shape((channels, *preprocess.size))
+        self.images, self.decode_count = decode_all(paths, preprocess, self.image_shape, cache, read_rgb)
+
+    def load(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        rows = np.asarray(indices, dtype=np.int64)
+        if len(rows) == 0:
+            return torch.empty(0, *self.image_shape)
+        return torch.from_numpy(np.ascontiguousarray(self.images[rows])).float().div_(255.0)
 
 
 @dataclass(frozen=True)
