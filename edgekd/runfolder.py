@@ -18,21 +18,30 @@ from edgekd.recipe import Recipe, dump_recipe
 def open_run_dir(recipe: Recipe, *, resume: bool, force: bool) -> RunLayout:
     run_dir = recipe.run_dir
     layout = RunLayout(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if resume:
-            _check_same_recipe(layout, recipe)
-            _check_layout(layout)
-        elif force:
-            shutil.rmtree(run_dir)
-        else:
-            raise EdgekdError(
-                f"output: run folder '{run_dir}' already holds a run (use --resume to continue it, "
-                "--force to start over, or --set name=... for a new one)"
-            )
+    if check_run_dir(recipe, resume=resume, force=force) and force:
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(layout.recipe, dump_recipe(recipe))
     write_json(layout.layout, {"layout": LAYOUT_VERSION})
     return layout
+
+
+def check_run_dir(recipe: Recipe, *, resume: bool, force: bool) -> bool:
+    """Whether the run folder already holds a run, refusing (without writing anything) one that neither
+    --resume can continue nor --force may replace."""
+    run_dir = recipe.run_dir
+    if not (run_dir.exists() and any(run_dir.iterdir())):
+        return False
+    if resume:
+        layout = RunLayout(run_dir)
+        _check_same_recipe(layout, recipe)
+        _check_layout(layout)
+    elif not force:
+        raise EdgekdError(
+            f"output: run folder '{run_dir}' already holds a run (use --resume to continue it, "
+            "--force to start over, or --set name=... for a new one)"
+        )
+    return True
 
 
 def _check_layout(layout: RunLayout) -> None:
