@@ -23,13 +23,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from edgekd.errors import CheckFailed, EdgekdError
+from edgekd.errors import EXIT_INTERRUPTED, CheckFailed, EdgekdError
 from edgekd.formats import BACKENDS, FORMATS, PRECISIONS
 from edgekd.latency_settings import LatencyConfig, LatencySettings
+from edgekd.launch import report_to_launcher, under_edgekd_launcher
 from edgekd.layout import RunLayout
 from edgekd.records import ArtifactRecord, RunMetrics
-
-EXIT_INTERRUPTED = 130
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -111,7 +110,8 @@ SET_OPTION = click.option(
 
 def user_errors(command):
     """Bad input ends the command with one line on stderr and exit code 2, a failed check with exit code 1
-    (a traceback only with --debug)."""
+    (a traceback only with --debug). In a process of `edgekd build --nproc`, the launcher prints that line
+    (edgekd/launch.py)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -121,19 +121,20 @@ def user_errors(command):
         except EdgekdError as exc:
             if debug:
                 raise
-            # The message is data: a path or pattern holding [brackets] must not be read as markup.
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            if not report_to_launcher(str(exc), exc.exit_code):
+                print_error(str(exc))
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            err.print(
-                "[yellow]interrupted[/]: completed epochs are saved; run the same command with --resume to continue"
-            )
+            if not under_edgekd_launcher():
+                print_interrupted()
             sys.exit(EXIT_INTERRUPTED)
         except OSError as exc:
             if debug or exc.errno not in FILE_SYSTEM_ERRORS:
                 raise
-            err.print(f"[bold red]error:[/] {escape(file_system_error(exc))}", soft_wrap=True)
-            sys.exit(1 if exc.errno in OUT_OF_SPACE else 2)
+            code = 1 if exc.errno in OUT_OF_SPACE else 2
+            if not report_to_launcher(file_system_error(exc), code):
+                print_error(file_system_error(exc))
+            sys.exit(code)
 
     return wrapper
 
@@ -164,6 +165,19 @@ def file_system_error(exc: OSError) -> str:
     return (
         f"cannot use{where}: {reason}; allowed: a path edgekd can create and write (check output_dir and "
         "the paths given)"
+    )
+
+
+def print_error(message: str) -> None:
+    # The message is data: a path or pattern holding [brackets] must not be read as markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
+def print_interrupted(how: str = "") -> None:
+    err.print(
+        f"[yellow]interrupted[/]{' ' + escape(how) if how else ''}: completed epochs are saved; run the same "
+        "command with --resume to continue",
+        soft_wrap=True,
     )
 
 
@@ -261,9 +275,11 @@ def build(
     if resume and force:
         raise EdgekdError("--resume and --force exclude each other")
     if nproc is not None and not launched_by_torchrun():
-        from edgekd.prepare import check_parallel_batches
+        from edgekd.pipeline import check_parallel_build, sizing_progress
 
-        check_parallel_batches(loaded, nproc)  # refused here, once, rather than by every process
+        # Bad input is refused here, once, before any process starts or anything trains.
+        with make_progress(quiet) as progress:
+            check_parallel_build(loaded, nproc, resume=resume, force=force, say=sizing_progress(progress))
         launch_torchrun(nproc, sys.argv[1:])
     worker = launched_by_torchrun() and os.environ.get("RANK", "0") != "0"
     try:
@@ -708,19 +724,11 @@ class LazyProgress(Progress):
 
 
 def launch_torchrun(nproc: int, argv: list[str]) -> None:
-    """Replace this process by torchrun running the same `edgekd` command in `nproc` processes (one
-    machine, its own rendezvous). Replacing rather than spawning it means killing this process kills
-    torchrun, whose workers then die with it (edgekd.train.dist.die_with_parent)."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "edgekd",
-        *without_option(argv, "--nproc"),
-    ]
+    """Replace this process by edgekd's launcher (edgekd/launch.py: torchrun's, in-process) running the same
+    `edgekd` command in `nproc` processes (one machine, its own rendezvous). Replacing rather than spawning
+    it means killing this process kills the launcher, whose processes then die with it
+    (edgekd.train.dist.die_with_parent), and frees what the checks before it held."""
+    command = [sys.executable, "-m", "edgekd.launch", str(nproc), *without_option(argv, "--nproc")]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, command)

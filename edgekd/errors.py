@@ -4,6 +4,9 @@ An :class:`EdgekdError` is bad input (a recipe field, a missing file, an impossi
 its message on one line and exits with code 2, with no traceback unless ``--debug`` is given.
 """
 
+# The exit code of a command interrupted (Ctrl-C), as shells report a process stopped by SIGINT.
+EXIT_INTERRUPTED = 130
+
 
 class EdgekdError(Exception):
     """A problem in what the user gave us, explained in one line."""

@@ -37,10 +37,18 @@ from edgekd.evaluation import (
 from edgekd.fileio import write_json
 from edgekd.layout import RunLayout
 from edgekd.models import count_flops, count_params, create_model
-from edgekd.prepare import ModelChoice, Prepared, loaded_artifacts, prepare, seed_everything
+from edgekd.prepare import (
+    ModelChoice,
+    Prepared,
+    check_data_parallel,
+    check_parallel_batches,
+    loaded_artifacts,
+    prepare,
+    seed_everything,
+)
 from edgekd.recipe import Recipe
 from edgekd.records import ArtifactRecord, ModelRecord, RunMetrics, RunRecord, StudentChoice
-from edgekd.runfolder import check_run_folder, delete_owned_folder, open_run_dir
+from edgekd.runfolder import check_run_dir, delete_owned_folder, open_run_dir
 from edgekd.runlock import run_folder_lock
 from edgekd.sizing.check import (
     BudgetExceeded,
@@ -76,7 +84,7 @@ def build(
     its budget fails the build (BudgetExceeded, exit 1) after the report is written."""
     started = time.perf_counter()
     # A folder that cannot be the run folder is refused before minutes of sizing or teacher training.
-    check_run_folder(recipe.run_dir, resume=resume, force=force)
+    check_run_dir(recipe, resume=resume, force=force)
     with distributed_session(recipe) as parallel:
         if parallel is not None:
             return build_parallel(recipe, parallel, started, resume=resume, force=force, progress=progress)
@@ -84,6 +92,18 @@ def build(
         with run_folder_lock(recipe.run_dir):
             layout = open_run_dir(recipe, resume=resume, force=force)
             return run(p, layout, started, resume=resume, progress=progress, strict_budget=strict_budget)
+
+
+def check_parallel_build(recipe: Recipe, world: int, *, resume: bool, force: bool, say=None) -> None:
+    """What `edgekd build --nproc` checks in one process before it starts any: that the batches split over
+    the `world` processes and every stage it would train can train data-parallel, that the run folder can be
+    opened as asked, and everything `edgekd validate` checks (prepare: data, budget, teacher checkpoint,
+    loaded artifacts, memory). Nothing is written. Each process checks again as it starts; what changes in
+    between (another build taking the folder) is refused there, as one line too (edgekd/launch.py)."""
+    check_parallel_batches(recipe, world)
+    check_data_parallel(recipe)
+    check_run_dir(recipe, resume=resume, force=force)
+    prepare(recipe, say=say)
 
 
 def build_parallel(

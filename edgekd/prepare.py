@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from edgekd.data import DataBundle, DataPlan
-from edgekd.distill.plan import Networks, Stage, check_payload, produced_artifacts
+from edgekd.distill.plan import Networks, Stage, check_payload, produced_artifacts, skipped
 from edgekd.distill.registry import resolve_method
 from edgekd.errors import CheckFailed, EdgekdError, RecipeError
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
@@ -99,6 +99,34 @@ def check_parallel_batches(recipe: Recipe, world: int) -> None:
                 f"{size} images do not split evenly over {world} processes (it is the global batch; "
                 f"allowed: a multiple of {world})",
             )
+
+
+def check_data_parallel(recipe: Recipe) -> None:
+    """Every stage a data-parallel build would train can train data-parallel: one that cannot (DistPro's
+    search) is refused before anything trains, unless the recipe loads what it produces (then it is
+    skipped)."""
+    for where, name in named_methods(recipe):
+        resolved = resolve_method(recipe.distill, name)
+        stages = resolved.entry.plan(resolved.options, recipe.train)
+        loaded = recipe.distill.artifacts.get(name, {})
+        for index, stage in enumerate(stages):
+            why = stage.objective.not_data_parallel
+            if why and not skipped(stage, index, len(stages), loaded):
+                raise EdgekdError(
+                    f"{where}: '{name}' cannot train data-parallel (--nproc): its stage '{stage.name}' "
+                    f"{why}; {serial_stage_fix(name, stage)}"
+                )
+
+
+def serial_stage_fix(method: str, stage: Stage) -> str:
+    """What a user can do about a stage that cannot train data-parallel."""
+    if not stage.produces:
+        return "build it without --nproc"
+    fields = ", ".join(f"distill.artifacts.{method}.{artifact.name}" for artifact in stage.produces)
+    return (
+        "build it without --nproc, or train that stage in a one-process run and load what it produces "
+        f"({fields})"
+    )
 
 
 def pick_device(wanted: str, mode: str = "deterministic") -> torch.device:
@@ -201,11 +229,17 @@ def choose_student_for_latency(
     )
 
 
+def named_methods(recipe: Recipe) -> list[tuple[str, str]]:
+    """(recipe field, method or variant name) of the main method and every baseline."""
+    distill = recipe.distill
+    fields = ["distill.method", *(f"distill.baselines.{i}" for i in range(len(distill.baselines)))]
+    return list(zip(fields, [distill.method, *distill.baselines], strict=True))
+
+
 def check_methods(recipe: Recipe, relation: str) -> None:
     """Every method and baseline supports the run's label relation, and its plan of stages can be made."""
     distill = recipe.distill
-    fields = ["distill.method", *(f"distill.baselines.{i}" for i in range(len(distill.baselines)))]
-    for where, name in zip(fields, [distill.method, *distill.baselines], strict=True):
+    for where, name in named_methods(recipe):
         resolved = resolve_method(distill, name)
         supported = resolved.entry.supported_relations(resolved.options)
         if relation not in supported:
@@ -326,6 +360,8 @@ def prepare(recipe: Recipe, say=None, parallel: Parallel | None = None) -> Prepa
     check_benchmark_devices(recipe)  # the devices the artifacts will be checked and timed on exist here
     plan = DataPlan(recipe.data, recipe.teacher.classes)
     check_methods(recipe, plan.relation)
+    if parallel is not None:  # also checked by `edgekd build --nproc` before it starts the processes
+        check_data_parallel(recipe)
     shape, all_classes = plan.image_shape, len(plan.teacher_ids)
     student_views: dict[int, DataBundle] = {}
     if recipe.latency_budget is not None and recipe.student.family is not None:

@@ -28,12 +28,8 @@ from edgekd.recipe import Recipe, dump_recipe
 def open_run_dir(recipe: Recipe, *, resume: bool, force: bool) -> RunLayout:
     run_dir = recipe.run_dir
     layout = RunLayout(run_dir)
-    if check_run_folder(run_dir, resume=resume, force=force) == "holds a run":
-        if resume:
-            _check_same_recipe(layout, recipe)
-            _check_layout(layout)
-        else:  # --force on a folder that carries edgekd's marker
-            delete_owned_folder(run_dir)
+    if check_run_dir(recipe, resume=resume, force=force) and force:
+        delete_owned_folder(run_dir)  # it carries edgekd's marker
     run_dir.mkdir(parents=True, exist_ok=True)
     if not layout.marker.is_file():
         write_json(layout.marker, {"edgekd": "run folder", "name": recipe.name, "created": _now()})
@@ -74,6 +70,18 @@ def check_run_folder(run_dir: Path, *, resume: bool = False, force: bool = False
             "--force to start over, or --set name=... for a new one)"
         )
     return "holds a run"
+
+
+def check_run_dir(recipe: Recipe, *, resume: bool, force: bool) -> bool:
+    """Whether the recipe's run folder already holds a run, refusing (without writing anything) one that
+    neither --resume can continue (another recipe, an older layout) nor --force may replace (not edgekd's)."""
+    if check_run_folder(recipe.run_dir, resume=resume, force=force) == "new":
+        return False
+    if resume:
+        layout = RunLayout(recipe.run_dir)
+        _check_same_recipe(layout, recipe)
+        _check_layout(layout)
+    return True
 
 
 def refuse_foreign_folder(run_dir: Path) -> None:

@@ -3,7 +3,8 @@
 Checked: it completes; one run folder holding the same set of files a one-process build writes (rank 0
 alone writes); its final metrics agree with a one-process build of the same global batch (SyncBatchNorm
 on) within the tolerance below; a SIGKILL of the launcher mid-run kills its workers, and `--resume` then
-completes with exactly the numbers of an uninterrupted two-process build.
+completes with exactly the numbers of an uninterrupted two-process build; bad input met inside the workers
+reaches the user as one line and exit code 2, not as torchrun's failure report.
 
 Tolerance, why: both builds train on the same global batches with the same initial weights, and
 test_ddp_math.py shows a few steps agree to float rounding; over ~80 steps at lr 0.02 the rounding of
@@ -135,7 +136,7 @@ def test_sigkill_of_the_launcher_then_resume(tmp_path):
     )
     try:
         wait_for(run / "train" / "kd" / "train" / "last.pt", launcher)
-        launcher.send_signal(signal.SIGKILL)  # the launcher is torchrun itself (exec'd)
+        launcher.send_signal(signal.SIGKILL)  # the launcher runs torchrun's agent itself (exec'd, same pid)
         launcher.wait(timeout=30)
         wait_until_unlocked(tmp_path / "runs" / ".killed.lock")
     finally:
@@ -148,3 +149,21 @@ def test_sigkill_of_the_launcher_then_resume(tmp_path):
     uninterrupted = json.loads((tmp_path / "runs" / "reference" / "history.json").read_text())
     assert without_times(resumed) == without_times(uninterrupted)
     assert json.loads((run / "metrics.json").read_text())["run"]["resumed"] is True
+
+
+def test_bad_input_met_by_the_workers_is_one_line_and_exit_code_2(tmp_path):
+    """A teacher whose loss diverges (bad input: its learning rate) stops both processes mid-training: the
+    user sees the message once, as one line, and exit code 2."""
+    teacher = {**RECIPE["teacher"], "train": {"epochs": 1, "optimizer": {"name": "sgd", "lr": 1e9}}}
+    recipe = write_recipe(tmp_path, name="diverged", teacher=teacher)
+    done = subprocess.run(
+        edgekd("build", str(recipe), "--quiet", "--nproc", "2"), capture_output=True, text=True, timeout=600
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert (
+        lines[0].startswith("error: train: the teacher loss became")
+        and "lower train.optimizer.lr" in lines[0]
+    )
+    assert (tmp_path / "runs" / "diverged" / "recipe.yaml").is_file()  # the workers' rank 0 opened the run

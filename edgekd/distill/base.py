@@ -85,12 +85,17 @@ class Distiller(nn.Module):
         that batch (OFD's margins of taps without a BatchNorm) is made here, so a data-parallel run can
         hand rank 0's to every process before any step uses it."""
 
-    # Whether the stage can train data-parallel (DDP): a stage that steps its own parameters from
-    # per-process gradients (DistPro's search) cannot, since the processes' updates would diverge.
-    data_parallel: bool = True
+    # Why the stage cannot train data-parallel (DDP), as the end of "its stage 'x' ..."; "" when it can. A
+    # stage that steps its own parameters from per-process gradients (DistPro's search) cannot: the processes'
+    # updates would diverge. A build under --nproc that would train such a stage is refused before anything
+    # trains (prepare.check_data_parallel).
+    not_data_parallel: str = ""
 
-    # Whether some trainable parameters may get no gradient in a step: DDP must then search the graph for
-    # them each step (slower), else it waits for their gradients forever.
+    # Under DDP the trainer synchronises exactly `trainable_parameters()` (the stage's other parameters are
+    # held frozen while it trains), and DDP expects a gradient for each of them in every step. A stage whose
+    # loss leaves some of them without one in some steps sets this, so that DDP searches each step's graph for
+    # them (slower) rather than waiting for their gradients forever. No stage in the catalog needs it:
+    # tests/test_ddp_methods.py trains every one under DDP.
     unused_parameters: bool = False
 
     def on_step_start(self, step: int, steps: int) -> None:
@@ -130,7 +135,8 @@ class Distiller(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What the stage's optimizer updates: by default every parameter that requires a gradient (the
-        student's and the method's own parts). A stage that trains less says so here."""
+        student's and the method's own parts). A stage that trains less says so here; under DDP exactly these
+        are synchronised, so each of them must get a gradient in every step (see `unused_parameters`)."""
         return [p for p in self.parameters() if p.requires_grad]
 
     # A stage selected by its own metric (`select: metric`), e.g. an embedding stage that has no classifier

@@ -12,7 +12,8 @@ Adding a method takes:
    than one stage, its plan function returning the Stages;
 2. its registry entry: its options class (the recipe's ``distill.<name>:`` block) in options.py, and an
    entry in ``METHODS`` below naming that class, the file and the Distiller (and plan function);
-3. a test of its loss terms; tests/test_catalog.py already loads every entry's code and plan.
+3. a test of its loss terms; tests/test_catalog.py already loads every entry's code and plan, and
+   tests/test_ddp_methods.py trains every stage of its plan in two processes against one.
 """
 
 from __future__ import annotations

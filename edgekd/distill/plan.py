@@ -18,7 +18,7 @@ stage that produces it is skipped.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -160,6 +160,12 @@ def split_epochs(field: str, embedding_epochs: int | None, epochs: int) -> int:
             f"{field}: {first} leaves no second stage in train.epochs {epochs}; give fewer, or more train.epochs"
         )
     return first
+
+
+def skipped(stage: Stage, index: int, count: int, loaded: Collection[str]) -> bool:
+    """A stage is skipped when every artifact it produces is loaded from another run (`loaded`: their names;
+    never the last stage: it makes the student)."""
+    return index < count - 1 and bool(stage.produces) and all(a.name in loaded for a in stage.produces)
 
 
 def describe_plan(stages: list[Stage]) -> str:

@@ -112,6 +112,44 @@ class Parallel:
         }
 
 
+def whole_batch(share: torch.Tensor) -> torch.Tensor:
+    """Under DDP, the rows of the whole global batch (every process's share, by rank) on every process;
+    outside DDP `share` itself. For a loss over relations between a batch's images (RKD's distances and
+    angles, REFILLED's triplets and batch classes), which over one process's share would be another loss
+    than one process's. The rows come in another order than one process's: such a loss does not depend on it.
+
+    Differentiable: every process's loss reads every row, so a row's gradient is the sum of the processes'
+    (an all-reduce in backward, as in GlobalBatchNorm2d), which DDP's averaging of the parameters' gradients
+    divides by the process count again: such a loss's gradients are one process's, whatever the shares'
+    sizes. Every process must call it at the same point of its step (it is a collective)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return share
+    return _WholeBatch.apply(share)
+
+
+class _WholeBatch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, share: torch.Tensor) -> torch.Tensor:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        sizes = torch.zeros(world, dtype=torch.int64, device=share.device)
+        sizes[rank] = share.shape[0]
+        dist.all_reduce(sizes)  # the shares differ by an image when a batch does not split evenly
+        counts = sizes.tolist()
+        padded = share.new_zeros((max(counts), *share.shape[1:]))
+        padded[: share.shape[0]] = share
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        ctx.rows = (sum(counts[:rank]), sum(counts[: rank + 1]))
+        return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        summed = grad.contiguous().clone()
+        dist.all_reduce(summed)
+        start, stop = ctx.rows
+        return summed[start:stop]
+
+
 def die_with_parent() -> None:
     """Under torchrun: have the kernel kill this worker when its launcher dies, even by SIGKILL.
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from edgekd.data import DataBundle
 from edgekd.distill.base import DistillContext, Distiller
-from edgekd.distill.plan import HOLDOUT_FRACTION, Artifact, Stage
+from edgekd.distill.plan import HOLDOUT_FRACTION, Artifact, Stage, skipped
 from edgekd.layout import MethodFolder, StageFolder
 from edgekd.recipe import TrainConfig, stage_train_config
 from edgekd.records import DataUse, StageArtifact, StageRecord
@@ -239,12 +239,6 @@ def run_stage(
 def stage_data(stage: Stage, data: DataBundle, seed: int) -> DataBundle:
     """The images the stage reads (plan.py's DataView)."""
     return data.holdout(HOLDOUT_FRACTION, seed) if stage.view == "holdout" else data
-
-
-def skipped(stage: Stage, index: int, count: int, loaded: dict[str, Path]) -> bool:
-    """A stage is skipped when every artifact it produces is loaded from another run (never the last
-    stage: it makes the student)."""
-    return index < count - 1 and bool(stage.produces) and all(a.name in loaded for a in stage.produces)
 
 
 def skipped_stage(stage: Stage, inputs: StageInputs) -> StageResult:

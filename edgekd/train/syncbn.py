@@ -10,6 +10,9 @@ synchronized layer is turned back into a plain BatchNorm2d, the module ONNX and 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -117,3 +120,20 @@ def plain_batchnorm(module: nn.Module) -> nn.Module:
         return None
 
     return _replace(module, convert)
+
+
+@contextlib.contextmanager
+def global_batchnorm_in_place(module: nn.Module) -> Iterator[None]:
+    """For the block, every plain BatchNorm2d of `module` computes its statistics over the global batch: its
+    class becomes GlobalBatchNorm2d in place (on CUDA too). For the parts a stage's objective builds beside
+    the student (connectors, transforms), which the stage's optimizer already holds: replacing them by new
+    modules, as synchronize_batchnorm does, would leave it holding the old parameters. GlobalBatchNorm2d
+    adds no state to BatchNorm2d, so the class swap is exact both ways."""
+    layers = [layer for layer in module.modules() if type(layer) is nn.BatchNorm2d]
+    for layer in layers:
+        layer.__class__ = GlobalBatchNorm2d
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.__class__ = nn.BatchNorm2d

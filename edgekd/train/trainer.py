@@ -13,6 +13,7 @@ beside it: a regressor, a fresh head), so the next stage of a plan starts from e
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import math
 import time
@@ -35,6 +36,7 @@ from edgekd.recipe import TrainConfig
 from edgekd.train.checkpoint import load_checkpoint, save_checkpoint
 from edgekd.train.dist import Parallel, is_main_process
 from edgekd.train.optim import build_optimizer, build_scheduler
+from edgekd.train.syncbn import global_batchnorm_in_place
 
 # Seeds of successive passes over the unlabelled images within one epoch (far from any other epoch's seed).
 _ROUND_SEED_STEP = 7_777_777
@@ -93,6 +95,18 @@ class EpochTally:
         sums = dict(zip(names, numbers[: len(names)], strict=True))
         correct, seen, task_loss = numbers[len(names) :]
         return sums, round(correct), round(seen), task_loss
+
+
+@contextlib.contextmanager
+def frozen(parameters: list[nn.Parameter]) -> Iterator[None]:
+    """`parameters` require no gradient for the block, and do again after it."""
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in parameters:
+            parameter.requires_grad_(True)
 
 
 def epoch_seed(seed: int, epoch: int, stage: int = 0) -> int:
@@ -168,10 +182,12 @@ class Trainer:
         stage_index: int = 0,
         parallel: Parallel | None = None,
     ):
-        if parallel is not None and not distiller.data_parallel:
+        if parallel is not None and distiller.not_data_parallel:
+            # prepare.check_data_parallel refuses such a build before anything trains; a library caller
+            # gets this
             raise EdgekdError(
-                f"distributed: the {label} stage ({type(distiller).__name__}) cannot train data-parallel; "
-                "run it with one process (edgekd build without --nproc)"
+                f"distributed: the {label} stage ({type(distiller).__name__}) cannot train data-parallel: it "
+                f"{distiller.not_data_parallel}; run it with one process (edgekd build without --nproc)"
             )
         self.parallel = parallel
         memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
@@ -179,7 +195,8 @@ class Trainer:
         self.distiller = distiller.to(device, memory_format=memory_format)
         if distiller.teacher is not None and cfg.channels_last:
             distiller.teacher.to(memory_format=memory_format)
-        self.model = self._step_module(distiller, parallel, device)
+        # What a step calls: the objective; under DDP, fit wraps it for the stage (data_parallel_steps).
+        self.model: nn.Module = StepObjective(distiller)
         self.select = select or cfg.select
         if self.select == "metric" and not distiller.has_selection_metric:
             raise ValueError(f"{type(distiller).__name__} defines no selection metric")
@@ -207,20 +224,52 @@ class Trainer:
         # fp16 needs a loss scale (its small gradients underflow); bf16 has FP32's range and needs none.
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
-    @staticmethod
-    def _step_module(distiller: Distiller, parallel: Parallel | None, device: torch.device) -> nn.Module:
-        """What a step calls: the objective, wrapped in DistributedDataParallel under DDP (the teacher is
-        not a submodule of the objective, so DDP neither wraps nor broadcasts it)."""
-        step = StepObjective(distiller)
-        if parallel is None:
-            return step
+    @contextlib.contextmanager
+    def _data_parallel_steps(self) -> Iterator[None]:
+        """Under DDP, the stage's steps call the objective wrapped in DistributedDataParallel over exactly the
+        parameters the stage trains (its `trainable_parameters`).
+
+        An objective holds parameters its stage does not train: the student's layers after a hint tap, its
+        classifier in an embedding stage, a frozen dictionary, a dropped pathway's transform. Their gradients
+        are never used (the optimizer does not hold them), but DDP would wait for them and fail. They are
+        frozen while the stage trains, so DDP leaves them out, and made trainable again after it, for the
+        next stage. With distributed.sync_batchnorm the BatchNorm layers the objective builds beside the
+        student (connectors, transforms; the student's own are synchronized for the whole plan) compute their
+        statistics over the global batch too. So the trained parameters' gradients are one process's."""
+        if self.parallel is None:
+            yield
+            return
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(frozen(self._idle_parameters()))
+            if self.parallel.sync_batchnorm:
+                stack.enter_context(global_batchnorm_in_place(self.distiller))
+            stack.enter_context(self._wrapped_in_ddp())
+            yield
+
+    @contextlib.contextmanager
+    def _wrapped_in_ddp(self) -> Iterator[None]:
+        """Steps call the objective in DistributedDataParallel for the block (the teacher is not a submodule
+        of the objective, so DDP neither wraps nor broadcasts it)."""
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(
+        step = self.model
+        self.model = DistributedDataParallel(
             step,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=distiller.unused_parameters,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=self.distiller.unused_parameters,
         )
+        try:
+            yield
+        finally:
+            # The wrapper sits in reference cycles: collected now, its gradient hooks leave the parameters
+            # before another stage's wrapper adds its own.
+            self.model = step
+            gc.collect()
+
+    def _idle_parameters(self) -> list[nn.Parameter]:
+        """The objective's parameters that require a gradient but that its stage does not train."""
+        trained = {id(p) for p in self.distiller.trainable_parameters()}
+        return [p for p in self.distiller.parameters() if p.requires_grad and id(p) not in trained]
 
     def _shard(self) -> tuple[int, int] | None:
         return (self.parallel.rank, self.parallel.world) if self.parallel is not None else None
@@ -234,9 +283,10 @@ class Trainer:
         task = self._start_progress(start_epoch)
         self._open_stage_loaders()
         try:
-            for epoch in range(start_epoch, self.cfg.epochs):
-                row = self._run_epoch(epoch, task)
-                self._end_epoch(epoch, row)
+            with self._data_parallel_steps():
+                for epoch in range(start_epoch, self.cfg.epochs):
+                    row = self._run_epoch(epoch, task)
+                    self._end_epoch(epoch, row)
         finally:
             self._close_stage_loaders()
         result = FitResult(

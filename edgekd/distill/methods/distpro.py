@@ -191,8 +191,9 @@ class _DistProStage(Distiller):
 class DistProSearch(_DistProStage):
     """The search stage: θ on the search-train images, α̃ on the hyper-gradient of the search-val CE."""
 
-    # The search steps the pathway weights from each process's own hyper-gradient: not data-parallel.
-    data_parallel = False
+    not_data_parallel = (
+        "steps the pathway weights from each process's own hyper-gradient, so the processes would diverge"
+    )
 
     reads_validation_images = True
 

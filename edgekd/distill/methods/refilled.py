@@ -33,6 +33,7 @@ from edgekd.distill.options import RefilledOptions
 from edgekd.distill.plan import Stage
 from edgekd.distill.registry import implements
 from edgekd.errors import EdgekdError
+from edgekd.train.dist import whole_batch
 
 
 # ------------------------------------------------------------------------------------------ triplets
@@ -106,16 +107,23 @@ class RefilledEmbedding(EmbeddingStage, _RefilledStage):
     def forward_train(self, images, labels):
         # the logits (of a head this stage does not train) only feed the trainer's logs
         logits, (features,) = self.student_capture.run(images)
-        return logits, {"triplet": self.triplet_loss(F.normalize(features.flatten(1), dim=1), images, labels)}
+        # triplets among the whole batch's images, also under DDP (where every process gathers the
+        # teacher's embeddings, triplet or not: no collective may hang on a decision the processes might
+        # not share)
+        embedding = whole_batch(F.normalize(features.flatten(1), dim=1))
+        teacher = whole_batch(self.teacher_embedding(images))
+        return logits, {"triplet": self.triplet_loss(embedding, teacher, whole_batch(labels))}
 
-    def triplet_loss(self, student_embedding: torch.Tensor, images, labels) -> torch.Tensor:
+    def triplet_loss(
+        self, student_embedding: torch.Tensor, teacher_embedding: torch.Tensor, labels
+    ) -> torch.Tensor:
         options = self.options
         student_distances = pairwise_distances(student_embedding)
         triplets = semi_hard_triplets(student_distances.detach(), labels, options.margin)
         if not len(triplets):
             # no triplet: an exact zero that still belongs to the graph, so backward runs and moves nothing
             return student_embedding.sum() * 0.0
-        teacher_distances = pairwise_distances(self.teacher_embedding(images))
+        teacher_distances = pairwise_distances(teacher_embedding)
         student_temperature = options.student_temperature or options.triplet_temperature
         kl = bernoulli_kl(
             triplet_logits(teacher_distances, triplets) / options.triplet_temperature,
@@ -151,10 +159,12 @@ class RefilledClassifier(_RefilledStage):
         terms = {"ce": F.cross_entropy(logits, labels)}
         if self.kd_weight > 0:
             teacher_embedding = self.teacher_embedding(images)
+            # the classes (and centres) of the whole batch, also under DDP
+            batch_labels = whole_batch(labels)
             centres = self.centres
             if centres is None:  # centres: batch
-                centres = class_centres(teacher_embedding, labels, logits.shape[1])
-            present = torch.unique(labels)
+                centres = class_centres(whole_batch(teacher_embedding), batch_labels, logits.shape[1])
+            present = torch.unique(batch_labels)
             posterior = local_posterior(teacher_embedding, centres, present, options.posterior_temperature)
             kd = local_kd(logits, posterior, present, options.posterior_temperature)
             terms["local_kd"] = self.kd_weight * kd

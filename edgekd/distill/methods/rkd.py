@@ -16,6 +16,7 @@ from edgekd.distill.base import Distiller
 from edgekd.distill.features import FeatureCapture, Tap
 from edgekd.distill.registry import implements
 from edgekd.errors import EdgekdError
+from edgekd.train.dist import whole_batch
 
 _EMBEDDING = Tap("classifier", "classifier", "input")
 _EPS = 1e-12
@@ -75,8 +76,9 @@ class RKD(Distiller):
         with torch.no_grad():
             _, (teacher_embedding,) = self.teacher_capture.run(images)
         logits, (student_embedding,) = self.student_capture.run(images)
-        teacher_embedding = teacher_embedding.flatten(1)
-        student_embedding = student_embedding.flatten(1)
+        # relations between the images of the whole batch, also under DDP
+        teacher_embedding = whole_batch(teacher_embedding.flatten(1))
+        student_embedding = whole_batch(student_embedding.flatten(1))
         options = self.options
         return logits, {
             "rkd_distance": options.distance_weight * distance_loss(student_embedding, teacher_embedding),
