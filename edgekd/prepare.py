@@ -358,7 +358,7 @@ def prepare(recipe: Recipe, say=None, parallel: Parallel | None = None) -> Prepa
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
     check_benchmark_devices(recipe)  # the devices the artifacts will be checked and timed on exist here
-    plan = DataPlan(recipe.data, recipe.teacher.classes)
+    plan = DataPlan(recipe.data, recipe.teacher.classes, recipe.normalization)
     check_methods(recipe, plan.relation)
     if parallel is not None:  # also checked by `edgekd build --nproc` before it starts the processes
         check_data_parallel(recipe)

@@ -62,6 +62,24 @@ def check_unique_classes(classes: list[int]) -> None:
         raise ValueError(f"classes: {shown_value(classes)} repeats an id")
 
 
+class NormalizeStats(Section):
+    """Explicit per-channel normalization: what the teacher was trained with, e.g. a model's own values."""
+
+    mean: list[Annotated[float, Field(ge=-10, le=10)]] = Field(min_length=1, max_length=3)
+    std: list[Annotated[float, Field(gt=0, le=10)]] = Field(min_length=1, max_length=3)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> NormalizeStats:
+        if len(self.mean) != len(self.std):
+            raise ValueError(
+                f"mean has {len(self.mean)} values, std {len(self.std)}; allowed: one per channel"
+            )
+        return self
+
+
+NormalizeMode = Literal["auto", "train", "imagenet", "dataset"]
+
+
 class DataConfig(Section):
     """Where the images come from and how they are split, subset and fed."""
 
@@ -72,6 +90,14 @@ class DataConfig(Section):
         None, description="Local folder of a torchvision data set or an ImageFolder tree."
     )
     download: bool = Field(False, description="Let torchvision download the data set into `root`.")
+    normalize: NormalizeMode | NormalizeStats = Field(
+        "auto",
+        description="Per-channel mean/std the images are normalized with (recorded in metrics.json and in every "
+        "artifact's metadata). train: computed on the teacher's training images; imagenet: ImageNet's; "
+        "dataset: the data set's published values (ImageNet's for an ImageFolder; digits: train); "
+        "{mean: [...], std: [...]}: given. auto: imagenet for a torchvision teacher (pre-trained on ImageNet), "
+        "train for an ImageFolder, dataset otherwise.",
+    )
     image_cache: Literal["auto", "memory", "disk", "off"] = Field(
         "auto",
         description="ImageFolder: decode each image file once, to the fed size and channels (uint8), instead of "
@@ -765,6 +791,16 @@ class Recipe(Section):
         if self.seeds and len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: {shown_value(self.seeds)} names a seed twice")
         return self
+
+    @property
+    def normalization(self) -> str | NormalizeStats:
+        """data.normalize with `auto` resolved: what the data is normalized with."""
+        chosen = self.data.normalize
+        if chosen != "auto":
+            return chosen
+        if self.teacher.model.startswith("torchvision:"):
+            return "imagenet"
+        return "train" if self.data.dataset == "imagefolder" else "dataset"
 
     @model_validator(mode="after")
     def _check_output_dir(self) -> Recipe:

@@ -159,7 +159,7 @@ def recipe_changes(layout: RunLayout, recipe: Recipe) -> list[str]:
         stored = yaml.safe_load(layout.recipe.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return [f"{layout.recipe.name} (unreadable)"]
-    return _changed_fields(with_current_defaults(stored), recipe.model_dump(mode="json"))
+    return _changed_fields(with_current_defaults(stored), comparable(recipe))
 
 
 # Fields added after a run folder may have been written whose default is not what the older edgekd did: a
@@ -167,6 +167,8 @@ def recipe_changes(layout: RunLayout, recipe: Recipe) -> list[str]:
 LEGACY_BEHAVIOUR = {
     ("data", "last_batch"): "keep",
     ("data", "draws"): "fixed",
+    # before data.normalize: the data set's published values (ImageNet's for an ImageFolder)
+    ("data", "normalize"): "dataset",
     ("distill", "finetune", "head"): "restricted",
     ("distill", "finetune", "trainable"): "all",
 }
@@ -186,9 +188,18 @@ def with_current_defaults(stored: Any) -> Any:
             if isinstance(node, dict) and leaf not in node:
                 node[leaf] = value
     try:
-        return Recipe.model_validate(stored).model_dump(mode="json")
+        return comparable(Recipe.model_validate(stored))
     except ValueError:
         return stored
+
+
+def comparable(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as a run depends on it: data.normalize as resolved (its `auto` and the value it stands for
+    are the same run)."""
+    dumped = recipe.model_dump(mode="json")
+    normalization = recipe.normalization
+    dumped["data"]["normalize"] = normalization if isinstance(normalization, str) else normalization.model_dump()
+    return dumped
 
 
 def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -97,7 +97,7 @@ def _load_student(
     from edgekd.models import count_params, create_model
     from edgekd.train.checkpoint import load_weights
 
-    data = build_data(recipe.data, subset=True)
+    data = build_data(recipe.data, subset=True, normalize=recipe.normalization)
     try:
         student = create_model(arch, data.num_classes, data.input_spec.channels, **args)
     except EdgekdError as error:  # e.g. "model_args.bogus: not an option of 'resnet8'"
@@ -124,7 +124,7 @@ def _recipe_student(recipe: Recipe) -> tuple[str, dict[str, Any]]:
             "--model: required for a .pt SOURCE when the recipe sizes its student by latency (which member "
             "it chose depends on timings): give --model and --model-arg, or export the run folder"
         )
-    data = build_data(recipe.data, subset=True)
+    data = build_data(recipe.data, subset=True, normalize=recipe.normalization)
     spec = data.input_spec
     choice = choose_student(recipe, data.num_classes, (spec.channels, spec.height, spec.width))
     return choice.arch, choice.model_args
@@ -168,7 +168,7 @@ def export_source(
     export = ExportConfig(**{**recipe.export.model_dump(), "targets": targets})
     if output is None:
         output = RunLayout(source).artifacts if source.is_dir() else source.parent
-    data = build_data(recipe.data, subset=True)
+    data = build_data(recipe.data, subset=True, normalize=recipe.normalization)
     # Nothing is timed; the ONNX artifacts are checked where the recipe runs them (benchmark.onnxruntime_device).
     bench = recipe.benchmark.model_copy(update={"enabled": False})
     return deploy(student, params, data, export, bench, output, stem, say=say)

@@ -299,7 +299,16 @@ def test_imagefolder_single_pool_is_split(tmp_path: Path):
         assert set(view.labels.tolist()) == {0, 1, 2}
     image, _ = bundle.train[0]
     assert image.shape == (3, 12, 10)  # the images' own size, H×W
-    assert bundle.input_spec.mean == pytest.approx((0.485, 0.456, 0.406))
+    # an ImageFolder is normalized with its own training images' statistics (data.normalize: auto)
+    from edgekd.data.views import channel_stats
+
+    assert bundle.input_spec.mean == pytest.approx(
+        channel_stats(bundle.train.pool, np.arange(24))[0], abs=0.2
+    )
+    imagenet = build_data(
+        DataConfig(dataset="imagefolder", root=tmp_path, normalize="imagenet"), subset=False
+    )
+    assert imagenet.input_spec.mean == pytest.approx((0.485, 0.456, 0.406))
     images, labels = batches(bundle.train_loader(seed=0))
     assert images.shape == (len(bundle.train), 3, 12, 10)
     # Red cats, green dogs, blue owls: the brightest channel names the class.

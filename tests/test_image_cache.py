@@ -4,6 +4,7 @@ teacher and every student — decodes each file once."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def test_a_build_decodes_each_file_once_for_the_teacher_and_every_student(cli, t
         "distill": {"method": "kd", "baselines": ["scratch"]},
         "train": {"epochs": 2},
         "seeds": [0, 1],
-        "export": {"targets": {}},
+        "export": {"targets": {"onnx": ["fp32"]}},
         "benchmark": {"enabled": False},
         "report": {"plots": False},
     }
@@ -101,11 +102,71 @@ def test_a_build_decodes_each_file_once_for_the_teacher_and_every_student(cli, t
     result = cli("build", path, "--quiet")
     assert result.exit_code == 0, result.output[-3000:]
     assert decoded.files_decoded - before == 36 + 12  # every training and test file, once
-    import json
 
     data = json.loads((tmp_path / "runs" / "folder" / "metrics.json").read_text())["data"]
+    # the statistics used (computed on the training images) are the ones the artifact asks the device for
+    from edgekd.exporters import read_metadata
+
+    metadata = read_metadata(tmp_path / "runs" / "folder" / "artifacts" / "kd_onnx_fp32.onnx")
+    assert json.loads(metadata["mean"]) == pytest.approx(data["student"]["input_spec"]["mean"])
+    assert json.loads(metadata["std"]) == pytest.approx(data["student"]["input_spec"]["std"])
+    assert data["student"]["input_spec"]["mean"] != pytest.approx([0.459], abs=0.01)  # not ImageNet's
     for role in ("teacher", "student"):
         assert data[role]["image_files"] == {
             "train": {"decoded": 36, "from_cache": 0, "kept": "memory"},
             "test": {"decoded": 12, "from_cache": 0, "kept": "memory"},
         }
+
+
+# ------------------------------------------------------------------------------------ normalization
+def folder_stats(root: Path, **config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    from edgekd.data import build_data
+    from edgekd.recipe import DataConfig
+
+    cfg = DataConfig(
+        dataset="imagefolder", root=root, image_size=16, channels=1, image_cache="memory", **config
+    )
+    spec = build_data(cfg, subset=False).input_spec
+    return spec.mean, spec.std
+
+
+def test_normalization_comes_from_the_training_split_only(tmp_path):
+    train = write_digit_pngs(tmp_path / "data" / "train")
+    test = write_digit_pngs(tmp_path / "data" / "test", per_class=3)
+    before = folder_stats(tmp_path / "data")
+    assert 0.05 < before[0][0] < 0.6 and before[1][0] > 0.05  # dark digits on black: not ImageNet's 0.449
+    Image.new("L", (20, 20), 255).save(test[0])  # a white test image
+    assert folder_stats(tmp_path / "data") == before
+    Image.new("L", (20, 20), 255).save(train[0])  # a white training image moves the statistics
+    assert folder_stats(tmp_path / "data")[0][0] > before[0][0]
+
+
+def test_normalization_modes_and_the_auto_rule(tmp_path):
+    from edgekd.errors import EdgekdError
+    from edgekd.recipe import NormalizeStats, validate_recipe
+
+    write_digit_pngs(tmp_path / "data")
+    from edgekd.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
+    from edgekd.data.preprocess import adapt_stats
+
+    imagenet = (adapt_stats(IMAGENET_MEAN, 1), adapt_stats(IMAGENET_STD, 1))
+    assert folder_stats(tmp_path / "data", normalize="imagenet") == imagenet
+    given = NormalizeStats(mean=[0.5], std=[0.25])
+    assert folder_stats(tmp_path / "data", normalize=given) == ((0.5,), (0.25,))
+    with pytest.raises(EdgekdError, match=r"data\.normalize: 3 values of mean and std for 1-channel images"):
+        folder_stats(tmp_path / "data", normalize=NormalizeStats(mean=[0.5] * 3, std=[0.25] * 3))
+
+    def resolved(teacher: str, dataset: str) -> str:
+        data = {"dataset": dataset, **({"root": str(tmp_path / "data")} if dataset == "imagefolder" else {})}
+        recipe = {
+            "name": "n",
+            "data": data,
+            "teacher": {"model": teacher, "train": {"epochs": 1}},
+            "student": {"model": "resnet8"},
+            "output_dir": str(tmp_path / "runs"),
+        }
+        return validate_recipe(recipe).normalization
+
+    assert resolved("torchvision:resnet18", "imagefolder") == "imagenet"
+    assert resolved("resnet20", "imagefolder") == "train"
+    assert resolved("resnet20", "digits") == "dataset"

@@ -25,9 +25,9 @@ from edgekd.data.batches import (
 )
 from edgekd.data.decoded import ImageCache
 from edgekd.data.digits import load_digits_source
-from edgekd.data.imagefolder import load_imagefolder_source
+from edgekd.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, load_imagefolder_source
 from edgekd.data.pools import ImagePool, Source
-from edgekd.data.preprocess import Preprocess
+from edgekd.data.preprocess import Preprocess, adapt_stats
 from edgekd.data.splits import carve_customer, make_split
 from edgekd.data.student_images import draw_from_pool, draw_validation
 from edgekd.data.subsets import check_class_ids, keep_classes, label_lookup, label_relation
@@ -35,7 +35,7 @@ from edgekd.data.torchvision_sets import TORCHVISION_SETS, load_torchvision_sour
 from edgekd.data.transforms import RandomCropFlip, make_augmentation
 from edgekd.data.views import ImagesOnly, SplitView, channel_stats
 from edgekd.errors import EdgekdError
-from edgekd.recipe import DataConfig
+from edgekd.recipe import DataConfig, NormalizeStats
 
 # The unlabelled images' shuffle is seeded apart from the labelled one's: same epoch seed, different order.
 _UNLABELED_SEED_SALT = 7_919
@@ -295,8 +295,16 @@ class DataPlan:
     ``student_images.py``), so every method of one seed sees the same images.
     """
 
-    def __init__(self, cfg: DataConfig, teacher_classes: Sequence[int] | None = None):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        teacher_classes: Sequence[int] | None = None,
+        normalize: str | NormalizeStats | None = None,
+    ):
         self.cfg = cfg
+        # Recipe.normalization (data.normalize with `auto` resolved, which needs the teacher); without a
+        # recipe, `auto` resolves as for a teacher that is not a torchvision model.
+        self.normalize = normalize if normalize is not None else resolved_without_teacher(cfg)
         self.source = load_source(cfg)
         test_size = len(self.source.test_pool) if self.source.test_pool is not None else None
         self.split = make_split(
@@ -338,7 +346,18 @@ class DataPlan:
 
         Statistics come from the teacher's training images, so teacher and student see identically
         normalized inputs, and a customer's images play no part in the teacher's preprocessing."""
-        if self.source.mean is not None and self.source.std is not None:
+        channels = self.image_shape[0]
+        chosen = self.normalize
+        if isinstance(chosen, NormalizeStats):
+            if len(chosen.mean) != channels:
+                raise EdgekdError(
+                    f"data.normalize: {len(chosen.mean)} values of mean and std for {channels}-channel images; "
+                    f"allowed: {channels}"
+                )
+            return tuple(chosen.mean), tuple(chosen.std)
+        if chosen == "imagenet":
+            return adapt_stats(IMAGENET_MEAN, channels), adapt_stats(IMAGENET_STD, channels)
+        if chosen == "dataset" and self.source.mean is not None and self.source.std is not None:
             return self.source.mean, self.source.std
         labels = self.source.train_pool.labels
         return channel_stats(
@@ -512,11 +531,23 @@ def _decode_counts(source: Source) -> dict[str, Any]:
     }
 
 
-def build_data(cfg: DataConfig, *, subset: bool = True, seed: int | None = None) -> DataBundle:
+def resolved_without_teacher(cfg: DataConfig) -> str | NormalizeStats:
+    if cfg.normalize != "auto":
+        return cfg.normalize
+    return "train" if cfg.dataset == "imagefolder" else "dataset"
+
+
+def build_data(
+    cfg: DataConfig,
+    *,
+    subset: bool = True,
+    seed: int | None = None,
+    normalize: str | NormalizeStats | None = None,
+) -> DataBundle:
     """The teacher's view (`subset=False`: every class, the teacher's training images) or the student's view
     for student seed `seed` (`subset=True`: `classes`, `per_class`, `val_per_class` and `unlabeled` applied).
 
     `classes` is checked in both views, so a bad value fails before a teacher is trained.
     """
-    plan = DataPlan(cfg)
+    plan = DataPlan(cfg, normalize=normalize)
     return plan.student(seed) if subset else plan.teacher()

@@ -29,7 +29,9 @@ def write_latency_table(
     folder = out or recipe.output_dir / "latency_tables"
     field = "--out" if out is not None else "output_dir"
     check_output_folder(folder, field)  # before minutes of timing, not after
-    data = DataPlan(recipe.data, recipe.teacher.classes).student(recipe.student_seeds[0])
+    data = DataPlan(recipe.data, recipe.teacher.classes, recipe.normalization).student(
+        recipe.student_seeds[0]
+    )
     table = latency_table(recipe, data, progress_line(progress, "latency table"), refresh=refresh)
     target = table.target
     stem = (
