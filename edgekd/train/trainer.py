@@ -342,7 +342,8 @@ class Trainer:
         if score is not None:
             row[f"val_{self.distiller.selection_metric_name}"] = score
         if task is not None:
-            self.progress.update(task, description=self._describe(epoch + 1, val_acc))
+            rate = seen / max(row["epoch_time_s"], 1e-9)  # training images per second, validation included
+            self.progress.update(task, description=self._describe(epoch + 1, val_acc, rate))
         return row
 
     def train_step(
@@ -543,6 +544,7 @@ class Trainer:
             completed=batches * start_epoch,
         )
 
-    def _describe(self, epoch: int, val_acc: float | None) -> str:
+    def _describe(self, epoch: int, val_acc: float | None, images_per_s: float | None = None) -> str:
         acc = f"val {val_acc:5.1f}%" if val_acc is not None else ""
-        return f"{self.label:<10} epoch {epoch:>3}/{self.cfg.epochs} {acc}"
+        speed = f" {images_per_s:,.0f} img/s" if images_per_s is not None else ""
+        return f"{self.label:<10} epoch {epoch:>3}/{self.cfg.epochs} {acc}{speed}"
