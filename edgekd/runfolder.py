@@ -23,6 +23,7 @@ from edgekd.errors import EdgekdError
 from edgekd.fileio import read_json, write_json, write_text
 from edgekd.layout import LAYOUT_VERSION, RunLayout
 from edgekd.recipe import Recipe, dump_recipe
+from edgekd.runlock import refuse_if_busy
 
 
 def open_run_dir(recipe: Recipe, *, resume: bool, force: bool) -> RunLayout:
@@ -75,6 +76,7 @@ def check_run_folder(run_dir: Path, *, resume: bool = False, force: bool = False
 def check_run_dir(recipe: Recipe, *, resume: bool, force: bool) -> bool:
     """Whether the recipe's run folder already holds a run, refusing (without writing anything) one that
     neither --resume can continue (another recipe, an older layout) nor --force may replace (not edgekd's)."""
+    refuse_if_busy(recipe.run_dir)
     if check_run_folder(recipe.run_dir, resume=resume, force=force) == "new":
         return False
     if resume:

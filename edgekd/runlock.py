@@ -36,10 +36,7 @@ def run_folder_lock(run_dir: Path) -> Iterator[Path]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise EdgekdError(
-                f"output: run folder '{run_dir}' is in use by {describe_holder(path)}; "
-                "wait for it to finish, or give this run another name (--set name=...)"
-            ) from None
+            raise busy_error(run_dir, path) from None
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
@@ -47,6 +44,31 @@ def run_folder_lock(run_dir: Path) -> Iterator[Path]:
         yield path
     finally:
         handle.close()  # releases the lock
+
+
+def refuse_if_busy(run_dir: Path) -> None:
+    """The run folder's "in use by" error, now, when another process holds its lock (nothing is created):
+    checked before the folder's other checks, so a second build names the holder, not what it wrote."""
+    path = lock_path(run_dir)
+    if not path.is_file():
+        return
+    try:
+        handle = open(path)  # noqa: SIM115  (closed below; closing releases a lock taken here)
+    except OSError:
+        return  # unreadable: the lock itself decides later
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise busy_error(run_dir, path) from None
+    finally:
+        handle.close()
+
+
+def busy_error(run_dir: Path, path: Path) -> EdgekdError:
+    return EdgekdError(
+        f"output: run folder '{run_dir}' is in use by {describe_holder(path)}; "
+        "wait for it to finish, or give this run another name (--set name=...)"
+    )
 
 
 def describe_holder(path: Path) -> str:

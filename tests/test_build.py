@@ -200,8 +200,8 @@ def test_a_second_build_of_a_busy_run_folder_is_refused_naming_the_holder(write_
             assert message.startswith("error: ") and message.count("\n") == 1, message
             assert f"in use by edgekd pid {first.pid}" in message, message
         assert (run_dir / "train" / "kd" / "train" / "history.json").is_file()  # --force deleted nothing
-        first.send_signal(signal.SIGKILL)  # a dead holder leaves its lock file, but no lock
     finally:
+        first.send_signal(signal.SIGKILL)  # a dead holder leaves its lock file, but no lock
         first.wait()
     # the dead holder's lock is taken over: a new build (a short one) runs into the same folder
     forced = subprocess.run(
