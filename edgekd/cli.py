@@ -763,10 +763,9 @@ def make_progress(quiet: bool) -> Progress:
 def print_summary(metrics: RunMetrics) -> None:
     from edgekd.bench.machine_load import load_warning
     from edgekd.report.tables import (
-        ARTIFACT_COLUMNS,
         DATA_COLUMNS,
-        artifact_rows,
         data_rows,
+        deployment_table,
         summary_columns,
         summary_rows,
     )
@@ -777,10 +776,12 @@ def print_summary(metrics: RunMetrics) -> None:
     columns = summary_columns(metrics)
     console.print(rich_table(title, columns, summary_rows(metrics), left=("model", "architecture")))
     console.print(rich_table("what each model used", DATA_COLUMNS, data_rows(metrics), left=("model",)))
-    rows = artifact_rows(metrics.artifacts, metrics.budget_check)
-    if rows:
-        left = ("artifact", "runs on", "parity")
-        console.print(rich_table("deployment artifacts", ARTIFACT_COLUMNS, rows, left=left))
+    # The report's deployment section, the same table: none when nothing was exported or timed.
+    deployment = deployment_table(metrics)
+    if deployment is not None:
+        left = ("artifact", "model", "runs on", "parity")
+        title = deployment.title[0].lower() + deployment.title[1:]
+        console.print(rich_table(title, deployment.columns, deployment.rows, left=left))
     busy = load_warning([(record.latency or {}).get("machine_load") for record in metrics.artifacts])
     if busy:
         console.print(f"[yellow]warning:[/] {escape(busy)}", soft_wrap=True)

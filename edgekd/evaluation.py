@@ -56,6 +56,9 @@ def teacher_record(
 ) -> ModelRecord:
     scores = score_model(p.teacher, p.teacher_data, p.device)
     on_student_val, on_student_test = teacher_on_student_task(p)
+    loaded = p.recipe.teacher.checkpoint is not None
+    # What a loaded teacher learnt from is not the run's to count: it is what the recipe states, or unknown.
+    used = None if loaded else LabelUse(train=len(p.teacher_data.train), selection=len(p.teacher_data.val))
     return ModelRecord(
         name="teacher",
         role="teacher",
@@ -70,8 +73,9 @@ def teacher_record(
         fits_budget=fits(choice.params, budget),
         checkpoint=str(checkpoint),
         best_epoch=best_epoch,
-        labelled_images=LabelUse(train=len(p.teacher_data.train), selection=len(p.teacher_data.val)),
+        labelled_images=used,
         source=choice.how,
+        trained_on=p.recipe.teacher.trained_on if loaded else None,
         student_task_val_acc=on_student_val,
         student_task_test_acc=on_student_test,
     )

@@ -129,6 +129,16 @@ def serial_stage_fix(method: str, stage: Stage) -> str:
     )
 
 
+def check_teacher_batch(batch_size: int, world: int) -> None:
+    """The teacher's batch (its own, or the default rule's) is global too: it must split evenly."""
+    if batch_size % world:
+        raise RecipeError(
+            "teacher.train.batch_size",
+            f"the teacher's batch of {batch_size} images does not split evenly over {world} processes "
+            f"(allowed: set teacher.train.batch_size to a multiple of {world})",
+        )
+
+
 def pick_device(wanted: str, mode: str = "deterministic") -> torch.device:
     if wanted == "cuda" and not torch.cuda.is_available():
         raise EdgekdError(
@@ -386,7 +396,9 @@ def prepare(recipe: Recipe, say=None, parallel: Parallel | None = None) -> Prepa
         lambda: student_choice.create(len(plan.student_ids), shape[0]),
         student_choice.arch,
     )
-    teacher_data = plan.teacher()
+    teacher_data = plan.teacher(recipe.teacher.train)
+    if parallel is not None and recipe.teacher.train is not None:
+        check_teacher_batch(teacher_data.batch_size, parallel.world)
     # Every seed's draw is made now, so a draw that cannot be made fails before anything is written.
     student_views = student_views or {seed: plan.student(seed) for seed in recipe.student_seeds}
     student_data = student_views[recipe.student_seeds[0]]

@@ -329,6 +329,42 @@ class TrainConfig(Section):
         return self
 
 
+# The teacher's batch when the students are few-shot and teacher.train.batch_size is null: a normal batch,
+# not the students' few-shot one (capped by the teacher's training images).
+TEACHER_FEW_SHOT_BATCH = 128
+
+
+class TeacherTrainConfig(TrainConfig):
+    """How a teacher trained by the run is trained: the students' training fields, plus how it is fed (its
+    data is every training image of its classes, not the students' draw, so its batch is its own)."""
+
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_BATCH,
+        description="The teacher's training batch. Null: data.batch_size when the students train on their "
+        f"whole split (no data.per_class); with few-shot students (data.per_class set), {TEACHER_FEW_SHOT_BATCH} "
+        "(or the teacher's training-image count when smaller), not the students' few-shot batch.",
+    )
+    augment: Literal["none", "crop", "crop_flip"] | None = Field(
+        None, description="The teacher's training augmentation; null: data.augment."
+    )
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        le=256,
+        description="DataLoader worker processes for the teacher's training; null: data.num_workers.",
+    )
+
+    def resolved_batch_size(self, data: DataConfig, train_images: int) -> int:
+        """The batch the teacher trains at (the rule of `batch_size`'s description)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        if data.per_class is None:
+            return data.batch_size
+        return max(1, min(TEACHER_FEW_SHOT_BATCH, train_images))
+
+
 # ------------------------------------------------------------------------------------- teacher/student
 # Constructor arguments edgekd sets itself, from the data: a model_args entry for them would clash.
 DATA_MODEL_ARGS = {
@@ -369,8 +405,15 @@ class TeacherConfig(Section):
     checkpoint: LoosePath | None = Field(
         None, description="A state_dict saved with torch.save (loaded weights_only)."
     )
-    train: TrainConfig | None = Field(
+    train: TeacherTrainConfig | None = Field(
         None, description="Train the teacher in the run (when no checkpoint is given)."
+    )
+    trained_on: str | None = Field(
+        None,
+        max_length=500,
+        description="With `checkpoint`: what the loaded teacher was trained on, in your words (e.g. 'digits "
+        "0-4, the training split of split_seed 0'); the report shows it. Null: the report says its training "
+        "images are not known (edgekd did not train it).",
     )
 
     @model_validator(mode="after")
@@ -381,6 +424,11 @@ class TeacherConfig(Section):
             )
         if self.checkpoint is not None and self.train is not None:
             raise ValueError("train: give `checkpoint` or `train`, not both")
+        if self.trained_on is not None and self.checkpoint is None:
+            raise ValueError(
+                "trained_on: states what a loaded teacher was trained on; a teacher trained by the run "
+                "(`train`) is described by the run itself (allowed: trained_on with `checkpoint`)"
+            )
         if self.checkpoint is not None and not self.checkpoint.is_file():
             what = "is a folder" if self.checkpoint.is_dir() else "does not exist"
             raise ValueError(

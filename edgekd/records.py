@@ -139,6 +139,9 @@ class ModelRecord(Record):
     # the teacher: how it was obtained, and its accuracy on the student's task (null where that has no
     # meaning: none of the student's classes among its own)
     source: str | None = None
+    # A loaded teacher (source "checkpoint"): what the recipe states it was trained on (teacher.trained_on);
+    # null: not stated, and the run cannot know it.
+    trained_on: str | None = None
     student_task_val_acc: float | None = None
     student_task_test_acc: float | None = None
 
@@ -268,6 +271,10 @@ class RunMetrics(Record):
     @property
     def student_data(self) -> dict[str, Any]:
         return self.data["student"]
+
+    @property
+    def teacher_data(self) -> dict[str, Any]:
+        return self.data.get("teacher") or {}
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

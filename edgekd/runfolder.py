@@ -200,7 +200,9 @@ def comparable(recipe: Recipe) -> dict[str, Any]:
     are the same run)."""
     dumped = recipe.model_dump(mode="json")
     normalization = recipe.normalization
-    dumped["data"]["normalize"] = normalization if isinstance(normalization, str) else normalization.model_dump()
+    dumped["data"]["normalize"] = (
+        normalization if isinstance(normalization, str) else normalization.model_dump()
+    )
     return dumped
 
 

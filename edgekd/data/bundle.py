@@ -35,13 +35,22 @@ from edgekd.data.torchvision_sets import TORCHVISION_SETS, load_torchvision_sour
 from edgekd.data.transforms import RandomCropFlip, make_augmentation
 from edgekd.data.views import ImagesOnly, SplitView, channel_stats
 from edgekd.errors import EdgekdError
-from edgekd.recipe import DataConfig, NormalizeStats
+from edgekd.recipe import DataConfig, NormalizeStats, TeacherTrainConfig
 
 # The unlabelled images' shuffle is seeded apart from the labelled one's: same epoch seed, different order.
 _UNLABELED_SEED_SALT = 7_919
 # Evaluation draws nothing at random, but a DataLoader iterator always draws a base seed; a fixed generator
 # keeps that draw from consuming the global RNG the trainer seeds for augmentation.
 _EVAL_LOADER_SEED = 0
+
+
+@dataclass(frozen=True)
+class Feed:
+    """How a view's training images are fed: the data section's settings, or the teacher's own."""
+
+    batch_size: int
+    augment: str
+    num_workers: int
 
 
 # (rank, world): which share of each batch this process of a data-parallel run reads.
@@ -372,17 +381,27 @@ class DataPlan:
         """The seed of the student's draws for a student seed (None: the fixed draw of split_seed)."""
         return seed if self.cfg.draws == "per_seed" and seed is not None else None
 
-    def teacher(self) -> DataBundle:
-        """Every class, the teacher's training images, the shared validation and test splits."""
+    def teacher(self, train: TeacherTrainConfig | None = None) -> DataBundle:
+        """Every class, the teacher's training images, the shared validation and test splits; fed as
+        `train` (the teacher's training section, when the run trains it) says, else as the data section."""
         split, ids, labels = self.split, self.teacher_ids, self.source.train_pool.labels
+        images = keep_classes(self.teacher_train, labels, ids)
+        feed = None
+        if train is not None:
+            feed = Feed(
+                batch_size=train.resolved_batch_size(self.cfg, len(images)),
+                augment=train.augment if train.augment is not None else self.cfg.augment,
+                num_workers=train.num_workers if train.num_workers is not None else self.cfg.num_workers,
+            )
         return self._bundle(
             ids,
-            keep_classes(self.teacher_train, labels, ids),
+            images,
             keep_classes(split.val, labels, ids),
             keep_classes(split.test, self.test_pool.labels, ids),
             unlabeled=None,
             per_class=None,
             provenance={"role": "teacher", "student_pool": self.cfg.student_pool},
+            feed=feed,
         )
 
     def student(self, seed: int | None = None) -> DataBundle:
@@ -472,8 +491,10 @@ class DataPlan:
         unlabeled: np.ndarray | None,
         per_class: int | None,
         provenance: dict[str, Any],
+        feed: Feed | None = None,
     ) -> DataBundle:
         cfg, source = self.cfg, self.source
+        feed = feed or Feed(cfg.batch_size, cfg.augment, cfg.num_workers)
         lookup = None if class_ids == self.all_ids else label_lookup(class_ids, source.num_classes)
         provenance = {**provenance, **self._decode_record()}
 
@@ -497,16 +518,16 @@ class DataPlan:
         channels, height, width = source.train_pool.image_shape
         is_student = provenance["role"] == "student"
         return DataBundle(
-            train=view(source.train_pool, train, make_augmentation(cfg.augment)),
+            train=view(source.train_pool, train, make_augmentation(feed.augment)),
             val=view(source.train_pool, val),
             test=view(self.test_pool, test),
             num_classes=len(class_ids),
             class_names=[source.class_names[c] for c in class_ids],
             class_ids=class_ids,
             input_spec=InputSpec(channels, height, width, tuple(mean), tuple(std)),
-            batch_size=cfg.batch_size,
+            batch_size=feed.batch_size,
             eval_batch_size=cfg.eval_batch_size,
-            num_workers=cfg.num_workers,
+            num_workers=feed.num_workers,
             dataset=cfg.dataset,
             per_class=per_class,
             is_subset=is_student and cfg.classes is not None,
@@ -516,7 +537,7 @@ class DataPlan:
             unlabeled_batch_size=cfg.unlabeled_batch_size,
             last_batch=cfg.last_batch,
             pin_memory=cfg.pin_memory,
-            persistent_workers=cfg.persistent_workers,
+            persistent_workers=cfg.persistent_workers and feed.num_workers > 0,
             provenance=provenance,
         )
 

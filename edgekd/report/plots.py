@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,39 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from edgekd.fileio import write_atomic
 from edgekd.records import ModelRecord, RunMetrics, StageRecord
+
+# Every line of a panel gets its own (colour, line style): matplotlib's cycle repeats its 10 colours, so the
+# 11th model of a run would be drawn like the first. The 10 colours solid, then dashed, dotted, dash-dotted
+# (40 lines), then the same with a marker on each point.
+_LINESTYLES = ("-", "--", ":", "-.")
+_LINE_MARKERS = (None, "o", "s", "^", "v", "D", "P", "X")
+# Point markers of scatter plots, cycled the same way after each round of the 10 colours.
+_POINT_MARKERS = ("o", "v", "^", "<", ">", "P", "X", "*", "h", "d")
+
+
+def _colour(index: int) -> tuple[float, ...]:
+    return plt.get_cmap("tab10").colors[index % 10]
+
+
+def line_styles(names) -> dict[str, dict[str, Any]]:
+    """A distinct (colour, line style[, marker]) per name, in order of first appearance."""
+    styles = {}
+    for index, name in enumerate(dict.fromkeys(names)):
+        round_ = index // 10
+        style: dict[str, Any] = {"color": _colour(index), "linestyle": _LINESTYLES[round_ % 4]}
+        marker = _LINE_MARKERS[(round_ // 4) % len(_LINE_MARKERS)]
+        if marker is not None:
+            style.update(marker=marker, markersize=3)
+        styles[name] = style
+    return styles
+
+
+def point_styles(names) -> dict[str, dict[str, Any]]:
+    """A distinct (colour, marker) per name, for scatter plots."""
+    return {
+        name: {"color": _colour(index), "marker": _POINT_MARKERS[(index // 10) % len(_POINT_MARKERS)]}
+        for index, name in enumerate(dict.fromkeys(names))
+    }
 
 
 def _save(fig, path: Path) -> Path:
@@ -37,13 +71,16 @@ def _accuracy_label(record: ModelRecord) -> str:
 def accuracy_vs_params(metrics: RunMetrics, path: Path) -> Path:
     """Test accuracy of every model against its parameter count, with the budget as a vertical line."""
     fig, ax = plt.subplots(figsize=(7.6, 4.2))
-    for record in metrics.models:
-        if record.role == "probe":
-            continue  # the teacher's embedding with a classifier on top: no model of its own size
-        marker = "s" if record.role == "teacher" else "o"
+    # the teacher's embedding with a classifier on top (a probe): no model of its own size
+    records = [record for record in metrics.models if record.role != "probe"]
+    styles = point_styles(record.name for record in records)
+    for record in records:
+        style = dict(styles[record.name])
+        if record.role == "teacher":
+            style["marker"] = "s"
         # A legend, not labels beside the points: students of one budget share their x.
         label = f"{record.name} ({_accuracy_label(record)})"
-        ax.scatter(record.params, record.test_acc, marker=marker, s=50, zorder=3, label=label)
+        ax.scatter(record.params, record.test_acc, s=50, zorder=3, label=label, **style)
     budget = metrics.budget["params"]
     if budget:
         ax.axvline(budget, color="tab:red", linestyle="--", label=f"budget {budget:,} params")
@@ -56,21 +93,70 @@ def accuracy_vs_params(metrics: RunMetrics, path: Path) -> Path:
     return _save(fig, path)
 
 
+def stage_metric(row: dict[str, Any]) -> str | None:
+    """The history row's own selection metric (`val_<name>`), when its stage is selected on one: such a
+    stage (an embedding, dictionaries, a pre-training) has no trained classifier, so its `val_acc` and CE
+    are an untrained head's, at chance level, and are not drawn."""
+    return next((key for key in row if key.startswith("val_") and key not in ("val_acc", "val_loss")), None)
+
+
+def _classifier_values(history: list[dict[str, Any]], key: str) -> list[float]:
+    return [math.nan if stage_metric(row) else row[key] for row in history]
+
+
+def _plot_series(ax, epochs: list[int], values: list[float], label: str, style: dict[str, Any]) -> None:
+    """A line whose points without a drawn neighbour (a one-epoch stage) get a marker: a line alone would
+    not show them."""
+    drawn = [not math.isnan(v) for v in values]
+    alone = [
+        i
+        for i, shown in enumerate(drawn)
+        if shown and not (i > 0 and drawn[i - 1]) and not (i + 1 < len(drawn) and drawn[i + 1])
+    ]
+    if alone and "marker" not in style:
+        style = {**style, "marker": "o", "markersize": 3, "markevery": alone}
+    ax.plot(epochs, values, label=label, **style)
+
+
 def training_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> Path:
-    """Validation accuracy and training loss per epoch of every trained model."""
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, history in histories.items():
-        if not history:
-            continue
+    return _save(training_curves_figure(histories), path)
+
+
+def training_curves_figure(histories: dict[str, list[dict[str, Any]]]):
+    """Per epoch of every trained model: the validation score each stage is selected on (validation
+    accuracy for a classifier, a stage's own metric in a panel of its own) and the training loss."""
+    drawn = {name: rows for name, rows in histories.items() if rows}
+    metrics = list(
+        dict.fromkeys(key for rows in drawn.values() for row in rows if (key := stage_metric(row)))
+    )
+    fig, axes = plt.subplots(1, 2 + len(metrics), figsize=(5.5 * (2 + len(metrics)), 4), squeeze=False)
+    acc_ax, loss_ax, *metric_axes = axes[0]
+    styles = line_styles(drawn)
+    for name, history in drawn.items():
         epochs = [row["epoch"] for row in history]
-        acc_ax.plot(epochs, [row["val_acc"] for row in history], label=name)
-        loss_ax.plot(epochs, [row["train_loss"] for row in history], label=name)
-    acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
+        _plot_series(acc_ax, epochs, _classifier_values(history, "val_acc"), name, styles[name])
+        _plot_series(loss_ax, epochs, [row["train_loss"] for row in history], name, styles[name])
+        for key, ax in zip(metrics, metric_axes, strict=True):
+            values = [row.get(key, math.nan) for row in history]
+            if any(not math.isnan(v) for v in values):
+                _plot_series(ax, epochs, values, name, styles[name])
+    acc_ax.set(
+        xlabel="epoch",
+        ylabel="validation accuracy (%)",
+        title="validation accuracy (stages selected on it)",
+    )
     loss_ax.set(xlabel="epoch", ylabel="training loss (all terms)", title="training loss", yscale="log")
-    for ax in (acc_ax, loss_ax):
+    for key, ax in zip(metrics, metric_axes, strict=True):
+        metric = key.removeprefix("val_")
+        ax.set(
+            xlabel="epoch",
+            ylabel=f"validation {metric}",
+            title=f"validation {metric} (stages selected on it)",
+        )
+    for ax in (acc_ax, loss_ax, *metric_axes):
         ax.grid(True, alpha=0.3)
-        ax.legend()
-    return _save(fig, path)
+        ax.legend(fontsize=7)
+    return fig
 
 
 def accuracy_vs_latency(metrics: RunMetrics, path: Path) -> Path | None:
@@ -84,12 +170,14 @@ def accuracy_vs_latency(metrics: RunMetrics, path: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(7.6, 4.2))
     markers = {"pytorch": "s", "onnx": "o", "openvino": "D", "tensorrt": "^"}
+    colours = line_styles(record.name for record, _ in points)
     for record, timing in points:
         # A legend, not labels beside the points: artifacts of one model often sit a few µs apart.
         ax.scatter(
             timing["p50_ms"],
             record.test_acc,
             marker=markers.get(record.format, "o"),
+            color=colours[record.name]["color"],
             s=50,
             zorder=3,
             label=f"{record.name} ({timing['p50_ms']:.3g} ms)",
@@ -113,10 +201,12 @@ def loss_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> Path 
     if not students or not all("train_task_loss" in rows[0] for rows in students.values()):
         return None
     fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    styles = line_styles(students)
     for name, rows in students.items():
         epochs = [row["epoch"] for row in rows]
-        train_ax.plot(epochs, [row["train_task_loss"] for row in rows], label=name)
-        val_ax.plot(epochs, [row["val_loss"] for row in rows], label=name)
+        # a stage selected on its own metric has no trained head: its CE is not drawn
+        _plot_series(train_ax, epochs, _classifier_values(rows, "train_task_loss"), name, styles[name])
+        _plot_series(val_ax, epochs, _classifier_values(rows, "val_loss"), name, styles[name])
     train_ax.set(
         xlabel="epoch", ylabel="cross-entropy", title="training CE (no distillation term)", yscale="log"
     )
@@ -169,8 +259,9 @@ def process_curves(metrics: RunMetrics, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(processes), figsize=(6.5 * len(processes), 4.2), squeeze=False)
     for ax, (model, process) in zip(axes[0], processes, strict=True):
         steps = [step / max(process["searched_steps"], 1) for step in process["steps"]]
+        styles = line_styles(process["pathways"])
         for index, name in enumerate(process["pathways"]):
-            ax.plot(steps, process["alpha"][:, index].tolist(), label=name)
+            ax.plot(steps, process["alpha"][:, index].tolist(), label=name, **styles[name])
         ax.set(
             xlabel="training progress (search step / search steps; the replay stretches it over its run)",
             ylabel="pathway weight α",
@@ -193,10 +284,11 @@ def _first_seed_history(
 def _stage_losses(ax, rows: list[dict[str, Any]], title: str) -> None:
     epochs = [row["stage_epoch"] for row in rows]
     terms = sorted({key for row in rows for key in row if key.startswith("train_") and key != "train_acc"})
+    styles = line_styles(terms)
     for term in terms:
         values = [row.get(term) for row in rows]
         if any(v is not None and v > 0 for v in values):
-            ax.plot(epochs, values, label=term.removeprefix("train_"))
+            ax.plot(epochs, values, label=term.removeprefix("train_"), **styles[term])
     ax.set(xlabel="stage epoch", ylabel="loss", title=title, yscale="log")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
@@ -204,10 +296,8 @@ def _stage_losses(ax, rows: list[dict[str, Any]], title: str) -> None:
 
 def _stage_score(ax, rows: list[dict[str, Any]], stage: StageRecord, title: str) -> None:
     epochs = [row["stage_epoch"] for row in rows]
-    metric = next(
-        (key for key in rows[0] if key.startswith("val_") and key not in ("val_acc", "val_loss")), None
-    )
-    key = metric if stage.select == "metric" and metric else "val_acc"
+    # the stage's own metric wherever its rows carry one (never an untrained head's accuracy)
+    key = stage_metric(rows[0]) or "val_acc"
     ax.plot(epochs, [row[key] for row in rows], marker=".", label=key)
     if stage.best_epoch is not None:
         ax.axvline(stage.best_epoch, color="tab:red", linestyle="--", label=f"kept: epoch {stage.best_epoch}")

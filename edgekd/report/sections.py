@@ -8,15 +8,19 @@ from edgekd.recipe import Recipe
 from edgekd.records import Candidate, RunMetrics, Sizing, StageRecord
 from edgekd.report.blocks import Block, BulletList, Code, Heading, Image, Paragraph, Table
 from edgekd.report.tables import (
-    ARTIFACT_COLUMNS,
     DATA_COLUMNS,
-    artifact_rows,
+    class_list_text,
     data_rows,
+    deployment_table,
     human_count,
     ms_cell,
     over_seeds_cell,
     summary_columns,
     summary_rows,
+    teacher_classes,
+    teacher_is_loaded,
+    teacher_record_of,
+    teacher_saw_student_images,
 )
 from edgekd.report.verdicts import budget_verdict
 
@@ -36,12 +40,31 @@ def report_blocks(recipe: Recipe, metrics: RunMetrics, plot_files: list[str]) ->
         *sizing_blocks(metrics.student_choice.sizing),
         *artifact_blocks(metrics),
         *[Image(name, name) for name in plot_files],
-        Paragraph(
-            "Files: `metrics.json` (all numbers), `history.csv` (per-epoch), `bench.csv` (per artifact and "
-            "batch), `recipe.yaml` (resolved recipe), `models/` (weights), `artifacts/` (deployables), "
-            "`train/` (resumable training state)."
-        ),
+        Paragraph(files_text(metrics)),
     ]
+
+
+def files_text(metrics: RunMetrics) -> str:
+    """The run folder's files; `artifacts/` only where something was exported into it."""
+    exported = any(record.format != "pytorch" and record.built for record in metrics.artifacts)
+    artifacts = "`artifacts/` (deployables), " if exported else ""
+    return (
+        "Files: `metrics.json` (all numbers), `history.csv` (per-epoch), `bench.csv` (per artifact and "
+        f"batch), `recipe.yaml` (resolved recipe), `models/` (weights), {artifacts}`train/` (resumable "
+        "training state)."
+    )
+
+
+def seeds_text(metrics: RunMetrics) -> str:
+    """``seed 0``, or every student seed and the teacher's (trained once) over several seeds."""
+    run = metrics.run
+    seeds = run.student_seeds or [run.seed]
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    teacher = (
+        "loaded from a checkpoint" if teacher_is_loaded(metrics) else f"trained once with seed {run.seed}"
+    )
+    return f"seeds {', '.join(map(str, seeds))} (every student once per seed; the teacher {teacher})"
 
 
 def budget_text(metrics: RunMetrics) -> str:
@@ -76,7 +99,7 @@ def overview_blocks(recipe: Recipe, metrics: RunMetrics) -> list[Block]:
                 f"budget: {budget_text(metrics)}; method `{recipe.distill.method}`, "
                 f"baselines: {', '.join(recipe.distill.baselines) or 'none'}",
                 *(f"budget check of the deployed student: {line}" for line in verdicts),
-                f"seed {recipe.seed}, device {metrics.run.device}, wall time {metrics.run.wall_time_s:.1f} s",
+                f"{seeds_text(metrics)}, device {metrics.run.device}, wall time {metrics.run.wall_time_s:.1f} s",
                 training_line(recipe, metrics),
             )
         ),
@@ -270,7 +293,7 @@ def protocol_blocks(recipe: Recipe, metrics: RunMetrics) -> list[Block]:
     """Where the student's images came from, and what the teacher had seen of them."""
     data = metrics.student_data
     items = [
-        f"the student's images come from {_pool_text(data)}; its labelled images are {_draw_text(data)};",
+        f"the student's images come from {_pool_text(metrics)}; its labelled images are {_draw_text(data)};",
         f"model selection: `train.select: {recipe.train.select}` on {data['sizes']['val']} labelled "
         f"validation images ({_validation_text(data)});",
         f"training batches: `data.last_batch: {data.get('last_batch', 'keep')}`, the smallest holds "
@@ -292,13 +315,32 @@ def protocol_blocks(recipe: Recipe, metrics: RunMetrics) -> list[Block]:
     return [Heading(3, "Protocol"), BulletList(tuple(items))]
 
 
-def _pool_text(data: dict) -> str:
+def _pool_text(metrics: RunMetrics) -> str:
+    """Where the student's images come from and whether the teacher trained on them: the same fact the
+    "What each model used" table states (tables.teacher_saw_student_images)."""
+    data = metrics.student_data
+    saw = teacher_saw_student_images(metrics)
     if data.get("student_pool") == "customer":
-        return (
+        where = (
             f"a customer hold-out ({100 * data['customer_fraction']:.0f} % of each class of the training "
-            "split) that the teacher never trained on"
+            "split)"
         )
-    return "the teacher's own training images (the SKD paper's protocol: the teacher has seen them, labelled)"
+    else:
+        where = "the training split"
+    if saw is True:
+        return "the teacher's own training images (the SKD paper's protocol: the teacher has seen them, labelled)"
+    if saw is None:
+        teacher = teacher_record_of(metrics)
+        stated = teacher.trained_on if teacher is not None else None
+        known = f"loaded from a checkpoint; stated: {stated}" if stated else "loaded from a checkpoint"
+        return f"{where}; whether the teacher trained on them is not known ({known})"
+    if data.get("label_relation") == "disjoint":
+        classes = class_list_text(metrics.teacher_data, teacher_classes(metrics))
+        return (
+            f"{where}, of classes the teacher was not trained on (its classes: {classes}): the teacher never "
+            "trained on them"
+        )
+    return f"{where}, which the teacher never trained on"
 
 
 def _draw_text(data: dict) -> str:
@@ -389,21 +431,35 @@ def sizing_row(candidate: Candidate, chosen: str, with_proxy: bool) -> list[str]
 
 # ------------------------------------------------------------------------------------------ artifacts
 def artifact_blocks(metrics: RunMetrics) -> list[Block]:
-    artifacts = metrics.artifacts
-    if not artifacts:
+    """The exported artifacts of the main student; with nothing exported, its PyTorch latency when it was
+    timed; nothing at all when neither (no table whose rows would only repeat the Models table)."""
+    table = deployment_table(metrics)
+    if table is None:
         return []
+    artifacts = metrics.artifacts
     env = metrics.environment
-    blocks: list[Block] = [
-        Heading(2, "Deployment artifacts"),
-        Table.of(ARTIFACT_COLUMNS, artifact_rows(artifacts, metrics.budget_check)),
-        Paragraph(
-            "Parity: every artifact and the PyTorch student ran on the same validation images (max absolute "
-            "logit difference, top-1 agreement). Accuracy: top-1 on the test split through the artifact's "
-            "own runtime; drop against the PyTorch student. Latency: cold start = load + first inference; "
-            "p50/p90/p99 over timed runs after warm-up, each the bare inference call on a batch bound once "
-            "(as benchmark_app times an InferRequest); img/s measured at that batch size."
-        ),
-    ]
+    blocks: list[Block] = [Heading(2, table.title), Table.of(table.columns, table.rows)]
+    if table.exported:
+        blocks.append(
+            Paragraph(
+                f"The deployed student: `{table.deployed}`. Parity: every artifact and the PyTorch student ran "
+                "on the same validation images (max absolute logit difference, top-1 agreement). Accuracy: "
+                "top-1 on the test split through the artifact's own runtime; drop against the PyTorch student. "
+                "Latency: cold start = load + first inference; p50/p90/p99 over timed runs after warm-up, each "
+                "the bare inference call on a batch bound once (as benchmark_app times an InferRequest); img/s "
+                "measured at that batch size."
+            )
+        )
+    else:
+        blocks.append(
+            Paragraph(
+                "No artifact was exported (`export.targets` is empty): nothing was checked for parity and "
+                f"there is no `artifacts/` folder. `benchmark.enabled` timed the main student `{table.deployed}` "
+                "in PyTorch (eager, FP32) on the CPU: cold start = load + first inference; "
+                "p50/p90/p99 over timed runs after warm-up; img/s at that batch size. Its accuracy is in the "
+                "Models table."
+            )
+        )
     if env:
         # Where an artifact ran on a GPU (the `runs on` column), the GPU is named too.
         on_gpu = any("cuda" in (record.runs_on or "").lower() for record in artifacts)

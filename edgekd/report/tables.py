@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,8 +60,8 @@ def summary_rows(metrics: RunMetrics) -> list[list[str]]:
     rows = []
     for r in records:
         test = accuracy_cell(r, "test_acc")
-        if r.role == "teacher" and r.student_task_test_acc is not None and _is_subset(metrics):
-            test += f" ({r.student_task_test_acc:.2f} on the student's classes)"
+        if r.role == "teacher":
+            test += teacher_accuracy_note(metrics, r)
         paired = r.paired.model_dump() if r.paired else None
         delta = "reference" if _is_reference(r, records) else difference_cell(paired)
         rows.append(
@@ -83,6 +84,74 @@ def _is_reference(record: ModelRecord, records: list[ModelRecord]) -> bool:
     return any(r.paired is not None and r.paired.reference == record.name for r in records)
 
 
+def teacher_accuracy_note(metrics: RunMetrics, teacher: ModelRecord) -> str:
+    """Which classes the teacher's accuracy was measured on, where they are not the student's: its own
+    (and, where it has the student's classes, its accuracy on those too)."""
+    own = teacher_classes(metrics)
+    if own == student_classes(metrics):
+        return ""
+    note = f" (on the teacher's classes: {class_list_text(metrics.teacher_data, own)}"
+    if teacher.student_task_test_acc is not None:
+        note += f"; {teacher.student_task_test_acc:.2f} on the student's classes"
+    return note + ")"
+
+
+def teacher_classes(metrics: RunMetrics) -> list[int]:
+    return list(metrics.teacher_data.get("class_ids") or [])
+
+
+def student_classes(metrics: RunMetrics) -> list[int]:
+    return list(metrics.student_data.get("class_ids") or [])
+
+
+def class_list_text(data: dict[str, Any], ids: list[int], most: int = 12) -> str:
+    """``0, 1, 2, 3, 4`` (the data's class names), or ``100 classes`` when there are too many to list."""
+    names = list(data.get("class_names") or ids)
+    if len(names) > most:
+        return f"{len(names)} classes"
+    return ", ".join(str(name) for name in names)
+
+
+# ------------------------------------------------------------------------------- what the teacher saw
+# The facts the "What each model used" table and the Protocol text both state, derived once here.
+TEACHER_UNKNOWN = "not known (loaded from a checkpoint)"
+
+
+def teacher_record_of(metrics: RunMetrics) -> ModelRecord | None:
+    return next((r for r in metrics.models if r.role == "teacher"), None)
+
+
+def teacher_is_loaded(metrics: RunMetrics) -> bool:
+    teacher = teacher_record_of(metrics)
+    return teacher is not None and teacher.source == "checkpoint"
+
+
+def teacher_saw_student_images(metrics: RunMetrics) -> bool | None:
+    """Whether the teacher trained on the student's images: False when it has none of the student's classes
+    (teacher.classes says so); for a loaded teacher otherwise None (the run cannot know what it trained on);
+    else what the run's split says (its own training images, or a customer hold-out it never saw)."""
+    data = metrics.student_data
+    if data.get("label_relation") == "disjoint":
+        return False
+    if teacher_is_loaded(metrics):
+        return None
+    return data.get("teacher_trained_on_student_images")
+
+
+def saw_cell(saw: bool | None) -> str:
+    return {True: "yes", False: "no", None: "not known"}[saw]
+
+
+def teacher_training_cells(teacher: ModelRecord) -> tuple[str, str]:
+    """The teacher's labelled images (train, selection) as the "What each model used" table shows them."""
+    if teacher.source == "checkpoint":
+        if teacher.trained_on:
+            return f"as stated by the recipe: {teacher.trained_on}", "-"
+        return TEACHER_UNKNOWN, "not known"
+    labelled = teacher.labelled_images
+    return ("-", "-") if labelled is None else (str(labelled.train), str(labelled.selection))
+
+
 # ------------------------------------------------------------------------------------------ data used
 DATA_COLUMNS = [
     "model",
@@ -97,16 +166,18 @@ DATA_COLUMNS = [
 def data_rows(metrics: RunMetrics) -> list[list[str]]:
     """What each model learnt from: labelled images for training and for selection, unlabelled images, and
     whether the teacher it learns from had seen the student's images (then it is not a new-data result)."""
-    teacher_saw = metrics.student_data.get("teacher_trained_on_student_images")
+    teacher_saw = teacher_saw_student_images(metrics)
     rows = []
     for r in metrics.models:
         labelled = r.labelled_images
         train = "-" if labelled is None else str(labelled.train)
         selection = "-" if labelled is None else str(labelled.selection)
         if r.role == "teacher":
-            rows.append([r.name, train, selection, "0", "-", "-"])
+            train, selection = teacher_training_cells(r)
+            unlabeled = "not known" if r.source == "checkpoint" and not r.trained_on else "0"
+            rows.append([r.name, train, selection, unlabeled, "-", "-"])
             continue
-        saw = "-" if not r.uses_teacher or teacher_saw is None else ("yes" if teacher_saw else "no")
+        saw = saw_cell(teacher_saw) if r.uses_teacher else "-"
         rows.append(
             [
                 model_label(r),
@@ -142,11 +213,6 @@ def describe_arch(arch: str, model_args: dict[str, Any]) -> str:
     if not model_args:
         return arch
     return f"{arch} (" + ", ".join(f"{key}={value}" for key, value in model_args.items()) + ")"
-
-
-def _is_subset(metrics: RunMetrics) -> bool:
-    student = metrics.student_data
-    return bool(student.get("class_subset") or student.get("few_shot_per_class"))
 
 
 def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
@@ -250,6 +316,57 @@ def artifact_rows(artifacts: list[ArtifactRecord], budget: BudgetCheck | None = 
                 ]
             )
     return rows
+
+
+# Nothing exported but the PyTorch student timed (benchmark.enabled): its latency alone, no parity or size.
+PYTORCH_LATENCY_COLUMNS = ["model", "runs on", "cold start ms", "p50 ms", "p90 ms", "p99 ms", "img/s"]
+
+
+@dataclass(frozen=True)
+class DeploymentTable:
+    """What the report and the CLI show of the deployed student: the exported artifacts (with the PyTorch
+    student as their reference), or, with nothing exported, the PyTorch student's latency when it was timed."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    exported: bool
+    deployed: str  # which student was deployed: the main method's, and which seed's weights
+
+
+def deployed_student(metrics: RunMetrics) -> str:
+    """``kd`` or, over several seeds, ``kd, seed 0's weights`` (the first seed's student is deployed)."""
+    seeds = metrics.run.student_seeds
+    name = metrics.main.name
+    return name if len(seeds) < 2 else f"{name}, seed {seeds[0]}'s weights"
+
+
+def deployment_table(metrics: RunMetrics) -> DeploymentTable | None:
+    """None when nothing was exported and nothing timed: there is no deployment to show."""
+    artifacts = metrics.artifacts
+    deployed = deployed_student(metrics)
+    if any(record.format != "pytorch" for record in artifacts):
+        rows = artifact_rows(artifacts, metrics.budget_check)
+        return DeploymentTable("Deployment artifacts", ARTIFACT_COLUMNS, rows, True, deployed)
+    rows = []
+    for record in artifacts:
+        for index, timing in enumerate(latency_rows(record)):
+            first = index == 0
+            rows.append(
+                [
+                    f"{deployed} ({record.name}) @b{timing['batch']}",
+                    (record.runs_on or "-") if first else "",
+                    ms_cell(cold_start_ms(record)) if first else "",
+                    ms_cell(timing["p50_ms"]),
+                    ms_cell(timing["p90_ms"]),
+                    ms_cell(timing["p99_ms"]),
+                    f"{timing['throughput']:.0f}",
+                ]
+            )
+    if not rows:
+        return None
+    title = "Latency of the PyTorch student (nothing exported)"
+    return DeploymentTable(title, PYTORCH_LATENCY_COLUMNS, rows, False, deployed)
 
 
 def latency_table_rows(latency: dict[str, Any]) -> list[list[str]]:
