@@ -29,7 +29,7 @@ from edgekd.runlock import refuse_if_busy
 def open_run_dir(recipe: Recipe, *, resume: bool, force: bool) -> RunLayout:
     run_dir = recipe.run_dir
     layout = RunLayout(run_dir)
-    if check_run_dir(recipe, resume=resume, force=force) and force:
+    if holds_run(recipe, resume=resume, force=force) and force:  # under the lock
         delete_owned_folder(run_dir)  # it carries edgekd's marker
     run_dir.mkdir(parents=True, exist_ok=True)
     if not layout.marker.is_file():
@@ -74,9 +74,15 @@ def check_run_folder(run_dir: Path, *, resume: bool = False, force: bool = False
 
 
 def check_run_dir(recipe: Recipe, *, resume: bool, force: bool) -> bool:
+    """Before taking the run folder's lock: refuse a folder another build holds (naming it), then as
+    `holds_run` does. Writes nothing."""
+    refuse_if_busy(recipe.run_dir)
+    return holds_run(recipe, resume=resume, force=force)
+
+
+def holds_run(recipe: Recipe, *, resume: bool, force: bool) -> bool:
     """Whether the recipe's run folder already holds a run, refusing (without writing anything) one that
     neither --resume can continue (another recipe, an older layout) nor --force may replace (not edgekd's)."""
-    refuse_if_busy(recipe.run_dir)
     if check_run_folder(recipe.run_dir, resume=resume, force=force) == "new":
         return False
     if resume:
