@@ -42,6 +42,7 @@ from edgekd.prepare import (
     Prepared,
     check_data_parallel,
     check_parallel_batches,
+    check_teacher_batch,
     loaded_artifacts,
     prepare,
     seed_everything,
@@ -103,7 +104,9 @@ def check_parallel_build(recipe: Recipe, world: int, *, resume: bool, force: boo
     check_parallel_batches(recipe, world)
     check_data_parallel(recipe)
     check_run_dir(recipe, resume=resume, force=force)
-    prepare(recipe, say=say)
+    prepared = prepare(recipe, say=say)
+    if recipe.teacher.train is not None:  # the teacher's own batch (its default rule needs the data)
+        check_teacher_batch(prepared.teacher_data.batch_size, world)
 
 
 def build_parallel(

@@ -370,3 +370,10 @@ def test_a_busy_machine_is_recorded_with_the_latency_and_warned_about(cli, finis
     assert cli("report", copy).exit_code == 0
     assert "**Warning:** The machine was busy" in (copy / "report.md").read_text()
     assert "machine_busy" in (copy / "bench.csv").read_text().splitlines()[0]
+
+
+def test_nproc_refuses_a_teacher_batch_that_does_not_split_before_any_process_starts(cli, tmp_path):
+    recipe = quick_recipe(tmp_path, teacher={"model": "resnet8", "train": {"epochs": 1, "batch_size": 63}})
+    message = one_line_error(cli("build", recipe, "--quiet", "--nproc", "2"))
+    assert "teacher.train.batch_size" in message and "does not split evenly over 2 processes" in message
+    assert not (tmp_path / "runs").exists()
