@@ -9,10 +9,12 @@ half-written left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -170,7 +172,9 @@ def test_export_of_a_checkpoint_with_a_recipe_with_and_without_model(cli, finish
 
 
 # ------------------------------------------------------------------------------------ the file system
-def _mount_tmpfs(folder: Path, options: str) -> None:
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """A real file system of its own at `folder` (mounted by root; skipped where mounting is not allowed)."""
     folder.mkdir()
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
@@ -179,23 +183,23 @@ def _mount_tmpfs(folder: Path, options: str) -> None:
         pytest.skip(
             f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): needs root in a VM or host"
         )
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.fixture
 def small_file_system(tmp_path):
     """A file system of 1.7 MB: room for the teacher and a student, not for every file of the run."""
-    folder = tmp_path / "small"
-    _mount_tmpfs(folder, "size=1700k")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=False)
+    with tmpfs(tmp_path / "small", "size=1700k") as folder:
+        yield folder
 
 
 @pytest.fixture
 def read_only_file_system(tmp_path):
-    folder = tmp_path / "read-only"
-    _mount_tmpfs(folder, "size=100k,ro")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=False)
+    with tmpfs(tmp_path / "read-only", "size=100k,ro") as folder:
+        yield folder
 
 
 def test_a_full_disk_is_one_line_exit_1_and_leaves_no_half_file(cli, tmp_path, small_file_system):
