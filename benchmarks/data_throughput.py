@@ -14,7 +14,7 @@ Every way runs ``--epochs`` epochs; images/s after the first epoch is the median
 the decode at open ("first-epoch cost") is timed on its own. The ways are interleaved per epoch so that a
 burst of load on a shared machine hits all of them alike. Writes benchmarks/results/data_throughput.json:
 
-    python benchmarks/data_throughput.py [--epochs 4] [--threads 2]
+    python benchmarks/data_throughput.py [--epochs 6] [--threads 2]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "data_throughput.json"
 # (name, side, channels, images written, the student fed: zoo name and width)
 SETTINGS = [
-    ("28px gray", 28, 1, 900, ("resnet8", 16)),
+    ("28px gray", 28, 1, 1797, ("resnet8", 16)),
     ("224px RGB", 224, 3, 240, ("resnet8", 8)),
 ]
 FORMATS = ("png", "jpeg")
@@ -127,7 +127,7 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
