@@ -337,6 +337,7 @@ def validate(recipe: Path, overrides: tuple[str, ...], explain: bool, schema_onl
             f"student: {choice.arch} {choice.model_args or ''} — {choice.params:,} params, "
             f"{choice.flops:,} FLOPs per image ({choice.how})"
         )
+        print_epoch_budget(loaded)
     if explain:
         out.print(dump_recipe(loaded), end="")
     out.print(f"[green]ok[/]: {escape(str(recipe))} is a valid recipe", soft_wrap=True)
@@ -789,6 +790,16 @@ def print_summary(metrics: RunMetrics) -> None:
     colour = {"pass": "green", "fail": "red", "neutral": "yellow"}[verdict.state]
     for line in verdict.details if metrics.budget_check is not None else ():
         console.print(f"[{colour}]budget {escape(line)}[/]")
+
+
+def print_epoch_budget(recipe) -> None:
+    """How each method spends train.epochs over the stages of its plan (and distill.stages' changes)."""
+    from edgekd.prepare import named_methods
+    from edgekd.train.stages import describe_epochs, planned_epochs
+
+    out.print(f"epochs per method (train.epochs: {recipe.train.epochs}, per seed):")
+    for _, method in named_methods(recipe):
+        out.print(f"  {method:<12} {escape(describe_epochs(planned_epochs(recipe, method)))}", soft_wrap=True)
 
 
 def print_sizing(sizing) -> None:

@@ -259,3 +259,21 @@ def test_a_stage_on_the_holdout_view_trains_and_selects_on_it(tmp_path):
     )
     used = result.records[0].data
     assert (used.labelled_train, used.labelled_selection) == (80, 20)  # not the 100 / validation images
+
+
+def test_validate_prints_how_each_method_spends_its_epochs(cli, write_recipe):
+    """The plan's split of train.epochs, distill.stages' changes and a check's extra epochs, per method."""
+    path = write_recipe(
+        train={"epochs": 30, "optimizer": {"lr": 0.1}},
+        distill={
+            "method": "fitnet",
+            "baselines": ["kd"],
+            "fitnet": {"hint_epochs": 10},
+            "stages": {"kd": {"train": {"epochs": 7}}},
+        },
+    )
+    result = cli("validate", path)
+    assert result.exit_code == 0, result.output
+    assert "epochs per method (train.epochs: 30, per seed):" in result.output
+    assert "fitnet       hint 10 -> task 20 (30 epochs)" in result.output
+    assert "kd           train 7 (7 epochs)" in result.output

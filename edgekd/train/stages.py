@@ -23,8 +23,9 @@ from torch import nn
 from edgekd.data import DataBundle
 from edgekd.distill.base import DistillContext, Distiller
 from edgekd.distill.plan import HOLDOUT_FRACTION, Artifact, Stage, skipped
+from edgekd.distill.registry import resolve_method
 from edgekd.layout import MethodFolder, StageFolder
-from edgekd.recipe import TrainConfig, stage_train_config
+from edgekd.recipe import Recipe, TrainConfig, stage_train_config
 from edgekd.records import DataUse, StageArtifact, StageRecord
 from edgekd.schema_base import Section
 from edgekd.train.checkpoint import fitting_state, load_checkpoint, save_checkpoint
@@ -318,3 +319,46 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """How one stage of a method's plan spends epochs, as a build of the recipe will run it."""
+
+    name: str
+    epochs: int
+    branch: bool  # a check beside the plan (plan.py): its epochs are extra, it hands nothing on
+    skipped: bool  # its artifacts are loaded from another run (distill.artifacts)
+
+
+def planned_epochs(recipe: Recipe, method: str) -> list[PlannedStage]:
+    """Each stage of `method` (or variant) with the epochs it trains: the plan's split of train.epochs,
+    changed by distill.stages, exactly as the build resolves them (run_stage)."""
+    resolved = resolve_method(recipe.distill, method)
+    stages = resolved.entry.plan(resolved.options, recipe.train)
+    changes = recipe.distill.stages.get(method, {})
+    loaded = recipe.distill.artifacts.get(method, {})
+    return [
+        PlannedStage(
+            stage.name,
+            stage_train_config(stage.train_config(recipe.train), changes.get(stage.name)).epochs,
+            stage.branch,
+            skipped(stage, index, len(stages), loaded),
+        )
+        for index, stage in enumerate(stages)
+    ]
+
+
+def describe_epochs(stages: list[PlannedStage]) -> str:
+    """'hint 10 -> task 20 (30 epochs)'; a loaded stage says so, a check's epochs are counted apart."""
+    parts, total, checks = [], 0, 0
+    for stage in stages:
+        if stage.skipped:
+            parts.append(f"{stage.name} loaded")
+        elif stage.branch:
+            parts.append(f"[check {stage.epochs}]")
+            checks += stage.epochs
+        else:
+            parts.append(f"{stage.name} {stage.epochs}")
+            total += stage.epochs
+    return f"{' -> '.join(parts)} ({total} epochs{f', checks {checks} more' if checks else ''})"
