@@ -762,7 +762,7 @@ def make_progress(quiet: bool) -> Progress:
 
 
 def print_summary(metrics: RunMetrics) -> None:
-    from edgekd.bench.machine_load import load_warning
+    from edgekd.bench.machine_load import artifacts_load_warning
     from edgekd.report.tables import (
         DATA_COLUMNS,
         data_rows,
@@ -783,9 +783,7 @@ def print_summary(metrics: RunMetrics) -> None:
         left = ("artifact", "model", "runs on", "parity")
         title = deployment.title[0].lower() + deployment.title[1:]
         console.print(rich_table(title, deployment.columns, deployment.rows, left=left))
-    busy = load_warning([(record.latency or {}).get("machine_load") for record in metrics.artifacts])
-    if busy:
-        console.print(f"[yellow]warning:[/] {escape(busy)}", soft_wrap=True)
+    print_busy_warning(console, artifacts_load_warning(metrics.artifacts))
     verdict = budget_verdict(metrics.budget_check)
     colour = {"pass": "green", "fail": "red", "neutral": "yellow"}[verdict.state]
     for line in verdict.details if metrics.budget_check is not None else ():
@@ -839,9 +837,13 @@ def print_latency(result: dict) -> None:
     console.print(
         f"cold start: load {cold['load_ms']:.1f} ms + first inference {cold['first_inference_ms']:.2f} ms"
     )
-    busy = load_warning([result["latency"].get("machine_load")])
-    if busy:
-        console.print(f"[yellow]warning:[/] {escape(busy)}", soft_wrap=True)
+    print_busy_warning(console, load_warning([result["latency"].get("machine_load")]))
+
+
+def print_busy_warning(console: Console, warning: str | None) -> None:
+    """The machine-load warning of latency results (bench/machine_load.py), when there is one."""
+    if warning:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
 def rich_table(title: str, columns: list[str], rows: list[list[str]], left: tuple[str, ...]) -> Table:

@@ -48,10 +48,7 @@ def native_writes(path: Path) -> Iterator[None]:
     try:
         yield
     except RuntimeError as exc:
-        folder = Path(path).parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        stats = os.statvfs(folder)
+        stats = os.statvfs(nearest_existing(Path(path).parent))
         if stats.f_bavail * stats.f_frsize < NEARLY_FULL_BYTES:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
         raise
@@ -63,6 +60,13 @@ def write_text(path: Path, text: str) -> Path:
 
 def write_json(path: Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its closest ancestor that exists (what a folder about to be made would be made in)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def folder_problem(path: Path) -> str | None:
@@ -79,9 +83,7 @@ def _folder_problem(path: Path) -> str | None:
         if not path.is_dir():
             return "is a file, not a folder"
         return None if os.access(path, os.W_OK | os.X_OK) else "is a folder this user cannot write in"
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    ancestor = nearest_existing(path.parent)
     if not ancestor.is_dir():
         return f"lies under '{ancestor}', which is a file"
     if not os.access(ancestor, os.W_OK | os.X_OK):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from torch import nn
@@ -15,6 +15,9 @@ from edgekd.latency_settings import LatencySettings
 from edgekd.layout import RunLayout
 from edgekd.recipe import DATA_MODEL_ARGS, ExportConfig, Recipe, load_recipe
 from edgekd.records import ArtifactRecord, ModelRecord, RunMetrics
+
+if TYPE_CHECKING:
+    from edgekd.data import DataBundle
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -30,14 +33,24 @@ def export_targets(formats: tuple[str, ...], precisions: tuple[str, ...]) -> dic
     return {fmt: chosen for fmt, chosen in targets.items() if chosen}
 
 
+class LoadedStudent(NamedTuple):
+    """A student to export: its recipe, the module with its weights, a file stem, its parameter count, and
+    the recipe's student data (read once: it gives the classes, channels, calibration and parity images)."""
+
+    recipe: Recipe
+    student: nn.Module
+    stem: str
+    params: int
+    data: DataBundle
+
+
 def load_source(
     source: Path,
     recipe_path: Path | None,
     model: str | None,
     model_args: tuple[str, ...],
     overrides: tuple[str, ...],
-) -> tuple[Recipe, nn.Module, str, int]:
-    """The recipe, the student with its weights, a file stem, and the student's parameter count."""
+) -> LoadedStudent:
     if source.is_dir():
         return _load_run(source, overrides)
     if source.suffix != ".pt" or not source.is_file():
@@ -76,47 +89,50 @@ def run_model_of(checkpoint: Path) -> tuple[Path, ModelRecord] | None:
     return None
 
 
-def _load_run(run_dir: Path, overrides: tuple[str, ...]) -> tuple[Recipe, nn.Module, str, int]:
+def _load_run(run_dir: Path, overrides: tuple[str, ...]) -> LoadedStudent:
     layout = RunLayout(run_dir)
     for path in (layout.recipe, layout.metrics):
         if not path.is_file():
             raise EdgekdError(f"SOURCE: '{run_dir}' has no {path.name}; give a finished edgekd run folder")
     recipe = load_recipe(layout.recipe, overrides)
     main = RunMetrics.load(layout.metrics).main
-    _, student, _, _ = _load_student(
-        Path(main.checkpoint), recipe, main.arch, main.model_args, "student checkpoint"
-    )
-    return recipe, student, main.name, main.params
+    loaded = _load_student(Path(main.checkpoint), recipe, main.arch, main.model_args, "student checkpoint")
+    return loaded._replace(stem=main.name, params=main.params)
+
+
+def _student_data(recipe: Recipe) -> DataBundle:
+    from edgekd.data import build_data
+
+    return build_data(recipe.data, subset=True, normalize=recipe.normalization)
 
 
 def _load_student(
-    checkpoint: Path, recipe: Recipe, arch: str, args: dict[str, Any], what: str
-) -> tuple[Recipe, nn.Module, str, int]:
+    checkpoint: Path,
+    recipe: Recipe,
+    arch: str,
+    args: dict[str, Any],
+    what: str,
+    data: DataBundle | None = None,
+) -> LoadedStudent:
     """The recipe's student data gives the classes and channels; the weights must fit `arch`."""
-    from edgekd.data import build_data
     from edgekd.models import count_params, create_model
     from edgekd.train.checkpoint import load_weights
 
-    data = build_data(recipe.data, subset=True, normalize=recipe.normalization)
+    data = data if data is not None else _student_data(recipe)
     try:
         student = create_model(arch, data.num_classes, data.input_spec.channels, **args)
     except EdgekdError as error:  # e.g. "model_args.bogus: not an option of 'resnet8'"
         raise EdgekdError(f"--model/--model-arg: {error}") from None
     load_weights(student, checkpoint, what, arch)
-    return recipe, student, checkpoint.stem, count_params(student)
+    return LoadedStudent(recipe, student, checkpoint.stem, count_params(student), data)
 
 
 def _load_checkpoint(
     checkpoint: Path, recipe: Recipe, model: str | None, model_args: tuple[str, ...]
-) -> tuple[Recipe, nn.Module, str, int]:
+) -> LoadedStudent:
     """A .pt of the recipe's student (sized as the build sizes it), or of --model with --model-arg."""
-    if model is None:
-        return _load_student(checkpoint, recipe, *_recipe_student(recipe), "SOURCE")
-    return _load_student(checkpoint, recipe, model, parse_model_args(model_args), "SOURCE")
-
-
-def _recipe_student(recipe: Recipe) -> tuple[str, dict[str, Any]]:
-    from edgekd.data import build_data
+    if model is not None:
+        return _load_student(checkpoint, recipe, model, parse_model_args(model_args), "SOURCE")
     from edgekd.prepare import choose_student
 
     if recipe.latency_budget is not None:
@@ -124,10 +140,10 @@ def _recipe_student(recipe: Recipe) -> tuple[str, dict[str, Any]]:
             "--model: required for a .pt SOURCE when the recipe sizes its student by latency (which member "
             "it chose depends on timings): give --model and --model-arg, or export the run folder"
         )
-    data = build_data(recipe.data, subset=True, normalize=recipe.normalization)
+    data = _student_data(recipe)
     spec = data.input_spec
     choice = choose_student(recipe, data.num_classes, (spec.channels, spec.height, spec.width))
-    return choice.arch, choice.model_args
+    return _load_student(checkpoint, recipe, choice.arch, choice.model_args, "SOURCE", data)
 
 
 def parse_model_args(model_args: tuple[str, ...]) -> dict[str, Any]:
@@ -160,18 +176,16 @@ def export_source(
     overrides: tuple[str, ...],
     say=None,
 ) -> list[ArtifactRecord]:
-    from edgekd.data import build_data
     from edgekd.deploy import deploy
 
     targets = export_targets(formats, precisions)
-    recipe, student, stem, params = load_source(source, recipe_path, model, model_args, overrides)
-    export = ExportConfig(**{**recipe.export.model_dump(), "targets": targets})
+    loaded = load_source(source, recipe_path, model, model_args, overrides)
+    export = ExportConfig(**{**loaded.recipe.export.model_dump(), "targets": targets})
     if output is None:
         output = RunLayout(source).artifacts if source.is_dir() else source.parent
-    data = build_data(recipe.data, subset=True, normalize=recipe.normalization)
     # Nothing is timed; the ONNX artifacts are checked where the recipe runs them (benchmark.onnxruntime_device).
-    bench = recipe.benchmark.model_copy(update={"enabled": False})
-    return deploy(student, params, data, export, bench, output, stem, say=say)
+    bench = loaded.recipe.benchmark.model_copy(update={"enabled": False})
+    return deploy(loaded.student, loaded.params, loaded.data, export, bench, output, loaded.stem, say=say)
 
 
 def check_parity(records: list[ArtifactRecord]) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from sklearn.datasets import load_digits
+from model_helpers import briefly_trained, digits_tensors
 from torch import nn
 
 from edgekd.cli import main
@@ -81,24 +81,11 @@ DIGITS_SHAPE = (1, 8, 8)
 
 @pytest.fixture(scope="session")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = load_digits(return_X_y=True)
-    x = torch.tensor(images, dtype=torch.float32).view(-1, *DIGITS_SHAPE) / 16
-    x = (x - x.mean()) / x.std()
-    return x, torch.tensor(labels)
+    return digits_tensors()
 
 
 @pytest.fixture(scope="session")
 def teacher(digits) -> nn.Module:
     """A resnet20 trained for a few dozen steps: real features, not a random network's."""
     torch.manual_seed(0)
-    model = create_model("resnet20", 10, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    x, y = digits
-    model.train()
-    for step in range(30):
-        batch = slice((step % 20) * 64, (step % 20 + 1) * 64)
-        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval().requires_grad_(False)
+    return briefly_trained(create_model("resnet20", 10, 1), *digits).eval().requires_grad_(False)

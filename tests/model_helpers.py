@@ -14,3 +14,25 @@ def with_batchnorm_statistics(net: torch.nn.Module) -> torch.nn.Module:
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 1.5)
     return net.eval()
+
+
+def digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits as 1×8×8 float images (standardized) and their labels."""
+    from sklearn.datasets import load_digits
+
+    images, labels = load_digits(return_X_y=True)
+    x = torch.tensor(images, dtype=torch.float32).view(-1, 1, 8, 8) / 16
+    return (x - x.mean()) / x.std(), torch.tensor(labels)
+
+
+def briefly_trained(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.nn.Module:
+    """`model` after 30 SGD steps on batches of 64 of (x, y): real features, not a random network's."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.train()
+    for step in range(30):
+        batch = slice((step % 20) * 64, (step % 20 + 1) * 64)
+        loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model

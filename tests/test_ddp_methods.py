@@ -28,8 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from sklearn.datasets import load_digits
-from torch import nn
+from model_helpers import briefly_trained, digits_tensors
 
 from edgekd.distill.catalog import METHODS
 from edgekd.models import create_model
@@ -73,19 +72,9 @@ RECIPE = {
 
 def trained_teacher(path: Path) -> Path:
     """The teacher every method distils from: a few dozen steps on the digits, real features."""
-    images, labels = load_digits(return_X_y=True)
-    x = torch.tensor(images, dtype=torch.float32).view(-1, 1, 8, 8) / 16
-    x, y = (x - x.mean()) / x.std(), torch.tensor(labels)
     torch.manual_seed(0)
     model = create_model(TEACHER["model"], 10, 1, **TEACHER["model_args"])
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for step in range(30):
-        batch = slice((step % 20) * 64, (step % 20 + 1) * 64)
-        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    torch.save(model.state_dict(), path)
+    torch.save(briefly_trained(model, *digits_tensors()).state_dict(), path)
     return path
 
 

@@ -121,6 +121,11 @@ def load_warning(loads: list[dict[str, Any]]) -> str | None:
     )
 
 
+def artifacts_load_warning(artifacts: list[Any]) -> str | None:
+    """load_warning over the latency records of a run's artifacts (ArtifactRecord: `.latency` dicts)."""
+    return load_warning([record.latency.get("machine_load") for record in artifacts if record.latency])
+
+
 def _loadavg() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgekd.bench.machine_load import load_warning
+from edgekd.bench.machine_load import artifacts_load_warning
 from edgekd.latency_settings import threads_text
 from edgekd.recipe import Recipe
 from edgekd.records import Candidate, RunMetrics, Sizing, StageRecord
@@ -469,9 +469,7 @@ def artifact_blocks(metrics: RunMetrics) -> list[Block]:
                 f"Measured on: {env.get('cpu', '?')}{gpu}, threads {env.get('threads') or 'the runtime default'}."
             )
         )
-    busy = load_warning(
-        [(record.latency or {}).get("machine_load") for record in artifacts if record.latency]
-    )
+    busy = artifacts_load_warning(artifacts)
     if busy:
         blocks.append(Paragraph(f"**Warning:** {busy}"))
     for record in artifacts:
