@@ -19,7 +19,7 @@ from edgekd.prepare import ModelChoice, Prepared
 from edgekd.probes import PROBES, probe_accuracies, teacher_embeddings
 from edgekd.recipe import Recipe
 from edgekd.records import BudgetCheck, LabelUse, ModelRecord, PairedDifference, SeedRun, StageRecord
-from edgekd.report.stats import paired_difference
+from edgekd.report.stats import correct_verdicts, paired_difference
 from edgekd.train import evaluate
 
 
@@ -240,18 +240,20 @@ def add_paired_comparisons(records: list[ModelRecord], recipe: Recipe) -> None:
         return
     report = recipe.report
     reference_values = per_seed_test_acc(reference)
-    for name, record in compared.items():
-        if name == reference_name:
-            continue
-        record.paired = PairedDifference(
-            **paired_difference(
-                per_seed_test_acc(record),
-                reference_values,
-                reference_name=reference_name,
-                confidence=report.confidence,
-                method=report.interval,
-            )
+    students = [record for name, record in compared.items() if name != reference_name]
+    comparisons = [
+        paired_difference(
+            per_seed_test_acc(record),
+            reference_values,
+            reference_name=reference_name,
+            confidence=report.confidence,
+            method=report.interval,
         )
+        for record in students
+    ]
+    correct_verdicts(comparisons, report.correction)
+    for record, comparison in zip(students, comparisons, strict=True):
+        record.paired = PairedDifference(**comparison)
 
 
 def per_seed_test_acc(record: ModelRecord) -> dict[int, float]:

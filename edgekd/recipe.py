@@ -203,9 +203,11 @@ class DataConfig(Section):
         description="Page-locked host batches, copied to the GPU without blocking the step; null: on when "
         "training on CUDA.",
     )
-    augment: Literal["none", "crop", "crop_flip"] = Field(
+    augment: Literal["none", "crop", "crop_flip", "resized_crop_flip"] = Field(
         "none",
-        description="Training augmentation: random crop (padding 1/8 of the size), optionally with flips.",
+        description="Training augmentation: random crop (padding 1/8 of the size), optionally with flips "
+        "(small images: digits, CIFAR); resized_crop_flip: ImageNet's random-resized crop (8-100 % of the area, "
+        "aspect 3/4-4/3) and flips, for large images (224²).",
     )
 
     @model_validator(mode="after")
@@ -346,7 +348,7 @@ class TeacherTrainConfig(TrainConfig):
         f"whole split (no data.per_class); with few-shot students (data.per_class set), {TEACHER_FEW_SHOT_BATCH} "
         "(or the teacher's training-image count when smaller), not the students' few-shot batch.",
     )
-    augment: Literal["none", "crop", "crop_flip"] | None = Field(
+    augment: Literal["none", "crop", "crop_flip", "resized_crop_flip"] | None = Field(
         None, description="The teacher's training augmentation; null: data.augment."
     )
     num_workers: int | None = Field(
@@ -685,6 +687,13 @@ class ReportConfig(Section):
         "few seeds) or a percentile bootstrap over seeds (too narrow below ~10 seeds).",
     )
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the paired intervals.")
+    correction: Literal["none", "holm"] = Field(
+        "none",
+        description="Multiple comparisons: a table compares every student with the reference. 'holm' gives "
+        "verdicts by Holm's step-down over the table's comparisons (the chance of any false verdict stays at "
+        "1 - confidence); 'none' judges each comparison alone. The report states how many comparisons the "
+        "table makes either way.",
+    )
 
 
 # The training fields a stage of a method's plan may change (`distill.stages`).

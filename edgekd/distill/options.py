@@ -212,10 +212,13 @@ class SKDOptions(TapOptions):
         "fm_scale keeps the paper's equal weighting of the two terms.",
     )
     power_iterations: int = Field(
-        20,
+        0,
         ge=0,
         le=1000,
-        description="Power-iteration steps for the largest singular value; 0 = exact SVD (slow on wide maps).",
+        description="How the largest singular value's vectors are found: 0 (default) exactly, from the "
+        "eigenvectors of the smaller Gram matrix, so the gradient is the exact one; N > 0: N power-iteration "
+        "steps, an approximation whose gradient can be several % off where the top two singular values are "
+        "close (a speed option, not the method).",
     )
 
 
@@ -293,6 +296,15 @@ class SRMOptions(TapOptions):
         description="Pixel-level cross-entropy: against the student's similarities normalised over the atoms "
         "('similarities', the paper's eq. 4) or with the similarities fed to a softmax as logits "
         "('sigmoid_logits', the authors' code).",
+    )
+    balance: Literal["paper", "mean"] = Field(
+        "paper",
+        description="How stage 2's terms are weighed against each other. 'paper': as the sums of eq. 4-5 "
+        "(pixel CE summed over every image and pixel, image BCE over every image), divided by one constant "
+        "(the batch's pixel count at the largest tap) so that the learning rate does not depend on batch size "
+        "or resolution: a tap's pixel term weighs H_l W_l / P, its image term 1 / P. 'mean': every term a "
+        "mean (per pixel, per image), so each image term weighs H_l W_l times more relative to its pixel term "
+        "than in the paper.",
     )
     pixel_weight: float = Field(1.0, ge=0, description="Weight of the pixel-level cross-entropy.")
     image_weight: float = Field(1.0, ge=0, description="Weight of the image-level binary cross-entropy.")

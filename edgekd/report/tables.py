@@ -29,8 +29,10 @@ def summary_columns(metrics: RunMetrics) -> list[str]:
     if paired is None:
         return SUMMARY_COLUMNS
     label = f"Δ vs {paired.reference}"
-    if paired.interval is not None:
+    if any(r.paired.interval is not None for r in metrics.models if r.paired):
         label += f" [{100 * paired.confidence:.0f}% CI, {paired.interval_method}]"
+    if paired.correction == "holm":
+        label += f", Holm over {paired.comparisons}"
     return [label if c == "paired Δ test acc" else c for c in SUMMARY_COLUMNS]
 
 

@@ -226,7 +226,7 @@ def run_stage(
         trained_params=sum(p.numel() for p in objective.trainable_parameters()),
         extra_params=objective.extra_parameter_count(),
         train_time_s=round(fit.train_time_s, 2),
-        data=data_use(data, objective, selection),
+        data=data_use(data, objective, selection, held_out=stage.view == "holdout"),
         produces=produced,
         consumes=consumed,
         notes=objective.stage_notes(),
@@ -260,12 +260,21 @@ def skipped_stage(stage: Stage, inputs: StageInputs) -> StageResult:
     return StageResult(record, None)
 
 
-def data_use(data: DataBundle, objective: Distiller, selection: str) -> DataUse:
+def data_use(data: DataBundle, objective: Distiller, selection: str, *, held_out: bool = False) -> DataUse:
     """The images a stage read: its labelled training images, the validation images its selection rule
-    scored (none with `last`), and the unlabelled images when its objective has a label-free term."""
+    scored (none with `last`), and the unlabelled images when its objective has a label-free term. A
+    `held_out` stage's "validation" images are training images it set aside (stage_data): they count as
+    training images, never as selection images."""
     unlabeled = 0
     if data.unlabeled is not None and objective.learns_from_unlabeled:
         unlabeled = len(data.unlabeled)
+    if held_out:
+        return DataUse(
+            labelled_train=len(data.train) + len(data.val),
+            labelled_selection=0,
+            unlabeled=unlabeled,
+            held_out=len(data.val),
+        )
     return DataUse(
         labelled_train=len(data.train),
         labelled_selection=len(data.val) if selection != "last" or objective.reads_validation_images else 0,
