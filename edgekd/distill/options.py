@@ -344,10 +344,13 @@ class SRMOptions(TapOptions):
 
 # ------------------------------------------------------------------------------------------ distpro
 class DistProOptions(Section):
+    """Every default is the paper's (002, §3-4.1, its CIFAR setting); where an option allows something else,
+    its description names whose choice that is."""
+
     teacher_taps: list[TapRef] | None = Field(
         None,
         description="The teacher's taps pathways may start from (indices, declared names or module paths). "
-        "Default: every declared tap (the outputs of its down-sampling stages).",
+        "Default: every declared tap (the outputs of its down-sampling stages, the paper's choice).",
     )
     student_taps: list[TapRef] | None = Field(
         None,
@@ -360,23 +363,37 @@ class DistProOptions(Section):
         "interpolated over the run: DistPro), 'final' (the last searched α held constant: the paper's 'use "
         "α_T'), 'equal' (1/N each, no search: its 'equally weighted').",
     )
-    pairs: Literal["deeper_or_same", "all"] = Field(
-        "deeper_or_same",
-        description="Which (teacher tap i, student tap j) pairs are pathways: j >= i (the paper) or all.",
+    pairs: Literal["all", "deeper_or_same"] = Field(
+        "all",
+        description="Which (teacher tap i, student tap j) pairs are pathways: 'all' (the paper: its eq. 2 sums "
+        "over every pair, 9 connections on CIFAR) or 'deeper_or_same', j >= i (ReviewKD's low-to-high "
+        "restriction, which the authors' release and the paper's ImageNet search space follow).",
     )
     variants: int = Field(
-        1, ge=1, le=8, description="Transform variants per tap pair (the paper: 3; the authors' release: 1)."
+        3,
+        ge=1,
+        le=8,
+        description="Transform blocks per tap pair (the paper's CIFAR search: 3, so 3 x 9 = 27 pathways; its "
+        "ImageNet search and the authors' release: 1). Each is the paper's one specified architecture (Fig. "
+        "4a), initialised apart (pathways.py says why).",
     )
     search_epochs: int | None = Field(
         None,
         ge=1,
         le=MAX_EPOCHS,
         description="Epochs of the search stage (on a seeded 80/20 split of the training images; not part of "
-        "train.epochs). Default: train.epochs / 6, at least 1 (the paper: 40 search for 240 training).",
+        "train.epochs). Its student's lr is multiplied by 0.1 after each quarter of them (the paper: 40 "
+        "epochs, x0.1 at 10, 20, 30), unless distill.stages gives the search another schedule. Default: "
+        "train.epochs / 6, at least 1 (the paper: 40 search for 240 training).",
     )
     bias: float | None = Field(
         1.0,
         description="g of the biased softmax α = softmax(concat(α̃, g))[:N]; null: a plain softmax over α̃.",
+    )
+    alpha_init: float = Field(
+        1.0,
+        description="α̃ of every pathway when the search starts (the paper's α_0 = 1, §3.3: the unnormalised "
+        "weight; with g = 1 every pathway starts level with the bias, α = 1/(N+1), and above drop_below).",
     )
     alpha_lr: float = Field(
         0.05, gt=0, le=100, description="Adam learning rate of α̃ (the paper 0.05; its code 0.1)."
@@ -386,9 +403,16 @@ class DistProOptions(Section):
     )
     record_every: int = Field(1, ge=1, description="Record α every this many search steps.")
     drop_below: float | None = Field(
-        None,
-        description="Replay: drop the pathways whose α̃ never exceeded this during the search (the paper's "
-        "τ = 0.5) to save their cost; null keeps every pathway.",
+        0.5,
+        description="τ of the paper's clip (§3.4): a pathway whose α̃ is at most τ is left out of the loss "
+        "(not computed, its transform not stepped); `drop` says when. null computes every pathway at every "
+        "step.",
+    )
+    drop: Literal["per_step", "whole_run"] = Field(
+        "per_step",
+        description="'per_step' (the paper): at every step of the search and of the replay, the pathways whose "
+        "α̃ at that step is at most drop_below, so a pathway leaves and may come back; 'whole_run' (edgekd's "
+        "earlier rule): only in the replay, the pathways whose α̃ never exceeded drop_below in the search.",
     )
     weight: float = Field(
         1.0, gt=0, description="Multiplies the weighted pathway losses (CE + weight·Σ α_p·HCL_p)."

@@ -119,7 +119,11 @@ def run_plan(
         name: StageArtifact(name=name, path=str(path), sha256=file_sha256(path), origin="loaded")
         for name, path in inputs.loaded.items()
     }
-    initial_student = copy.deepcopy(student.state_dict())  # for a stage that starts from a fresh student
+    # What a stage that starts over (fresh_student) starts from: the student and the random state as the plan
+    # received them (its objective's parts, e.g. DistPro's transforms, are drawn from that state, as the first
+    # stage's are)
+    initial_student = copy.deepcopy(student.state_dict())
+    initial_random_state = torch.random.get_rng_state()
     results = []
     for index, stage in enumerate(stages):
         if skipped(stage, index, len(stages), inputs.loaded):
@@ -127,6 +131,7 @@ def run_plan(
             continue
         if stage.fresh_student:
             student.load_state_dict(initial_student)
+            torch.random.set_rng_state(initial_random_state)
         before_branch = copy.deepcopy(student.state_dict()) if stage.branch else None
         result, produced = run_stage(
             stage,
@@ -170,9 +175,13 @@ class StageRun:
 
 def seed_index(stages: list[Stage], index: int) -> int:
     """The index that seeds a stage: its place among the plan's main stages (checks do not shift the seeds of
-    the stages after them, so turning one on leaves the student unchanged); a check gets one of its own."""
+    the stages after them, so turning one on leaves the student unchanged); a check gets one of its own. A
+    stage that starts over (fresh_student) takes the first stage's seeds: a DistPro replay sees the data
+    order and augmentation its reference without a search (a one-stage plan) sees."""
     if stages[index].branch:
         return _BRANCH_SEED_INDEX + index
+    if stages[index].fresh_student:
+        return 0
     return sum(1 for stage in stages[:index] if not stage.branch)
 
 
