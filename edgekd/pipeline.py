@@ -474,9 +474,11 @@ def image_shape(p: Prepared) -> tuple[int, int, int]:
 def write_outputs(
     layout: RunLayout, recipe: Recipe, metrics: RunMetrics, histories: Histories, embeddings: Embeddings
 ) -> None:
-    """metrics.json, history.json and the report (report.md, CSVs, plots)."""
-    from edgekd.report import write_report
+    """metrics.json, history.json, the report (report.md, CSVs, plots) and DEPLOY.md."""
+    from edgekd.deploy_guide import write_deploy_guide
+    from edgekd.report.writer import write_report
 
     write_json(layout.metrics, metrics.to_json())
     write_json(layout.history, histories)
     write_report(layout, recipe, metrics, histories, embeddings)
+    write_deploy_guide(layout, metrics.artifacts)
