@@ -121,7 +121,7 @@ class ModelRecord(Record):
     arch: str
     model_args: dict[str, Any]
     params: int
-    flops: int
+    flops: int | None  # None: not counted (a teacher given as an ONNX file)
     val_acc: float
     test_acc: float
     test_loss: float | None = None
@@ -149,7 +149,7 @@ class ModelRecord(Record):
     # the teacher: how it was obtained, and its accuracy on the student's task (null where that has no
     # meaning: none of the student's classes among its own)
     source: str | None = None
-    # A loaded teacher (source "checkpoint"): what the recipe states it was trained on (teacher.trained_on);
+    # A loaded teacher (source "checkpoint" or "file"): what the recipe states it was trained on (teacher.trained_on);
     # null: not stated, and the run cannot know it.
     trained_on: str | None = None
     student_task_val_acc: float | None = None

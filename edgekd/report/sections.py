@@ -61,9 +61,8 @@ def seeds_text(metrics: RunMetrics) -> str:
     seeds = run.student_seeds or [run.seed]
     if len(seeds) == 1:
         return f"seed {seeds[0]}"
-    teacher = (
-        "loaded from a checkpoint" if teacher_is_loaded(metrics) else f"trained once with seed {run.seed}"
-    )
+    loaded = teacher_record_of(metrics) if teacher_is_loaded(metrics) else None
+    teacher = f"loaded from a {loaded.source}" if loaded else f"trained once with seed {run.seed}"
     return f"seeds {', '.join(map(str, seeds))} (every student once per seed; the teacher {teacher})"
 
 
@@ -356,7 +355,8 @@ def _pool_text(metrics: RunMetrics) -> str:
     if saw is None:
         teacher = teacher_record_of(metrics)
         stated = teacher.trained_on if teacher is not None else None
-        known = f"loaded from a checkpoint; stated: {stated}" if stated else "loaded from a checkpoint"
+        source = teacher.source if teacher is not None else "checkpoint"
+        known = f"loaded from a {source}" + (f"; stated: {stated}" if stated else "")
         return f"{where}; whether the teacher trained on them is not known ({known})"
     if data.get("label_relation") == "disjoint":
         classes = class_list_text(metrics.teacher_data, teacher_classes(metrics))
