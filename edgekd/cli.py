@@ -684,16 +684,26 @@ def list_things(what: str) -> None:
         from edgekd.models import available_models
 
         for name in available_models():
-            out.print(name)
+            out.print(escape(name))
+        out.print("\nstudent families (student.family, sized to student.budget):")
+        print_families()
     elif what == "families":
-        from edgekd.models import FAMILIES, family_members
-
-        for name in FAMILIES:
-            out.print(f"{name:<12} {len(family_members(name))} members")
+        print_families()
     else:
         from edgekd.recipe import DataConfig
 
         out.print("\n".join(DataConfig.model_fields["dataset"].annotation.__args__))
+
+
+def print_families() -> None:
+    """Each budget family: its member count and its size grid (timm's variants named one by one)."""
+    from edgekd.models import FAMILIES, family_members
+    from edgekd.models.budget import describe_grid
+
+    for name in FAMILIES:
+        out.print(f"{name:<22} {len(family_members(name))} members")
+        for line in describe_grid(name):
+            out.print(f"{'':<22} {escape(line)}", soft_wrap=True)
 
 
 def print_methods() -> None:

@@ -392,7 +392,8 @@ class TeacherConfig(Section):
     a file (`file:` a .pt2 or .onnx program, for logit-only methods)."""
 
     model: str = Field(
-        "resnet20", description="Zoo name, e.g. resnet56, wrn_40_2, mobilenetv2, torchvision:resnet18."
+        "resnet20",
+        description="Zoo name, e.g. resnet56, wrn_40_2, mobilenetv2, torchvision:resnet18, timm:resnet18.",
     )
     model_args: ModelArgs = Field(
         default_factory=dict, description="Extra keyword arguments of the constructor."
@@ -585,9 +586,12 @@ class BudgetConfig(Section):
 class StudentConfig(Section):
     """The small model: an explicit zoo model, or the largest member of a family that fits the budget."""
 
-    family: Literal["resnet", "wrn", "mobilenetv2"] | None = Field(
-        None, description="Fit this family to `budget`."
-    )
+    family: (
+        Literal[
+            "resnet", "wrn", "mobilenetv2", "timm_mobilenetv4", "timm_mobilenetv3", "timm_efficientnet_lite"
+        ]
+        | None
+    ) = Field(None, description="Fit this family to `budget` (timm_* families need timm).")
     model: str | None = Field(None, description="An explicit zoo model instead of a family.")
     model_args: ModelArgs = Field(default_factory=dict)
     budget: BudgetConfig | None = None
