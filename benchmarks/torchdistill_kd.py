@@ -1,6 +1,6 @@
 """The KD training step the way torchdistill runs it, for benchmarks/train_step.py to time beside edgekd's.
 
-Built from torchdistill's own parts, called, never copied (``pip install edgekd[bench]``):
+Built from torchdistill's own parts, called, never copied (``pip install edgekd[torchdistill]``):
 
 * ``torchdistill.core.distillation.get_distillation_box``: a DistillationBox built from a train config (a
   dict, as its YAML files give it) over in-memory tensors (a TensorDataset under the config's dataset id):

@@ -31,7 +31,7 @@ student (FitNet's hint, SRM's first two stages) says what share it trains: its f
 
 torchdistill: its DistillationBox built from a config with its KDLoss, driven as its example training loop
 drives it (benchmarks/torchdistill_kd.py says which parts are its own and which are re-written); the same
-losses as edgekd's kd (checked on the first batch and recorded). Needs ``pip install edgekd[bench]``.
+losses as edgekd's kd (checked on the first batch and recorded). Needs ``pip install edgekd[torchdistill]``.
 
 On the CPU each step is timed alone (perf_counter). On CUDA every variant is warmed up first (cuDNN
 autotuning on, as torchdistill's example sets it), then timed two ways per round: each step between two
@@ -551,7 +551,7 @@ def measure_batch(args, batch: int, device: torch.device, teacher: nn.Module, pr
         found, check = torchdistill_variants(teacher, pool, batch, device, batches[0], context, data)
         variants += found
     else:
-        check = "not measured: torchdistill is not installed (pip install edgekd[bench])"
+        check = "not measured: torchdistill is not installed (pip install edgekd[torchdistill])"
     times = time_variants(variants, batches, args.rounds, args.steps, args.warmup, device)
     rows = rows_of(times, variants, infos)
     result: dict[str, Any] = {"steps": rows, "breakdown": breakdown(times, infos, "synced")}

@@ -121,9 +121,12 @@ def user_errors(command):
         except EdgekdError as exc:
             if debug:
                 raise
-            if not report_to_launcher(str(exc), exc.exit_code):
-                print_error(str(exc))
-            sys.exit(exc.exit_code)
+            exit_with(exc)
+        except ModuleNotFoundError as exc:
+            missing = missing_training_stack(exc)
+            if debug or missing is None:
+                raise
+            exit_with(missing)
         except KeyboardInterrupt:
             if not under_edgekd_launcher():
                 print_interrupted()
@@ -137,6 +140,29 @@ def user_errors(command):
             sys.exit(code)
 
     return wrapper
+
+
+def exit_with(exc: EdgekdError) -> None:
+    if not report_to_launcher(str(exc), exc.exit_code):
+        print_error(str(exc))
+    sys.exit(exc.exit_code)
+
+
+# What `pip install edgekd` leaves out (the `train` extra brings it): the base install only benchmarks artifact
+# files, so every other command imports one of these as it starts.
+TRAINING_MODULES = frozenset({"torch", "torchvision", "nncf", "onnxscript", "matplotlib", "sklearn", "scipy"})
+
+
+def missing_training_stack(exc: ModuleNotFoundError) -> EdgekdError | None:
+    """The one-line error for a command run on the base install; None when the missing module is another."""
+    module = (exc.name or "").partition(".")[0]
+    if module not in TRAINING_MODULES:
+        return None
+    command = click.get_current_context().command_path
+    return EdgekdError(
+        f"{command}: needs the training stack, which is not installed (no module '{module}'); "
+        "install it with: pip install 'edgekd[train]'"
+    )
 
 
 # Failures of the file system a user can act on (a path, a permission, a full disk): one line, not a traceback.
@@ -605,7 +631,7 @@ def bench_command(
     Run it on the target device to see the latency there; the inputs are random images of the model's
     input shape (latency does not depend on their values).
     """
-    from edgekd.standalone import bench_artifact
+    from edgekd.bench.artifact_file import bench_artifact
 
     result = bench_artifact(artifact, backend, shape, LatencyConfig(**latency), json_path, device)
     print_latency(result)
@@ -635,6 +661,7 @@ def report_command(run_dir: Path) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write to this file instead of stdout.",
 )
+@user_errors
 def schema(output: Path | None) -> None:
     """Print the recipe's JSON Schema: every field, its type, default and description."""
     from edgekd.recipe import recipe_json_schema
@@ -648,6 +675,7 @@ def schema(output: Path | None) -> None:
 
 @main.command(name="list")
 @click.argument("what", type=click.Choice(["methods", "models", "families", "datasets"]))
+@user_errors
 def list_things(what: str) -> None:
     """List the distillation methods, zoo models, budget families or data sets a recipe can name."""
     if what == "methods":
@@ -656,16 +684,26 @@ def list_things(what: str) -> None:
         from edgekd.models import available_models
 
         for name in available_models():
-            out.print(name)
+            out.print(escape(name))
+        out.print("\nstudent families (student.family, sized to student.budget):")
+        print_families()
     elif what == "families":
-        from edgekd.models import FAMILIES, family_members
-
-        for name in FAMILIES:
-            out.print(f"{name:<12} {len(family_members(name))} members")
+        print_families()
     else:
         from edgekd.recipe import DataConfig
 
         out.print("\n".join(DataConfig.model_fields["dataset"].annotation.__args__))
+
+
+def print_families() -> None:
+    """Each budget family: its member count and its size grid (timm's variants named one by one)."""
+    from edgekd.models import FAMILIES, family_members
+    from edgekd.models.budget import describe_grid
+
+    for name in FAMILIES:
+        out.print(f"{name:<22} {len(family_members(name))} members")
+        for line in describe_grid(name):
+            out.print(f"{'':<22} {escape(line)}", soft_wrap=True)
 
 
 def print_methods() -> None:

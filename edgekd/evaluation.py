@@ -15,11 +15,12 @@ from torch import nn
 import edgekd
 from edgekd.data import DataBundle
 from edgekd.distill.embedding import clustering_nmi, embed_all
+from edgekd.models.file_teacher import FileTeacher
 from edgekd.prepare import ModelChoice, Prepared
 from edgekd.probes import PROBES, probe_accuracies, teacher_embeddings
 from edgekd.recipe import Recipe
 from edgekd.records import BudgetCheck, LabelUse, ModelRecord, PairedDifference, SeedRun, StageRecord
-from edgekd.report.stats import paired_difference
+from edgekd.report.stats import correct_verdicts, paired_difference
 from edgekd.train import evaluate
 
 
@@ -30,20 +31,24 @@ class Scores:
     val_acc: float
     test_acc: float
     test_loss: float
-    test_nmi: float
+    test_nmi: float | None  # None: the model exposes no embedding (a teacher given as a file)
 
 
 def score_model(model: nn.Module, data: DataBundle, device: torch.device) -> Scores:
     val_acc, _ = evaluate(model, data.eval_loader("val"), device)
     test_acc, test_loss = evaluate(model, data.eval_loader("test"), device)
-    embeddings, labels = embed_all(model, data.eval_loader("test"), device)
     return Scores(
-        round(val_acc, 4),
-        round(test_acc, 4),
-        round(test_loss, 6),
-        # how well the embedding alone separates the test classes (k-means, k = classes): REFILLED's Table 4
-        round(clustering_nmi(embeddings, labels), 4),
+        round(val_acc, 4), round(test_acc, 4), round(test_loss, 6), embedding_nmi(model, data, device)
     )
+
+
+def embedding_nmi(model: nn.Module, data: DataBundle, device: torch.device) -> float | None:
+    """How well the embedding alone separates the test classes (k-means, k = classes): REFILLED's Table 4.
+    A file teacher has no module whose input is its embedding: None."""
+    if isinstance(model, FileTeacher):
+        return None
+    embeddings, labels = embed_all(model, data.eval_loader("test"), device)
+    return round(clustering_nmi(embeddings, labels), 4)
 
 
 def fits(params: int, budget: int | None) -> bool | None:
@@ -56,7 +61,7 @@ def teacher_record(
 ) -> ModelRecord:
     scores = score_model(p.teacher, p.teacher_data, p.device)
     on_student_val, on_student_test = teacher_on_student_task(p)
-    loaded = p.recipe.teacher.checkpoint is not None
+    loaded = p.recipe.teacher.train is None  # a checkpoint or a file, trained elsewhere
     # What a loaded teacher learnt from is not the run's to count: it is what the recipe states, or unknown.
     used = None if loaded else LabelUse(train=len(p.teacher_data.train), selection=len(p.teacher_data.val))
     return ModelRecord(
@@ -240,18 +245,20 @@ def add_paired_comparisons(records: list[ModelRecord], recipe: Recipe) -> None:
         return
     report = recipe.report
     reference_values = per_seed_test_acc(reference)
-    for name, record in compared.items():
-        if name == reference_name:
-            continue
-        record.paired = PairedDifference(
-            **paired_difference(
-                per_seed_test_acc(record),
-                reference_values,
-                reference_name=reference_name,
-                confidence=report.confidence,
-                method=report.interval,
-            )
+    students = [record for name, record in compared.items() if name != reference_name]
+    comparisons = [
+        paired_difference(
+            per_seed_test_acc(record),
+            reference_values,
+            reference_name=reference_name,
+            confidence=report.confidence,
+            method=report.interval,
         )
+        for record in students
+    ]
+    correct_verdicts(comparisons, report.correction)
+    for record, comparison in zip(students, comparisons, strict=True):
+        record.paired = PairedDifference(**comparison)
 
 
 def per_seed_test_acc(record: ModelRecord) -> dict[int, float]:

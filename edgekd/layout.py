@@ -4,7 +4,7 @@ reads a run folder (the pipeline, the trainer, the report, `edgekd export/bench`
 ```
 runs/<name>/
   .edgekd-run (the marker)  recipe.yaml  layout.json  metrics.json  history.json  history.csv  bench.csv
-  report.md  report.html  *.png
+  report.md  report.html  *.png  DEPLOY.md
   models/<method>[_seed<k>].pt, teacher.pt     the selected weights of every trained model
   artifacts/                                   the main student's deployables (ONNX, OpenVINO IR, ...)
   train/teacher/                               the teacher's training state (when the run trains it)
@@ -117,6 +117,11 @@ class RunLayout:
     @property
     def report_md(self) -> Path:
         return self.root / "report.md"
+
+    @property
+    def deploy_md(self) -> Path:
+        """Per artifact: its preprocessing, an inference snippet and the runtime's benchmark command."""
+        return self.root / "DEPLOY.md"
 
     @property
     def report_html(self) -> Path:

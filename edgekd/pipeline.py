@@ -37,6 +37,7 @@ from edgekd.evaluation import (
 from edgekd.fileio import write_json
 from edgekd.layout import RunLayout
 from edgekd.models import count_flops, count_params, create_model
+from edgekd.models.file_teacher import ExportedProgramTeacher, FileTeacher
 from edgekd.prepare import (
     ModelChoice,
     Prepared,
@@ -218,17 +219,31 @@ def evaluate_teacher(
     """Train the teacher when the recipe asks for it, save it, and measure it (also on the student's task)."""
     fit = train_teacher(p, layout, resume=resume, progress=progress, parallel=parallel)
     p.teacher.to(p.device).eval()
-    checkpoint = save_checkpoint(p.teacher.state_dict(), layout.model_weights("teacher"))
+    if isinstance(p.teacher, FileTeacher):  # the file is the teacher's record: nothing to save
+        checkpoint, choice = p.teacher.path, file_teacher_choice(p.teacher)
+    else:
+        checkpoint = save_checkpoint(p.teacher.state_dict(), layout.model_weights("teacher"))
+        choice = module_teacher_choice(p)
+    record = teacher_record(p, choice, checkpoint, fit.best_epoch if fit else None, p.budget)
+    return record, fit.history if fit else []
+
+
+def module_teacher_choice(p: Prepared) -> ModelChoice:
     spec = p.teacher_data.input_spec
-    choice = ModelChoice(
+    return ModelChoice(
         p.recipe.teacher.model,
         dict(p.recipe.teacher.model_args),
         count_params(p.teacher),
         count_flops(p.teacher, (spec.channels, spec.height, spec.width)),
         "checkpoint" if p.recipe.teacher.checkpoint else "trained in the run",
     )
-    record = teacher_record(p, choice, checkpoint, fit.best_epoch if fit else None, p.budget)
-    return record, fit.history if fit else []
+
+
+def file_teacher_choice(teacher: FileTeacher) -> ModelChoice:
+    """A file teacher's record: its format as the architecture, the weights it stores as its parameters,
+    and its FLOPs where they can be counted (a torch program runs torch operators; ONNX Runtime does not)."""
+    flops = count_flops(teacher, teacher.input_shape) if isinstance(teacher, ExportedProgramTeacher) else None
+    return ModelChoice(teacher.format_name, {"file": str(teacher.path)}, teacher.weight_count, flops, "file")
 
 
 def train_teacher(
@@ -474,9 +489,11 @@ def image_shape(p: Prepared) -> tuple[int, int, int]:
 def write_outputs(
     layout: RunLayout, recipe: Recipe, metrics: RunMetrics, histories: Histories, embeddings: Embeddings
 ) -> None:
-    """metrics.json, history.json and the report (report.md, CSVs, plots)."""
-    from edgekd.report import write_report
+    """metrics.json, history.json, the report (report.md, CSVs, plots) and DEPLOY.md."""
+    from edgekd.deploy_guide import write_deploy_guide
+    from edgekd.report.writer import write_report
 
     write_json(layout.metrics, metrics.to_json())
     write_json(layout.history, histories)
     write_report(layout, recipe, metrics, histories, embeddings)
+    write_deploy_guide(layout, metrics.artifacts)

@@ -31,7 +31,7 @@ def memory_phases(recipe: Recipe, teacher: Footprint, student: Footprint, studen
     # Methods that use unlabelled images see a labelled and an unlabelled batch per step.
     extra = (data.unlabeled_batch_size or batch) if data.unlabeled != "none" else 0
     phases = []
-    if recipe.teacher.checkpoint is None:
+    if recipe.teacher.train is not None:
         phases.append(
             Phase(
                 f"training the teacher {recipe.teacher.model} on batches of {batch}",

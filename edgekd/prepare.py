@@ -24,6 +24,7 @@ from edgekd.distill.plan import Networks, Stage, check_payload, produced_artifac
 from edgekd.distill.registry import resolve_method
 from edgekd.errors import CheckFailed, EdgekdError, RecipeError
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
+from edgekd.models.file_teacher import FileTeacher, check_teacher_fits, load_teacher_file
 from edgekd.preflight import check_benchmark_devices, check_memory
 from edgekd.recipe import Recipe
 from edgekd.records import Sizing
@@ -38,7 +39,7 @@ class ModelChoice:
     arch: str
     model_args: dict[str, Any]
     params: int
-    flops: int
+    flops: int | None  # None: not counted (a teacher given as an ONNX file)
     how: str  # "budget fit among N members of family F" or "given by the recipe"
     sizing: Sizing | None = None  # how a latency budget chose it: the candidate table
 
@@ -348,6 +349,52 @@ class MethodNetworks:
         return self._built
 
 
+def check_file_teacher_methods(recipe: Recipe) -> None:
+    """A teacher given as a file has logits and no modules: every method, baseline and probe must need
+    nothing else of it (refused here, before anything is loaded or trained)."""
+    path = recipe.teacher.file
+    if path is None:
+        return
+    for where, name in named_methods(recipe):
+        entry = resolve_method(recipe.distill, name).entry
+        if not entry.logits_only:
+            raise EdgekdError(
+                f"{where}: '{name}' needs the teacher's module (its features, embedding or weights), which "
+                f"teacher.file '{path.name}' does not expose; allowed with a file teacher: "
+                f"{', '.join(logits_only_methods())}"
+            )
+    if recipe.distill.probes:
+        raise EdgekdError(
+            f"distill.probes: '{recipe.distill.probes[0]}' classifies the teacher's embedding, which "
+            f"teacher.file '{path.name}' does not expose; allowed with a file teacher: no probes"
+        )
+
+
+def logits_only_methods() -> list[str]:
+    from edgekd.distill.catalog import CATALOG
+
+    return [name for name, entry in CATALOG.items() if entry.logits_only]
+
+
+class WeightsOnly(nn.Module):
+    """A file teacher's stand-in for the memory check (built on the meta device): its weights, and logits
+    as output. Its activations are not known from the file, so only the weights and logits are counted."""
+
+    def __init__(self, weights: int, num_classes: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.empty(weights))
+        self.num_classes = num_classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.new_empty(images.shape[0], self.num_classes)
+
+
+def load_file_teacher(recipe: Recipe, num_classes: int, shape: tuple[int, int, int]) -> FileTeacher:
+    teacher = load_teacher_file(recipe.teacher.file, "teacher.file")
+    check_teacher_fits(teacher, num_classes, shape, "teacher.file")
+    return teacher
+
+
 def create_teacher(recipe: Recipe, num_classes: int, channels: int) -> nn.Module:
     with blame("teacher.model"):
         return create_model(
@@ -370,6 +417,7 @@ def prepare(recipe: Recipe, say=None, parallel: Parallel | None = None) -> Prepa
     check_benchmark_devices(recipe)  # the devices the artifacts will be checked and timed on exist here
     plan = DataPlan(recipe.data, recipe.teacher.classes, recipe.normalization)
     check_methods(recipe, plan.relation)
+    check_file_teacher_methods(recipe)
     if parallel is not None:  # also checked by `edgekd build --nproc` before it starts the processes
         check_data_parallel(recipe)
     shape, all_classes = plan.image_shape, len(plan.teacher_ids)
@@ -387,12 +435,20 @@ def prepare(recipe: Recipe, say=None, parallel: Parallel | None = None) -> Prepa
     else:
         student_choice = choose_student(recipe, len(plan.student_ids), shape)
     check_loaded_artifacts(recipe, student_choice, plan)
+    # A file teacher is loaded (and checked safe) now: a bad file fails before any memory sum.
+    file_teacher = load_file_teacher(recipe, all_classes, shape) if recipe.teacher.file else None
+
+    def build_teacher() -> nn.Module:
+        if file_teacher is not None:
+            return WeightsOnly(file_teacher.weight_count, all_classes)
+        return create_teacher(recipe, all_classes, shape[0])
+
     # the teacher is first built (on the meta device) here: a bad name or option fails before any memory sum
     check_memory(
         recipe,
         device,
         shape,
-        lambda: create_teacher(recipe, all_classes, shape[0]),
+        build_teacher,
         lambda: student_choice.create(len(plan.student_ids), shape[0]),
         student_choice.arch,
     )
@@ -403,7 +459,7 @@ def prepare(recipe: Recipe, say=None, parallel: Parallel | None = None) -> Prepa
     student_views = student_views or {seed: plan.student(seed) for seed in recipe.student_seeds}
     student_data = student_views[recipe.student_seeds[0]]
     seed_everything(recipe.seed)
-    teacher = create_teacher(recipe, all_classes, shape[0])
+    teacher = file_teacher or create_teacher(recipe, all_classes, shape[0])
     if recipe.teacher.checkpoint is not None:
         load_weights(teacher, recipe.teacher.checkpoint, "teacher.checkpoint", recipe.teacher.model)
         check_loaded_artifacts(recipe, student_choice, plan, teacher)  # what fits only this teacher

@@ -203,9 +203,11 @@ class DataConfig(Section):
         description="Page-locked host batches, copied to the GPU without blocking the step; null: on when "
         "training on CUDA.",
     )
-    augment: Literal["none", "crop", "crop_flip"] = Field(
+    augment: Literal["none", "crop", "crop_flip", "resized_crop_flip"] = Field(
         "none",
-        description="Training augmentation: random crop (padding 1/8 of the size), optionally with flips.",
+        description="Training augmentation: random crop (padding 1/8 of the size), optionally with flips "
+        "(small images: digits, CIFAR); resized_crop_flip: ImageNet's random-resized crop (8-100 % of the area, "
+        "aspect 3/4-4/3) and flips, for large images (224²).",
     )
 
     @model_validator(mode="after")
@@ -346,7 +348,7 @@ class TeacherTrainConfig(TrainConfig):
         f"whole split (no data.per_class); with few-shot students (data.per_class set), {TEACHER_FEW_SHOT_BATCH} "
         "(or the teacher's training-image count when smaller), not the students' few-shot batch.",
     )
-    augment: Literal["none", "crop", "crop_flip"] | None = Field(
+    augment: Literal["none", "crop", "crop_flip", "resized_crop_flip"] | None = Field(
         None, description="The teacher's training augmentation; null: data.augment."
     )
     num_workers: int | None = Field(
@@ -386,10 +388,12 @@ ModelArgs = Annotated[dict[str, int | float | str | bool], AfterValidator(_witho
 
 
 class TeacherConfig(Section):
-    """The big model. Loaded from a checkpoint trained elsewhere, or trained by the run (`train:`)."""
+    """The big model. Loaded from a checkpoint trained elsewhere, trained by the run (`train:`), or given as
+    a file (`file:` a .pt2 or .onnx program, for logit-only methods)."""
 
     model: str = Field(
-        "resnet20", description="Zoo name, e.g. resnet56, wrn_40_2, mobilenetv2, torchvision:resnet18."
+        "resnet20",
+        description="Zoo name, e.g. resnet56, wrn_40_2, mobilenetv2, torchvision:resnet18, timm:resnet18.",
     )
     model_args: ModelArgs = Field(
         default_factory=dict, description="Extra keyword arguments of the constructor."
@@ -408,35 +412,64 @@ class TeacherConfig(Section):
     train: TeacherTrainConfig | None = Field(
         None, description="Train the teacher in the run (when no checkpoint is given)."
     )
+    file: LoosePath | None = Field(
+        None,
+        description="A teacher as a file, no Python class needed: a torch.export program (.pt2, from "
+        "torch.export.save) or an ONNX model (.onnx, run by ONNX Runtime on the CPU). Only its logits are "
+        "read, so it serves logit-only methods (kd); checked before it is loaded (no pickled code is run).",
+    )
     trained_on: str | None = Field(
         None,
         max_length=500,
-        description="With `checkpoint`: what the loaded teacher was trained on, in your words (e.g. 'digits "
+        description="With `checkpoint` or `file`: what the loaded teacher was trained on, in your words (e.g. 'digits "
         "0-4, the training split of split_seed 0'); the report shows it. Null: the report says its training "
         "images are not known (edgekd did not train it).",
     )
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:
-        if self.checkpoint is None and self.train is None:
+        given = [name for name in ("checkpoint", "train", "file") if getattr(self, name) is not None]
+        if not given:
             raise ValueError(
-                "give either `checkpoint` (a trained state_dict) or `train` (train it in the run)"
+                "give `checkpoint` (a trained state_dict), `train` (train it in the run) or `file` (a .pt2 or "
+                ".onnx teacher)"
             )
-        if self.checkpoint is not None and self.train is not None:
-            raise ValueError("train: give `checkpoint` or `train`, not both")
-        if self.trained_on is not None and self.checkpoint is None:
+        if len(given) > 1:
+            raise ValueError(
+                f"{given[-1]}: give one of `checkpoint`, `train` or `file`, not {' and '.join(given)}"
+            )
+        if self.trained_on is not None and self.train is not None:
             raise ValueError(
                 "trained_on: states what a loaded teacher was trained on; a teacher trained by the run "
-                "(`train`) is described by the run itself (allowed: trained_on with `checkpoint`)"
+                "(`train`) is described by the run itself (allowed: trained_on with `checkpoint` or `file`)"
             )
         if self.checkpoint is not None and not self.checkpoint.is_file():
             what = "is a folder" if self.checkpoint.is_dir() else "does not exist"
             raise ValueError(
                 f"checkpoint: '{self.checkpoint}' {what}; allowed: a checkpoint file (torch.save)"
             )
+        if self.file is not None:
+            self._check_file()
         if self.classes is not None:
             check_unique_classes(self.classes)
         return self
+
+    def _check_file(self) -> None:
+        """A file teacher is the file alone: a zoo model or its options beside it would be ignored."""
+        for name in ("model", "model_args"):
+            if name in self.model_fields_set:
+                raise ValueError(
+                    f"{name}: a teacher given as `file` is the file's program, not a zoo model; allowed: "
+                    f"`file` without `{name}`"
+                )
+        if self.file.suffix not in (".pt2", ".onnx"):
+            raise ValueError(
+                f"file: '{self.file}' has the suffix '{self.file.suffix}'; allowed: .pt2 (torch.export.save) "
+                "or .onnx"
+            )
+        if not self.file.is_file():
+            what = "is a folder" if self.file.is_dir() else "does not exist"
+            raise ValueError(f"file: '{self.file}' {what}; allowed: a .pt2 or .onnx file")
 
 
 _MS_PER_UNIT = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
@@ -553,9 +586,12 @@ class BudgetConfig(Section):
 class StudentConfig(Section):
     """The small model: an explicit zoo model, or the largest member of a family that fits the budget."""
 
-    family: Literal["resnet", "wrn", "mobilenetv2"] | None = Field(
-        None, description="Fit this family to `budget`."
-    )
+    family: (
+        Literal[
+            "resnet", "wrn", "mobilenetv2", "timm_mobilenetv4", "timm_mobilenetv3", "timm_efficientnet_lite"
+        ]
+        | None
+    ) = Field(None, description="Fit this family to `budget` (timm_* families need timm).")
     model: str | None = Field(None, description="An explicit zoo model instead of a family.")
     model_args: ModelArgs = Field(default_factory=dict)
     budget: BudgetConfig | None = None
@@ -685,6 +721,13 @@ class ReportConfig(Section):
         "few seeds) or a percentile bootstrap over seeds (too narrow below ~10 seeds).",
     )
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the paired intervals.")
+    correction: Literal["none", "holm"] = Field(
+        "none",
+        description="Multiple comparisons: a table compares every student with the reference. 'holm' gives "
+        "verdicts by Holm's step-down over the table's comparisons (the chance of any false verdict stays at "
+        "1 - confidence); 'none' judges each comparison alone. The report states how many comparisons the "
+        "table makes either way.",
+    )
 
 
 # The training fields a stage of a method's plan may change (`distill.stages`).

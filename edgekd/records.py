@@ -28,11 +28,16 @@ class LabelUse(Record):
 
 
 class DataUse(Record):
-    """The images one stage read: labelled for training, labelled for selection, unlabelled."""
+    """The images one stage read: labelled for training, labelled for selection, unlabelled.
+
+    `labelled_selection` counts images of the validation split only. A stage that holds out part of the
+    training images for its own use (DistPro's search: its hyper-gradient's images) counts them among
+    `labelled_train`, and how many of those it held out in `held_out`."""
 
     labelled_train: int
     labelled_selection: int
     unlabeled: int
+    held_out: int = 0
 
 
 class StageArtifact(Record):
@@ -98,6 +103,11 @@ class PairedDifference(Record):
     interval: list[float] | None
     excludes_zero: bool
     verdict: str
+    p_value: float | None = None
+    # the table's family: how many students it compares with the reference, and the correction applied
+    comparisons: int = 1
+    correction: Literal["none", "holm"] = "none"
+    adjusted_p_value: float | None = None
 
 
 class ModelRecord(Record):
@@ -111,7 +121,7 @@ class ModelRecord(Record):
     arch: str
     model_args: dict[str, Any]
     params: int
-    flops: int
+    flops: int | None  # None: not counted (a teacher given as an ONNX file)
     val_acc: float
     test_acc: float
     test_loss: float | None = None
@@ -139,7 +149,7 @@ class ModelRecord(Record):
     # the teacher: how it was obtained, and its accuracy on the student's task (null where that has no
     # meaning: none of the student's classes among its own)
     source: str | None = None
-    # A loaded teacher (source "checkpoint"): what the recipe states it was trained on (teacher.trained_on);
+    # A loaded teacher (source "checkpoint" or "file"): what the recipe states it was trained on (teacher.trained_on);
     # null: not stated, and the run cannot know it.
     trained_on: str | None = None
     student_task_val_acc: float | None = None

@@ -165,7 +165,7 @@ MALFORMED = {
     "distpro: alpha of the wrong shape": (
         "distpro",
         lambda p: p.update(alpha=p["alpha"][:, :5]),
-        ["alpha is a tensor of float32, shape (3, 5)", "shape (steps 3, pathways 6)"],
+        ["alpha is a tensor of float32, shape (3, 5)", "shape (steps 3, pathways 27)"],
     ),
     "distpro: alpha as a list": (
         "distpro",
@@ -175,7 +175,7 @@ MALFORMED = {
     "distpro: NaN alpha": ("distpro", lambda p: p.update(alpha=nan_at(p["alpha"])), ["alpha", "NaN"]),
     "distpro: alpha outside [0, 1]": (
         "distpro",
-        lambda p: p.update(alpha=p["alpha"] * 3),
+        lambda p: p.update(alpha=p["alpha"] + 1),
         ["values in [0, 1]"],
     ),
     "distpro: int64 logits": ("distpro", lambda p: p.update(logits=p["logits"].long()), ["logits", "int64"]),
@@ -194,8 +194,8 @@ MALFORMED = {
     "distpro: NaN bias": ("distpro", lambda p: p.update(bias=float("nan")), ["bias is nan"]),
     "distpro: other pathways": (
         "distpro",
-        lambda p: p.update(pathways=[name.replace("#0", "#1") for name in p["pathways"]]),
-        ["searched over 6 pathways", "must match by name"],
+        lambda p: p.update(pathways=[name.replace("#", "#1") for name in p["pathways"]]),
+        ["searched over 27 pathways", "must match by name"],
     ),
     # REFILLED's embedding (the student's weights)
     "refilled: NaN weights": (

@@ -416,3 +416,28 @@ def test_teacher_classes_fix_the_teachers_view_and_the_label_relation():
     subset = DataPlan(DataConfig(classes=[3, 1]), teacher_classes=[1, 2, 3])
     assert subset.relation == "subset" and subset.teacher_positions() == (2, 0)
     assert DataPlan(DataConfig()).relation == "same"
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+def test_resized_crop_flip_crops_a_region_of_the_allowed_area_and_ratio_and_keeps_the_size():
+    from edgekd.data.transforms import RESIZED_CROP_RATIO, make_augmentation, resized_crop_box
+
+    generator = torch.Generator().manual_seed(0)
+    areas, ratios = [], []
+    for _ in range(300):
+        top, left, height, width = resized_crop_box(224, 224, generator)
+        assert 0 <= top <= 224 - height and 0 <= left <= 224 - width
+        areas.append(height * width / 224**2)
+        ratios.append(width / height)
+    assert min(areas) >= 0.07 and max(areas) <= 1.0 and max(areas) - min(areas) > 0.5  # 8-100 % of the area
+    low, high = RESIZED_CROP_RATIO
+    assert low * 0.95 <= min(ratios) and max(ratios) <= high * 1.05
+    # an 8 x 200 strip: no draw fits (any region of >= 8 % of its area at ratio <= 4/3 is taller than 8), so
+    # the whole height, cut centrally to the widest allowed ratio
+    assert resized_crop_box(8, 200, torch.Generator().manual_seed(0)) == (0, 94, 8, 11)
+    augment = make_augmentation("resized_crop_flip")
+    image = torch.arange(3 * 32 * 32, dtype=torch.float32).view(3, 32, 32)
+    first = augment(image, torch.Generator().manual_seed(1))
+    assert first.shape == image.shape
+    assert torch.equal(first, augment(image, torch.Generator().manual_seed(1)))  # seeded: repeatable
+    assert not torch.equal(first, augment(image, torch.Generator().manual_seed(2)))

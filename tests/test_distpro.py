@@ -1,4 +1,6 @@
-"""DistPro (paper 002): pathways, HCL, the biased softmax, the functional hyper-gradient, process replay."""
+"""DistPro (paper 002): pathways, HCL, the biased softmax, the functional hyper-gradient, process replay; the
+paper's defaults (27 pathways, α̃_0 = 1, the per-step clip, the search's step schedule) and a replay seeded as
+its equal-weights reference."""
 
 from __future__ import annotations
 
@@ -162,10 +164,15 @@ class HeldOut:
         return self.val
 
 
+# The small search space of the authors' release (j ≥ i, one transform: 6 pathways), for the tests whose
+# subject is not the search space.
+SMALL = {"pairs": "deeper_or_same", "variants": 1}
+
+
 def test_a_search_step_moves_only_alpha(teacher, digits):
     from edgekd.distill.methods.distpro import DistProSearch
 
-    search = distpro_stage(DistProSearch, teacher)
+    search = distpro_stage(DistProSearch, teacher, **SMALL)
     assert len(search.pathways) == 6 and search.pathway_names()[1] == "layer1<-layer2#0"
     search.prepare_stage(HeldOut(digits[0][100:132], digits[1][100:132]), torch.device("cpu"))
     search.on_epoch_start(0, 1)
@@ -188,12 +195,12 @@ def test_a_search_step_moves_only_alpha(teacher, digits):
 def test_the_search_state_survives_a_checkpoint(teacher, digits):
     from edgekd.distill.methods.distpro import DistProSearch
 
-    search = distpro_stage(DistProSearch, teacher)
+    search = distpro_stage(DistProSearch, teacher, **SMALL)
     search.prepare_stage(HeldOut(digits[0][100:132], digits[1][100:132]), torch.device("cpu"))
     optimizer = torch.optim.SGD(search.trainable_parameters(), lr=0.05)
     search.before_step(digits[0][:32], digits[1][:32], optimizer)
     search.before_step(digits[0][32:64], digits[1][32:64], optimizer)
-    restored = distpro_stage(DistProSearch, teacher)
+    restored = distpro_stage(DistProSearch, teacher, **SMALL)
     restored.load_state_dict(search.state_dict())
     assert restored.recorded_steps == search.recorded_steps == [0, 1]
     assert torch.equal(restored.alpha(), search.alpha())
@@ -204,7 +211,7 @@ def test_replay_follows_the_process_and_refuses_other_pathways(teacher):
     from edgekd.distill.methods.distpro import PROCESS_FORMAT, DistProReplay
     from edgekd.errors import EdgekdError
 
-    replay = distpro_stage(DistProReplay, teacher)
+    replay = distpro_stage(DistProReplay, teacher, **SMALL, drop_below=None)
     values = torch.softmax(torch.randn(3, 6), 1)
     process = {
         "format": PROCESS_FORMAT,
@@ -218,11 +225,11 @@ def test_replay_follows_the_process_and_refuses_other_pathways(teacher):
     for step, row in ((0, values[0]), (50, values[1]), (100, values[2])):  # a run 10x the search
         replay.on_step_start(step, 100)
         torch.testing.assert_close(replay.current, row)
-    dropping = distpro_stage(DistProReplay, teacher, drop_below=0.5)
+    dropping = distpro_stage(DistProReplay, teacher, **SMALL, drop_below=0.5, drop="whole_run")
     dropping.use_artifact("process", process)
     assert dropping.active == [False, True, False, False, False, False]
     assert len(dropping.trainable_parameters()) < len(replay.trainable_parameters())
-    other = distpro_stage(DistProReplay, teacher, pairs="all")
+    other = distpro_stage(DistProReplay, teacher, pairs="all", variants=1)
     with pytest.raises(EdgekdError) as error:
         other.use_artifact("process", process)
     message = str(error.value)
@@ -244,3 +251,205 @@ def test_plans_of_the_three_weightings():
         "search",
         "replay",
     ]
+
+
+# ------------------------------------------------------------------------------------------- the paper's defaults
+def test_by_default_every_teacher_map_pairs_with_every_student_map_through_three_blocks(teacher):
+    """Paper §4.1: "the size of the pathways is 27, as we use 3 transform blocks and 9 connections"."""
+    from edgekd.distill.methods.distpro import DistProReplay
+
+    replay = distpro_stage(DistProReplay, teacher)
+    names = replay.pathway_names()
+    assert len(names) == 27 and len(set(names)) == 27
+    assert "layer3<-layer1#2" in names  # a teacher map deeper than the student's: outside j ≥ i
+    assert len(distpro_stage(DistProReplay, teacher, pairs="deeper_or_same").pathways) == 18
+    # a connection's three blocks: the paper's one architecture, each initialised from its own draw
+    first, second = replay.transforms[0], replay.transforms[1]
+    assert replay.ends[0] == replay.ends[1]
+    assert [p.shape for p in first.parameters()] == [p.shape for p in second.parameters()]
+    assert not torch.equal(first.enter[0].weight, second.enter[0].weight)
+
+
+def test_the_search_starts_every_pathway_at_alpha_tilde_one_above_the_clip(teacher):
+    """Paper §3.3: "we set an initial value α_0 = 1": the unnormalised weight (its normalised form cannot be 1:
+    the biased softmax sums below 1); with g = 1 each pathway starts level with the bias."""
+    from edgekd.distill.methods.distpro import DistProSearch
+
+    search = distpro_stage(DistProSearch, teacher, **SMALL)
+    assert torch.equal(search.alpha_logits.detach(), torch.ones(6))
+    torch.testing.assert_close(search.alpha(), torch.full((6,), 1 / 7))
+    search.clip(search.alpha_logits.detach())
+    assert all(search.computed)  # τ = 0.5 < 1: the search starts with every pathway computed
+
+
+def search_batch(digits):
+    return digits[0][:32], digits[1][:32]
+
+
+def prepared_search(teacher, digits, **options):
+    from edgekd.distill.methods.distpro import DistProSearch
+
+    search = distpro_stage(DistProSearch, teacher, **SMALL, **options)
+    search.prepare_stage(HeldOut(digits[0][100:132], digits[1][100:132]), torch.device("cpu"))
+    search.on_epoch_start(0, 1)
+    search.train()
+    return search, torch.optim.SGD(search.trainable_parameters(), lr=0.05, momentum=0.9)
+
+
+def test_the_search_leaves_a_pathway_out_of_each_step_its_alpha_tilde_is_at_most_tau(teacher, digits):
+    """Paper §3.4: "at step t ... drop corresponding computation when α̃_t ≤ τ" (τ = 0.5)."""
+    search, optimizer = prepared_search(teacher, digits)
+    with torch.no_grad():
+        search.alpha_logits[0] = 0.2  # one Adam step (lr 0.05) cannot lift it above τ
+    images, labels = search_batch(digits)
+    search.before_step(images, labels, optimizer)
+    assert search.alpha_logits[0] != 0.2  # still searched: through the shared normaliser, it may come back
+    _, terms = search.forward_train(images, labels)
+    sum(terms.values()).backward()
+    assert search.computed == [False, True, True, True, True, True]
+    assert all(p.grad is None for p in search.transforms[0].parameters())  # not computed, not stepped
+    assert all(p.grad is not None for p in search.transforms[1].parameters())
+    with torch.no_grad():  # the others keep their weights: the left-out term is dropped, not redistributed
+        _, student_maps = search.student_capture.run(images)
+        teacher_maps = search.teacher_maps(images)
+        alpha = search.alpha()
+        kept = [
+            alpha[p] * hcl_loss(search.transforms[p](student_maps[j]), teacher_maps[i])
+            for p, (i, j) in enumerate(search.ends)
+            if p != 0
+        ]
+    torch.testing.assert_close(terms["pathways"].detach(), sum(kept))
+
+
+def test_whole_run_dropping_computes_every_pathway_in_the_search(teacher, digits):
+    search, optimizer = prepared_search(teacher, digits, drop="whole_run")
+    with torch.no_grad():
+        search.alpha_logits[0] = 0.2
+    images, labels = search_batch(digits)
+    search.before_step(images, labels, optimizer)
+    sum(search.forward_train(images, labels)[1].values()).backward()
+    assert all(p.grad is not None for p in search.transforms[0].parameters())
+
+
+def test_the_replay_computes_a_pathway_at_the_steps_its_replayed_alpha_tilde_exceeds_tau(teacher, digits):
+    from edgekd.distill.methods.distpro import PROCESS_FORMAT, DistProReplay
+
+    replay = distpro_stage(DistProReplay, teacher, **SMALL)
+    logits = torch.ones(2, 6)
+    logits[0, 0] = 0.0  # pathway 0: α̃ rises from 0 to 1 over the search, crossing τ halfway
+    logits[:, 5] = 0.4  # pathway 5: never above τ
+    process = {
+        "format": PROCESS_FORMAT,
+        "pathways": replay.pathway_names(),
+        "steps": [0, 10],
+        "alpha": process_weights(logits, 1.0),
+        "logits": logits,
+        "searched_steps": 10,
+    }
+    replay.use_artifact("process", process)
+    trained = {id(p) for p in replay.trainable_parameters()}
+    assert not any(id(p) in trained for p in replay.transforms[5].parameters())  # never computed: not trained
+    assert all(id(p) in trained for p in replay.transforms[0].parameters())
+    assert replay.unused_parameters  # under DDP: some trained transforms rest in some steps
+    replay.train()
+    images, labels = search_batch(digits)
+    # a replay of 100 steps reads search step t/10: pathway 0's α̃ is t/100, above τ from step 51 on
+    for step, computed in ((0, False), (40, False), (50, False), (60, True), (99, True)):
+        replay.on_step_start(step, 100)
+        replay.zero_grad(set_to_none=True)
+        sum(replay.forward_train(images, labels)[1].values()).backward()
+        assert all((p.grad is not None) == computed for p in replay.transforms[0].parameters()), step
+        assert all(p.grad is not None for p in replay.transforms[1].parameters())
+
+
+def test_the_search_steps_its_lr_down_at_each_quarter_as_the_paper():
+    """Paper §4.1: 40 search epochs, the student's lr ×0.1 at epochs 10, 20 and 30."""
+    from edgekd.distill import get_method
+    from edgekd.distill.methods.distpro import distpro_plan, search_schedule
+    from edgekd.recipe import TrainConfig, stage_train_config
+    from edgekd.train.optim import lr_multiplier
+
+    base = TrainConfig(epochs=240, schedule={"name": "multistep", "milestones": [150, 180, 210]})
+    search, replay = distpro_plan(get_method("distpro").options(), base)
+    searched = search.train_config(base)
+    factors = [lr_multiplier(epoch, searched.epochs, searched.schedule) for epoch in range(40)]
+    assert factors == pytest.approx([1.0] * 10 + [0.1] * 10 + [0.01] * 10 + [0.001] * 10)
+    assert replay.train_config(base).schedule == base.schedule  # the replay keeps the recipe's
+    # a recipe's distill.stages still changes the search's schedule
+    assert stage_train_config(searched, {"schedule": {"name": "cosine"}}).schedule.name == "cosine"
+    assert search_schedule(10)["milestones"] == [2, 5, 7] and search_schedule(1)["milestones"] == []
+
+
+@pytest.mark.parametrize("recipe", ["cifar100_distpro.yaml", "cifar100_distpro_resnet.yaml"])
+def test_the_cifar_recipes_search_and_train_as_the_paper(recipe, tmp_path):
+    """Batch 128 (§4.1, all models) and the search's step schedule, for the searched process and α_T alike."""
+    from pathlib import Path
+
+    from edgekd.distill.registry import resolve_method
+    from edgekd.recipe import load_recipe, stage_train_config
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / recipe
+    loaded = load_recipe(path, [f"data.root={tmp_path}"])
+    assert loaded.data.batch_size == 128
+    for method in ("distpro", "distpro_final"):
+        resolved = resolve_method(loaded.distill, method)
+        search = resolved.entry.plan(resolved.options, loaded.train)[0]
+        changes = loaded.distill.stages.get(method, {}).get("search")
+        searched = stage_train_config(search.train_config(loaded.train), changes)
+        assert (searched.epochs, searched.schedule.name) == (40, "multistep"), method
+        assert (searched.schedule.milestones, searched.schedule.gamma) == ([10, 20, 30], 0.1), method
+        assert (resolved.options.pairs, resolved.options.variants) == ("all", 3), method
+
+
+# ------------------------------------------------------------------------------------------- fairness
+def trained_by_plan(options, teacher, folder):
+    """A student trained through DistPro's plan for `options` on 100 digits, from the seeded draw every
+    method's student starts from, as the build trains it (run_plan)."""
+    from edgekd.data import build_data
+    from edgekd.distill import DistillContext
+    from edgekd.distill.methods.distpro import distpro_plan
+    from edgekd.layout import MethodFolder
+    from edgekd.models import create_model
+    from edgekd.recipe import DataConfig, TrainConfig
+    from edgekd.train.stages import StageInputs, run_plan
+
+    data = build_data(DataConfig(per_class=10), subset=True, seed=0)
+    train = TrainConfig(epochs=1, optimizer={"lr": 0.1})
+    torch.manual_seed(0)
+    student = create_model("resnet8", 10, 1, width=4)
+    result = run_plan(
+        distpro_plan(options, train),
+        student,
+        teacher,
+        options,
+        DistillContext(10, tuple(range(10)), input_shape=DIGITS_SHAPE),
+        StageInputs(data, train),
+        seed=0,
+        folder=MethodFolder(folder),
+        device=torch.device("cpu"),
+        label="distpro",
+        resume=False,
+    )
+    return result.student.state_dict(), MethodFolder(folder)
+
+
+def test_a_replay_and_its_equal_weights_reference_differ_in_the_weights_alone(teacher, tmp_path):
+    """A search whose α cannot move (α's lr 1e-30: α̃ stays 1, a plain softmax gives 1/4 each) replays the
+    equal weights 1/4 exactly: the replay must then train the student bit for bit as `weights: equal` does,
+    so it saw the same batches and augmentation and started from the same student and transforms, whatever
+    the search drew from the random state before it."""
+    from edgekd.distill import get_method
+    from edgekd.models import create_model
+
+    options = get_method("distpro").options
+    space = {"teacher_taps": [0, 1], "student_taps": [0, 1], "pairs": "all", "variants": 1}  # 1/4: exact
+    searched = options(**space, bias=None, alpha_lr=1e-30, search_epochs=1)
+    replayed, folder = trained_by_plan(searched, teacher, tmp_path / "distpro")
+    process = torch.load(folder.stage("search").artifact("process.pt"), weights_only=True)
+    assert torch.equal(process["alpha"], torch.full_like(process["alpha"], 0.25))  # the precondition
+    reference, _ = trained_by_plan(options(**space, weights="equal"), teacher, tmp_path / "distpro_equal")
+    torch.manual_seed(0)
+    initial = create_model("resnet8", 10, 1, width=4).state_dict()
+    assert not torch.equal(replayed["conv1.weight"], initial["conv1.weight"])  # it trained
+    different = [name for name in reference if not torch.equal(replayed[name], reference[name])]
+    assert not different, different

@@ -19,7 +19,13 @@ from edgekd.distill.registry import distill_section_model, resolve_method
 from edgekd.errors import EdgekdError
 from edgekd.models import create_model
 from edgekd.recipe import DataConfig
-from edgekd.report.stats import mean_interval, paired_difference
+from edgekd.report.stats import (
+    correct_verdicts,
+    difference_cell,
+    holm_adjusted,
+    mean_interval,
+    paired_difference,
+)
 
 SUBSET = [1, 3, 5, 7, 9]
 CUSTOMER = dict(classes=SUBSET, per_class=10, student_pool="customer", val_per_class=5, unlabeled="subset")
@@ -128,7 +134,38 @@ def test_t_interval_matches_a_hand_computed_example():
         2.5 + half_width, abs=1e-9
     )
     assert mean_interval([1.0]) is None
-    assert mean_interval([0.5, 0.5, 0.5]) == (0.5, 0.5)
+
+
+def test_the_same_difference_on_every_seed_gives_no_interval_and_no_verdict():
+    # zero observed spread over 3 seeds: the t interval is undefined, and no verdict may come from it
+    assert mean_interval([0.5, 0.5, 0.5]) is None
+    assert mean_interval([0.5, 0.5, 0.5], method="bootstrap") is None
+    paired = paired_difference({0: 95.5, 1: 96.5, 2: 97.5}, {0: 95.0, 1: 96.0, 2: 97.0}, reference_name="kd")
+    assert paired["interval"] is None and not paired["excludes_zero"] and paired["p_value"] is None
+    assert paired["verdict"] == "same difference on all 3 seeds: no interval"
+    assert difference_cell(paired) == "+0.50"
+
+
+def test_holm_adjusts_step_down_and_only_takes_verdicts_away():
+    assert holm_adjusted([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None], abs=1e-12)
+    reference = {0: 90.0, 1: 91.0, 2: 92.0, 3: 90.5}
+    clear = paired_difference({0: 95.0, 1: 96.2, 2: 96.9, 3: 95.4}, reference, reference_name="kd")
+    marginal = paired_difference({0: 91.0, 1: 91.6, 2: 93.4, 3: 90.9}, reference, reference_name="kd")
+    assert clear["verdict"] == marginal["verdict"] == "better"
+    # the t-test's p-value and the interval agree: p < 0.05 exactly when the 95 % interval excludes zero
+    assert clear["p_value"] < 0.05 and 0.025 < marginal["p_value"] < 0.05
+    # the same differences, another seed order: the same p-value
+    again = paired_difference({0: 90.4, 1: 92.4, 2: 93.0, 3: 91.1}, reference, reference_name="kd")
+    assert again["p_value"] == pytest.approx(marginal["p_value"])
+    alone = [dict(clear), dict(marginal), dict(again)]
+    correct_verdicts(alone, "none")
+    assert [c["verdict"] for c in alone] == ["better"] * 3 and alone[0]["comparisons"] == 3
+    correct_verdicts(comparisons := [clear, marginal, again], "holm")
+    assert comparisons[0]["verdict"] == "better"  # 3 x its tiny p-value
+    # the next step multiplies by 2 and fails (> 0.05); the step-down stops, the last one fails with it
+    for comparison in comparisons[1:]:
+        assert comparison["verdict"] == "no difference shown after Holm's correction"
+        assert comparison["adjusted_p_value"] == pytest.approx(2 * marginal["p_value"])
 
 
 def test_bootstrap_interval_is_a_percentile_interval_of_resampled_means():

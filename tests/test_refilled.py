@@ -12,7 +12,8 @@ import torch.nn.functional as F
 import edgekd.distill.methods  # noqa: F401  (registers every method)
 from edgekd.data import DataPlan
 from edgekd.distill import DistillContext, get_method
-from edgekd.distill.embedding import clustering_nmi, nearest_neighbour_accuracy
+from edgekd.distill.embedding import clustering_nmi, embedding_tap, nearest_neighbour_accuracy
+from edgekd.distill.features import FeatureCapture
 from edgekd.distill.methods.refilled import (
     RefilledClassifier,
     RefilledEmbedding,
@@ -24,6 +25,7 @@ from edgekd.distill.methods.refilled import (
     triplet_logits,
 )
 from edgekd.distill.methods.rkd import pairwise_distances
+from edgekd.distill.methods.rkd_ft import RKDEmbedding
 from edgekd.models import create_model
 from edgekd.recipe import DataConfig, TrainConfig
 
@@ -138,6 +140,7 @@ def test_the_plan_is_an_embedding_stage_then_a_classifier_stage_with_a_fresh_hea
 
 def test_the_classifier_stage_adds_local_kd_from_global_centres(networks, digits_batches):
     teacher, student, options, context = networks
+    options = options.model_copy(update={"centres": "global"})
     stage = RefilledClassifier(student, teacher, options, context)
     data = DataPlan(
         DataConfig(classes=[5, 6, 7, 8, 9], per_class=10), teacher_classes=[0, 1, 2, 3, 4]
@@ -215,3 +218,110 @@ def test_list_methods_shows_stages_and_label_relations(cli):
     assert "hint (last) [hinted_student.pt] -> task (train.select)" in output
     kd_block = output[output.index("\nkd ") : output.index("\nofd ")]
     assert kd_block.rstrip().endswith("label relations: same, subset")
+
+
+# ------------------------------------------------------------------------------------------ the paper's defaults
+def unit(degrees: float) -> list[float]:
+    return [math.cos(math.radians(degrees)), math.sin(math.radians(degrees))]
+
+
+def chord(degrees: float) -> float:
+    """Distance between two unit vectors `degrees` apart."""
+    return 2 * math.sin(math.radians(degrees) / 2)
+
+
+def test_the_default_triplet_loss_softens_the_teachers_probabilities_only(networks):
+    teacher, student, options, context = networks
+    stage = RefilledEmbedding(student, teacher, options, context)
+    labels = torch.tensor([0, 0, 1])
+    # student at 0°, 60°, 70°: the only semi-hard triplet is (0, 1, 2), gap chord(70) - chord(60) = 0.147
+    student_embedding = torch.tensor([unit(0), unit(60), unit(70)], dtype=torch.float64)
+    teacher_embedding = torch.tensor([unit(0), unit(40), unit(90)], dtype=torch.float64)
+    teacher_gap, student_gap = chord(90) - chord(40), chord(70) - chord(60)
+
+    def hand_loss(student_tau: float) -> float:
+        p = 1 / (1 + math.exp(-teacher_gap / 4.0))  # the teacher's τ = 4 (§4.2)
+        q = 1 / (1 + math.exp(-student_gap / student_tau))
+        return options.triplet_weight * (p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q)))
+
+    loss = stage.triplet_loss(student_embedding, teacher_embedding, labels).item()
+    assert loss == pytest.approx(hand_loss(1.0), rel=1e-9)  # §4.2: no temperature on the student's side
+    assert abs(hand_loss(1.0) - hand_loss(4.0)) > 1.0  # the check tells the two apart
+    softened = options.model_copy(update={"student_temperature": 4.0})  # still configurable
+    loss = RefilledEmbedding(student, teacher, softened, context).triplet_loss(
+        student_embedding, teacher_embedding, labels
+    )
+    assert loss.item() == pytest.approx(hand_loss(4.0), rel=1e-9)
+
+
+def test_the_default_classifier_stage_is_the_papers_per_batch_centres_and_decaying_weight(
+    networks, digits_batches
+):
+    teacher, student, options, context = networks
+    stage = RefilledClassifier(student, teacher, options, context)
+    assert stage.centres is None  # nothing computed over the training set: eq. 7 is per batch
+    images, labels = digits_batches[0][0][:12], digits_batches[0][1][:12]
+    logits, terms = stage.forward_train(images, labels)
+    with torch.no_grad():
+        embedding = stage.teacher_embedding(images)
+        present = torch.unique(labels)
+        posterior = local_posterior(embedding, class_centres(embedding, labels, 5), present, 2.0)
+        expected = options.kd_weight * local_kd(logits, posterior, present, 2.0)
+    assert terms["local_kd"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # λ decays from one epoch of the classifier stage to the next (the paper's REFILLED, not REFILLED⁻)
+    stage.on_epoch_start(0, 10)
+    first = stage.kd_weight
+    stage.on_epoch_start(1, 10)
+    assert 0 < stage.kd_weight < first == options.kd_weight
+
+
+# ------------------------------------------------------------------------------------------ embedding before dropout
+TINY_MOBILENET = {"width_mult": 0.25}  # torchvision's MobileNetV2: Dropout(0.2) before its classifier
+
+
+def pooled_trunk(network, images: torch.Tensor) -> torch.Tensor:
+    """MobileNetV2's global-average-pooled final features, computed without its head."""
+    return F.adaptive_avg_pool2d(network.body.features(images), 1).flatten(1)
+
+
+@pytest.mark.parametrize("stage_class", [RefilledEmbedding, RKDEmbedding], ids=["refilled", "rkd_ft"])
+def test_a_torchvision_students_embedding_is_its_pooled_features_before_dropout(stage_class):
+    torch.manual_seed(0)
+    teacher = create_model("torchvision:mobilenet_v2", 5, 3, **TINY_MOBILENET).eval()
+    student = create_model("torchvision:mobilenet_v2", 5, 3, **TINY_MOBILENET)
+    options = get_method("refilled" if stage_class is RefilledEmbedding else "rkd_ft").options()
+    stage = stage_class(student, teacher, options, DistillContext(5, None, input_shape=(3, 32, 32)))
+    stage.train()  # the student in train mode, as in its embedding stage; the teacher stays in eval mode
+    assert student.training and not teacher.training
+    images = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        first = stage.student_capture.run(images)[1][0].flatten(1)
+        second = stage.student_capture.run(images)[1][0].flatten(1)
+        pooled = pooled_trunk(student, images)  # train-mode BatchNorm, the same batch: the same statistics
+        teachers = stage.teacher_capture.run(images)[1][0].flatten(1)
+    # dropout would zero a fifth of the entries, scale the rest by 1.25 and differ between the two passes
+    assert torch.allclose(first, pooled, atol=1e-6) and torch.allclose(second, pooled, atol=1e-6)
+    assert torch.allclose(teachers, pooled_trunk(teacher, images), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("arch", "path"),
+    [
+        ("mobilenet_v2", "body.classifier.0"),  # Sequential(Dropout, Linear)
+        ("mobilenet_v3_small", "body.classifier.2"),  # Linear, Hardswish, Dropout, Linear: the hidden layer
+        ("googlenet", "body.dropout"),  # avgpool, dropout, fc as attributes of the network
+        ("resnet18", "classifier"),  # no dropout: the classifier's input
+    ],
+)
+def test_the_embedding_tap_of_each_torchvision_family_skips_the_dropout_before_its_head(arch, path):
+    torch.manual_seed(0)
+    model = create_model(f"torchvision:{arch}", 4, 3).eval()
+    assert embedding_tap(model).path == path
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        captured = {}
+        hook = model.classifier.register_forward_pre_hook(lambda _m, args: captured.update(input=args[0]))
+        _, (embedding,) = FeatureCapture(model, [embedding_tap(model)]).run(images)
+        hook.remove()
+    # in eval mode dropout passes its input through: the tap reads the features the classifier reads
+    assert torch.equal(embedding.flatten(1), captured["input"])

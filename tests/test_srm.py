@@ -18,6 +18,7 @@ from edgekd.distill.methods.srm import (
     SRMTask,
     srm_plan,
     teacher_fingerprint,
+    term_weights,
 )
 from edgekd.distill.plan import describe_plan
 from edgekd.distill.sparse_coding import (
@@ -290,6 +291,38 @@ def test_pretrain_stage_trains_the_student_up_to_its_taps_and_its_dictionaries(t
     assert set(terms) == {"pixel_ce", "image_bce"} and logits.shape == (32, 10)
     grads = torch.autograd.grad(sum(terms.values()), stage.trainable_parameters(), allow_unused=True)
     assert all(g is not None for g in grads)
+
+
+def test_pretrain_terms_weigh_as_the_papers_sums_by_default(teacher, digits):
+    # eq. 4-5: Σ_n Σ_ij CE and Σ_n BCE; divided by N·P (P the largest tap's pixels), a tap's pixel term
+    # weighs H·W/P and its image term 1/P, against the per-pixel / per-image means of label_losses
+    images = digits[0][:16]
+    dictionaries = srm_stage(SRMDictionaries, teacher).artifact("dictionaries")
+    stage = srm_stage(SRMPretrain, teacher)  # seeded: the same student and dictionaries every call
+    stage.use_artifact("dictionaries", dictionaries)
+    assert stage.options.balance == "paper"
+    _, maps = stage.student_features(images)
+    means = [
+        label_losses(features, dictionary, labels)
+        for features, dictionary, labels in zip(
+            maps, stage.student_dictionaries, stage.teacher_labels(images), strict=True
+        )
+    ]
+    pixels = [features.shape[-2] * features.shape[-1] for features in maps]
+    assert len(set(pixels)) > 1  # taps of different sizes: the weights differ from tap to tap
+    largest = max(pixels)
+    _, paper = stage.distill_terms(images)
+    assert paper["pixel_ce"].item() == pytest.approx(
+        sum(count / largest * pixel.item() for count, (pixel, _) in zip(pixels, means, strict=True)), rel=1e-5
+    )
+    assert paper["image_bce"].item() == pytest.approx(
+        sum(image.item() for _, image in means) / largest, rel=1e-5
+    )
+    mean_stage = srm_stage(SRMPretrain, teacher, balance="mean")
+    mean_stage.use_artifact("dictionaries", dictionaries)
+    _, mean = mean_stage.distill_terms(images)
+    assert mean["pixel_ce"].item() == pytest.approx(sum(pixel.item() for pixel, _ in means), rel=1e-5)
+    assert term_weights([64, 16], "paper") == [(1.0, 1 / 64), (0.25, 1 / 64)]
 
 
 def test_kd_stage_says_whether_it_used_kd_or_ce_alone(teacher, digits):

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -135,12 +138,32 @@ def physical_cores(cpuinfo: Path = CPUINFO) -> int | None:
 
 
 def cuda_device_name() -> str | None:
-    """The first CUDA GPU's name when torch sees one (torch is imported only if it is installed)."""
-    if package_version("torch") is None:
-        return None
-    import torch
+    """The first CUDA GPU's name, or None without one.
 
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    Asked of torch only when this process already imported it (a build): `edgekd bench` of a file must not
+    pay for importing torch, nor need it installed (the device install has no torch), so it asks nvidia-smi.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return _nvidia_smi_gpu_name()
+
+
+def _nvidia_smi_gpu_name() -> str | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        listing = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):  # a driver that does not answer: no GPU to record
+        return None
+    names = listing.strip().splitlines()
+    return names[0].strip() if names else None
 
 
 def _cpuinfo_values(cpuinfo: Path, key: str) -> list[str]:

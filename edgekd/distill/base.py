@@ -94,8 +94,9 @@ class Distiller(nn.Module):
     # Under DDP the trainer synchronises exactly `trainable_parameters()` (the stage's other parameters are
     # held frozen while it trains), and DDP expects a gradient for each of them in every step. A stage whose
     # loss leaves some of them without one in some steps sets this, so that DDP searches each step's graph for
-    # them (slower) rather than waiting for their gradients forever. No stage in the catalog needs it:
-    # tests/test_ddp_methods.py trains every one under DDP.
+    # them (slower) rather than waiting for their gradients forever. Only DistPro's replay of a process sets it
+    # (the paper's per-step clip rests a pathway's transform at some steps); tests/test_ddp_methods.py trains
+    # every stage of the catalog under DDP.
     unused_parameters: bool = False
 
     def on_step_start(self, step: int, steps: int) -> None:

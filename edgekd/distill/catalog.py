@@ -71,6 +71,10 @@ class MethodEntry:
     # The student is the teacher's architecture, initialized from its weights (fine-tuning baselines):
     # such a model ignores the budget, and the report marks it so.
     student_from_teacher: bool = False
+    # The method reads the teacher's logits alone, or nothing of it: a teacher given as a file (teacher.file,
+    # a .pt2 or .onnx program with no modules to hook or copy) can serve it. Feature, embedding and
+    # weight-copying methods need the teacher's module.
+    logits_only: bool = False
 
     @property
     def distiller(self) -> type[Distiller]:
@@ -120,6 +124,7 @@ METHODS: tuple[MethodEntry, ...] = (
         f"{_CODE}.scratch",
         "Scratch",
         relations=ANY_RELATION,
+        logits_only=True,
     ),
     MethodEntry(
         "kd",
@@ -127,6 +132,7 @@ METHODS: tuple[MethodEntry, ...] = (
         "Hinton KD: match the teacher's softened logits (temperature, alpha).",
         f"{_CODE}.kd",
         "KD",
+        logits_only=True,
     ),
     MethodEntry(
         "finetune",

@@ -1,5 +1,11 @@
-"""Embeddings: a network's penultimate features (its classifier's input), L2-normalised, and what they are
-worth without a classifier: nearest-neighbour accuracy and the NMI of a k-means clustering.
+"""Embeddings: a network's penultimate features, L2-normalised, and what they are worth without a
+classifier: nearest-neighbour accuracy and the NMI of a k-means clustering.
+
+The penultimate features are the classifier's input *before* any dropout the network applies to it
+(torchvision's MobileNets and EfficientNets drop 20 % of it in train mode): a model names that point in
+``model.embedding_path`` (see models/torchvision_models.py); zoo models apply no dropout there, so theirs is
+the classifier's input. A dropped-out embedding would make the student's triplets and distances noisy while
+the teacher's (in eval mode) are clean.
 
 REFILLED distils in this space; its embedding stage is selected by the validation 1-NN accuracy here, the
 teacher-embedding baselines (1-NN, logistic regression) classify in it, and the report gives each student's
@@ -18,7 +24,12 @@ from edgekd.distill.features import FeatureCapture, Tap
 from edgekd.distill.plan import Artifact, Stage, split_epochs
 from edgekd.models._common import evaluating
 
-EMBEDDING = Tap("classifier", "classifier", "input")
+
+def embedding_tap(model: nn.Module) -> Tap:
+    """Where `model`'s embedding is read: the input of its `embedding_path` module, else its classifier's."""
+    return Tap("embedding", getattr(model, "embedding_path", "classifier"), "input")
+
+
 # What an embedding stage hands on: the student's weights, its classifier untrained.
 EMBEDDING_WEIGHTS = Artifact(
     "embedding", "embedding.pt", "student", "the student's weights after its embedding stage"
@@ -50,7 +61,7 @@ def embedding_then_classifier(
 
 
 def embed(capture: FeatureCapture, images: torch.Tensor) -> torch.Tensor:
-    """The L2-normalised embedding of `images` under `capture` (a capture of the EMBEDDING tap)."""
+    """The L2-normalised embedding of `images` under `capture` (a capture of the model's embedding_tap)."""
     _, (features,) = capture.run(images)
     return F.normalize(features.flatten(1), dim=1)
 
@@ -58,7 +69,7 @@ def embed(capture: FeatureCapture, images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def embed_all(model: nn.Module, loader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Normalised embeddings (float64) and labels of every batch of `loader`, the model in eval mode."""
-    capture = FeatureCapture(model, [EMBEDDING])
+    capture = FeatureCapture(model, [embedding_tap(model)])
     vectors, labels = [], []
     with evaluating(model):
         for images, batch_labels in loader:

@@ -212,15 +212,22 @@ class SKDOptions(TapOptions):
         "fm_scale keeps the paper's equal weighting of the two terms.",
     )
     power_iterations: int = Field(
-        20,
+        0,
         ge=0,
         le=1000,
-        description="Power-iteration steps for the largest singular value; 0 = exact SVD (slow on wide maps).",
+        description="How the largest singular value's vectors are found: 0 (default) exactly, from the "
+        "eigenvectors of the smaller Gram matrix, so the gradient is the exact one; N > 0: N power-iteration "
+        "steps, an approximation whose gradient can be several % off where the top two singular values are "
+        "close (a speed option, not the method).",
     )
 
 
 # ------------------------------------------------------------------------------------------ refilled
 class RefilledOptions(Section):
+    """The defaults are the method paper 003 reports as REFILLED (§4, Fig. 3): per-batch class centres (eq. 7),
+    an exponentially decaying λ and no temperature on the student's triplet probabilities (§4.2).
+    `kd_decay: 1` gives its REFILLED⁻ (fixed λ); `centres: global` the authors' newer code."""
+
     embedding_epochs: int | None = Field(
         None,
         ge=1,
@@ -230,11 +237,11 @@ class RefilledOptions(Section):
     )
     margin: float = Field(0.2, gt=0, le=2, description="Semi-hard triplets: 0 < d(a,n) - d(a,p) <= margin.")
     triplet_temperature: float = Field(4.0, gt=0, description="τ of the teacher's triplet probabilities.")
-    student_temperature: float | None = Field(
-        None,
+    student_temperature: float = Field(
+        1.0,
         gt=0,
-        description="τ of the student's triplet probabilities; null: the teacher's (as the issue states the "
-        "method). The authors' code uses 1 on the student side.",
+        description="τ of the student's triplet probabilities. Default 1, i.e. none: the paper applies the "
+        "temperature to the teacher's only (§4.2: 'only apply the temperature in P(φ_T)').",
     )
     triplet_weight: float = Field(
         1000.0,
@@ -242,19 +249,26 @@ class RefilledOptions(Section):
         description="Weight of the triplet KL (the authors' code scales it by 500-1000: on normalised "
         "embeddings the probabilities move little).",
     )
-    centres: Literal["global", "batch"] = Field(
-        "global",
-        description="Class centres of the teacher's embedding: over the student's training images "
-        "('global', the authors' newer code) or over each batch ('batch', the paper's eq. 7).",
+    centres: Literal["batch", "global"] = Field(
+        "batch",
+        description="Class centres of the teacher's embedding: over each batch ('batch', the paper's eq. 7, "
+        "the default) or over the student's training images ('global', the authors' newer code).",
     )
     posterior_temperature: float = Field(2.0, gt=0, description="τ of the local posteriors (eq. 8, 9).")
-    kd_weight: float = Field(1.0, ge=0, description="λ: weight of the local KD term at the first epoch.")
-    kd_decay: float = Field(
+    kd_weight: float = Field(
         1.0,
+        ge=0,
+        description="λ: weight of the local KD term at the first epoch of the classifier stage (the paper "
+        "gives no value; edgekd's default).",
+    )
+    kd_decay: float = Field(
+        0.97,
         gt=0,
         le=1,
-        description="λ is multiplied by this each epoch of the classifier stage (1: constant, the newer code; "
-        "below 1: the paper's exponential decay).",
+        description="λ is multiplied by this each epoch of the classifier stage. Below 1 (default 0.97): "
+        "the paper's exponentially decaying λ, its full REFILLED (the rate is edgekd's choice: the paper "
+        "gives none; 0.97 brings λ to about 5 % after 100 epochs). 1: constant λ, the paper's REFILLED⁻ "
+        "and the authors' newer code.",
     )
 
 
@@ -294,6 +308,15 @@ class SRMOptions(TapOptions):
         "('similarities', the paper's eq. 4) or with the similarities fed to a softmax as logits "
         "('sigmoid_logits', the authors' code).",
     )
+    balance: Literal["paper", "mean"] = Field(
+        "paper",
+        description="How stage 2's terms are weighed against each other. 'paper': as the sums of eq. 4-5 "
+        "(pixel CE summed over every image and pixel, image BCE over every image), divided by one constant "
+        "(the batch's pixel count at the largest tap) so that the learning rate does not depend on batch size "
+        "or resolution: a tap's pixel term weighs H_l W_l / P, its image term 1 / P. 'mean': every term a "
+        "mean (per pixel, per image), so each image term weighs H_l W_l times more relative to its pixel term "
+        "than in the paper.",
+    )
     pixel_weight: float = Field(1.0, ge=0, description="Weight of the pixel-level cross-entropy.")
     image_weight: float = Field(1.0, ge=0, description="Weight of the image-level binary cross-entropy.")
     temperature: float = Field(
@@ -321,10 +344,13 @@ class SRMOptions(TapOptions):
 
 # ------------------------------------------------------------------------------------------ distpro
 class DistProOptions(Section):
+    """Every default is the paper's (002, §3-4.1, its CIFAR setting); where an option allows something else,
+    its description names whose choice that is."""
+
     teacher_taps: list[TapRef] | None = Field(
         None,
         description="The teacher's taps pathways may start from (indices, declared names or module paths). "
-        "Default: every declared tap (the outputs of its down-sampling stages).",
+        "Default: every declared tap (the outputs of its down-sampling stages, the paper's choice).",
     )
     student_taps: list[TapRef] | None = Field(
         None,
@@ -337,23 +363,37 @@ class DistProOptions(Section):
         "interpolated over the run: DistPro), 'final' (the last searched α held constant: the paper's 'use "
         "α_T'), 'equal' (1/N each, no search: its 'equally weighted').",
     )
-    pairs: Literal["deeper_or_same", "all"] = Field(
-        "deeper_or_same",
-        description="Which (teacher tap i, student tap j) pairs are pathways: j >= i (the paper) or all.",
+    pairs: Literal["all", "deeper_or_same"] = Field(
+        "all",
+        description="Which (teacher tap i, student tap j) pairs are pathways: 'all' (the paper: its eq. 2 sums "
+        "over every pair, 9 connections on CIFAR) or 'deeper_or_same', j >= i (ReviewKD's low-to-high "
+        "restriction, which the authors' release and the paper's ImageNet search space follow).",
     )
     variants: int = Field(
-        1, ge=1, le=8, description="Transform variants per tap pair (the paper: 3; the authors' release: 1)."
+        3,
+        ge=1,
+        le=8,
+        description="Transform blocks per tap pair (the paper's CIFAR search: 3, so 3 x 9 = 27 pathways; its "
+        "ImageNet search and the authors' release: 1). Each is the paper's one specified architecture (Fig. "
+        "4a), initialised apart (pathways.py says why).",
     )
     search_epochs: int | None = Field(
         None,
         ge=1,
         le=MAX_EPOCHS,
         description="Epochs of the search stage (on a seeded 80/20 split of the training images; not part of "
-        "train.epochs). Default: train.epochs / 6, at least 1 (the paper: 40 search for 240 training).",
+        "train.epochs). Its student's lr is multiplied by 0.1 after each quarter of them (the paper: 40 "
+        "epochs, x0.1 at 10, 20, 30), unless distill.stages gives the search another schedule. Default: "
+        "train.epochs / 6, at least 1 (the paper: 40 search for 240 training).",
     )
     bias: float | None = Field(
         1.0,
         description="g of the biased softmax α = softmax(concat(α̃, g))[:N]; null: a plain softmax over α̃.",
+    )
+    alpha_init: float = Field(
+        1.0,
+        description="α̃ of every pathway when the search starts (the paper's α_0 = 1, §3.3: the unnormalised "
+        "weight; with g = 1 every pathway starts level with the bias, α = 1/(N+1), and above drop_below).",
     )
     alpha_lr: float = Field(
         0.05, gt=0, le=100, description="Adam learning rate of α̃ (the paper 0.05; its code 0.1)."
@@ -363,9 +403,16 @@ class DistProOptions(Section):
     )
     record_every: int = Field(1, ge=1, description="Record α every this many search steps.")
     drop_below: float | None = Field(
-        None,
-        description="Replay: drop the pathways whose α̃ never exceeded this during the search (the paper's "
-        "τ = 0.5) to save their cost; null keeps every pathway.",
+        0.5,
+        description="τ of the paper's clip (§3.4): a pathway whose α̃ is at most τ is left out of the loss "
+        "(not computed, its transform not stepped); `drop` says when. null computes every pathway at every "
+        "step.",
+    )
+    drop: Literal["per_step", "whole_run"] = Field(
+        "per_step",
+        description="'per_step' (the paper): at every step of the search and of the replay, the pathways whose "
+        "α̃ at that step is at most drop_below, so a pathway leaves and may come back; 'whole_run' (edgekd's "
+        "earlier rule): only in the replay, the pathways whose α̃ never exceeded drop_below in the search.",
     )
     weight: float = Field(
         1.0, gt=0, description="Multiplies the weighted pathway losses (CE + weight·Σ α_p·HCL_p)."

@@ -6,6 +6,13 @@ process is a weight per pathway at every step of training: α_t = softmax(concat
 softmax (g = 1: a constant extra logit lets all weights shrink together), or a plain softmax.
 
 A recorded process is replayed over a run of another length by linear interpolation in training progress.
+
+Transform *variants*: the paper puts N "candidate predefined transforms" M_{i,j,1..N} on every (teacher
+tap i, student tap j) connection (3 on CIFAR) but specifies one architecture only, Fig. 4a's block (and
+another, unspecified one for DeiT). edgekd's N variants are N copies of that block, each initialised from
+its own draw: a search over which initialisation of the specified block serves a connection best, not over
+kinds of transform. Inventing two other architectures would put in the paper's place transforms it never
+describes; the repeated specified block keeps its search space's size (27 pathways on CIFAR) and shape.
 """
 
 from __future__ import annotations
@@ -102,7 +109,8 @@ class Pathway:
 
 
 def allowed_pairs(teacher_count: int, student_count: int, rule: str) -> list[tuple[int, int]]:
-    """(teacher index, student index) pairs: 'deeper_or_same' (j ≥ i, the paper's default) or 'all'."""
+    """(teacher index, student index) pairs: 'all' (the paper's eq. 2: every pair, 3 × 3 = 9 connections on
+    CIFAR) or 'deeper_or_same' (j ≥ i: ReviewKD's restriction, as in the authors' release)."""
     pairs = [(i, j) for i in range(teacher_count) for j in range(student_count)]
     if rule == "deeper_or_same":
         return [(i, j) for i, j in pairs if j >= i]

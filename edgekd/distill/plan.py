@@ -104,8 +104,12 @@ class Stage:
     `select` None follows the recipe's `train.select`; `epochs` None trains the recipe's `train.epochs`.
     `fresh_head` gives the student a newly initialized classifier before the stage starts (a stage after an
     embedding stage, or a fine-tuning on other classes).
-    `fresh_student` starts it from the student as the plan received it (its seeded initialization), not from
-    what the previous stage trained: a stage that replays what an earlier stage searched (DistPro).
+    `fresh_student` starts it over: from the student as the plan received it (its seeded initialization), not
+    from what the previous stage trained, with the random state and the seeds of the plan's first stage
+    (stages.py), so it trains as a one-stage plan of it would: a stage that replays what an earlier stage
+    searched (DistPro), and its reference without the search, differ only in what the replay consumes.
+    `schedule` is the stage's own learning-rate schedule (a `train.schedule` mapping) in place of the
+    recipe's, e.g. a search's paper schedule; the recipe's `distill.stages` still changes it.
     `branch` makes it a side branch, a check of the student as handed on: it trains from that state, is
     scored on the validation and test images (reported, never used to choose anything) and hands nothing
     on: the next stage starts from the state before it, so turning a check on does not change the result.
@@ -122,14 +126,17 @@ class Stage:
     view: DataView = "train"
     branch: bool = False
     fresh_student: bool = False
+    schedule: dict[str, Any] | None = None
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
-        """The recipe's training section with this stage's epochs and selection rule."""
+        """The recipe's training section with this stage's epochs, selection rule and schedule."""
         changes: dict[str, object] = {}
         if self.epochs is not None:
             changes["epochs"] = self.epochs
         if self.select in ("best_val", "last"):
             changes["select"] = self.select
+        if self.schedule is not None:
+            changes["schedule"] = type(base.schedule).model_validate(self.schedule)
         return base.model_copy(update=changes) if changes else base
 
     def selection(self, base: TrainConfig) -> Selection:

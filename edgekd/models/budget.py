@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from edgekd.errors import EdgekdError
 from edgekd.models._common import positive_int
 from edgekd.models.profile import count_flops, count_params
 from edgekd.models.registry import create_model
+from edgekd.models.timm_models import TIMM_FAMILIES, TIMM_GRID_AXES, timm_family_members, timm_member_size
 
 Member = tuple[str, dict[str, Any]]
 
@@ -40,8 +41,21 @@ def _mobilenetv2_members() -> list[Member]:
     return [("mobilenetv2", {"width_mult": width}) for width in _MOBILENETV2_WIDTHS]
 
 
-_FAMILY_MEMBERS = {"resnet": _resnet_members, "wrn": _wrn_members, "mobilenetv2": _mobilenetv2_members}
+_FAMILY_MEMBERS = {
+    "resnet": _resnet_members,
+    "wrn": _wrn_members,
+    "mobilenetv2": _mobilenetv2_members,
+    # timm's families need timm only when a member is built, so they are listed without it
+    **{family: partial(timm_family_members, family) for family in TIMM_FAMILIES},
+}
 FAMILIES: tuple[str, ...] = tuple(_FAMILY_MEMBERS)
+# What each coordinate of member_size() is, per family.
+GRID_AXES: dict[str, tuple[str, ...]] = {
+    "resnet": ("depth", "width"),
+    "wrn": ("depth", "widen"),
+    "mobilenetv2": ("width_mult",),
+    **TIMM_GRID_AXES,
+}
 
 
 @dataclass(frozen=True)
@@ -68,8 +82,9 @@ def family_members(family: str) -> list[Member]:
 
 def member_size(member: Member) -> tuple[float, ...]:
     """The member's place on its family's grid: (depth, width) for resnet, (depth, widen) for wrn,
-    (width_mult,) for mobilenetv2. One member dominates another when every coordinate is >= (so it does at
-    least the same work per image): latency sizing infers over/under from that without timing both."""
+    (width_mult,) for mobilenetv2, timm's multipliers for a timm family (timm_models.TIMM_FAMILIES). One
+    member dominates another when every coordinate is >= (so it does at least the same work per image):
+    latency sizing infers over/under from that without timing both."""
     name, model_args = member
     numbers = [float(n) for n in re.findall(r"\d+", name)]
     if name.startswith("resnet"):
@@ -78,7 +93,28 @@ def member_size(member: Member) -> tuple[float, ...]:
         return (numbers[0], numbers[1])
     if name == "mobilenetv2":
         return (float(model_args.get("width_mult", 1.0)),)
+    timm_size = timm_member_size(name)
+    if timm_size is not None and not model_args:
+        return tuple(float(coordinate) for coordinate in timm_size)
     raise EdgekdError(f"student.family: no size grid for member '{describe_member(*member)}'")
+
+
+def describe_grid(family: str) -> list[str]:
+    """The family's size grid in words: one line of each axis's values, then, for a family of named
+    variants (timm's), one line per member with its place on the grid."""
+    members = family_members(family)
+    axes = GRID_AXES[family]
+    sizes = [member_size(member) for member in members]
+    lines = [
+        f"{axis}: " + ", ".join(f"{value:g}" for value in sorted({size[index] for size in sizes}))
+        for index, axis in enumerate(axes)
+    ]
+    if family in TIMM_FAMILIES:
+        lines += [
+            f"{member[0]} ({', '.join(f'{value:g}' for value in size)})"
+            for member, size in zip(members, sizes, strict=True)
+        ]
+    return lines
 
 
 def dominates(larger: tuple[float, ...], smaller: tuple[float, ...]) -> bool:

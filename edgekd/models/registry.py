@@ -7,6 +7,8 @@ calls the ``wrn_<depth>_<widen>`` constructor with ``depth=40, widen=2``.
 Every zoo model follows these conventions, which the distillation code relies on:
 
 * ``model.classifier`` is the final ``nn.Linear``; its input is the pooled embedding (penultimate features).
+  A model that applies dropout to that input names the module whose input is the embedding before the
+  dropout in ``model.embedding_path`` (torchvision and timm models do; no other zoo model needs to).
 * ``model.taps`` lists module paths (as in ``named_modules()``) whose outputs are the stage feature maps,
   shallow to deep, with non-increasing spatial size.
 * ``model.preact_taps[i]`` is the path of an ``nn.ReLU`` whose *input* is the pre-activation of tap ``i``
@@ -154,6 +156,6 @@ def get_taps(model: nn.Module) -> list[str]:
         name = getattr(model, "zoo_name", type(model).__name__)
         raise EdgekdError(
             f"model '{name}' declares no feature taps; feature distillation needs a zoo model that does "
-            "(resnet, wrn, mobilenetv2, or a convolutional torchvision model)"
+            "(resnet, wrn, mobilenetv2, or a convolutional torchvision or timm model)"
         )
     return list(taps)

@@ -2,7 +2,10 @@
 
 The torchvision network becomes ``model.body`` with its final nn.Linear replaced by nn.Identity, and that
 Linear becomes ``model.classifier``, so the zoo convention holds: ``classifier(body(x))`` is the network's
-forward, and ``body(x)`` is the penultimate embedding (after any dropout the network applies before its head).
+forward. ``body(x)`` is the classifier's input, which comes *after* the dropout many torchvision heads apply
+(MobileNet, EfficientNet, MnasNet, GoogLeNet, Inception, VGG). The embedding that distillation reads must not
+be: ``model.embedding_path`` names the first of the dropout modules just before the head (its input is the
+penultimate features, deterministic in train mode), or ``classifier`` where no dropout precedes the head.
 
 Taps (paths start with ``body.``):
 
@@ -37,13 +40,24 @@ _PROBE_SIZE = (
     128  # large enough for every torchvision trunk (Inception v3 needs 75), small enough to be quick
 )
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+_RESHAPES = (nn.Identity, nn.Flatten)  # change no value: the walk to the embedding passes over them
 
 
 class TorchvisionClassifier(nn.Module):
-    def __init__(self, arch: str, body: nn.Module, head_path: str, classifier: nn.Linear, taps: list[str]):
+    def __init__(
+        self,
+        arch: str,
+        body: nn.Module,
+        head_path: str,
+        classifier: nn.Linear,
+        taps: list[str],
+        embedding_path: str = "classifier",
+    ):
         super().__init__()
         self.arch = arch
         self.head_path = head_path
+        self.embedding_path = embedding_path
         self.body = body
         self.classifier = classifier
         self.taps = taps
@@ -80,6 +94,27 @@ def _final_linear(arch: str, body: nn.Module, num_classes: int) -> tuple[str, nn
             "choose another model"
         )
     return linears[-1]
+
+
+def _embedding_path(body: nn.Module, head_path: str) -> str:
+    """The module whose input is the network's embedding: the first of the dropout modules registered
+    right before the head (reshapes passed over), as ``body.<path>``; ``classifier`` when none is.
+
+    Registration order stands for run order here: every torchvision classifier registers its head modules
+    in the order its forward calls them (a Sequential head, or GoogLeNet's and Inception's avgpool, dropout,
+    fc). A dropout further up (in ViT's encoder, VGG's first) is not right before the head: a module that
+    changes values (LayerNorm, ReLU, Linear) ends the walk. With an MLP head (MobileNetV3, VGG) the
+    embedding is the hidden layer's activation, the features the classifier itself reads.
+    """
+    leaves = [(path, module) for path, module in body.named_modules() if not any(module.children())]
+    head = next(index for index, (path, _) in enumerate(leaves) if path == head_path)
+    first_dropout = None
+    for path, module in reversed(leaves[:head]):
+        if isinstance(module, _DROPOUTS):
+            first_dropout = path
+        elif not isinstance(module, _RESHAPES):
+            break
+    return f"body.{first_dropout}" if first_dropout else "classifier"
 
 
 def _build(arch: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
@@ -185,9 +220,11 @@ def torchvision_model(num_classes: int, in_channels: int, name: str, **kwargs: A
         kwargs.setdefault("init_weights", True)
     body = _build(name, num_classes, kwargs)
     head_path, classifier = _final_linear(name, body, num_classes)
+    embedding_path = _embedding_path(body, head_path)
     body.set_submodule(head_path, nn.Identity())
     if all(isinstance(getattr(body, stage, None), nn.Module) for stage in _RESNET_STAGES):
         taps = list(_RESNET_STAGES)
     else:
         taps = _trunk_taps(name, body, num_classes, kwargs)
-    return TorchvisionClassifier(name, body, head_path, classifier, [f"body.{tap}" for tap in taps])
+    taps = [f"body.{tap}" for tap in taps]
+    return TorchvisionClassifier(name, body, head_path, classifier, taps, embedding_path)

@@ -1,5 +1,5 @@
-"""Reports: tables, CSV/JSON and plots of a run."""
+"""Reports: tables, CSV/JSON and plots of a run (``edgekd.report.writer.write_report``).
 
-from edgekd.report.writer import write_report
-
-__all__ = ["write_report"]
+Nothing is imported here: `edgekd bench` prints its table with ``edgekd.report.tables`` on a device without
+matplotlib, which the plots (and so the writer) need.
+"""

@@ -61,9 +61,8 @@ def seeds_text(metrics: RunMetrics) -> str:
     seeds = run.student_seeds or [run.seed]
     if len(seeds) == 1:
         return f"seed {seeds[0]}"
-    teacher = (
-        "loaded from a checkpoint" if teacher_is_loaded(metrics) else f"trained once with seed {run.seed}"
-    )
+    loaded = teacher_record_of(metrics) if teacher_is_loaded(metrics) else None
+    teacher = f"loaded from a {loaded.source}" if loaded else f"trained once with seed {run.seed}"
     return f"seeds {', '.join(map(str, seeds))} (every student once per seed; the teacher {teacher})"
 
 
@@ -205,11 +204,17 @@ def stage_row(model: str, stage: StageRecord) -> list[str]:
         str(stage.best_epoch),
         "-" if score is None else f"{score:.2f}",
         f"{stage.trained_params:,}",
-        "-" if data is None else f"{data.labelled_train} / {data.labelled_selection}",
+        "-" if data is None else labelled_use(data),
         "-" if data is None else str(data.unlabeled),
         ", ".join(handed) or "-",
         stage_notes(stage),
     ]
+
+
+def labelled_use(data) -> str:
+    """'977 / 216'; a stage that held out training images for itself: '1222 (245 held out) / 0'."""
+    held = f" ({data.held_out} held out)" if data.held_out else ""
+    return f"{data.labelled_train}{held} / {data.labelled_selection}"
 
 
 def stage_notes(stage: StageRecord) -> str:
@@ -263,17 +268,21 @@ def paired_blocks(metrics: RunMetrics) -> list[Block]:
     how = (
         f"({100 * first.confidence:.0f} %, {_interval_name(first.interval_method)}). "
         '"better"/"worse": the interval excludes zero.'
-        if first.interval is not None
-        else "(one seed: no interval; train with --seeds for one)."
+        if any(r.paired.interval is not None for r in compared)
+        else "(no interval: one seed, or the same difference on every seed; train with more --seeds)."
     )
+    how += " " + _family_text(first)
     items = []
     for record in compared:
         paired = record.paired
         per_seed = ", ".join(f"{d:+.2f}" for d in paired.differences)
         interval = "" if paired.interval is None else " [{:+.2f}, {:+.2f}]".format(*paired.interval)
+        adjusted = (
+            "" if paired.adjusted_p_value is None else f"; Holm-adjusted p {paired.adjusted_p_value:.3g}"
+        )
         items.append(
             f"`{record.name}`: {paired.mean:+.2f}{interval} — {paired.verdict} "
-            f"(seeds {', '.join(map(str, paired.seeds))}: {per_seed})"
+            f"(seeds {', '.join(map(str, paired.seeds))}: {per_seed}{adjusted})"
         )
     return [
         Heading(3, f"Paired comparison with `{first.reference}`"),
@@ -283,6 +292,20 @@ def paired_blocks(metrics: RunMetrics) -> list[Block]:
         ),
         BulletList(tuple(items)),
     ]
+
+
+def _family_text(paired) -> str:
+    """How many comparisons the table makes, and what that does to its verdicts."""
+    plural = "s" if paired.comparisons != 1 else ""
+    count = f"The table makes {paired.comparisons} comparison{plural} with `{paired.reference}`"
+    if paired.correction == "holm":
+        return count + "; verdicts are Holm-corrected over them (`report.correction: holm`)."
+    if paired.comparisons == 1:
+        return count + "."
+    return (
+        count + ", each judged alone: by chance alone some may show a difference "
+        "(`report.correction: holm` corrects for it)."
+    )
 
 
 def _interval_name(method: str) -> str:
@@ -332,7 +355,8 @@ def _pool_text(metrics: RunMetrics) -> str:
     if saw is None:
         teacher = teacher_record_of(metrics)
         stated = teacher.trained_on if teacher is not None else None
-        known = f"loaded from a checkpoint; stated: {stated}" if stated else "loaded from a checkpoint"
+        source = teacher.source if teacher is not None else "checkpoint"
+        known = f"loaded from a {source}" + (f"; stated: {stated}" if stated else "")
         return f"{where}; whether the teacher trained on them is not known ({known})"
     if data.get("label_relation") == "disjoint":
         classes = class_list_text(metrics.teacher_data, teacher_classes(metrics))

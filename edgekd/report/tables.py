@@ -29,8 +29,10 @@ def summary_columns(metrics: RunMetrics) -> list[str]:
     if paired is None:
         return SUMMARY_COLUMNS
     label = f"Δ vs {paired.reference}"
-    if paired.interval is not None:
+    if any(r.paired.interval is not None for r in metrics.models if r.paired):
         label += f" [{100 * paired.confidence:.0f}% CI, {paired.interval_method}]"
+    if paired.correction == "holm":
+        label += f", Holm over {paired.comparisons}"
     return [label if c == "paired Δ test acc" else c for c in SUMMARY_COLUMNS]
 
 
@@ -114,16 +116,17 @@ def class_list_text(data: dict[str, Any], ids: list[int], most: int = 12) -> str
 
 # ------------------------------------------------------------------------------- what the teacher saw
 # The facts the "What each model used" table and the Protocol text both state, derived once here.
-TEACHER_UNKNOWN = "not known (loaded from a checkpoint)"
-
-
 def teacher_record_of(metrics: RunMetrics) -> ModelRecord | None:
     return next((r for r in metrics.models if r.role == "teacher"), None)
 
 
+# How a teacher trained elsewhere comes to the run: its training images are the recipe's word, or not known.
+LOADED_SOURCES = ("checkpoint", "file")
+
+
 def teacher_is_loaded(metrics: RunMetrics) -> bool:
     teacher = teacher_record_of(metrics)
-    return teacher is not None and teacher.source == "checkpoint"
+    return teacher is not None and teacher.source in LOADED_SOURCES
 
 
 def teacher_saw_student_images(metrics: RunMetrics) -> bool | None:
@@ -144,10 +147,10 @@ def saw_cell(saw: bool | None) -> str:
 
 def teacher_training_cells(teacher: ModelRecord) -> tuple[str, str]:
     """The teacher's labelled images (train, selection) as the "What each model used" table shows them."""
-    if teacher.source == "checkpoint":
+    if teacher.source in LOADED_SOURCES:
         if teacher.trained_on:
             return f"as stated by the recipe: {teacher.trained_on}", "-"
-        return TEACHER_UNKNOWN, "not known"
+        return f"not known (loaded from a {teacher.source})", "not known"
     labelled = teacher.labelled_images
     return ("-", "-") if labelled is None else (str(labelled.train), str(labelled.selection))
 
@@ -174,7 +177,7 @@ def data_rows(metrics: RunMetrics) -> list[list[str]]:
         selection = "-" if labelled is None else str(labelled.selection)
         if r.role == "teacher":
             train, selection = teacher_training_cells(r)
-            unlabeled = "not known" if r.source == "checkpoint" and not r.trained_on else "0"
+            unlabeled = "not known" if r.source in LOADED_SOURCES and not r.trained_on else "0"
             rows.append([r.name, train, selection, unlabeled, "-", "-"])
             continue
         saw = saw_cell(teacher_saw) if r.uses_teacher else "-"

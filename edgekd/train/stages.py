@@ -119,7 +119,11 @@ def run_plan(
         name: StageArtifact(name=name, path=str(path), sha256=file_sha256(path), origin="loaded")
         for name, path in inputs.loaded.items()
     }
-    initial_student = copy.deepcopy(student.state_dict())  # for a stage that starts from a fresh student
+    # What a stage that starts over (fresh_student) starts from: the student and the random state as the plan
+    # received them (its objective's parts, e.g. DistPro's transforms, are drawn from that state, as the first
+    # stage's are)
+    initial_student = copy.deepcopy(student.state_dict())
+    initial_random_state = torch.random.get_rng_state()
     results = []
     for index, stage in enumerate(stages):
         if skipped(stage, index, len(stages), inputs.loaded):
@@ -127,6 +131,7 @@ def run_plan(
             continue
         if stage.fresh_student:
             student.load_state_dict(initial_student)
+            torch.random.set_rng_state(initial_random_state)
         before_branch = copy.deepcopy(student.state_dict()) if stage.branch else None
         result, produced = run_stage(
             stage,
@@ -170,9 +175,13 @@ class StageRun:
 
 def seed_index(stages: list[Stage], index: int) -> int:
     """The index that seeds a stage: its place among the plan's main stages (checks do not shift the seeds of
-    the stages after them, so turning one on leaves the student unchanged); a check gets one of its own."""
+    the stages after them, so turning one on leaves the student unchanged); a check gets one of its own. A
+    stage that starts over (fresh_student) takes the first stage's seeds: a DistPro replay sees the data
+    order and augmentation its reference without a search (a one-stage plan) sees."""
     if stages[index].branch:
         return _BRANCH_SEED_INDEX + index
+    if stages[index].fresh_student:
+        return 0
     return sum(1 for stage in stages[:index] if not stage.branch)
 
 
@@ -226,7 +235,7 @@ def run_stage(
         trained_params=sum(p.numel() for p in objective.trainable_parameters()),
         extra_params=objective.extra_parameter_count(),
         train_time_s=round(fit.train_time_s, 2),
-        data=data_use(data, objective, selection),
+        data=data_use(data, objective, selection, held_out=stage.view == "holdout"),
         produces=produced,
         consumes=consumed,
         notes=objective.stage_notes(),
@@ -260,12 +269,21 @@ def skipped_stage(stage: Stage, inputs: StageInputs) -> StageResult:
     return StageResult(record, None)
 
 
-def data_use(data: DataBundle, objective: Distiller, selection: str) -> DataUse:
+def data_use(data: DataBundle, objective: Distiller, selection: str, *, held_out: bool = False) -> DataUse:
     """The images a stage read: its labelled training images, the validation images its selection rule
-    scored (none with `last`), and the unlabelled images when its objective has a label-free term."""
+    scored (none with `last`), and the unlabelled images when its objective has a label-free term. A
+    `held_out` stage's "validation" images are training images it set aside (stage_data): they count as
+    training images, never as selection images."""
     unlabeled = 0
     if data.unlabeled is not None and objective.learns_from_unlabeled:
         unlabeled = len(data.unlabeled)
+    if held_out:
+        return DataUse(
+            labelled_train=len(data.train) + len(data.val),
+            labelled_selection=0,
+            unlabeled=unlabeled,
+            held_out=len(data.val),
+        )
     return DataUse(
         labelled_train=len(data.train),
         labelled_selection=len(data.val) if selection != "last" or objective.reads_validation_images else 0,

@@ -1,20 +1,29 @@
 """DistPro (Deng et al., paper 002): search a distillation process by meta-optimisation, then replay it.
 
-Pathways connect the student's taps to the teacher's (pathways.py): every allowed (teacher tap i, student tap
-j) pair (default j ≥ i) times the transform variants, each scored by the hierarchical context loss. The
-student learns CE + Σ_p α_p·HCL_p, where α = softmax(concat(α̃, g))[:N] (the biased softmax).
+Pathways connect the student's taps to the teacher's (pathways.py): every (teacher tap i, student tap j)
+pair (the paper's; `pairs: deeper_or_same` keeps j ≥ i) times the transform variants (3, the paper's CIFAR
+setting), each scored by the hierarchical context loss. The student learns CE + Σ_p α_p·HCL_p, where
+α = softmax(concat(α̃, g))[:N] (the biased softmax), α̃ starting at 1 (the paper's α_0).
 
 *Search* (its own stage, on a seeded 80/20 split of the labelled training images, never the validation or
-test images): each step, before the student's own optimizer step, α̃ moves by Adam along the hyper-gradient
-of the validation CE through one unrolled optimizer step (hypergradient.py: a finite difference, computed
-functionally on copies, so nothing leaks into the live weights). α is recorded every `record_every` steps:
-that schedule is the *process*, an artifact another recipe can load (transfer across data and similar
-networks: the pathways must have the same names).
+test images; the student's lr ×0.1 after each quarter of it, the paper's 10/20/30 of 40 epochs): each step,
+before the student's own optimizer step, α̃ moves by Adam along the hyper-gradient of the validation CE
+through one unrolled optimizer step (hypergradient.py: a finite difference, computed functionally on copies,
+so nothing leaks into the live weights). α is recorded every `record_every` steps: that schedule is the
+*process*, an artifact another recipe can load (transfer across data and similar networks: the pathways
+must have the same names).
 
 *Replay*: a fresh student (the plan's initial weights) trains over the whole run with α_t read from the
 process by linear interpolation in training progress; only θ (student and transforms) is updated. Baselines
 as options: `weights: final` (the last searched α held constant: the paper's "use α_T") and `weights: equal`
-(1/N each, no search).
+(1/N each, no search). The replay is seeded as a plan's first stage (stages.py: a fresh-student stage), so a
+replay and its `weights: equal` reference see the same data order and start from the same student and
+transforms: they differ in the weights alone.
+
+*Clip* (the paper's §3.4, `drop_below` τ = 0.5, `drop: per_step`): at every step of the search and of the
+replay, a pathway whose α̃ at that step is at most τ is not computed (its term is left out, its weight counts
+as 0; the others keep their weights) and its transform is not stepped; it comes back when α̃ rises above τ
+again. In the search α̃ of a left-out pathway still moves: through the softmax's shared normaliser.
 """
 
 from __future__ import annotations
@@ -147,7 +156,10 @@ class _DistProStage(Distiller):
             PathwayTransform(student_shapes[j].channels, teacher_shapes[i].channels, teacher_shapes[i].size)
             for i, j in self.ends
         )
+        # `active`: the pathways the stage trains at all (their transforms in its optimizer); `computed`: those
+        # computed at the current step (the per-step clip), a subset of them
         self.active = [True] * len(self.pathways)
+        self.computed = [True] * len(self.pathways)
         self.teacher_capture = FeatureCapture(teacher, teacher_taps)
         self.student_capture = FeatureCapture(student, student_taps)
 
@@ -155,15 +167,27 @@ class _DistProStage(Distiller):
     def teacher_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.teacher_capture.run(images)[1]
 
+    def clipping_per_step(self) -> bool:
+        return self.options.drop_below is not None and self.options.drop == "per_step"
+
+    def clip(self, logits: torch.Tensor) -> None:
+        """The paper's per-step clip: this step computes the pathways whose α̃ (``logits``) exceeds τ."""
+        if self.clipping_per_step():
+            self.computed = (logits > self.options.drop_below).tolist()
+
+    def pathway_on(self, index: int) -> bool:
+        return self.active[index] and self.computed[index]
+
     def losses(self, images, labels, teacher_maps, alpha) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The student's logits, its CE and Σ_p α_p·HCL_p over the active pathways (0 without ``alpha``)."""
+        """The student's logits, its CE and Σ_p α_p·HCL_p over the pathways computed at this step (0 without
+        ``alpha``)."""
         logits, student_maps = self.student_capture.run(images)
         ce = F.cross_entropy(logits, labels)
         if alpha is None:
             return logits, ce, ce.new_zeros(())
         weighted = ce.new_zeros(())
         for index, (transform, (i, j)) in enumerate(zip(self.transforms, self.ends, strict=True)):
-            if self.active[index]:
+            if self.pathway_on(index):
                 weighted = weighted + alpha[index] * hcl_loss(transform(student_maps[j]), teacher_maps[i])
         return logits, ce, self.options.weight * weighted
 
@@ -180,8 +204,15 @@ class _DistProStage(Distiller):
         return [p for p in self.parameters() if p.requires_grad and id(p) not in dropped]
 
     def trained_names(self) -> list[str]:
-        """The names (in this module) of what the stage's optimizer trains: the hyper-gradient's weights w."""
-        trained = {id(p) for p in self.trainable_parameters()}
+        """The names (in this module) of what the stage's optimizer steps at this step: the hyper-gradient's
+        weights w (a clipped pathway's transform gets no gradient, so the optimizer leaves it where it is)."""
+        resting = {
+            id(p)
+            for index, t in enumerate(self.transforms)
+            if not self.computed[index]
+            for p in t.parameters()
+        }
+        trained = {id(p) for p in self.trainable_parameters() if id(p) not in resting}
         return [name for name, p in self.named_parameters() if id(p) in trained]
 
     def pathway_names(self) -> list[str]:
@@ -199,7 +230,9 @@ class DistProSearch(_DistProStage):
 
     def __init__(self, student, teacher, options, context):
         super().__init__(student, teacher, options, context)
-        self.alpha_logits = nn.Parameter(torch.zeros(len(self.pathways)), requires_grad=False)
+        self.alpha_logits = nn.Parameter(
+            torch.full((len(self.pathways),), float(options.alpha_init)), requires_grad=False
+        )
         self.alpha_optimizer = torch.optim.Adam(
             [self.alpha_logits], lr=options.alpha_lr, betas=tuple(options.alpha_betas)
         )
@@ -236,21 +269,26 @@ class DistProSearch(_DistProStage):
         maps = self.teacher_maps(images)
         self._cached = (images, maps)
         val_images, val_labels = self.next_val_batch(images.device)
-        hyper = finite_difference_hypergradient(
-            self,
-            self.trained_names(),
-            (images, labels, maps),
-            (val_images, val_labels),
-            self.alpha(),
-            optimizer,
-        )
+        self.clip(self.alpha_logits.detach())
+        alpha_grad = self.alpha_hypergradient((images, labels, maps), (val_images, val_labels), optimizer)
         # chain rule from α to α̃ through the (biased) softmax
         logits = self.alpha_logits.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(process_weights(logits, self.options.bias), logits, hyper.alpha_grad)
+        (grad,) = torch.autograd.grad(process_weights(logits, self.options.bias), logits, alpha_grad)
         self.alpha_logits.grad = grad
         self.alpha_optimizer.step()
         self.alpha_logits.grad = None
         self.steps_done += 1
+
+    def alpha_hypergradient(self, train_args, val_args, optimizer) -> torch.Tensor:
+        """∇_α L_val through the unrolled step. With every pathway clipped, L_train does not depend on α: the
+        gradient is 0 (Adam's momentum still moves α̃, so pathways can come back)."""
+        alpha = self.alpha()
+        if not any(self.pathway_on(index) for index in range(len(self.pathways))):
+            return torch.zeros_like(alpha)
+        hyper = finite_difference_hypergradient(
+            self, self.trained_names(), train_args, val_args, alpha, optimizer
+        )
+        return hyper.alpha_grad
 
     def record(self) -> None:
         self.recorded_steps.append(self.steps_done)
@@ -258,6 +296,7 @@ class DistProSearch(_DistProStage):
         self.recorded_logits.append([round(float(a), 8) for a in self.alpha_logits.detach()])
 
     def forward_train(self, images, labels):
+        self.clip(self.alpha_logits.detach())  # α̃ as the search just moved it: the step trains with it
         maps = (
             self._cached[1]
             if self._cached is not None and self._cached[0] is images
@@ -312,7 +351,15 @@ class DistProSearch(_DistProStage):
             "student_forwards": 5.0 * self.steps_done,
             "student_backwards": 5.0 * self.steps_done,
             "teacher_forwards": float(self.steps_done),
+            "computed_pathway_share": self.computed_share(),
         }
+
+    def computed_share(self) -> float:
+        """The share of pathways the clip computed, over the recorded steps (the paper: ~40 % on CIFAR)."""
+        if not self.clipping_per_step() or not self.recorded_logits:
+            return 1.0
+        logits = torch.tensor(self.recorded_logits)
+        return float((logits > self.options.drop_below).float().mean())
 
     def stage_notes(self) -> str:
         final = self.alpha()
@@ -329,28 +376,44 @@ class DistProReplay(_DistProStage):
     def __init__(self, student, teacher, options, context):
         super().__init__(student, teacher, options, context)
         self.process = None
-        self.replay = None  # the process over this run's steps, built at the first step
+        self.replay = None  # the process (α and α̃) over this run's steps, built at the first step
         self.current = torch.full((len(self.pathways),), 1.0 / len(self.pathways))
+        # a replayed process clipped per step leaves some trained transforms without a gradient in some steps
+        self.unused_parameters = options.weights == "process" and self.clipping_per_step()
 
     def use_artifact(self, name: str, payload: dict) -> None:
         where = f"distill.artifacts.distpro.{name}"
         check_payload(PROCESS, payload, self.options, where)
         check_pathways(payload, self.pathway_names(), where)
         alpha = torch.as_tensor(payload["alpha"], dtype=torch.float32)
+        logits = torch.as_tensor(payload["logits"], dtype=torch.float32)
         if self.options.drop_below is not None:
-            logits = torch.as_tensor(payload["logits"])
-            self.active = (logits > self.options.drop_below).any(0).tolist()
+            self.active = self.ever_computed(logits)
         if self.options.weights == "final":
             self.current = alpha[-1]
+            self.clip(logits[-1])  # the last searched α̃ decides the clip of every step
         else:
-            self.process = (payload["steps"], alpha, payload["searched_steps"])
+            self.process = (payload["steps"], alpha, logits, payload["searched_steps"])
+
+    def ever_computed(self, logits: torch.Tensor) -> list[bool]:
+        """The pathways some step of the replay computes (the others' transforms stay out of the optimizer):
+        per step, those whose replayed α̃ exceeds τ somewhere (the last searched α̃ alone for 'final'; the
+        interpolation never rises above both its ends); whole run, those whose α̃ exceeded τ in the search."""
+        if self.clipping_per_step() and self.options.weights == "final":
+            logits = logits[-1:]
+        return (logits > self.options.drop_below).any(0).tolist()
 
     def on_step_start(self, step: int, steps: int) -> None:
         if self.options.weights == "process":
             if self.replay is None:
-                recorded, alpha, searched = self.process
-                self.replay = interpolate_process(recorded, alpha, steps, searched)
-            self.current = self.replay(step)
+                recorded, alpha, logits, searched = self.process
+                self.replay = (
+                    interpolate_process(recorded, alpha, steps, searched),
+                    interpolate_process(recorded, logits, steps, searched),
+                )
+            weights_at, logits_at = self.replay
+            self.current = weights_at(step)
+            self.clip(logits_at(step))
 
     def forward_train(self, images, labels):
         logits, ce, weighted = self.losses(
@@ -372,6 +435,13 @@ def search_epochs(options: DistProOptions, epochs: int) -> int:
     return options.search_epochs if options.search_epochs is not None else max(1, epochs // 6)
 
 
+def search_schedule(epochs: int) -> dict:
+    """The paper's search schedule: the student's lr ×0.1 after each quarter of the search (10, 20 and 30 of
+    its 40 epochs), fewer milestones where the search is too short to have three."""
+    milestones = sorted({epochs * quarter // 4 for quarter in (1, 2, 3)} - {0})
+    return {"name": "multistep", "milestones": milestones, "gamma": 0.1}
+
+
 def distpro_plan(options: DistProOptions, train) -> list[Stage]:
     searched = options.weights != "equal"
     replay = Stage(
@@ -385,13 +455,15 @@ def distpro_plan(options: DistProOptions, train) -> list[Stage]:
     )
     if not searched:
         return [replay]
+    epochs = search_epochs(options, train.epochs)
     search = Stage(
         "search",
         DistProSearch,
         "student + transforms on 80 % of the training images; α by hyper-gradient on the other 20 %",
         "last",
-        search_epochs(options, train.epochs),
+        epochs,
         produces=(PROCESS,),
         view="holdout",
+        schedule=search_schedule(epochs),
     )
     return [search, replay]

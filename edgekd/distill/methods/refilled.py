@@ -5,7 +5,8 @@ teacher's classes, so REFILLED works across disjoint label sets (cross-task), an
 
 Stage 1, *embedding*: semi-hard triplets are mined within each batch on the **student's** embedding
 (anchor a, positive p of a's class, negative n of another class, with 0 < d(a,n) − d(a,p) ≤ margin). For
-each triplet a network gives p = σ((d(a,n) − d(a,p)) / τ) (eq. 4 of the paper, written as a sigmoid), and
+each triplet a network gives p = σ((d(a,n) − d(a,p)) / τ) (eq. 4 of the paper, written as a sigmoid), with
+τ = `triplet_temperature` for the teacher and none (`student_temperature` 1) for the student, as §4.2 says;
 the loss is KL(Bern(p_teacher) ‖ Bern(p_student)) averaged over the batch's triplets (eq. 5), times
 `triplet_weight`. Only the student's embedding trains (its classifier gets no gradient); a batch without a
 triplet contributes an exact zero (the authors' code divides by the triplet count and yields NaN there).
@@ -15,9 +16,9 @@ the gallery), a score that needs no classifier.
 Stage 2, *classifier*: the student, from stage 1 with a fresh classifier, learns
 CE + λ·KL(p_teacher ‖ softmax(s[:, present] / τ)), where `present` are the classes of the batch and
 p_teacher is the teacher's local posterior over them, softmax(−‖φ_T(x) − c_k‖² / τ) (eqs. 7–9), with class
-centres c_k of the teacher's embedding over the student's whole training set (`centres: global`, the
-authors' newer code) or over the batch (`centres: batch`, the paper). λ is constant or decays
-exponentially per epoch (the paper's option).
+centres c_k of the teacher's embedding over the batch (`centres: batch`, the paper's eq. 7, the default) or
+over the student's whole training set (`centres: global`, the authors' newer code). λ decays exponentially
+per epoch by default (the paper's REFILLED) or stays constant (`kd_decay: 1`, its REFILLED⁻).
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.distill.base import Distiller
-from edgekd.distill.embedding import EMBEDDING, EmbeddingStage, embed, embed_all, embedding_then_classifier
+from edgekd.distill.embedding import (
+    EmbeddingStage,
+    embed,
+    embed_all,
+    embedding_tap,
+    embedding_then_classifier,
+)
 from edgekd.distill.features import FeatureCapture
 from edgekd.distill.methods.rkd import pairwise_distances
 from edgekd.distill.options import RefilledOptions
@@ -93,8 +100,8 @@ class _RefilledStage(Distiller):
         super().__init__(student, teacher, options, context)
         if teacher is None:
             raise EdgekdError("distill.refilled: this method needs a teacher")
-        self.teacher_capture = FeatureCapture(teacher, [EMBEDDING])
-        self.student_capture = FeatureCapture(student, [EMBEDDING])
+        self.teacher_capture = FeatureCapture(teacher, [embedding_tap(teacher)])
+        self.student_capture = FeatureCapture(student, [embedding_tap(student)])
 
     @torch.no_grad()
     def teacher_embedding(self, images: torch.Tensor) -> torch.Tensor:
@@ -124,10 +131,10 @@ class RefilledEmbedding(EmbeddingStage, _RefilledStage):
             # no triplet: an exact zero that still belongs to the graph, so backward runs and moves nothing
             return student_embedding.sum() * 0.0
         teacher_distances = pairwise_distances(teacher_embedding)
-        student_temperature = options.student_temperature or options.triplet_temperature
+        # the paper softens the teacher's probabilities only (§4.2): student_temperature is 1 by default
         kl = bernoulli_kl(
             triplet_logits(teacher_distances, triplets) / options.triplet_temperature,
-            triplet_logits(student_distances, triplets) / student_temperature,
+            triplet_logits(student_distances, triplets) / options.student_temperature,
         )
         return options.triplet_weight * kl.mean()
 

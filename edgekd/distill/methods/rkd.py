@@ -1,9 +1,10 @@
 """Relational knowledge distillation (Park et al. 2019): match the geometry of the batch's embeddings.
 
-Embeddings are the penultimate features, the input of each network's ``classifier``, so their widths need
-not match. Distance term: pairwise Euclidean distances, each network's divided by its mean over distinct pairs,
-compared with the Huber (smooth L1) loss. Angle term: for every triple (i, j, k) with i != j and k != j, the
-cosine of the angle at x_j between x_i - x_j and x_k - x_j, compared the same way.
+Embeddings are the penultimate features, the input of each network's ``classifier`` before any dropout
+(embedding.embedding_tap), so their widths need not match. Distance term: pairwise Euclidean distances, each
+network's divided by its mean over distinct pairs, compared with the Huber (smooth L1) loss. Angle term: for
+every triple (i, j, k) with i != j and k != j, the cosine of the angle at x_j between x_i - x_j and
+x_k - x_j, compared the same way.
 loss = CE + 25 * distance + 50 * angle (the weights RepDistiller uses on CIFAR).
 """
 
@@ -13,12 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.distill.base import Distiller
-from edgekd.distill.features import FeatureCapture, Tap
+from edgekd.distill.embedding import embedding_tap
+from edgekd.distill.features import FeatureCapture
 from edgekd.distill.registry import implements
 from edgekd.errors import EdgekdError
 from edgekd.train.dist import whole_batch
 
-_EMBEDDING = Tap("classifier", "classifier", "input")
 _EPS = 1e-12
 
 
@@ -69,8 +70,8 @@ class RKD(Distiller):
         super().__init__(student, teacher, options, context)
         if teacher is None:
             raise EdgekdError("distill.rkd: this method needs a teacher")
-        self.teacher_capture = FeatureCapture(teacher, [_EMBEDDING])
-        self.student_capture = FeatureCapture(student, [_EMBEDDING])
+        self.teacher_capture = FeatureCapture(teacher, [embedding_tap(teacher)])
+        self.student_capture = FeatureCapture(student, [embedding_tap(student)])
 
     def distill_terms(self, images):
         with torch.no_grad():

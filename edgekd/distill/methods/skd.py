@@ -22,8 +22,11 @@ Choices where methods.md leaves room:
   of each module"), so it takes the depth weight of tap i, its output; the shallowest tap has no TM term.
 * The teacher side of TM uses its raw pre-ReLU maps (the margin clip belongs to the FM distance's target).
 * sigma keeps its gradient: the reference computed it entirely under no_grad, so the term did nothing
-  (methods.md, pitfall). Here u, v come from power iteration without gradient and sigma = u^T TM v is
-  differentiated, as torch's spectral_norm does; ``power_iterations: 0`` uses the exact SVD instead.
+  (methods.md, pitfall). Here the top singular vectors u, v are found without gradient and sigma = u^T TM v
+  is differentiated: its gradient u v^T is the exact gradient of sigma when u, v are exact. They come from
+  the top eigenvector of the smaller Gram matrix, in float64 (exact; ``power_iterations: 0``, the default).
+  Power iteration, as torch's spectral_norm uses, converges at (sigma_2/sigma_1)^2 per step: 20 steps left
+  the gradient ~5 % off on random 16x32 matrices (sigma itself within 4e-4), so it is an option only.
 * The teacher stays in eval mode (the reference left it in train mode, so its BN statistics drifted).
 """
 
@@ -39,25 +42,44 @@ from edgekd.distill.methods.ofd import OFD, depth_weights, overhaul_distances
 from edgekd.distill.registry import implements
 
 
-def spectral_norm(matrices: torch.Tensor, iterations: int = 20) -> torch.Tensor:
-    """Largest singular value of each matrix of a (..., m, n) batch, with gradient.
+def spectral_norm(matrices: torch.Tensor, iterations: int = 0) -> torch.Tensor:
+    """Largest singular value of each matrix of a (..., m, n) batch, with its exact gradient.
 
-    The singular vectors u, v come from power iteration on a detached copy; sigma = u^T A v then has the
-    gradient u v^T, the exact gradient of the largest singular value when it is simple. The start vector is
-    fixed (all ones) so the result does not consume random numbers.
+    sigma = u^T A v with the top singular vectors u, v held constant: its gradient u v^T is the gradient of
+    the largest singular value (where it is simple). `iterations` 0: u, v exact (top_singular_vectors);
+    N > 0: N power-iteration steps from a fixed start (all ones: no random numbers consumed), approximate.
     """
-    if iterations == 0:
-        return torch.linalg.matrix_norm(matrices, ord=2)
     with torch.no_grad():
         detached = matrices.detach()
-        columns = detached.shape[-1]
-        v = torch.ones(*detached.shape[:-2], columns, 1, dtype=detached.dtype, device=detached.device)
-        v = v / math.sqrt(columns)
-        for _ in range(iterations):
-            u = F.normalize(detached @ v, dim=-2)
-            v = F.normalize(detached.mT @ u, dim=-2)
-        u = F.normalize(detached @ v, dim=-2)
+        if iterations == 0:
+            u, v = top_singular_vectors(detached)
+        else:
+            u, v = power_iteration(detached, iterations)
     return (u.mT @ matrices @ v)[..., 0, 0]
+
+
+def top_singular_vectors(matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u, v) of each (..., m, n) matrix, as (..., m, 1) and (..., n, 1): the top eigenvector of the smaller
+    of A A^T and A^T A (float64: the Gram matrix squares the condition number), the other by one product.
+    Cheaper than a batched SVD on wide maps, and exact where power iteration is slow to converge."""
+    wide = matrices.double()
+    if wide.shape[-2] <= wide.shape[-1]:
+        u = torch.linalg.eigh(wide @ wide.mT).eigenvectors[..., -1:]
+        v = F.normalize(wide.mT @ u, dim=-2)
+    else:
+        v = torch.linalg.eigh(wide.mT @ wide).eigenvectors[..., -1:]
+        u = F.normalize(wide @ v, dim=-2)
+    return u.to(matrices.dtype), v.to(matrices.dtype)
+
+
+def power_iteration(matrices: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    columns = matrices.shape[-1]
+    v = torch.ones(*matrices.shape[:-2], columns, 1, dtype=matrices.dtype, device=matrices.device)
+    v = v / math.sqrt(columns)
+    for _ in range(iterations):
+        u = F.normalize(matrices @ v, dim=-2)
+        v = F.normalize(matrices.mT @ u, dim=-2)
+    return F.normalize(matrices @ v, dim=-2), v
 
 
 def transmitting_matrix(shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:

@@ -307,6 +307,17 @@ class SRMDictionaries(_SRMStage):
         }
 
 
+def term_weights(pixels_per_tap: list[int], balance: str) -> list[tuple[float, float]]:
+    """(pixel, image) weight of each tap's mean terms (label_losses). 'paper': eq. 4-5's sums over images and
+    pixels divided by N·P, P the largest tap's pixels: Σ_n Σ_ij CE = N·H_l·W_l·(mean CE) and Σ_n BCE =
+    N·(mean BCE), so the pixel term weighs H_l·W_l/P and the image term 1/P; the constant N·P is the
+    learning rate's to absorb. 'mean': both 1."""
+    if balance == "mean":
+        return [(1.0, 1.0)] * len(pixels_per_tap)
+    largest = max(pixels_per_tap)
+    return [(pixels / largest, 1.0 / largest) for pixels in pixels_per_tap]
+
+
 class SRMPretrain(_SRMStage):
     """Stage 2: the student's taps learn the teacher's pixel- and image-level sparse labels."""
 
@@ -356,12 +367,17 @@ class SRMPretrain(_SRMStage):
         targets = self.teacher_labels(images)
         logits, maps = self.student_features(images)
         pixel_terms, image_terms = [], []
-        for features, dictionary, labels in zip(maps, self.student_dictionaries, targets, strict=True):
+        weights = term_weights(
+            [features.shape[-2] * features.shape[-1] for features in maps], self.options.balance
+        )
+        for features, dictionary, labels, (pixel_weight, image_weight) in zip(
+            maps, self.student_dictionaries, targets, weights, strict=True
+        ):
             pixel, image = label_losses(
                 features, dictionary, labels, self.options.pixel_ce, self.options.chunk_elements
             )
-            pixel_terms.append(pixel)
-            image_terms.append(image)
+            pixel_terms.append(pixel_weight * pixel)
+            image_terms.append(image_weight * image)
         return logits, {
             "pixel_ce": self.options.pixel_weight * sum(pixel_terms),
             "image_bce": self.options.image_weight * sum(image_terms),
