@@ -258,7 +258,8 @@ def test_a_stage_on_the_holdout_view_trains_and_selects_on_it(tmp_path):
         resume=False,
     )
     used = result.records[0].data
-    assert (used.labelled_train, used.labelled_selection) == (80, 20)  # not the 100 / validation images
+    # it read the 100 training images only, 20 of them held out for its own selection: no validation images
+    assert (used.labelled_train, used.held_out, used.labelled_selection) == (100, 20, 0)
 
 
 def test_validate_prints_how_each_method_spends_its_epochs(cli, write_recipe):
