@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from torch import nn
 
@@ -70,3 +71,19 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in modes.items():
             module.training = training
+
+
+def accept_bare_network_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """A load_state_dict pre-hook of the torchvision and timm wrappers: rename the keys of a state_dict saved
+    from the bare network (a teacher trained with plain torchvision or timm code) to the wrapper's layout, its
+    head's keys (``module.head_path``) to ``classifier.``, the rest under ``body.``."""
+    keys = [key for key in state_dict if key.startswith(prefix)]
+    if not keys or any(key.startswith(prefix + "body.") for key in keys):
+        return
+    head = prefix + module.head_path + "."
+    for key in keys:
+        if key.startswith(head):
+            new_key = prefix + "classifier." + key[len(head) :]
+        else:
+            new_key = prefix + "body." + key[len(prefix) :]
+        state_dict[new_key] = state_dict.pop(key)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import EdgekdError
-from edgekd.models._common import probability
+from edgekd.models._common import accept_bare_network_keys, probability
 from edgekd.models.registry import register_model
 
 # Options of timm.create_model that would load weights or change what edgekd builds around the network.
@@ -114,25 +114,10 @@ class TimmClassifier(nn.Module):
         self.preact_taps: list[str | None] = [None] * len(taps)
         self.preact_bn: list[str | None] = [None] * len(taps)
 
-        self.register_load_state_dict_pre_hook(_accept_plain_timm_keys)
+        self.register_load_state_dict_pre_hook(accept_bare_network_keys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.head_dropout(self.body(x)))
-
-
-def _accept_plain_timm_keys(module: TimmClassifier, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-    """Rename the keys of a state_dict saved from the bare timm network (a teacher trained with timm's own
-    scripts) to this wrapper's layout: its head's keys to ``classifier.``, the rest under ``body.``."""
-    keys = [key for key in state_dict if key.startswith(prefix)]
-    if not keys or any(key.startswith(prefix + "body.") for key in keys):
-        return
-    head = prefix + module.head_path + "."
-    for key in keys:
-        if key.startswith(head):
-            new_key = prefix + "classifier." + key[len(head) :]
-        else:
-            new_key = prefix + "body." + key[len(prefix) :]
-        state_dict[new_key] = state_dict.pop(key)
 
 
 def _import_timm() -> ModuleType:

@@ -30,7 +30,7 @@ import torchvision
 from torch import nn
 
 from edgekd.errors import EdgekdError
-from edgekd.models._common import evaluating
+from edgekd.models._common import accept_bare_network_keys, evaluating
 from edgekd.models.registry import register_model
 
 _RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -63,26 +63,10 @@ class TorchvisionClassifier(nn.Module):
         self.taps = taps
         self.preact_taps: list[str | None] = [None] * len(taps)
         self.preact_bn: list[str | None] = [None] * len(taps)
-        self.register_load_state_dict_pre_hook(_accept_plain_torchvision_keys)
+        self.register_load_state_dict_pre_hook(accept_bare_network_keys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.body(x))
-
-
-def _accept_plain_torchvision_keys(
-    module: TorchvisionClassifier, state_dict: dict[str, Any], prefix: str, *_: Any
-) -> None:
-    """Rename the keys of a state_dict saved from the bare torchvision network to this wrapper's layout."""
-    keys = [key for key in state_dict if key.startswith(prefix)]
-    if not keys or any(key.startswith(prefix + "body.") for key in keys):
-        return
-    head = prefix + module.head_path + "."
-    for key in keys:
-        if key.startswith(head):
-            new_key = prefix + "classifier." + key[len(head) :]
-        else:
-            new_key = prefix + "body." + key[len(prefix) :]
-        state_dict[new_key] = state_dict.pop(key)
 
 
 def _final_linear(arch: str, body: nn.Module, num_classes: int) -> tuple[str, nn.Linear]:
