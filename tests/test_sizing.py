@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -249,7 +250,9 @@ def test_an_impossible_latency_budget_names_the_fastest_member(tmp_path):
     assert message.startswith(
         "student.budget.latency.limit_ms: 1e-06 ms is below the fastest 'resnet' member"
     )
-    assert "resnet8 with width=8: p50 " in message and "onnxruntime fp32, batch 1, 1 thread)" in message
+    # which member timed fastest depends on the machine's noise (resnet8 and resnet14 are within it): any member
+    assert re.search(r"\(resnet\d+ with width=\d+: p50 ", message), message
+    assert "onnxruntime fp32, batch 1, 1 thread)" in message
     assert "\n" not in message
 
 
@@ -263,7 +266,7 @@ def test_an_impossible_latency_budget_is_exit_2_and_writes_no_run(cli, tmp_path)
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0
     assert result.output.startswith("error: student.budget.latency.limit_ms: 1e-06 ms is below the fastest")
-    assert "'resnet' member (resnet8 with width=8" in result.output
+    assert re.search(r"'resnet' member \(resnet\d+ with width=\d+: p50 ", result.output), result.output
     assert not (tmp_path / "runs" / "impossible").exists()
     assert list((tmp_path / "runs" / "latency_cache").glob("*.json"))
 
