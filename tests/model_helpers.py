@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 
@@ -36,3 +38,21 @@ def briefly_trained(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) ->
         loss.backward()
         optimizer.step()
     return model
+
+
+def build_tiny_kd_run(root: Path, export: dict, benchmark: dict) -> tuple[Path, str, Path]:
+    """A real `edgekd build --quiet` of the tiny kd recipe into `root` with these export and benchmark
+    sections: (its run folder, what the CLI printed, the recipe's path)."""
+    import yaml
+    from click.testing import CliRunner
+    from conftest import TINY_RECIPE
+
+    from edgekd.cli import main
+
+    recipe = {**TINY_RECIPE, "output_dir": str(root / "runs"), "export": export, "benchmark": benchmark}
+    recipe["distill"] = {"method": "kd"}
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(main, ["build", str(path), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return root / "runs" / "tiny", result.output, path

@@ -37,21 +37,9 @@ FAST_BENCH = {
 @pytest.fixture(scope="module")
 def built_run(tmp_path_factory):
     """One real quick build with every CPU artifact, shared by the tests of this module."""
-    from click.testing import CliRunner
-    from conftest import TINY_RECIPE
+    from model_helpers import build_tiny_kd_run
 
-    from edgekd.cli import main
-
-    root = tmp_path_factory.mktemp("deploy")
-    recipe = {**TINY_RECIPE, "output_dir": str(root / "runs"), "export": EXPORT, "benchmark": FAST_BENCH}
-    recipe["distill"] = {"method": "kd"}
-    path = root / "tiny.yaml"
-    import yaml
-
-    path.write_text(yaml.safe_dump(recipe))
-    result = CliRunner().invoke(main, ["build", str(path), "--quiet"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return root / "runs" / "tiny", result.output, path
+    return build_tiny_kd_run(tmp_path_factory.mktemp("deploy"), EXPORT, FAST_BENCH)
 
 
 def test_build_writes_checked_and_timed_artifacts(built_run):

@@ -11,11 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
-from click.testing import CliRunner
-from conftest import TINY_RECIPE
+from model_helpers import build_tiny_kd_run
 
-from edgekd.cli import main
 from edgekd.deploy import split_arrays
 from edgekd.deploy_guide import EXAMPLE_IMAGE
 from edgekd.standalone import load_source
@@ -37,14 +34,8 @@ SNIPPET = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("guide")
-    recipe = {**TINY_RECIPE, "output_dir": str(root / "runs"), "export": EXPORT, "benchmark": FAST_BENCH}
-    recipe["distill"] = {"method": "kd"}
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    result = CliRunner().invoke(main, ["build", str(path), "--quiet"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return root / "runs" / "tiny"
+    run, _, _ = build_tiny_kd_run(tmp_path_factory.mktemp("guide"), EXPORT, FAST_BENCH)
+    return run
 
 
 @pytest.fixture(scope="module")
