@@ -328,7 +328,10 @@ def print_results(metrics: RunMetrics, run_dir: Path) -> None:
     layout = RunLayout(run_dir)
     # Paths are data: a [bracket] in output_dir is not markup.
     out.print(
-        escape(f"run folder: {run_dir}  (report: {layout.report_md}, web page: {layout.report_html})"),
+        escape(
+            f"run folder: {run_dir}  (report: {layout.report_md}, web page: {layout.report_html}, "
+            f"how to deploy: {layout.deploy_md})"
+        ),
         soft_wrap=True,
     )
 
@@ -356,6 +359,11 @@ def validate(recipe: Path, overrides: tuple[str, ...], explain: bool, schema_onl
 
         with make_progress(quiet=False) as progress:  # a latency budget times its family here
             prepared = prepare(loaded, say=sizing_progress(progress))
+        from edgekd.data.describe import input_lines
+
+        channels_from_teacher = loaded.data.channels is None and prepared.recipe.data.channels is not None
+        for line in input_lines(prepared.recipe, prepared.data_plan, channels_from_teacher):
+            out.print(escape(line), soft_wrap=True)
         choice = prepared.student_choice
         if choice.sizing is not None:
             print_sizing(choice.sizing)
@@ -641,7 +649,8 @@ def bench_command(
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @user_errors
 def report_command(run_dir: Path) -> None:
-    """Write the report of the finished run in RUN_DIR again: report.md, report.html, the CSVs and the plots.
+    """Write the report of the finished run in RUN_DIR again: report.md, report.html, the CSVs, the plots and
+    DEPLOY.md (where the artifacts are still there).
 
     Reads only the folder's metrics.json, history.json and recipe.yaml (nothing is trained or measured);
     an embedding plot the build drew is kept, since the features it shows are not stored.
@@ -826,6 +835,21 @@ def print_summary(metrics: RunMetrics) -> None:
     colour = {"pass": "green", "fail": "red", "neutral": "yellow"}[verdict.state]
     for line in verdict.details if metrics.budget_check is not None else ():
         console.print(f"[{colour}]budget {escape(line)}[/]")
+    print_shipping(console, metrics)
+
+
+def print_shipping(console: Console, metrics: RunMetrics) -> None:
+    """Which student ships and why, the warnings about it, and the path of every deployable file."""
+    from edgekd.report.tables import artifact_paths
+
+    for warning in metrics.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    if metrics.shipped is not None:
+        console.print(
+            f"ship: {escape(metrics.shipped.model)} ({escape(metrics.shipped.reason)})", soft_wrap=True
+        )
+    for what, path in artifact_paths(metrics):
+        console.print(f"  {escape(what)}: {escape(path)}", soft_wrap=True)
 
 
 def print_epoch_budget(recipe) -> None:

@@ -1,4 +1,4 @@
-"""The deployment stages of `edgekd build`: export the main student, check every artifact, measure it.
+"""The deployment stages of `edgekd build`: export the students to ship, check every artifact, measure it.
 
 Export writes each artifact the recipe asks for; the parity gate runs every artifact and the PyTorch student
 on the same real validation images; accuracy runs each artifact on the whole validation and test splits
@@ -317,7 +317,7 @@ def deploy(
     say=None,
     also: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Export, check and measure the main student; returns one record per deployable model. ``also`` is a
+    """Export, check and measure one student; returns one record per deployable model. ``also`` is a
     (format, precision) to export beyond the recipe's targets (the latency budget's).
 
     Raises ParityFailure (after the records are complete) when an artifact is outside its tolerance.

@@ -12,7 +12,7 @@ from pathlib import Path
 from edgekd.exporters import ModelIO, read_metadata
 from edgekd.fileio import write_text
 from edgekd.layout import RunLayout
-from edgekd.records import ArtifactRecord
+from edgekd.records import ArtifactRecord, ShippedStudent
 
 # The file a snippet reads its example image from: an H×W×C uint8 array (edgekd's own pixel convention).
 EXAMPLE_IMAGE = "image.npy"
@@ -48,13 +48,26 @@ print(class_names[int(logits[0].argmax())])
 }
 
 
-def write_deploy_guide(layout: RunLayout, artifacts: list[ArtifactRecord]) -> Path:
+def write_deploy_guide(
+    layout: RunLayout, artifacts: list[ArtifactRecord], shipped: ShippedStudent | None = None
+) -> Path:
     """Write DEPLOY.md into the run folder for every built artifact file; returns its path."""
-    sections = [_intro()]
+    sections = [_intro() + _shipped_text(shipped)]
+    several = len({record.model for record in artifacts}) > 1
     for record in artifacts:
         if record.built and record.path is not None:
-            sections.append(artifact_section(layout.root, record))
+            sections.append(artifact_section(layout.root, record, several))
     return write_text(layout.deploy_md, "\n".join(sections))
+
+
+def _shipped_text(shipped: ShippedStudent | None) -> str:
+    if shipped is None:
+        return ""
+    others = [name for name in shipped.exported if name != shipped.model]
+    also = (
+        f" The other students' artifacts ({', '.join(others)}) follow it, for comparison." if others else ""
+    )
+    return f"\nThe student to ship: `{shipped.model}` ({shipped.reason}).{also}\n"
 
 
 def _intro() -> str:
@@ -68,10 +81,14 @@ def _intro() -> str:
     )
 
 
-def artifact_section(root: Path, record: ArtifactRecord) -> str:
+def artifact_section(root: Path, record: ArtifactRecord, several: bool = False) -> str:
+    """The artifact's section; `several`: the run exported more than one student, so say whose it is."""
     path = Path(record.path)
     shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
-    title = f"## {shown} ({record.format} {record.precision})\n"
+    student = f"{record.model}: " if several and record.model else ""
+    title = f"## {shown} ({student}{record.format} {record.precision})\n"
+    if record.status != "ok":  # built but outside its parity tolerance
+        title += f"\n**Not to be shipped: {record.status}** ({(record.parity or {}).get('failure', '')}).\n"
     if path.suffix not in (".onnx", ".xml"):
         return (
             title + f"\nNo metadata is stored in this file format.\n\n{benchmark_block(record, shown, None)}"

@@ -6,7 +6,7 @@ runs/<name>/
   .edgekd-run (the marker)  recipe.yaml  layout.json  metrics.json  history.json  history.csv  bench.csv
   report.md  report.html  *.png  DEPLOY.md
   models/<method>[_seed<k>].pt, teacher.pt     the selected weights of every trained model
-  artifacts/                                   the main student's deployables (ONNX, OpenVINO IR, ...)
+  artifacts/                                   the shipped students' deployables (ONNX, OpenVINO IR, ...)
   train/teacher/                               the teacher's training state (when the run trains it)
   train/<method>[/seed<k>]/images.json         the pool indices a student trained and was selected on
   train/<method>[/seed<k>]/<stage>/            one folder per stage: last.pt best.pt history.json fit.json

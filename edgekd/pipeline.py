@@ -1,5 +1,6 @@
 """`edgekd build`: the run in order — prepare (prepare.py), evaluate the teacher, run each method's plan
-per seed, deploy the main student, write the outputs — each step writing under the run folder, resumable.
+per seed, deploy the students to ship (export.models), write the outputs — each step writing under the run
+folder, resumable.
 
 Everything that can reject the input (recipe, data, budget, teacher checkpoint, loaded artifacts) is checked
 by `prepare` before the run folder is touched, so bad input leaves nothing behind.
@@ -52,6 +53,7 @@ from edgekd.recipe import Recipe
 from edgekd.records import ArtifactRecord, ModelRecord, RunMetrics, RunRecord, StudentChoice
 from edgekd.runfolder import check_run_dir, delete_owned_folder, open_run_dir
 from edgekd.runlock import run_folder_lock
+from edgekd.shipping import ship, shipping_warnings
 from edgekd.sizing.check import (
     BudgetExceeded,
     budget_summary,
@@ -167,14 +169,17 @@ def run(
     models = [teacher, *(method.record for method in methods), *probe_records(p, teacher, p.seeds)]
     add_paired_comparisons(models, recipe)
     release_worker_signal_handler()
-    main = methods[0]
-    artifacts = deploy_main_student(p, main.student, main.record.params, layout, progress)
-    check = budget_check(main.record, p.budget)
+    shipped = ship(recipe, models)
+    by_name = {method.record.name: method for method in methods}
+    artifacts = deploy_students(p, [by_name[name] for name in shipped.exported], layout, progress)
+    deployed = by_name[shipped.model]
+    check = budget_check(deployed.record, p.budget)
     if recipe.latency_budget is not None:
+        own = [record for record in artifacts if record.model == shipped.model]
         check = with_latency(
             check,
-            main.record.params,
-            latency_check(recipe, artifacts, main.student, image_shape(p), p.student_choice.sizing),
+            deployed.record.params,
+            latency_check(recipe, own, deployed.student, image_shape(p), p.student_choice.sizing),
         )
     metrics = RunMetrics(
         run=RunRecord(
@@ -194,6 +199,8 @@ def run(
         models=models,
         artifacts=artifacts,
         budget_check=check,
+        shipped=shipped,
+        warnings=shipping_warnings(recipe, models),
     )
     histories = {"teacher": teacher_history}
     embeddings: Embeddings = {}
@@ -444,18 +451,15 @@ def release_worker_signal_handler() -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
-def deploy_main_student(
-    p: Prepared, student: nn.Module, params: int, layout: RunLayout, progress
+def deploy_students(
+    p: Prepared, exported: list[MethodResult], layout: RunLayout, progress
 ) -> list[ArtifactRecord]:
-    """Export, check and time the shipped model; the PyTorch row alone when nothing is exported."""
+    """Export, check and time each exported student (the shipped one first), into one artifacts folder with
+    file names that start with the method's name; the PyTorch rows alone when nothing is exported."""
     recipe = p.recipe
     task = None
     if progress is not None and (recipe.export.targets or recipe.benchmark.enabled):
         task = progress.add_task("export + benchmark", total=None)
-
-    def say(text: str) -> None:
-        if task is not None:
-            progress.update(task, description=f"export + benchmark: {text}")
 
     out_dir = layout.artifacts
     # A resumed run exports again: every artifact must come from the final student.
@@ -463,21 +467,33 @@ def deploy_main_student(
     quiet = progress is None or getattr(progress, "disable", False)
     # NNCF draws its own progress bars on stdout; --quiet means none at all.
     silence = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
-    with silence:
-        artifacts = deploy(
-            student,
-            params,
-            p.student_data,
-            recipe.export,
-            recipe.benchmark,
-            out_dir,
-            stem=recipe.distill.method,
-            say=say,
-            also=budget_target(recipe),
-        )
+    records: list[ArtifactRecord] = []
+    for index, method in enumerate(exported):
+        name = method.record.name
+
+        def say(text: str, name: str = name) -> None:
+            if task is not None:
+                prefix = f"{name}: " if len(exported) > 1 else ""
+                progress.update(task, description=f"export + benchmark: {prefix}{text}")
+
+        with silence:
+            built = deploy(
+                method.student,
+                method.record.params,
+                p.student_data,
+                recipe.export,
+                recipe.benchmark,
+                out_dir,
+                stem=name,
+                say=say,
+                also=budget_target(recipe) if index == 0 else None,
+            )
+        for record in built:
+            record.model = name
+        records += built
     if task is not None:
         progress.update(task, description="export + benchmark: done", total=1, completed=1)
-    return artifacts
+    return records
 
 
 def image_shape(p: Prepared) -> tuple[int, int, int]:
@@ -496,4 +512,4 @@ def write_outputs(
     write_json(layout.metrics, metrics.to_json())
     write_json(layout.history, histories)
     write_report(layout, recipe, metrics, histories, embeddings)
-    write_deploy_guide(layout, metrics.artifacts)
+    write_deploy_guide(layout, metrics.artifacts, metrics.shipped)

@@ -28,7 +28,7 @@ from edgekd.models.file_teacher import FileTeacher, check_teacher_fits, load_tea
 from edgekd.preflight import check_benchmark_devices, check_memory
 from edgekd.recipe import Recipe
 from edgekd.records import Sizing
-from edgekd.train.checkpoint import fitting_state, load_checkpoint, load_weights
+from edgekd.train.checkpoint import checkpoint_input_channels, fitting_state, load_checkpoint, load_weights
 from edgekd.train.dist import Parallel
 
 
@@ -402,6 +402,20 @@ def create_teacher(recipe: Recipe, num_classes: int, channels: int) -> nn.Module
         )
 
 
+def with_teacher_channels(recipe: Recipe) -> Recipe:
+    """`data.channels` unset and a teacher checkpoint given: the images get the channels the teacher was
+    trained on (its first convolution's input), so a grayscale teacher reads a folder of PNGs as grayscale
+    and an RGB one reads digits as RGB. A set `data.channels` is kept (a conflict is the fit check's error)."""
+    if recipe.data.channels is not None or recipe.teacher.checkpoint is None or recipe.teacher.file:
+        return recipe
+    with torch.device("meta"):
+        skeleton = create_teacher(recipe, num_classes=1, channels=3)
+    channels = checkpoint_input_channels(skeleton, recipe.teacher.checkpoint, "teacher.checkpoint")
+    if channels not in (1, 3):
+        return recipe
+    return recipe.model_copy(update={"data": recipe.data.model_copy(update={"channels": channels})})
+
+
 def prepare(recipe: Recipe, say=None, parallel: Parallel | None = None) -> Prepared:
     """Build everything that can fail on bad input, before anything is written (``say`` hears what a
     latency budget is timing). Under DDP every process prepares the same; a latency budget is timed by
@@ -415,6 +429,7 @@ def prepare(recipe: Recipe, say=None, parallel: Parallel | None = None) -> Prepa
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
     check_benchmark_devices(recipe)  # the devices the artifacts will be checked and timed on exist here
+    recipe = with_teacher_channels(recipe)
     plan = DataPlan(recipe.data, recipe.teacher.classes, recipe.normalization)
     check_methods(recipe, plan.relation)
     check_file_teacher_methods(recipe)

@@ -95,7 +95,7 @@ class DataConfig(Section):
         description="Per-channel mean/std the images are normalized with (recorded in metrics.json and in every "
         "artifact's metadata). train: computed on the teacher's training images; imagenet: ImageNet's; "
         "dataset: the data set's published values (ImageNet's for an ImageFolder; digits: train); "
-        "{mean: [...], std: [...]}: given. auto: imagenet for a torchvision teacher (pre-trained on ImageNet), "
+        "{mean: [...], std: [...]}: given. auto: imagenet for a torchvision or timm teacher (their ImageNet default), "
         "train for an ImageFolder, dataset otherwise.",
     )
     image_cache: Literal["auto", "memory", "disk", "off"] = Field(
@@ -635,8 +635,16 @@ class ParityConfig(Section):
 
 
 class ExportConfig(Section):
-    """Which deployment artifacts of the main student to write, and how they are checked."""
+    """Which students to deploy, which artifacts of them to write, and how they are checked."""
 
+    models: Literal["best_val", "main", "all"] | list[str] = Field(
+        "best_val",
+        description="The students exported, checked and timed: best_val: the one to ship, chosen on validation "
+        "accuracy (mean over seeds) among the students within the budget, ties going to the main method "
+        "(never the test split); main: the main method's, whatever its accuracy; all: every student of the run; "
+        "or a list of method names, e.g. [kd, scratch] (the first is the one shipped). Over several seeds each "
+        "method's first seed's student is the one exported.",
+    )
     targets: dict[FormatName, list[Precision]] = Field(
         default_factory=dict,
         description="Format -> precisions, e.g. {onnx: [fp32, int8], openvino: [fp32, fp16, int8]}; "
@@ -889,7 +897,7 @@ class Recipe(Section):
         chosen = self.data.normalize
         if chosen != "auto":
             return chosen
-        if self.teacher.model.startswith("torchvision:"):
+        if self.teacher.model.startswith(("torchvision:", "timm:")):
             return "imagenet"
         return "train" if self.data.dataset == "imagefolder" else "dataset"
 
@@ -923,6 +931,24 @@ class Recipe(Section):
                     stage_train_config(self.train, changes)
                 except ValueError as exc:
                     raise ValueError(f"distill.stages.{method}.{stage}.{exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _check_export_models(self) -> Recipe:
+        chosen = self.export.models
+        if isinstance(chosen, str):
+            return self
+        trained = [self.distill.method, *self.distill.baselines]
+        for index, name in enumerate(chosen):
+            if name not in trained:
+                raise ValueError(
+                    f"export.models.{index}: '{name}' is not trained by this recipe (allowed: {', '.join(trained)})"
+                )
+        if not chosen or len(set(chosen)) != len(chosen):
+            raise ValueError(
+                f"export.models: {shown_value(chosen)} must name each method once, at least one "
+                "(or give best_val, main or all)"
+            )
         return self
 
     @model_validator(mode="after")

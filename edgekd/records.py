@@ -163,6 +163,8 @@ class ArtifactRecord(Record):
     format: str
     precision: str
     path: str | None
+    # The student it deploys (its method's name); null in metrics.json written before several could be.
+    model: str | None = None
     size_bytes: int | None
     status: str  # "ok", "parity failed", or "not built: <why>"
     # What ran its parity, accuracy and latency (Runner.runs_on): "onnxruntime CUDA EP", "openvino cpu"...;
@@ -260,6 +262,16 @@ class BudgetCheck(Record):
     fits: bool | None
 
 
+class ShippedStudent(Record):
+    """Which student the run deploys and why (export.models), and every student it exported."""
+
+    model: str  # the method whose student is shipped
+    seed: int  # whose weights: the first student seed's
+    rule: str  # export.models as given: best_val, main, all or the list
+    reason: str  # in words, with the validation accuracies it was chosen on
+    exported: list[str]  # every method whose student was exported (the shipped one first)
+
+
 class RunMetrics(Record):
     """metrics.json."""
 
@@ -272,11 +284,21 @@ class RunMetrics(Record):
     models: list[ModelRecord]
     artifacts: list[ArtifactRecord]
     budget_check: BudgetCheck | None = None
+    # null in metrics.json written before edgekd chose the student to ship: the main method's was
+    shipped: ShippedStudent | None = None
+    warnings: list[str] = []  # what a user should know before deploying (edgekd/shipping.py)
 
     @property
     def main(self) -> ModelRecord:
-        """The main method's student (the one deployed)."""
+        """The main method's student."""
         return next(record for record in self.models if record.is_main)
+
+    @property
+    def deployed(self) -> ModelRecord:
+        """The student the run ships (the main method's in metrics.json that does not say)."""
+        if self.shipped is None:
+            return self.main
+        return next(record for record in self.models if record.name == self.shipped.model)
 
     @property
     def student_data(self) -> dict[str, Any]:

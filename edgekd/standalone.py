@@ -58,13 +58,28 @@ def load_source(
     if of_run is not None:  # models/<name>.pt of a finished run: its architecture is in metrics.json
         run_dir, record = of_run
         recipe = load_recipe(recipe_path or RunLayout(run_dir).recipe, overrides)
+        recipe = with_run_channels(recipe, RunMetrics.load(RunLayout(run_dir).metrics))
         return _load_student(source, recipe, record.arch, dict(record.model_args), "SOURCE")
     if recipe_path is None:
         raise EdgekdError(
             f"--recipe: required for a .pt SOURCE ('{source}') outside a run folder's models/: it gives the "
             "data and input shape"
         )
-    return _load_checkpoint(source, load_recipe(recipe_path, overrides), model, model_args)
+    from edgekd.prepare import with_teacher_channels
+
+    recipe = with_teacher_channels(load_recipe(recipe_path, overrides))
+    return _load_checkpoint(source, recipe, model, model_args)
+
+
+def with_run_channels(recipe: Recipe, metrics: RunMetrics) -> Recipe:
+    """The recipe with the channels its run fed (read from the teacher's checkpoint when data.channels was
+    unset), so the students load as they were trained."""
+    if recipe.data.channels is not None:
+        return recipe
+    channels = metrics.student_data.get("input_spec", {}).get("channels")
+    if channels not in (1, 3):
+        return recipe
+    return recipe.model_copy(update={"data": recipe.data.model_copy(update={"channels": channels})})
 
 
 def run_model_of(checkpoint: Path) -> tuple[Path, ModelRecord] | None:
@@ -91,10 +106,13 @@ def _load_run(run_dir: Path, overrides: tuple[str, ...]) -> LoadedStudent:
     for path in (layout.recipe, layout.metrics):
         if not path.is_file():
             raise EdgekdError(f"SOURCE: '{run_dir}' has no {path.name}; give a finished edgekd run folder")
-    recipe = load_recipe(layout.recipe, overrides)
-    main = RunMetrics.load(layout.metrics).main
-    loaded = _load_student(Path(main.checkpoint), recipe, main.arch, main.model_args, "student checkpoint")
-    return loaded._replace(stem=main.name, params=main.params)
+    metrics = RunMetrics.load(layout.metrics)
+    recipe = with_run_channels(load_recipe(layout.recipe, overrides), metrics)
+    shipped = metrics.deployed  # the student the run ships (export.models)
+    loaded = _load_student(
+        Path(shipped.checkpoint), recipe, shipped.arch, shipped.model_args, "student checkpoint"
+    )
+    return loaded._replace(stem=shipped.name, params=shipped.params)
 
 
 def _student_data(recipe: Recipe) -> DataBundle:

@@ -93,3 +93,13 @@ def test_every_snippet_runs_as_written_and_prints_pytorchs_class(run_dir, pixels
             )
             assert done.returncode == 0, f"{title}: {done.stderr}"
             assert done.stdout.strip() == expected, title
+
+
+def test_edgekd_report_writes_deploy_md_again(run_dir, cli):
+    """`edgekd report` rewrites the run's report files, DEPLOY.md among them (from the artifacts' metadata)."""
+    guide = run_dir / "DEPLOY.md"
+    original = guide.read_text()
+    guide.unlink()
+    result = cli("report", run_dir)
+    assert result.exit_code == 0, result.output
+    assert guide.read_text() == original

@@ -220,7 +220,7 @@ def test_available_models_shows_patterns() -> None:
         ("resnet20", {"width": 0}, 3, r"model_args\.width"),
         ("mobilenetv2", {"width_mult": -1}, 3, r"model_args\.width_mult"),
         ("wrn_16_2", {"dropout": 1.5}, 3, r"model_args\.dropout"),
-        ("torchvision:resnet18", {}, 1, r"data\.channels: 3"),
+        ("torchvision:resnet18", {"stem": "small "}, 1, r"model_args\.stem: 'small ' is not allowed"),
         ("torchvision:not_a_net", {}, 3, r"unknown.*resnet18"),
         ("torchvision:squeezenet1_0", {}, 3, r"no final nn\.Linear"),
         ("resnet20", {}, 0, r"in_channels"),

@@ -243,3 +243,35 @@ def test_a_param_budget_build_sizes_a_timm_family_and_exports_it(cli, write_reci
     exported = {(a["format"], a["precision"]): a for a in metrics["artifacts"]}
     for key in (("onnx", "fp32"), ("openvino", "fp32")):
         assert exported[key]["status"] == "ok", exported[key]
+
+
+@pytest.mark.slow
+def test_a_latency_budget_build_times_a_timm_family_and_ships_what_it_timed(
+    cli, write_recipe, tmp_path
+) -> None:
+    """A latency limit no CPU misses (10 s per image) beside a parameter limit only the smallest member meets:
+    the member is chosen by timing its exported OpenVINO artifact, whatever this machine's speed."""
+    smallest, second = (member_params(member, 10, 1) for member in family_members("timm_mobilenetv4")[:2])
+    latency = {"limit_ms": 10_000, "backend": "openvino", "precision": "fp32", "threads": 1}
+    recipe = write_recipe(
+        student={
+            "family": "timm_mobilenetv4",
+            "budget": {"params": (smallest + second) // 2, "latency": latency},
+        },
+        data={"dataset": "digits", "batch_size": 32, "image_size": 32},  # 32x32: see the param-budget build
+        distill={"method": "kd", "baselines": []},
+        train={
+            "epochs": 2,
+            "optimizer": {"lr": 0.05},
+        },  # as the param-budget build: settled enough for parity
+        export={"targets": {"openvino": ["fp32"]}},
+        benchmark={"batches": [1], "threads": 1, "min_iters": 5, "min_time_s": 0.1},
+    )
+    result = cli("build", recipe, "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())
+    sizing = metrics["student_choice"]["sizing"]
+    chosen = next(row for row in sizing["candidates"] if row["member"] == sizing["chosen"])
+    assert "mobilenetv4_conv_small_035" in json.dumps(chosen) and chosen["latency_ms"] is not None
+    check = metrics["budget_check"]
+    assert check["fits"] is True and check["latency"]["measured_ms"] <= 10_000

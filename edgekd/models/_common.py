@@ -74,9 +74,9 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def accept_bare_network_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-    """A load_state_dict pre-hook of the torchvision and timm wrappers: rename the keys of a state_dict saved
-    from the bare network (a teacher trained with plain torchvision or timm code) to the wrapper's layout, its
-    head's keys (``module.head_path``) to ``classifier.``, the rest under ``body.``."""
+    """A load_state_dict pre-hook of the torchvision and timm wrappers: rename, in place, the keys of a
+    state_dict saved from the bare network (a teacher trained with plain torchvision or timm code) to the
+    wrapper's layout, its head's keys (``module.head_path``) to ``classifier.``, the rest under ``body.``."""
     keys = [key for key in state_dict if key.startswith(prefix)]
     if not keys or any(key.startswith(prefix + "body.") for key in keys):
         return
@@ -87,3 +87,12 @@ def accept_bare_network_keys(module: nn.Module, state_dict: dict[str, Any], pref
         else:
             new_key = prefix + "body." + key[len(prefix) :]
         state_dict[new_key] = state_dict.pop(key)
+
+
+def in_wrapper_layout(module: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict`` with the keys ``module.load_state_dict`` would see after its renaming pre-hook (a copy),
+    so that a checkpoint's keys and shapes can be checked before loading."""
+    renamed = dict(state_dict)
+    if hasattr(module, "head_path"):
+        accept_bare_network_keys(module, renamed, "")
+    return renamed

@@ -17,12 +17,16 @@ Taps (paths start with ``body.``):
 * No taps where that probe fails or the trunk is not channels-first: ViT, MaxViT, Swin.
 
 torchvision has no module whose input is a stage's pre-activation, so ``preact_taps``/``preact_bn`` are None.
-A state_dict saved from the plain torchvision network (keys like ``fc.weight``) loads as well.
+A state_dict saved from the plain torchvision network (keys like ``fc.weight``) loads as well, and so does one
+of a network adapted by hand the usual way: images of other than 3 channels get a first convolution of the
+same shape taking them, and ``model_args: {stem: small}`` a 3x3 stride-1 first convolution and no stem
+max-pool (see _adapt_stem).
 """
 
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,6 +36,7 @@ from torch import nn
 from edgekd.errors import EdgekdError
 from edgekd.models._common import accept_bare_network_keys, evaluating
 from edgekd.models.registry import register_model
+from edgekd.schema_base import shown_value
 
 _RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 _TRUNK_NAMES = ("features", "trunk_output", "layers")
@@ -53,9 +58,11 @@ class TorchvisionClassifier(nn.Module):
         classifier: nn.Linear,
         taps: list[str],
         embedding_path: str = "classifier",
+        stem: str = "imagenet",
     ):
         super().__init__()
         self.arch = arch
+        self.stem = stem
         self.head_path = head_path
         self.embedding_path = embedding_path
         self.body = body
@@ -101,26 +108,87 @@ def _embedding_path(body: nn.Module, head_path: str) -> str:
     return f"body.{first_dropout}" if first_dropout else "classifier"
 
 
-def _build(arch: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+@dataclass(frozen=True)
+class _Stem:
+    """What edgekd changes in a torchvision network's input end, the way users adapt one by hand."""
+
+    in_channels: int
+    small: bool  # `stem: small`: a 3x3 stride-1 first convolution and no stem max-pool
+
+
+def _build(arch: str, num_classes: int, kwargs: dict[str, Any], stem: _Stem) -> nn.Module:
     try:
-        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+        network = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
     except TypeError as error:
         raise EdgekdError(f"model_args for 'torchvision:{arch}' are not accepted: {error}") from None
+    if stem.in_channels != 3 or stem.small:
+        _adapt_stem(arch, network, stem)
+    return network
 
 
-def _trunk_taps(arch: str, body: nn.Module, num_classes: int, kwargs: dict[str, Any]) -> list[str]:
+def _adapt_stem(arch: str, network: nn.Module, stem: _Stem) -> None:
+    """Replace the first convolution (every torchvision classifier registers its stem's first) by one taking
+    ``stem.in_channels`` channels, and with ``stem.small`` make it 3x3 stride 1 and drop the max-pool that
+    follows it: what ``model.conv1 = nn.Conv2d(1, 64, 3, 1, 1, bias=False); model.maxpool = nn.Identity()``
+    does to a ResNet, so that a teacher trained so loads."""
+    path, first = next(
+        ((path, module) for path, module in network.named_modules() if isinstance(module, nn.Conv2d)),
+        (None, None),
+    )
+    if first is None or first.groups != 1:
+        raise EdgekdError(
+            f"model 'torchvision:{arch}' has no plain first convolution edgekd can adapt; "
+            "use 3-channel images (`data.channels: 3`) and stem: imagenet"
+        )
+    kernel, stride, padding = (3, 1, 1) if stem.small else (first.kernel_size, first.stride, first.padding)
+    replacement = nn.Conv2d(
+        stem.in_channels, first.out_channels, kernel, stride, padding, bias=first.bias is not None
+    )
+    # torchvision initializes its stem convolutions so (ResNet, MobileNet, EfficientNet): a teacher trained in
+    # the run starts as torchvision's own would
+    nn.init.kaiming_normal_(replacement.weight, mode="fan_out", nonlinearity="relu")
+    network.set_submodule(path, replacement)
+    if stem.small:
+        pool = _stem_pool(network)
+        if pool is None:
+            raise EdgekdError(
+                f"model_args.stem: 'small' is not available for 'torchvision:{arch}' (allowed for ResNet, "
+                "ResNeXt, Wide ResNet, ShuffleNet, MobileNet, EfficientNet, MnasNet, RegNet: networks whose stem "
+                "is one convolution, maybe with a max-pool); use stem: imagenet"
+            )
+        if pool:
+            network.set_submodule(pool, nn.Identity())
+
+
+def _stem_pool(network: nn.Module) -> str | None:
+    """The path of the stem's max-pool ('' when the stem has none), None when edgekd does not know the stem."""
+    if isinstance(getattr(network, "maxpool", None), nn.MaxPool2d):
+        return "maxpool"  # ResNet, ResNeXt, Wide ResNet, ShuffleNet V2
+    known = (
+        torchvision.models.MobileNetV2,
+        torchvision.models.MobileNetV3,
+        torchvision.models.EfficientNet,
+        torchvision.models.MNASNet,
+        torchvision.models.RegNet,
+    )
+    return "" if isinstance(network, known) else None
+
+
+def _trunk_taps(
+    arch: str, body: nn.Module, num_classes: int, kwargs: dict[str, Any], stem: _Stem
+) -> list[str]:
     """Probe a meta-device twin of the network (free), or the network itself where no twin can be built."""
     if isinstance(body, _CHANNELS_LAST_TRUNKS):
         return []
     try:
         with torch.device("meta"):
-            twin = _build(arch, num_classes, kwargs)
+            twin = _build(arch, num_classes, kwargs, stem)
     except Exception:  # RegNet computes its widths with .tolist(), which meta tensors cannot do
         twin = body
-    return _probe(twin)
+    return _probe(twin, stem.in_channels)
 
 
-def _probe(network: nn.Module) -> list[str]:
+def _probe(network: nn.Module, in_channels: int) -> list[str]:
     """Run the network once, recording each trunk child's output size up to the global pooling."""
     trunk_path = next(
         (name for name in _TRUNK_NAMES if isinstance(getattr(network, name, None), nn.Module)), ""
@@ -139,7 +207,7 @@ def _probe(network: nn.Module) -> list[str]:
         if isinstance(child, _GLOBAL_POOLS):
             break  # what follows is the head
         handles.append(child.register_forward_hook(record(f"{trunk_path}.{name}" if trunk_path else name)))
-    image = torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE, device=next(network.parameters()).device)
+    image = torch.zeros(1, in_channels, _PROBE_SIZE, _PROBE_SIZE, device=next(network.parameters()).device)
     try:
         with evaluating(network), torch.no_grad():
             network(image)
@@ -183,15 +251,21 @@ def _suggest(name: str, available: list[str]) -> str:
 
 
 @register_model("torchvision:<name>", hint="any torchvision.models classifier, e.g. torchvision:resnet18")
-def torchvision_model(num_classes: int, in_channels: int, name: str, **kwargs: Any) -> TorchvisionClassifier:
-    """``kwargs`` go to the torchvision builder (e.g. ``dropout``); ``weights`` is always None."""
+def torchvision_model(
+    num_classes: int, in_channels: int, name: str, stem: str = "imagenet", **kwargs: Any
+) -> TorchvisionClassifier:
+    """``kwargs`` go to the torchvision builder (e.g. ``dropout``); ``weights`` is always None.
+
+    ``in_channels`` other than 3 replaces the first convolution by one of the same shape taking that many
+    channels; ``stem: small`` makes it 3x3 stride 1 and removes the stem's max-pool (see _adapt_stem).
+    """
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         raise EdgekdError(f"model 'torchvision:{name}' is unknown; {_suggest(name, available)}")
-    if in_channels != 3:
+    if stem not in ("imagenet", "small"):
         raise EdgekdError(
-            f"model 'torchvision:{name}' takes 3-channel images but the data has {in_channels}; "
-            "set `data.channels: 3`"
+            f"model_args.stem: {shown_value(stem)} is not allowed; give imagenet (torchvision's own stem) or "
+            "small (a 3x3 stride-1 first convolution, no max-pool: the usual adaptation for small images)"
         )
     if "weights" in kwargs:
         raise EdgekdError(
@@ -202,13 +276,14 @@ def torchvision_model(num_classes: int, in_channels: int, name: str, **kwargs: A
         # warning about torchvision's future default
         kwargs.setdefault("aux_logits", False)
         kwargs.setdefault("init_weights", True)
-    body = _build(name, num_classes, kwargs)
+    input_end = _Stem(in_channels=in_channels, small=stem == "small")
+    body = _build(name, num_classes, kwargs, input_end)
     head_path, classifier = _final_linear(name, body, num_classes)
     embedding_path = _embedding_path(body, head_path)
     body.set_submodule(head_path, nn.Identity())
     if all(isinstance(getattr(body, stage, None), nn.Module) for stage in _RESNET_STAGES):
         taps = list(_RESNET_STAGES)
     else:
-        taps = _trunk_taps(name, body, num_classes, kwargs)
+        taps = _trunk_taps(name, body, num_classes, kwargs, input_end)
     taps = [f"body.{tap}" for tap in taps]
-    return TorchvisionClassifier(name, body, head_path, classifier, taps, embedding_path)
+    return TorchvisionClassifier(name, body, head_path, classifier, taps, embedding_path, stem)

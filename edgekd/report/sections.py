@@ -9,6 +9,7 @@ from edgekd.records import Candidate, RunMetrics, Sizing, StageRecord
 from edgekd.report.blocks import Block, BulletList, Code, Heading, Image, Paragraph, Table
 from edgekd.report.tables import (
     DATA_COLUMNS,
+    artifact_paths,
     class_list_text,
     data_rows,
     deployment_table,
@@ -38,10 +39,43 @@ def report_blocks(recipe: Recipe, metrics: RunMetrics, plot_files: list[str]) ->
         *stage_blocks(metrics),
         *transfer_check_blocks(metrics),
         *sizing_blocks(metrics.student_choice.sizing),
+        *shipping_blocks(metrics),
         *artifact_blocks(metrics),
         *[Image(name, name) for name in plot_files],
         Paragraph(files_text(metrics)),
     ]
+
+
+def shipping_blocks(metrics: RunMetrics) -> list[Block]:
+    """Which student the run ships and why, what to know before shipping it, and every deployable file."""
+    blocks: list[Block] = [Heading(2, "What to ship")]
+    if metrics.warnings:
+        blocks.append(BulletList([f"**Warning:** {warning}" for warning in metrics.warnings]))
+    shipped = metrics.shipped
+    if shipped is None:  # metrics.json of a run before edgekd chose: the main method's was deployed
+        blocks.append(Paragraph(f"The deployed student: `{metrics.main.name}`, the main method's."))
+    else:
+        seeds = metrics.run.student_seeds
+        weights = f", seed {shipped.seed}'s weights" if len(seeds) > 1 else ""
+        others = [name for name in shipped.exported if name != shipped.model]
+        also = f" Also exported (export.models: {shipped.rule}): {', '.join(others)}." if others else ""
+        blocks.append(
+            Paragraph(
+                f"Shipped: `{shipped.model}`{weights}, {shipped.reason}. Chosen on validation accuracy, never "
+                f"on the test split.{also}"
+            )
+        )
+    files = [(what, path) for what, path in artifact_paths(metrics)]
+    files += [(f"{record.name} (PyTorch weights)", record.checkpoint) for record in _exported_models(metrics)]
+    if files:
+        blocks.append(BulletList([f"{what}: `{path}`" for what, path in files if path]))
+    blocks.append(Paragraph("How to run each artifact on a device: `DEPLOY.md` in the run folder."))
+    return blocks
+
+
+def _exported_models(metrics: RunMetrics) -> list:
+    names = metrics.shipped.exported if metrics.shipped is not None else [metrics.main.name]
+    return [record for record in metrics.models if record.name in names]
 
 
 def files_text(metrics: RunMetrics) -> str:
@@ -455,7 +489,7 @@ def sizing_row(candidate: Candidate, chosen: str, with_proxy: bool) -> list[str]
 
 # ------------------------------------------------------------------------------------------ artifacts
 def artifact_blocks(metrics: RunMetrics) -> list[Block]:
-    """The exported artifacts of the main student; with nothing exported, its PyTorch latency when it was
+    """The exported artifacts of the shipped student(s); with nothing exported, its PyTorch latency when it was
     timed; nothing at all when neither (no table whose rows would only repeat the Models table)."""
     table = deployment_table(metrics)
     if table is None:
@@ -478,7 +512,7 @@ def artifact_blocks(metrics: RunMetrics) -> list[Block]:
         blocks.append(
             Paragraph(
                 "No artifact was exported (`export.targets` is empty): nothing was checked for parity and "
-                f"there is no `artifacts/` folder. `benchmark.enabled` timed the main student `{table.deployed}` "
+                f"there is no `artifacts/` folder. `benchmark.enabled` timed the shipped student `{table.deployed}` "
                 "in PyTorch (eager, FP32) on the CPU: cold start = load + first inference; "
                 "p50/p90/p99 over timed runs after warm-up; img/s at that batch size. Its accuracy is in the "
                 "Models table."

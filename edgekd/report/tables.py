@@ -241,6 +241,16 @@ ARTIFACT_COLUMNS = [
 ]
 
 
+def _fit_cell(budget: BudgetCheck | None, params: int | None) -> str:
+    """``params / limit`` of the artifact's student (the deployed one's when not known), OVER past it."""
+    if budget is None or budget.budget is None:
+        return "-"
+    params = budget.params if params is None else params
+    return f"{human_count(params)} / {human_count(budget.budget)}" + (
+        "" if params <= budget.budget else " OVER"
+    )
+
+
 def human_bytes(n: int | None) -> str:
     if n is None:
         return "-"
@@ -279,16 +289,18 @@ def ms_cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}" if value < 1 else f"{value:.2f}"
 
 
-def artifact_rows(artifacts: list[ArtifactRecord], budget: BudgetCheck | None = None) -> list[list[str]]:
-    """One row per artifact and timed batch size (the PyTorch student first, as the reference)."""
-    fit = "-"
-    if budget is not None and budget.budget is not None:
-        fit = f"{human_count(budget.params)} / {human_count(budget.budget)}" + (
-            "" if budget.params_fit else " OVER"
-        )
+def artifact_rows(
+    artifacts: list[ArtifactRecord],
+    budget: BudgetCheck | None = None,
+    params_of: dict[str, int] | None = None,
+) -> list[list[str]]:
+    """One row per artifact and timed batch size (each student's PyTorch row first, as its reference). Where
+    several students were exported, each row names its student (`params_of`: each student's parameters)."""
+    several = len({record.model for record in artifacts}) > 1
     rows = []
     for record in artifacts:
-        name = record.name
+        name = f"{record.model}: {record.name}" if several and record.model else record.name
+        fit = _fit_cell(budget, (params_of or {}).get(record.model or ""))
         runs_on = record.runs_on or "-"
         if not record.built:
             rows.append(
@@ -340,8 +352,23 @@ class DeploymentTable:
 def deployed_student(metrics: RunMetrics) -> str:
     """``kd`` or, over several seeds, ``kd, seed 0's weights`` (the first seed's student is deployed)."""
     seeds = metrics.run.student_seeds
-    name = metrics.main.name
+    name = metrics.deployed.name
     return name if len(seeds) < 2 else f"{name}, seed {seeds[0]}'s weights"
+
+
+def _student_label(record: ArtifactRecord, metrics: RunMetrics, deployed: str) -> str:
+    return deployed if record.model in (None, metrics.deployed.name) else record.model
+
+
+def artifact_paths(metrics: RunMetrics) -> list[tuple[str, str]]:
+    """(what, path relative to the run folder) of every file the run wrote for deployment."""
+    several = len({record.model for record in metrics.artifacts}) > 1
+    listed = []
+    for record in metrics.artifacts:
+        if record.path and record.format != "pytorch":
+            what = f"{record.model}: {record.name}" if several and record.model else record.name
+            listed.append((what, record.path))
+    return listed
 
 
 def deployment_table(metrics: RunMetrics) -> DeploymentTable | None:
@@ -349,7 +376,8 @@ def deployment_table(metrics: RunMetrics) -> DeploymentTable | None:
     artifacts = metrics.artifacts
     deployed = deployed_student(metrics)
     if any(record.format != "pytorch" for record in artifacts):
-        rows = artifact_rows(artifacts, metrics.budget_check)
+        params_of = {record.name: record.params for record in metrics.models if record.role == "student"}
+        rows = artifact_rows(artifacts, metrics.budget_check, params_of)
         return DeploymentTable("Deployment artifacts", ARTIFACT_COLUMNS, rows, True, deployed)
     rows = []
     for record in artifacts:
@@ -357,7 +385,7 @@ def deployment_table(metrics: RunMetrics) -> DeploymentTable | None:
             first = index == 0
             rows.append(
                 [
-                    f"{deployed} ({record.name}) @b{timing['batch']}",
+                    f"{_student_label(record, metrics, deployed)} ({record.name}) @b{timing['batch']}",
                     (record.runs_on or "-") if first else "",
                     ms_cell(cold_start_ms(record)) if first else "",
                     ms_cell(timing["p50_ms"]),

@@ -158,7 +158,9 @@ def rerender_report(run_dir: Path) -> tuple[Path, Path]:
     # Not while a build (a --resume) writes the same files.
     with run_folder_lock(layout.root):
         try:
-            return write_report(layout, recipe, metrics, histories, embeddings=None)
+            written = write_report(layout, recipe, metrics, histories, embeddings=None)
+            rewrite_deploy_guide(layout, metrics)
+            return written
         except (TypeError, KeyError, IndexError, AttributeError, ValueError) as exc:
             # Each file read on its own terms, but they do not fit together (an edited history row, a model
             # missing from metrics.json): the folder is not a run this edgekd wrote. --debug shows where.
@@ -168,6 +170,15 @@ def rerender_report(run_dir: Path) -> tuple[Path, Path]:
                 f"{layout.root}: its metrics.json, history.json and recipe.yaml do not fit together as one run "
                 f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); {FINISHED_RUN}"
             ) from exc
+
+
+def rewrite_deploy_guide(layout: RunLayout, metrics: RunMetrics) -> None:
+    """DEPLOY.md again, where every artifact it describes is still in the folder (its metadata is read)."""
+    from edgekd.deploy_guide import write_deploy_guide
+
+    files = [Path(record.path) for record in metrics.artifacts if record.built and record.path]
+    if all(path.is_file() for path in files):
+        write_deploy_guide(layout, metrics.artifacts, metrics.shipped)
 
 
 def stored_recipe(path: Path) -> Recipe:

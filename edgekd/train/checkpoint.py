@@ -11,6 +11,7 @@ from torch import nn
 
 from edgekd.errors import EdgekdError
 from edgekd.fileio import write_atomic
+from edgekd.models._common import in_wrapper_layout
 
 _SHOWN_KEYS = 5
 
@@ -74,16 +75,18 @@ def fitting_state(model: nn.Module, path: Path, what: str, arch: str) -> dict[st
     """The state_dict in `path`, checked to fit `model` (which may live on the meta device) key by key:
     the same keys and shapes, values of the same kind (load_state_dict would cast integers to floats and
     drop imaginary parts without a word) and finite floating-point values (a NaN weight trains nothing)."""
-    state = extract_state_dict(load_checkpoint(path, what), path, what)
+    state = in_wrapper_layout(model, extract_state_dict(load_checkpoint(path, what), path, what))
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or mismatched:
+        hint = stem_hint(model, state, what.rpartition(".")[0])
         raise EdgekdError(
             f"{what}: '{path}' does not fit the architecture '{arch}' ("
             + _describe(missing, unexpected, mismatched, state, expected)
             + ")"
+            + (f"; {hint}" if hint else "")
         )
     unusable = _unusable_values(state, expected)
     if unusable:
@@ -92,6 +95,54 @@ def fitting_state(model: nn.Module, path: Path, what: str, arch: str) -> dict[st
             f"first: {'; '.join(unusable[:_SHOWN_KEYS])}); allowed: finite values of each tensor's kind"
         )
     return state
+
+
+def first_convolution_key(model: nn.Module) -> str | None:
+    """The state_dict key of the model's first convolution's weight (its stem: every zoo, torchvision and
+    timm classifier registers it first), or None when it has none."""
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return f"{path}.weight"
+    return None
+
+
+def checkpoint_input_channels(model: nn.Module, path: Path, what: str) -> int | None:
+    """How many image channels the checkpoint in `path` was trained on, read from its first convolution's
+    weight (out, in, kh, kw) at the key it has in `model` (built on the meta device, with any channels);
+    None when it cannot tell (no convolution, a key the checkpoint lacks: the fit check then says why)."""
+    key = first_convolution_key(model)
+    if key is None:
+        return None
+    state = in_wrapper_layout(model, extract_state_dict(load_checkpoint(path, what), path, what))
+    weight = state.get(key)
+    if weight is None or weight.dim() != 4 or weight.shape[1] < 1:
+        return None
+    groups = model.get_submodule(key.removesuffix(".weight")).groups
+    return int(weight.shape[1]) * groups
+
+
+def stem_hint(model: nn.Module, state: dict[str, torch.Tensor], section: str = "") -> str | None:
+    """What to set when the checkpoint's first convolution is shaped otherwise than the model's: its kernel
+    (a torchvision teacher adapted to small images) or its input channels."""
+    key = first_convolution_key(model)
+    ours = model.state_dict().get(key) if key is not None else None
+    theirs = state.get(key) if key is not None else None
+    if ours is None or theirs is None or theirs.dim() != 4 or ours.shape == theirs.shape:
+        return None
+    if ours.shape[1] != theirs.shape[1]:
+        return (
+            f"its first convolution takes {theirs.shape[1]}-channel images where the data has {ours.shape[1]}: "
+            f"set `data.channels: {theirs.shape[1]}` (or leave data.channels unset)"
+        )
+    if theirs.shape[-2:] != ours.shape[-2:] and hasattr(model, "stem"):
+        kernel = "x".join(str(side) for side in theirs.shape[-2:])
+        stems = {"imagenet": "small", "small": "imagenet"}
+        return (
+            f"its first convolution is {kernel}: set `{section + '.' if section else ''}model_args: "
+            f"{{stem: {stems[model.stem]}}}` if it was "
+            "trained so (stem small: a 3x3 stride-1 first convolution and no max-pool)"
+        )
+    return None
 
 
 def _value_kind(tensor: torch.Tensor) -> str:
