@@ -84,7 +84,8 @@ def build_summary(run_dir: Path) -> dict[str, Any]:
             "status": record["status"],
             "test_acc": record["test_acc"],
             "p50_ms_b1": next(
-                (b["p50_ms"] for b in (record.get("latency") or {}).get("batches", []) if b["batch"] == 1), None
+                (b["p50_ms"] for b in (record.get("latency") or {}).get("batches", []) if b["batch"] == 1),
+                None,
             ),
         }
         for record in metrics["artifacts"]
