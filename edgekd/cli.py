@@ -683,12 +683,15 @@ def schema(output: Path | None) -> None:
 
 
 @main.command(name="list")
-@click.argument("what", type=click.Choice(["methods", "models", "families", "datasets"]))
+@click.argument("what", type=click.Choice(["methods", "models", "families", "datasets", "backends"]))
 @user_errors
 def list_things(what: str) -> None:
-    """List the distillation methods, zoo models, budget families or data sets a recipe can name."""
+    """List the distillation methods, zoo models, budget families, data sets or deployment backends a recipe
+    can name."""
     if what == "methods":
         print_methods()
+    elif what == "backends":
+        print_backends()
     elif what == "models":
         from edgekd.models import available_models
 
@@ -702,6 +705,19 @@ def list_things(what: str) -> None:
         from edgekd.recipe import DataConfig
 
         out.print("\n".join(DataConfig.model_fields["dataset"].annotation.__args__))
+
+
+def print_backends() -> None:
+    """Each backend of the catalog: its format and runtime, precisions, suffixes, how to install its runtime
+    and whether its artifacts run here (its packages are looked up, not imported)."""
+    for fmt in FORMATS.values():
+        here = "available here" if fmt.available else f"not installed here ({', '.join(fmt.missing)})"
+        line = (
+            f"{fmt.name:<10} runtime {fmt.runtime:<12} {', '.join(fmt.precisions):<17} "
+            f"{'/'.join(fmt.suffixes):<13} {fmt.install}; {here}"
+        )
+        out.print(escape(line), soft_wrap=True)  # "edgekd[tensorrt]" is not markup
+        out.print(f"{'':<10} {escape(fmt.description)}", soft_wrap=True)
 
 
 def print_families() -> None:

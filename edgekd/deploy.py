@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from edgekd.bench import (
@@ -28,14 +27,7 @@ from edgekd.bench import (
     runner_for,
 )
 from edgekd.data import DataBundle
-from edgekd.exporters import (
-    Artifact,
-    ExportOptions,
-    ModelIO,
-    get_exporter,
-    onnx_for_tensorrt,
-    trtexec_command,
-)
+from edgekd.exporters import Artifact, Exporter, ExportOptions, ModelIO, get_exporter
 from edgekd.formats import FORMATS, PRECISIONS
 from edgekd.preflight import check_onnxruntime_device
 from edgekd.recipe import BenchmarkConfig, ExportConfig, ParityConfig
@@ -111,28 +103,38 @@ def export_all(
     stem: str,
     also: tuple[str, str] | None = None,
 ) -> tuple[list[Artifact], list[ArtifactRecord]]:
-    """Write every artifact; TensorRT targets that cannot be built here become 'not built' records."""
+    """Write every artifact; one an exporter cannot build here (TensorRT without TensorRT and a GPU) becomes a
+    'not built' record with what the target builds it from and the command that does."""
     built: list[Artifact] = []
     not_built: list[ArtifactRecord] = []
     onnx_by_precision: dict[str, Artifact] = {}
     options = export_options(export)
     for format_name, precision in export_targets(export, also):
-        if format_name == "tensorrt" and not tensorrt_available():
-            onnx_fp32 = onnx_by_precision.get("fp32")
-            record, source = tensorrt_not_built(
-                student, precision, io, options, evaluation, onnx_fp32, out_dir, stem
+        exporter = get_exporter(format_name)
+        calibration = evaluation.calibration if precision == "int8" else None
+        if exporter.cannot_build_here() is not None:
+            record, source = not_built_record(
+                exporter,
+                student,
+                io,
+                precision,
+                options,
+                calibration,
+                onnx_by_precision.get("fp32"),
+                out_dir,
+                stem,
             )
-            if precision != "int8":  # the FP32 ONNX it wrote serves the next TensorRT target too
+            if (source.format, source.precision) == ("onnx", "fp32"):  # it serves the next exports too
                 onnx_by_precision.setdefault("fp32", source)
             not_built.append(record)
             continue
-        artifact = get_exporter(format_name).export(
+        artifact = exporter.export(
             student,
             io,
             precision,
             out_dir,
             options=options,
-            calibration=evaluation.calibration if precision == "int8" else None,
+            calibration=calibration,
             validation=evaluation.val if precision == "int8" else None,
             onnx_fp32=onnx_by_precision.get("fp32"),
             stem=stem,
@@ -143,47 +145,38 @@ def export_all(
     return built, not_built
 
 
-def tensorrt_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
-
-
-def tensorrt_not_built(
+def not_built_record(
+    exporter: Exporter,
     student: nn.Module,
-    precision: str,
     io: ModelIO,
+    precision: str,
     options: ExportOptions,
-    evaluation: EvalData,
+    calibration: np.ndarray | None,
     onnx_fp32: Artifact | None,
     out_dir: Path,
     stem: str,
 ) -> tuple[ArtifactRecord, Artifact]:
-    """Where no engine can be built: write the ONNX it is built from and the trtexec command to build it."""
-    source = onnx_for_tensorrt(
+    """Where the artifact cannot be built here: write what the target builds it from, and record how."""
+    build = exporter.prepare_for_target(
         student,
         io,
         precision,
         out_dir,
         options=options,
-        calibration=evaluation.calibration if precision == "int8" else None,
+        calibration=calibration,
         onnx_fp32=onnx_fp32,
         stem=stem,
     )
-    engine_path = out_dir / f"{stem}_tensorrt_{precision}.engine"
     record = ArtifactRecord(
-        name=f"tensorrt {precision}",
-        format="tensorrt",
+        name=f"{exporter.format} {precision}",
+        format=exporter.format,
         precision=precision,
         path=None,
         size_bytes=None,
-        status="not built: needs TensorRT and a CUDA GPU; build it on the target with the trtexec command",
-        details={
-            "trtexec": trtexec_command(source.path, engine_path, precision, io, options),
-            "onnx": str(source.path),
-        },
+        status=f"not built: {build.reason}; build it on the target with the {build.tool} command",
+        details={build.tool: build.command, build.source.format: str(build.source.path)},
     )
-    return record, source
+    return record, build.source
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -213,15 +206,13 @@ def artifact_runner(artifact: Artifact, threads: int | None, onnxruntime_device:
 def file_runner(
     path: Path | str, format_name: str, precision: str, threads: int | None, onnxruntime_device: str = "cpu"
 ) -> Runner:
-    """The runner of an exported file; OpenVINO is told the artifact's precision (it picks f32 or f16
-    arithmetic by it), ONNX Runtime the device whose execution provider runs ONNX files
-    (``benchmark.onnxruntime_device``)."""
+    """The runner of an exported file, given the settings its catalog entry asks for: OpenVINO the artifact's
+    precision (it picks f32 or f16 arithmetic by it), ONNX Runtime the device whose execution provider runs
+    ONNX files (``benchmark.onnxruntime_device``)."""
+    settings = {"precision": precision, "device": onnxruntime_device}
     options: dict[str, Any] = {"threads": threads}
-    if format_name == "openvino":
-        options["precision"] = precision
-    if format_name == "onnx":
-        options["device"] = onnxruntime_device
-    return runner_for(path, **options)
+    options.update({name: settings[name] for name in FORMATS[format_name].runner_settings})
+    return runner_for(path, backend=FORMATS[format_name].runtime, **options)
 
 
 def check_artifact(

@@ -16,7 +16,15 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, mo
 
 from edgekd.distill.registry import distill_section_model
 from edgekd.errors import RecipeError
-from edgekd.formats import FORMAT_PRECISIONS, PARITY_DEFAULTS, FormatName, Precision
+from edgekd.formats import (
+    FORMAT_PRECISIONS,
+    LATENCY_BACKENDS,
+    PARITY_DEFAULTS,
+    FormatName,
+    LatencyBackendName,
+    Precision,
+    format_of_runtime,
+)
 from edgekd.latency_settings import LatencySettings, threads_text
 from edgekd.safe_yaml import YamlRefused, load_yaml_text, read_yaml_file
 from edgekd.schema_base import (
@@ -485,17 +493,6 @@ def parse_milliseconds(value: Any) -> Any:
     return value
 
 
-# The runtime that runs the shipped student, and the precisions each can be sized in.
-LATENCY_BACKENDS: dict[str, tuple[str, ...]] = {
-    "onnxruntime": FORMAT_PRECISIONS["onnx"],
-    "openvino": FORMAT_PRECISIONS["openvino"],
-    "tensorrt": FORMAT_PRECISIONS["tensorrt"],
-    "pytorch": ("fp32",),
-}
-# The export format whose artifact a backend runs (pytorch runs the student itself).
-FORMAT_OF_BACKEND = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt", "pytorch": None}
-
-
 class ProxyConfig(Section):
     """Rule `proxy`: the largest fitting members, each trained briefly, the best on validation wins."""
 
@@ -517,9 +514,8 @@ class LatencyBudgetConfig(Section):
     limit_ms: Annotated[float, BeforeValidator(parse_milliseconds), Field(gt=0, le=1e6)] = Field(
         description="The limit on `statistic`, in ms; '500us' and '2ms' are understood."
     )
-    backend: Literal["onnxruntime", "openvino", "tensorrt", "pytorch"] = Field(
-        "openvino", description="The runtime the student ships on."
-    )
+    # The runtimes and their precisions come from the backend catalog (edgekd.formats), pytorch beside them.
+    backend: LatencyBackendName = Field("openvino", description="The runtime the student ships on.")
     precision: Precision = Field("fp32", description="The artifact's precision on that runtime.")
     batch: int = Field(1, ge=1, le=MAX_BATCH, description="Images per inference call.")
     threads: int | None = Field(
@@ -549,7 +545,7 @@ class LatencyBudgetConfig(Section):
 
     @property
     def format(self) -> str | None:
-        return FORMAT_OF_BACKEND[self.backend]
+        return format_of_runtime(self.backend)
 
     @property
     def artifact_name(self) -> str:

@@ -299,7 +299,7 @@ def test_limits_are_read_with_units_and_a_budget_needs_one(tmp_path):
 
 
 def test_tensorrt_sizing_where_tensorrt_cannot_run_says_where_to_size(tmp_path):
-    from edgekd.deploy import tensorrt_available
+    from edgekd.exporters.tensorrt_export import tensorrt_available
 
     if tensorrt_available():
         pytest.skip("TensorRT and a GPU are here: sizing on tensorrt works")

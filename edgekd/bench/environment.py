@@ -17,16 +17,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-# Module name -> the pip distributions that provide it (the first one installed wins): onnxruntime and
-# tensorrt come under several distribution names (GPU builds, CUDA-specific wheels).
+from edgekd.formats import backend_packages
+
+# Module name -> the pip distributions that provide it (the first one installed wins): the training stack,
+# numpy, and every package a backend's exporter or runner needs, as the backend catalog declares them
+# (onnxruntime and tensorrt come under several distribution names: GPU builds, CUDA-specific wheels).
 PACKAGES: dict[str, tuple[str, ...]] = {
     "torch": ("torch",),
     "torchvision": ("torchvision",),
-    "onnx": ("onnx",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
-    "openvino": ("openvino",),
-    "nncf": ("nncf",),
-    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11"),
+    **backend_packages(),
     "numpy": ("numpy",),
 }
 CPUINFO = Path("/proc/cpuinfo")

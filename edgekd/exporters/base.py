@@ -1,9 +1,11 @@
-"""One interface for every deployment format: what a model is fed, what an export produces, and a registry.
+"""One interface for every deployment format: what a model is fed, what an export produces, and how to get an
+exporter.
 
 An :class:`Exporter` turns a trained PyTorch classifier into a file a runtime loads (ONNX, OpenVINO IR, a
-TensorRT engine) at one precision. The checks every format shares (precision allowed, calibration data
-present and shaped like the model input, an output name that cannot escape ``out_dir``) live here, so each
-backend module only converts and writes.
+TensorRT engine) at one precision; :func:`get_exporter` finds it through the backend catalog
+(edgekd.formats). The checks every format shares (precision allowed, calibration data present and shaped
+like the model input, an output name that cannot escape ``out_dir``) live here, so each backend module only
+converts and writes.
 
 Heavy backends (onnxruntime, openvino, nncf, tensorrt) are imported inside the functions that use them:
 ``import edgekd.exporters`` stays cheap and works where a backend is missing.
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgekd.errors import EdgekdError
-from edgekd.formats import FORMATS
+from edgekd.formats import FORMATS, Backend
 
 if TYPE_CHECKING:
     import torch
@@ -141,7 +143,7 @@ class ModelIO:
 
 @dataclass(frozen=True)
 class Artifact:
-    """One exported model file (for OpenVINO: the .xml, with its .bin beside it)."""
+    """One exported model: a file or a folder, as its catalog entry says (OpenVINO: the .xml, its .bin beside)."""
 
     path: Path
     format: str
@@ -152,10 +154,8 @@ class Artifact:
 
     @property
     def files(self) -> tuple[Path, ...]:
-        """Every file that makes up the artifact (the .xml and .bin for OpenVINO)."""
-        if self.format == "openvino":
-            return (self.path, self.path.with_suffix(".bin"))
-        return (self.path,)
+        """Every path that makes up the artifact (the .xml and .bin for OpenVINO), as its entry declares."""
+        return FORMATS[self.format].files(self.path)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -238,6 +238,31 @@ class Exporter(ABC):
         cls.precisions = declared.precisions
         cls.suffix = declared.suffix
 
+    @property
+    def entry(self) -> Backend:
+        return FORMATS[self.format]
+
+    def cannot_build_here(self) -> str | None:
+        """Why this machine cannot write the format's artifacts (TensorRT builds only on its target GPU), or
+        None. Deployment then calls :meth:`prepare_for_target` instead of :meth:`export`."""
+        return None
+
+    def prepare_for_target(
+        self,
+        model: nn.Module,
+        io: ModelIO,
+        precision: str,
+        out_dir: Path,
+        *,
+        options: ExportOptions | None = None,
+        calibration: np.ndarray | None = None,
+        onnx_fp32: Artifact | None = None,
+        stem: str = DEFAULT_STEM,
+    ) -> TargetBuild:
+        """Where :meth:`cannot_build_here` gives a reason: write what the target builds the artifact from
+        and the command that builds it there (the arguments are :meth:`export`'s)."""
+        raise EdgekdError(f"{self.format}: has no build on the target; export it here")
+
     def export(
         self,
         model: nn.Module,
@@ -293,25 +318,33 @@ class Exporter(ABC):
         return request.out_dir / f"{request.stem}_{self.format}_{request.precision}{self.suffix}"
 
 
-_REGISTRY: dict[str, type[Exporter]] = {}
+@dataclass(frozen=True)
+class TargetBuild:
+    """What deployment writes where an artifact cannot be built here: the file the target builds it from
+    (``source``; an FP32 ONNX serves the next exports too), how (``command``) and why not here (``reason``)."""
 
-
-def register_exporter(cls: type[Exporter]) -> type[Exporter]:
-    """Class decorator: make ``cls`` available as ``get_exporter(cls.format)``."""
-    _REGISTRY[cls.format] = cls
-    return cls
+    source: Artifact
+    reason: str  # "needs TensorRT and a CUDA GPU"
+    tool: str  # what the command runs: "trtexec"
+    command: str
 
 
 def export_formats() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return tuple(FORMATS)
 
 
 def get_exporter(format: str) -> Exporter:
-    if not isinstance(format, str) or format not in _REGISTRY:
+    """The exporter of ``format``, the class its catalog entry names (its module is imported now)."""
+    if not isinstance(format, str) or format not in FORMATS:
         raise EdgekdError(
             f"format: {format!r} is not an export format; allowed: {', '.join(export_formats())}"
         )
-    return _REGISTRY[format]()
+    exporter_class = FORMATS[format].exporter_class
+    if getattr(exporter_class, "format", None) != format:
+        raise ImportError(
+            f"backend '{format}': the catalog's exporter {exporter_class} writes another format"
+        )
+    return exporter_class()
 
 
 def check_stem(stem: str) -> str:
@@ -453,7 +486,14 @@ def example_batch(io: ModelIO, batch: int = 2) -> torch.Tensor:
 
 
 def files_size(paths: tuple[Path, ...] | list[Path]) -> int:
-    return sum(Path(path).stat().st_size for path in paths)
+    """The bytes of the files, counting every file inside a folder (a directory-shaped artifact)."""
+    return sum(_bytes_of(Path(path)) for path in paths)
+
+
+def _bytes_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(inner.stat().st_size for inner in path.rglob("*") if inner.is_file())
+    return path.stat().st_size
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:

@@ -38,7 +38,6 @@ from edgekd.exporters.base import (
     example_batch,
     files_size,
     one_line,
-    register_exporter,
 )
 from edgekd.fileio import atomic_path
 
@@ -65,7 +64,6 @@ INT8_TARGETS: dict[str, dict[str, Any]] = {
 }
 
 
-@register_exporter
 class OnnxExporter(Exporter):
     format = "onnx"
 

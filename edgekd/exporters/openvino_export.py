@@ -27,7 +27,6 @@ from edgekd.exporters.base import (
     example_batch,
     files_size,
     one_line,
-    register_exporter,
 )
 from edgekd.fileio import native_writes
 
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 RT_INFO_SECTION = "edgekd"  # our metadata lives under rt_info["edgekd"], beside NNCF's own "nncf" section
 
 
-@register_exporter
 class OpenVinoExporter(Exporter):
     format = "openvino"
 

@@ -27,12 +27,12 @@ from edgekd.exporters.base import (
     ExportOptions,
     ExportRequest,
     ModelIO,
+    TargetBuild,
     check_calibration,
     check_onnx_fp32,
     check_stem,
     files_size,
     one_line,
-    register_exporter,
 )
 from edgekd.exporters.onnx_export import OnnxExporter, fp32_source, quantized_proto, save_onnx
 from edgekd.fileio import atomic_path
@@ -45,9 +45,40 @@ MIN_TENSORRT_MAJOR = 10
 _WORKSPACE_BYTES = 1 << 30
 
 
-@register_exporter
 class TensorRTExporter(Exporter):
     format = "tensorrt"
+
+    def cannot_build_here(self) -> str | None:
+        return None if tensorrt_available() else "needs TensorRT and a CUDA GPU"
+
+    def prepare_for_target(
+        self,
+        model: nn.Module,
+        io: ModelIO,
+        precision: str,
+        out_dir: Path,
+        *,
+        options: ExportOptions | None = None,
+        calibration: np.ndarray | None = None,
+        onnx_fp32: Artifact | None = None,
+        stem: str = DEFAULT_STEM,
+    ) -> TargetBuild:
+        """The ONNX the engine is built from (the FP32 one, or the Q/DQ one for int8) and the trtexec command
+        that builds the engine on the target."""
+        options = options or ExportOptions()
+        source = onnx_for_tensorrt(
+            model,
+            io,
+            precision,
+            out_dir,
+            options=options,
+            calibration=calibration,
+            onnx_fp32=onnx_fp32,
+            stem=stem,
+        )
+        engine_path = Path(out_dir) / f"{stem}_{self.format}_{precision}{self.suffix}"
+        command = trtexec_command(source.path, engine_path, precision, io, options)
+        return TargetBuild(source, self.cannot_build_here() or "built elsewhere", "trtexec", command)
 
     def _export(self, request: ExportRequest) -> Artifact:
         path = self.artifact_path(request)
@@ -60,6 +91,17 @@ class TensorRTExporter(Exporter):
         with atomic_path(path) as tmp, open(tmp, "wb") as stream:
             stream.write(engine)
         return Artifact(path, self.format, request.precision, request.io, files_size([path]), details)
+
+
+def tensorrt_available() -> bool:
+    """Whether engines can be built here: TensorRT installed and a CUDA GPU that torch sees."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def import_tensorrt(trtexec: str) -> Any:

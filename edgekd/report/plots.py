@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from edgekd.fileio import write_atomic
+from edgekd.formats import plot_markers
 from edgekd.records import ModelRecord, RunMetrics, StageRecord
 
 # Every line of a panel gets its own (colour, line style): matplotlib's cycle repeats its 10 colours, so the
@@ -169,7 +170,7 @@ def accuracy_vs_latency(metrics: RunMetrics, path: Path) -> Path | None:
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(7.6, 4.2))
-    markers = {"pytorch": "s", "onnx": "o", "openvino": "D", "tensorrt": "^"}
+    markers = plot_markers()  # the backend catalog's
     colours = line_styles(record.name for record, _ in points)
     for record, timing in points:
         # A legend, not labels beside the points: artifacts of one model often sit a few µs apart.
@@ -333,7 +334,7 @@ def frontier_plot(points: list[dict[str, Any]], path: Path) -> Path | None:
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(8.4, 4.6))
-    markers = {"pytorch": "s", "onnx": "o", "openvino": "D", "tensorrt": "^"}
+    markers = plot_markers()  # the backend catalog's
     budgets = list(dict.fromkeys(point["budget"] for point in points))
     colours = plt.get_cmap("viridis")
     for point in points:

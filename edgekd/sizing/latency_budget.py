@@ -13,7 +13,8 @@ import torch
 
 from edgekd.data import DataBundle
 from edgekd.errors import EdgekdError
-from edgekd.exporters import ExportOptions
+from edgekd.exporters import ExportOptions, get_exporter
+from edgekd.formats import FORMATS, LATENCY_BACKENDS
 from edgekd.models.budget import (
     Member,
     describe_member,
@@ -153,19 +154,21 @@ def progress_line(progress, label: str) -> Say | None:
 
 
 def check_backend_available(budget: LatencyBudgetConfig, recipe: Recipe) -> None:
-    """TensorRT, and onnxruntime on its CUDA provider, can only be timed where they run: say so first."""
-    if budget.backend == "onnxruntime":
+    """A runtime can only be timed where its artifacts can be built and run (TensorRT, onnxruntime on its
+    CUDA provider): say so first."""
+    if budget.format is None:
+        return  # the PyTorch student runs wherever the build does
+    entry = FORMATS[budget.format]
+    if "device" in entry.runner_settings:
         from edgekd.preflight import check_onnxruntime_device
 
         check_onnxruntime_device(recipe.benchmark.onnxruntime_device)
-    if budget.backend != "tensorrt":
-        return
-    from edgekd.deploy import tensorrt_available
-
-    if not tensorrt_available():
+    reason = get_exporter(budget.format).cannot_build_here()
+    if reason is not None:
+        *others, last = [name for name in LATENCY_BACKENDS if name != budget.backend]
         raise EdgekdError(
-            f"{FIELD}.backend: tensorrt needs TensorRT and a CUDA GPU on this machine (none here); run "
-            "`edgekd latency-table` on the target to size there, or choose onnxruntime, openvino or pytorch"
+            f"{FIELD}.backend: {budget.backend} {reason} on this machine (none here); run "
+            f"`edgekd latency-table` on the target to size there, or choose {', '.join(others)} or {last}"
         )
 
 
@@ -187,9 +190,16 @@ def latency_target(recipe: Recipe, data: DataBundle, export: ExportOptions | Non
         threads=recipe.latency_threads,
         statistic=budget.statistic,
         timing=timing,
-        export=describe_export(export) if budget.backend != "pytorch" else {},
-        device=recipe.benchmark.onnxruntime_device if budget.backend == "onnxruntime" else "cpu",
+        export=describe_export(export, budget.format) if budget.format is not None else {},
+        device=runner_device(recipe, budget.format),
     )
+
+
+def runner_device(recipe: Recipe, format_name: str | None) -> str:
+    """Where the members run: the recipe's onnxruntime device for a runner that takes it, else the CPU."""
+    if format_name is not None and "device" in FORMATS[format_name].runner_settings:
+        return recipe.benchmark.onnxruntime_device
+    return "cpu"
 
 
 def sizing_inputs(recipe: Recipe, data: DataBundle) -> SizingInputs:

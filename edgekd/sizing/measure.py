@@ -22,9 +22,9 @@ from torch import nn
 
 from edgekd.bench import LatencyConfig, Runner, TorchRunner, measure_latency
 from edgekd.exporters import ExportOptions, ModelIO, get_exporter
+from edgekd.formats import FORMATS, format_of_runtime
 from edgekd.models.budget import Member
 from edgekd.models.registry import create_model
-from edgekd.recipe import FORMAT_OF_BACKEND
 from edgekd.sizing.fingerprint import LatencyTarget
 
 # BatchNorm statistics are averaged over this many real training images, in batches of this size.
@@ -90,7 +90,7 @@ def member_runner(model: nn.Module, target: LatencyTarget, inputs: SizingInputs,
 
     if target.backend == "pytorch":
         return TorchRunner(model.to(inputs.device), threads=target.threads, device=inputs.device)
-    export_format = FORMAT_OF_BACKEND[target.backend]
+    export_format = format_of_runtime(target.backend)
     int8 = target.precision == "int8"
     artifact = get_exporter(export_format).export(
         model,
@@ -116,9 +116,14 @@ def sizing_export_options(opset: int, max_batch: int, calibration_method: str, i
     )
 
 
-def describe_export(options: ExportOptions) -> dict[str, Any]:
+# Names in the latency cache's key that differ from the ExportOptions field (tables written before the
+# catalog keep their key).
+_KEY_NAMES = {"calibration_size": "calibration_images"}
+
+
+def describe_export(options: ExportOptions, format_name: str) -> dict[str, Any]:
+    """The export settings that change ``format_name``'s artifact, as its catalog entry lists them: the
+    latency cache's key, so a timing is never reused for an artifact built differently."""
     return {
-        "opset": options.opset,
-        "calibration_method": options.calibration_method,
-        "calibration_images": options.calibration_size,
+        _KEY_NAMES.get(name, name): getattr(options, name) for name in FORMATS[format_name].export_options
     }
