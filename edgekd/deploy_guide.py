@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edgekd.exporters import ModelIO, read_metadata
 from edgekd.fileio import write_text
+from edgekd.formats import FORMATS
 from edgekd.layout import RunLayout
 from edgekd.records import ArtifactRecord, ShippedStudent
 
@@ -89,7 +90,8 @@ def artifact_section(root: Path, record: ArtifactRecord, several: bool = False) 
     title = f"## {shown} ({student}{record.format} {record.precision})\n"
     if record.status != "ok":  # built but outside its parity tolerance
         title += f"\n**Not to be shipped: {record.status}** ({(record.parity or {}).get('failure', '')}).\n"
-    if path.suffix not in (".onnx", ".xml"):
+    entry = FORMATS.get(record.format)
+    if entry is None or entry.metadata_reader is None:  # the catalog says which formats hold metadata
         return (
             title + f"\nNo metadata is stored in this file format.\n\n{benchmark_block(record, shown, None)}"
         )
