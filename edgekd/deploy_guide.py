@@ -46,6 +46,26 @@ logits = compiled(batch)[compiled.output(0)]
 print(class_names[int(logits[0].argmax())])
 """,
     ),
+    # An INT8 .tflite takes and returns int8 tensors: quantize the batch and dequantize the logits with
+    # each tensor's scale and zero point (a float model's are (0.0, 0) and its dtypes float32).
+    "litert": (
+        "from ai_edge_litert.interpreter import Interpreter",
+        """\
+interpreter = Interpreter(model_path="{path}", num_threads=1)  # XNNPACK on the CPU
+interpreter.allocate_tensors()
+given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+if given["dtype"] == np.int8:
+    scale, zero_point = given["quantization"]
+    batch = np.clip(np.round(batch / scale) + zero_point, -128, 127).astype(np.int8)
+interpreter.set_tensor(given["index"], batch.astype(given["dtype"]))
+interpreter.invoke()
+logits = interpreter.get_tensor(taken["index"]).astype(np.float32)
+if taken["dtype"] == np.int8:
+    scale, zero_point = taken["quantization"]
+    logits = (logits - zero_point) * scale
+print(class_names[int(logits[0].argmax())])
+""",
+    ),
 }
 
 
@@ -145,6 +165,11 @@ def benchmark_block(record: ArtifactRecord, path: str, io: ModelIO | None) -> st
     elif record.format == "tensorrt":
         input_name = "images" if io is None else io.input_name
         lines.append(f"trtexec --loadEngine={path} --shapes={input_name}:{shape or '1xCxHxW'}")
+    elif record.format == "litert":
+        lines.append(
+            f"python -m ai_edge_litert.tools.benchmark_litert_model --model {path} --num_threads 1 "
+            "--num_runs 100  # ships with ai-edge-litert"
+        )
     elif record.format == "onnx" and io is not None:
         lines.append(f"onnxruntime_perf_test -e cpu -I -r 100 {path}  # from an ONNX Runtime source build")
     return "Benchmark on the device:\n\n```bash\n" + "\n".join(lines) + "\n```\n"

@@ -147,6 +147,7 @@ _RUNNERS = "edgekd.bench.runners"
 _ONNX = Package("onnx", ("onnx",))
 _ONNXRUNTIME = Package("onnxruntime", ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"))
 _TENSORRT = Package("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11"))
+_LITERT = Package("ai_edge_litert", ("ai-edge-litert",))
 
 # In export order: the FP32 ONNX comes first because the OpenVINO IRs and TensorRT engines are built from it.
 CATALOG: tuple[Backend, ...] = (
@@ -198,6 +199,27 @@ CATALOG: tuple[Backend, ...] = (
         export_options=("opset", "calibration_method", "calibration_size", "max_batch", "opt_batch"),
         metadata_note="an engine holds no metadata: keep the ONNX file it was built from beside it",
         plot_marker="^",
+    ),
+    Backend(
+        "litert",
+        "litert",
+        ("fp32", "int8"),
+        (".tflite",),
+        "LiteRT flatbuffer converted by litert-torch, NCHW input at batch 1 (resized at run time); INT8 by "
+        "ai-edge-quantizer (int8 weights, activations, input and output); run on XNNPACK",
+        exporter=f"{_EXPORTERS}.litert_export:LiteRtExporter",
+        runner=f"{_RUNNERS}.litert_runner:LiteRtRunner",
+        runtime_packages=(_LITERT,),
+        export_packages=(
+            Package("litert_torch", ("litert-torch",)),
+            Package("ai_edge_quantizer", ("ai-edge-quantizer",)),
+        ),
+        extra="litert",
+        # Only INT8 reads an option: how many calibration images (its recipe is fixed).
+        export_options=("calibration_size",),
+        runner_settings=("precision",),
+        metadata_reader=f"{_EXPORTERS}.litert_export:read_metadata",
+        plot_marker="v",
     ),
 )
 
