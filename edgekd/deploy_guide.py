@@ -66,6 +66,16 @@ if taken["dtype"] == np.int8:
 print(class_names[int(logits[0].argmax())])
 """,
     ),
+    # ExecuTorch's Python runtime takes and returns torch tensors (it links libtorch); an INT8 program keeps
+    # float input and output. One call takes at most 15 images: a larger batch goes in chunks.
+    "executorch": (
+        "import torch\nfrom executorch.runtime import Runtime",
+        """\
+forward = Runtime.get().load_program("{path}").load_method("forward")  # XNNPACK on the CPU
+logits = forward.execute([torch.from_numpy(np.ascontiguousarray(batch))])[0].numpy()
+print(class_names[int(logits[0].argmax())])
+""",
+    ),
 }
 
 
@@ -170,6 +180,9 @@ def benchmark_block(record: ArtifactRecord, path: str, io: ModelIO | None) -> st
             f"python -m ai_edge_litert.tools.benchmark_litert_model --model {path} --num_threads 1 "
             "--num_runs 100  # ships with ai-edge-litert"
         )
+    elif record.format == "executorch":
+        # No benchmark binary ships in the executorch wheel: its executor_runner is built from source.
+        lines[0] += "  # ExecuTorch's own executor_runner must be built from the executorch sources"
     elif record.format == "onnx" and io is not None:
         lines.append(f"onnxruntime_perf_test -e cpu -I -r 100 {path}  # from an ONNX Runtime source build")
     return "Benchmark on the device:\n\n```bash\n" + "\n".join(lines) + "\n```\n"

@@ -221,6 +221,26 @@ CATALOG: tuple[Backend, ...] = (
         metadata_reader=f"{_EXPORTERS}.litert_export:read_metadata",
         plot_marker="v",
     ),
+    Backend(
+        "executorch",
+        "executorch",
+        ("fp32", "int8"),
+        (".pte",),
+        "ExecuTorch program (torch.export lowered to the XNNPACK delegate), 1..15 images per call (larger "
+        "batches run in chunks); INT8 by PT2E with XNNPACK's quantizer (float input and output). Running it "
+        "needs torch: ExecuTorch's Python runtime links libtorch",
+        exporter=f"{_EXPORTERS}.executorch_export:ExecuTorchExporter",
+        runner=f"{_RUNNERS}.executorch_runner:ExecuTorchRunner",
+        # torch too: the runtime imports it and takes torch tensors, so a bench-only install cannot run a .pte.
+        runtime_packages=(Package("executorch", ("executorch",)), Package("torch", ("torch",))),
+        export_packages=(Package("torchao", ("torchao",)),),
+        extra="executorch",
+        # Only INT8 reads an option: how many calibration images (its quantizer settings are fixed).
+        export_options=("calibration_size",),
+        runner_settings=("precision",),
+        metadata_reader=f"{_EXPORTERS}.executorch_export:read_metadata",
+        plot_marker="P",
+    ),
 )
 
 

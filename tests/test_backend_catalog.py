@@ -72,7 +72,9 @@ def test_the_recipe_names_what_the_catalog_declares():
     assert get_args(format_names) == tuple(FORMATS)
     assert get_args(LatencyBudgetConfig.model_fields["backend"].annotation) == (*BACKENDS, PYTORCH)
     assert {**{f.runtime: f.precisions for f in FORMATS.values()}, PYTORCH: ("fp32",)} == LATENCY_BACKENDS
-    with pytest.raises(ValueError, match="'onnxruntime', 'openvino', 'tensorrt', 'litert' or 'pytorch'"):
+    with pytest.raises(
+        ValueError, match="'onnxruntime', 'openvino', 'tensorrt', 'litert', 'executorch' or 'pytorch'"
+    ):
         LatencyBudgetConfig(limit_ms=1, backend="coreml")
 
 

@@ -159,7 +159,7 @@ def test_importing_the_package_loads_no_backend():
 
 
 def test_registry_lists_every_format_and_rejects_unknown_ones():
-    assert export_formats() == ("onnx", "openvino", "tensorrt", "litert")
+    assert export_formats() == ("onnx", "openvino", "tensorrt", "litert", "executorch")
     assert PRECISIONS == ("fp32", "fp16", "int8")
     with pytest.raises(
         EdgekdError, match=r"format: 'tflite' is not an export format; allowed: onnx, openvino"
@@ -174,6 +174,7 @@ def test_registry_lists_every_format_and_rejects_unknown_ones():
         ("openvino", "int4", "fp32, fp16, int8"),
         ("tensorrt", "bf16", "fp32"),
         ("litert", "fp16", "fp32, int8"),
+        ("executorch", "fp16", "fp32, int8"),
     ],
 )
 def test_unknown_precision_is_rejected_before_any_work(tmp_path, format_name, precision, allowed):

@@ -72,8 +72,9 @@ def test_parity_defaults_are_one_set_of_numbers():
 def test_export_help_names_what_each_format_writes(cli):
     result = cli("export", "--help")
     text = " ".join(result.output.split())  # unwrapped
-    # LiteRT writes no fp16: the help says which formats write only some precisions.
-    assert result.exit_code == 0 and "Each format writes those it supports (litert: fp32, int8)." in text
+    # LiteRT and ExecuTorch write no fp16: the help says which formats write only some precisions.
+    partial = "(litert: fp32, int8; executorch: fp32, int8)"
+    assert result.exit_code == 0 and f"Each format writes those it supports {partial}." in text
 
 
 # ---------------------------------------------------------------------------------------- latency settings
