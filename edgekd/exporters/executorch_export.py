@@ -157,7 +157,12 @@ def lower_to_xnnpack(program: Any, metadata: dict[str, str]) -> tuple[bytes, dic
 
 def delegation_summary(program: Any) -> dict[str, Any]:
     """How many XNNPACK delegate calls the program makes and which ops run outside them (slower)."""
-    targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+    # A target is an op overload or a Python function (printed with its address): keep names only.
+    targets = [
+        getattr(node.target, "__name__", str(node.target))
+        for node in program.graph.nodes
+        if node.op == "call_function"
+    ]
     delegated = [target for target in targets if "executorch_call_delegate" in target]
     left = sorted({target for target in targets if target not in delegated and "getitem" not in target})
     return {"delegate": "XNNPACK", "delegate_calls": len(delegated), "ops_outside_delegate": left}
