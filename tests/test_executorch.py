@@ -9,11 +9,19 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from edge_runtime_helpers import (
+    IO,
+    QUICK_TIMING,
+    TRAIN,
+    digits_arrays,
+    held_out_logits,
+    logits,
+    skip_without,
+    trained_student,
+)
 from torch import nn
 
 from edgekd.bench.runners import runner_for
@@ -21,53 +29,27 @@ from edgekd.deploy_guide import EXAMPLE_IMAGE
 from edgekd.errors import EdgekdError
 from edgekd.exporters import ModelIO, get_exporter, read_metadata
 from edgekd.formats import FORMATS, PARITY_DEFAULTS
-from edgekd.models import create_model
 
 EXECUTORCH = FORMATS["executorch"]
-pytestmark = pytest.mark.skipif(
-    bool(EXECUTORCH.missing) or not all(package.present for package in EXECUTORCH.export_packages),
-    reason=f"needs the executorch extra: {EXECUTORCH.install}",
-)
+pytestmark = skip_without(EXECUTORCH)
 
-IO = ModelIO(1, 8, 8, (0.5,), (0.5,), tuple(f"digit {d}" for d in range(10)))
-TRAIN = 1200  # digits 0..1199 train and calibrate; the other 597 are held out for agreement checks
-# Timing as short as the harness allows: these tests check what is built and checked, not how fast. One
-# thread everywhere: ExecuTorch's threadpool is sized once per process (see executorch_runner).
-QUICK_TIMING = {"threads": 1, "warmup_iters": 1, "warmup_s": 0.0, "min_iters": 3, "min_time_s": 0.0}
+# One thread everywhere: ExecuTorch's threadpool is sized once per process (see executorch_runner).
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    images = ((data.images.astype(np.float32) / 16.0 - 0.5) / 0.5)[:, None]  # N×1×8×8, as IO describes
-    return np.ascontiguousarray(images), data.target.astype(np.int64)
+    return digits_arrays()
 
 
 @pytest.fixture(scope="module")
 def trained(digits) -> nn.Module:
-    """resnet8 (width 8) after 60 Adam steps (~90% held-out accuracy): INT8 agreement then means something."""
-    images, labels = digits
-    torch.manual_seed(0)
-    model = create_model("resnet8", num_classes=10, in_channels=1, width=8)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    x, y = torch.from_numpy(images[:TRAIN]), torch.from_numpy(labels[:TRAIN])
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(60):
-        batch = torch.randint(0, TRAIN, (64,), generator=generator)
-        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+    return trained_student(*digits)
 
 
 @pytest.fixture(scope="module")
 def reference(trained, digits) -> np.ndarray:
-    with torch.no_grad():
-        return trained(torch.from_numpy(digits[0][TRAIN:])).numpy()
+    return held_out_logits(trained, digits[0])
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +61,6 @@ def exported(trained, digits, tmp_path_factory) -> dict:
         precision: exporter.export(trained, IO, precision, folder, calibration=digits[0][:200])
         for precision in ("fp32", "int8")
     }
-
-
-def logits(path: Path, images: np.ndarray, batch: int) -> np.ndarray:
-    runner = runner_for(path, threads=1)
-    runner.load()
-    return np.concatenate([runner.run(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
 # ----------------------------------------------------------------------------------- export and runner
