@@ -119,9 +119,11 @@ def main() -> None:
         for step in steps.values():
             step.pop("stdout", None)
         summary = build_summary(work / "runs" / "my_images")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     results = {
         "benchmark": "the README walk-through on the digits as a grayscale ImageFolder",
         "command": f"python benchmarks/walkthrough.py --size {args.size}",
+        "code": commit.stdout.strip() or None,
         "folder": {"images": counts, "size": args.size, "classes": len(NAMES), "channels": 1},
         "steps": steps,
         "validate_said": [line for line in validated.splitlines() if line.startswith(("data:", "  "))][:3],
