@@ -275,3 +275,28 @@ def test_a_latency_budget_build_times_a_timm_family_and_ships_what_it_timed(
     assert "mobilenetv4_conv_small_035" in json.dumps(chosen) and chosen["latency_ms"] is not None
     check = metrics["budget_check"]
     assert check["fits"] is True and check["latency"]["measured_ms"] <= 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["litert", "executorch"])
+@pytest.mark.parametrize("family", list(TIMM_FAMILIES))
+def test_the_smallest_member_of_each_family_runs_on_the_phone_runtimes(family, runtime, tmp_path) -> None:
+    """FP32 on LiteRT and ExecuTorch (skipped, naming the extra, where it is not installed)."""
+    from edge_runtime_helpers import skip_without
+
+    from edgekd.bench.runners import runner_for
+    from edgekd.formats import FORMATS
+
+    entry = FORMATS[runtime]
+    if skip_without(entry).args[0]:
+        pytest.skip(f"needs the {runtime} extra: {entry.install}")
+    torch.manual_seed(0)
+    model = settled(create_model(f"timm:{SMALLEST[family]}", 5, 3), 3, 32)
+    io = ModelIO(3, 32, 32, (0.5,) * 3, (0.5,) * 3, tuple(f"class {k}" for k in range(5)))
+    images = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(images)).numpy()
+    artifact = get_exporter(runtime).export(model, io, "fp32", tmp_path)
+    runner = runner_for(artifact.path, threads=1)
+    runner.load()
+    assert check_parity(reference, runner.run(images), "fp32").passed
