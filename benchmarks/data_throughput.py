@@ -36,11 +36,11 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from edgekd.bench import environment_record
+from edgekd.config.data import DataConfig
 from edgekd.data import build_data
 from edgekd.data.pools import InMemoryPool
 from edgekd.data.preprocess import Preprocess
 from edgekd.models import create_model
-from edgekd.recipe import DataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "data_throughput.json"

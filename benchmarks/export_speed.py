@@ -12,9 +12,17 @@ same FP32 IR (median latency, sync API, latency hint, same threads and f32 preci
 before and after benchmark_app; ONNX Runtime's harness p50 is set beside ``onnxruntime_perf_test`` on the
 FP32 .onnx the same way where that binary exists (the onnxruntime wheel does not ship it).
 
+The phone/ARM runtimes join when their extras are installed (``--edge-runtimes auto``: ``.[litert]`` and
+``.[executorch]``): LiteRT and ExecuTorch FP32/INT8 in the same interleaved rounds, each beside the benchmark
+tool its own package ships where there is one — ai-edge-litert's ``litert-benchmark`` (a Python port of the
+C++ ``benchmark_litert_model``, on LiteRT's CompiledModel API), run on the same FP32 .tflite and bracketed by
+our harness; the executorch wheel ships none (``executor_runner`` is built from ExecuTorch's sources), which
+the results file says. The install size each extra adds is recorded beside its rows.
+
 Writes benchmarks/results/export_speed.json with the machine, every p50 and the ratios the issue asks for:
 
-    python benchmarks/export_speed.py [--run-dir runs/quickstart] [--threads 2] [--rounds 3]
+    python benchmarks/export_speed.py [--run-dir runs/quickstart] [--threads 2] [--rounds 3] \
+        [--edge-runtimes auto|none|litert,executorch]
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +62,7 @@ from edgekd.bench import (
     runner_for,
 )
 from edgekd.exporters import Artifact, ExportOptions, ModelIO, get_exporter
+from edgekd.formats import FORMATS
 from edgekd.layout import RunLayout
 from edgekd.records import RunMetrics
 
@@ -81,6 +91,29 @@ _MS_PER_UNIT = {"ms": 1.0, "us": 1e-3}
 # "P50 Latency is 0.000123sec").
 _P50_LINE = re.compile(r"P50 Latency(?::| is)\s*([0-9.eE+-]+)\s*s")
 PERF_TEST = "onnxruntime_perf_test"
+EDGE_RUNTIMES = ("litert", "executorch")
+# The benchmark tool each edge runtime's own package installs (None: it ships none).
+LITERT_TOOL = "litert-benchmark"
+EDGE_TOOL_MISSING = {
+    "executorch": "the executorch wheel ships no benchmark tool: its C++ executor_runner (and the "
+    "benchmark apps) are built from ExecuTorch's sources with CMake; the harness p50 stands alone",
+}
+# What each edge extra adds to an environment that has edgekd's train extra (pip's dry runs of the extras
+# and the freeze of the environment this was measured in): its pinned packages and what they pull in.
+EXTRA_DISTRIBUTIONS = {
+    "litert": (
+        "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "litert-converter", "jax", "jaxlib",
+        "transformers", "torchao", "litert-lm-builder", "kagglehub", "tokenizers", "safetensors",
+        "ml_dtypes", "opt_einsum", "flatbuffers", "absl-py",
+    ),
+    "executorch": (
+        "executorch", "torchao", "pandas", "coremltools", "hydra-core", "omegaconf", "pytorch-tokenizers",
+        "tiktoken", "ruamel.yaml", "flatbuffers", "expecttest", "parameterized", "tabulate",
+        "pyre-extensions", "mpmath",
+    ),
+}  # fmt: skip
+# What a device that only runs LiteRT artifacts needs (no torch).
+LITERT_RUNTIME_ONLY = ("ai-edge-litert", "flatbuffers", "ml_dtypes", "tqdm", "protobuf")
 PERF_TEST_MISSING = (
     f"{PERF_TEST} was not found (on PATH or next to this Python): the onnxruntime wheel does not ship it, it "
     "is built from ONNX Runtime's sources. ONNX Runtime's harness p50 is recorded without a C++ reference."
@@ -172,8 +205,9 @@ def calibrate_batchnorm(model: nn.Module, images: np.ndarray, batches: int = 4, 
 
 
 # ----------------------------------------------------------------------------------------------- exports
-def export_artifacts(subject: Subject, out_dir: Path) -> dict[str, Artifact]:
-    """ONNX FP32 first; ONNX INT8 and the OpenVINO IRs are made from it, as `edgekd build` does."""
+def export_artifacts(subject: Subject, out_dir: Path, edge: tuple[str, ...] = ()) -> dict[str, Artifact]:
+    """ONNX FP32 first; ONNX INT8 and the OpenVINO IRs are made from it, as `edgekd build` does; then each
+    edge runtime's FP32 and INT8 artifact from the PyTorch model (their exporters start from torch.export)."""
     options = ExportOptions(calibration_size=len(subject.calibration))
     common = {"options": options, "stem": subject.name}
     with warnings.catch_warnings():
@@ -196,6 +230,17 @@ def export_artifacts(subject: Subject, out_dir: Path) -> dict[str, Artifact]:
                 onnx_fp32=onnx_fp32,
                 **common,
             )
+        for runtime in edge:
+            for precision in ("fp32", "int8"):
+                print(f"  {subject.name}: exporting {runtime} {precision}", flush=True)
+                artifacts[f"{runtime}_{precision}"] = get_exporter(runtime).export(
+                    subject.model,
+                    subject.io,
+                    precision,
+                    out_dir,
+                    calibration=subject.calibration if precision == "int8" else None,
+                    **common,
+                )
     return artifacts
 
 
@@ -308,6 +353,90 @@ def perf_test_median(onnx: Path, threads: int, seconds: int) -> dict[str, Any]:
     if match is None:
         raise RuntimeError(f"{PERF_TEST} printed no P50 latency: {last_lines(output)}")
     return {"median_ms": round(float(match.group(1)) * 1000, 4), "command": shown_command(command)}
+
+
+def litert_benchmark_median(tflite: Path, threads: int, seconds: int, per_run_ms: float) -> dict[str, Any]:
+    """ai-edge-litert's own litert-benchmark on the same .tflite (CPU, `threads` threads, random inputs): its
+    median in ms, from its --result_json. It runs a count of iterations, not a duration: the count is
+    chosen from the harness's p50 so that the run lasts about `seconds`."""
+    runs = max(50, min(200_000, round(seconds * 1000 / max(per_run_ms, 1e-3))))
+    with tempfile.TemporaryDirectory(prefix="edgekd-litert-benchmark-") as work:
+        out = Path(work) / "result.json"
+        command = [
+            find_tool(LITERT_TOOL) or LITERT_TOOL,
+            "--model", str(tflite),
+            "--num_threads", str(threads),
+            "--num_runs", str(runs),
+            "--warmup_runs", "20",
+            "--result_json", str(out),
+        ]  # fmt: skip
+        run_tool(command, LITERT_TOOL)
+        latency = json.loads(out.read_text())["latency"]
+    shown = [part if part != str(out) else "<result.json>" for part in command]
+    return {
+        "median_ms": latency["median_ms"],
+        "runs": latency["num_runs"],
+        "command": shown_command(shown),
+        "note": "litert-benchmark rounds its latencies to 0.01 ms",
+    }
+
+
+def harness_vs_litert_benchmark(
+    subject: Subject, tflite: Path, threads: int, seconds: int, repeats: int, harness_p50_ms: float
+) -> dict[str, Any]:
+    """Alternate our harness (a fresh LiteRT FP32 runner) and litert-benchmark on the same .tflite."""
+    if find_tool(LITERT_TOOL) is None:
+        return {"available": False, "harness_p50_ms": harness_p50_ms, "note": f"{LITERT_TOOL} not found"}
+    runner = runner_for(tflite, backend="litert", threads=threads, precision="fp32")
+    print(f"  {subject.name}: harness vs {LITERT_TOOL} ({repeats} x {seconds} s)", flush=True)
+    ours, tools = bracketed(
+        subject,
+        runner,
+        lambda: litert_benchmark_median(tflite, threads, seconds, harness_p50_ms),
+        threads,
+        seconds,
+        repeats,
+    )
+    comparison = side_by_side(ours, tools, "litert_benchmark")
+    comparison.update(
+        available=True,
+        command=tools[0]["command"],
+        what=f"{LITERT_TOOL} (ai_edge_litert.tools.benchmark_litert_model): a Python port of LiteRT's C++ "
+        "benchmark_litert_model on the CompiledModel API, installed with ai-edge-litert; the harness runs "
+        "the artifact through ai-edge-litert's Interpreter with the XNNPACK delegate",
+        rounding=tools[0]["note"],
+        # below 0.1 ms its 0.01 ms rounding is over 10 % of the value: the ratio then says little
+        resolution_limited=comparison["litert_benchmark_median_ms"] < 0.1,
+    )
+    return comparison
+
+
+def edge_tools(
+    subject: Subject,
+    artifacts: dict[str, Artifact],
+    backends: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Each edge runtime's FP32 p50 beside its package's own benchmark tool, or why there is none."""
+    found: dict[str, Any] = {}
+    for runtime in args.edge:
+        harness_p50 = backends[f"{runtime}_fp32"]["p50_ms"]
+        if runtime == "litert":
+            found[runtime] = harness_vs_litert_benchmark(
+                subject,
+                artifacts["litert_fp32"].path,
+                args.threads,
+                args.app_seconds,
+                args.app_repeats,
+                harness_p50,
+            )
+        else:
+            found[runtime] = {
+                "available": False,
+                "harness_p50_ms": harness_p50,
+                "note": EDGE_TOOL_MISSING[runtime],
+            }
+    return found
 
 
 def run_tool(command: list[str], name: str) -> str:
@@ -454,6 +583,10 @@ def ratios(p50: dict[str, float], app: dict[str, Any], perf_test: dict[str, Any]
     }
     if perf_test["available"]:
         ratio["harness_vs_onnxruntime_perf_test"] = perf_test["harness_vs_onnxruntime_perf_test"]
+    for runtime in EDGE_RUNTIMES:
+        if f"{runtime}_fp32" in p50:
+            ratio[f"{runtime}_fp32_vs_eager"] = faster("pytorch_eager", f"{runtime}_fp32")
+            ratio[f"{runtime}_int8_vs_fp32"] = faster(f"{runtime}_fp32", f"{runtime}_int8")
     return ratio
 
 
@@ -478,7 +611,7 @@ def measure_subject(subject: Subject, args: argparse.Namespace, config: LatencyC
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"edgekd-speed-{subject.name}-") as work:
         print(f"{subject.name}: exporting", flush=True)
-        artifacts = export_artifacts(subject, Path(work))
+        artifacts = export_artifacts(subject, Path(work), args.edge)
         runners = make_runners(subject, artifacts, args.threads)
         backends = time_backends(subject, runners, config, args.rounds)
         parity = check_outputs(subject, runners)
@@ -493,9 +626,13 @@ def measure_subject(subject: Subject, args: argparse.Namespace, config: LatencyC
             args.app_repeats,
             backends["onnxruntime_fp32"]["p50_ms"],
         )
+        tools = edge_tools(subject, artifacts, backends, args)
         sizes = {key: artifact.size_bytes for key, artifact in artifacts.items()}
     p50 = {key: entry["p50_ms"] for key, entry in backends.items()}
     ratio = ratios(p50, app, perf_test)
+    for runtime, tool in tools.items():
+        if tool.get("available"):
+            ratio[f"harness_vs_{runtime}_tool"] = tool["harness_vs_litert_benchmark"]
     return {
         **subject.notes,
         "input_shape": [1, *subject.io.image_shape],
@@ -505,6 +642,7 @@ def measure_subject(subject: Subject, args: argparse.Namespace, config: LatencyC
         "targets_met": target_checks(ratio),
         "harness_vs_benchmark_app": app,
         "harness_vs_onnxruntime_perf_test": perf_test,
+        "edge_runtime_tools": tools,
         "parity_vs_eager": parity,
         "artifact_bytes": sizes,
         "backends": backends,
@@ -530,8 +668,60 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--app-repeats", type=int, default=2, help="benchmark_app runs, bracketed by ours")
     parser.add_argument("--calibration", type=int, default=32, help="random calibration images for (b), (c)")
     parser.add_argument("--models", default="student,resnet18,mobilenet_v2", help="comma-separated subset")
+    parser.add_argument(
+        "--edge-runtimes",
+        default="auto",
+        help="auto: LiteRT and ExecuTorch where their extras are installed; none; or a comma-separated list",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.edge = edge_runtimes(args.edge_runtimes)
+    return args
+
+
+def edge_runtimes(chosen: str) -> tuple[str, ...]:
+    if chosen == "none":
+        return ()
+    if chosen == "auto":
+        return tuple(runtime for runtime in EDGE_RUNTIMES if FORMATS[runtime].available)
+    names = tuple(chosen.split(","))
+    for runtime in names:
+        if runtime not in EDGE_RUNTIMES:
+            raise SystemExit(f"--edge-runtimes: '{runtime}' is not one of {', '.join(EDGE_RUNTIMES)}")
+        if not FORMATS[runtime].available:
+            raise SystemExit(f"--edge-runtimes: {runtime} is not installed ({FORMATS[runtime].install})")
+    return names
+
+
+def distribution_mb(names: tuple[str, ...]) -> dict[str, float]:
+    """Installed size (MB) of each distribution here: the files its RECORD lists."""
+    sizes = {}
+    for name in names:
+        try:
+            files = metadata.distribution(name).files or []
+        except metadata.PackageNotFoundError:
+            continue
+        total = sum(path.locate().stat().st_size for path in files if path.locate().is_file())
+        sizes[name] = round(total / 1e6, 1)
+    return sizes
+
+
+def edge_installs(edge: tuple[str, ...]) -> dict[str, Any]:
+    """What each measured edge extra adds (distributions found here, MB), and the versions measured."""
+    record: dict[str, Any] = {}
+    for runtime in edge:
+        sizes = distribution_mb(EXTRA_DISTRIBUTIONS[runtime])
+        record[runtime] = {
+            "extra": FORMATS[runtime].install,
+            "distributions_mb": sizes,
+            "total_mb": round(sum(sizes.values())),
+            "versions": {name: metadata.version(name) for name in sizes},
+        }
+    if "litert" in record:
+        record["litert"]["runtime_only_mb (ai-edge-litert and its dependencies, no torch)"] = round(
+            sum(distribution_mb(LITERT_RUNTIME_ONLY).values())
+        )
+    return record
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -577,7 +767,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "native f16 (else f32); never the plugin's bf16 default",
             "onnxruntime": "CPU provider, intra_op_num_threads=threads, inter_op 1, sequential, ORT_ENABLE_ALL",
             "int8": "onnx: onnxruntime static QDQ (symmetric, per-channel weights, minmax); openvino: NNCF PTQ "
-            "(performance preset); calibration images per model under models.<name>.images",
+            "(performance preset); litert: ai-edge-quantizer static_wi8_ai8 (int8 input and output); "
+            "executorch: PT2E with XNNPACK's quantizer (float input and output); calibration images per model "
+            "under models.<name>.images",
+            "edge_runtimes": "litert: ai-edge-litert's Interpreter with its default XNNPACK delegate, .tflite "
+            "at batch 1; executorch: the .pte lowered to XNNPACK, run by ExecuTorch's Python runtime",
             "ratios": "x faster = baseline p50 / candidate p50; harness_vs_benchmark_app = our p50 / its median",
             "timed_call": "every p50 here is of the bound inference call (Runner.bind_inference: the batch "
             "bound once, no input conversion; see each backend's timed_call), not of run() on a host array",
@@ -593,6 +787,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "targets": TARGETS,
         },
         "models": models,
+        "edge_runtimes": {
+            "measured": list(args.edge),
+            "not_measured": {
+                runtime: FORMATS[runtime].install for runtime in EDGE_RUNTIMES if runtime not in args.edge
+            },
+            "installs": edge_installs(args.edge),
+            "torch": torch.__version__,
+        },
         "wall_s": round(time.perf_counter() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

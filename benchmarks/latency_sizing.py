@@ -27,10 +27,10 @@ from typing import Any
 from specialization import machine_record  # the digits benchmarks' shared helpers (same folder)
 
 from edgekd.bench import environment_record
+from edgekd.config.loading import load_recipe
 from edgekd.layout import RunLayout
 from edgekd.pipeline import build
 from edgekd.prepare import prepare
-from edgekd.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "quickstart_latency.yaml"

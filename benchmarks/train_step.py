@@ -69,12 +69,13 @@ from torch import nn
 from torchdistill_kd import TorchdistillKD, installed_version  # benchmarks/ is on sys.path as a script
 
 from edgekd.bench import environment_record
+from edgekd.config.data import DataConfig
+from edgekd.config.train import OptimizerConfig, TrainConfig
 from edgekd.data import DataPlan
 from edgekd.distill import DistillContext
 from edgekd.distill.base import Distiller
 from edgekd.distill.registry import get_method
 from edgekd.models import count_params, create_model
-from edgekd.recipe import DataConfig, OptimizerConfig, TrainConfig
 from edgekd.train import Trainer
 from edgekd.train.optim import build_optimizer
 from edgekd.train.trainer import EpochTally

@@ -23,15 +23,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from edgekd.console import err, out, print_error, print_interrupted
 from edgekd.errors import EXIT_INTERRUPTED, CheckFailed, EdgekdError
 from edgekd.formats import BACKENDS, FORMATS, PRECISIONS
 from edgekd.latency_settings import LatencyConfig, LatencySettings
 from edgekd.launch import report_to_launcher, under_edgekd_launcher
 from edgekd.layout import RunLayout
 from edgekd.records import ArtifactRecord, RunMetrics
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 
 class FiniteSeconds(click.FloatRange):
@@ -194,19 +192,6 @@ def file_system_error(exc: OSError) -> str:
     )
 
 
-def print_error(message: str) -> None:
-    # The message is data: a path or pattern holding [brackets] must not be read as markup.
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-
-
-def print_interrupted(how: str = "") -> None:
-    err.print(
-        f"[yellow]interrupted[/]{' ' + escape(how) if how else ''}: completed epochs are saved; run the same "
-        "command with --resume to continue",
-        soft_wrap=True,
-    )
-
-
 class OneLineUsageErrors(click.Group):
     """Command-line mistakes (an unknown --format, a missing argument) end like every other bad input: one
     line on stderr naming the option, what was given and what is allowed, and exit code 2."""
@@ -292,8 +277,8 @@ def build(
     Everything lands in <output_dir>/<name>/: recipe.yaml, models/*.pt, metrics.json, history.csv,
     report.md, report.html and plots.
     """
+    from edgekd.config.loading import load_recipe
     from edgekd.pipeline import build as run_build
-    from edgekd.recipe import load_recipe
     from edgekd.train.dist import launched_by_torchrun
 
     overrides = with_seeds(overrides, seeds)
@@ -349,7 +334,7 @@ def print_results(metrics: RunMetrics, run_dir: Path) -> None:
 @user_errors
 def validate(recipe: Path, overrides: tuple[str, ...], explain: bool, schema_only: bool) -> None:
     """Check RECIPE without training: fields, data, budget fit and teacher checkpoint."""
-    from edgekd.recipe import dump_recipe, load_recipe
+    from edgekd.config.loading import dump_recipe, load_recipe
     from edgekd.runfolder import refuse_foreign_folder
 
     loaded = load_recipe(recipe, overrides)
@@ -453,7 +438,7 @@ def latency_table_command(
     Run it on the target device: the table (CSV and JSON) says which member fits which limit there, and the
     cache it fills lets a build on that machine size its student without timing again.
     """
-    from edgekd.recipe import load_recipe
+    from edgekd.config.loading import load_recipe
     from edgekd.sizing.table import write_latency_table
 
     loaded = load_recipe(recipe, overrides)
@@ -498,7 +483,7 @@ def tune(
     validation accuracy (mean ± std over seeds) with the paired difference to the first variant. Choose a
     recipe value here, then say in the recipe's comment that it was chosen on validation.
     """
-    from edgekd.recipe import load_recipe
+    from edgekd.config.loading import load_recipe
     from edgekd.tune import parse_grid
     from edgekd.tune import tune as run_tune
 
@@ -673,7 +658,7 @@ def report_command(run_dir: Path) -> None:
 @user_errors
 def schema(output: Path | None) -> None:
     """Print the recipe's JSON Schema: every field, its type, default and description."""
-    from edgekd.recipe import recipe_json_schema
+    from edgekd.config.loading import recipe_json_schema
 
     text = json.dumps(recipe_json_schema(), indent=2)
     if output is None:
@@ -702,7 +687,7 @@ def list_things(what: str) -> None:
     elif what == "families":
         print_families()
     else:
-        from edgekd.recipe import DataConfig
+        from edgekd.config.data import DataConfig
 
         out.print("\n".join(DataConfig.model_fields["dataset"].annotation.__args__))
 
@@ -733,9 +718,9 @@ def print_families() -> None:
 
 def print_methods() -> None:
     """Each method: what it does, its stages and the label relations it supports (with default options)."""
+    from edgekd.config.train import TrainConfig
     from edgekd.distill.plan import describe_plan
     from edgekd.distill.registry import get_method, method_names
-    from edgekd.recipe import TrainConfig
 
     train = TrainConfig()
     for name in method_names():

@@ -24,14 +24,14 @@ from edgekd.bench import (
     TorchRunner,
     check_parity,
     measure_latency,
-    runner_for,
 )
+from edgekd.config.deploy import BenchmarkConfig, ExportConfig, ParityConfig
 from edgekd.data import DataBundle
 from edgekd.exporters import Artifact, Exporter, ExportOptions, ModelIO, get_exporter
 from edgekd.formats import FORMATS, PRECISIONS
 from edgekd.preflight import check_onnxruntime_device
-from edgekd.recipe import BenchmarkConfig, ExportConfig, ParityConfig
 from edgekd.records import ArtifactRecord
+from edgekd.runtime import accuracy, artifact_runner, logits_of, model_io, split_arrays
 
 # NNCF imports torch.utils.cpp_extension, which warns about a missing CUDA runtime on a CUDA build of torch
 # without a GPU: irrelevant to CPU export, and noise in every build log.
@@ -46,26 +46,6 @@ class EvalData:
     parity_images: np.ndarray
     val: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
-
-
-# ------------------------------------------------------------------------------------------------ data
-def model_io(data: DataBundle) -> ModelIO:
-    spec = data.input_spec
-    return ModelIO(spec.channels, spec.height, spec.width, spec.mean, spec.std, tuple(data.class_names))
-
-
-def split_arrays(data: DataBundle, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A split's images (no augmentation, fixed order) and labels as float32/int64 arrays."""
-    images, labels, count = [], [], 0
-    for batch_images, batch_labels in data.eval_loader(split):
-        images.append(batch_images.numpy())
-        labels.append(batch_labels.numpy())
-        count += len(batch_labels)
-        if limit is not None and count >= limit:
-            break
-    stacked_images = np.concatenate(images).astype(np.float32)
-    stacked_labels = np.concatenate(labels).astype(np.int64)
-    return stacked_images[:limit], stacked_labels[:limit]
 
 
 def evaluation_data(data: DataBundle, export: ExportConfig) -> EvalData:
@@ -180,39 +160,12 @@ def not_built_record(
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def logits_of(runner: Runner, images: np.ndarray, batch: int = 256) -> np.ndarray:
-    runner.load()  # idempotent
-    return np.concatenate(
-        [runner.run(images[start : start + batch]) for start in range(0, len(images), batch)]
-    )
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return round(100.0 * float((logits.argmax(1) == labels).mean()), 4)
-
-
 def tolerance_for(precision: str, parity: ParityConfig) -> ParityTolerance:
     if precision == "fp32":
         return ParityTolerance(max_abs=parity.fp32_max_abs, min_top1=None)
     if precision == "fp16":
         return ParityTolerance(max_abs=parity.fp16_max_abs, min_top1=parity.fp16_min_top1)
     return ParityTolerance(max_abs=None, min_top1=parity.int8_min_top1)
-
-
-def artifact_runner(artifact: Artifact, threads: int | None, onnxruntime_device: str = "cpu") -> Runner:
-    return file_runner(artifact.path, artifact.format, artifact.precision, threads, onnxruntime_device)
-
-
-def file_runner(
-    path: Path | str, format_name: str, precision: str, threads: int | None, onnxruntime_device: str = "cpu"
-) -> Runner:
-    """The runner of an exported file, given the settings its catalog entry asks for: OpenVINO the artifact's
-    precision (it picks f32 or f16 arithmetic by it), ONNX Runtime the device whose execution provider runs
-    ONNX files (``benchmark.onnxruntime_device``)."""
-    settings = {"precision": precision, "device": onnxruntime_device}
-    options: dict[str, Any] = {"threads": threads}
-    options.update({name: settings[name] for name in FORMATS[format_name].runner_settings})
-    return runner_for(path, backend=FORMATS[format_name].runtime, **options)
 
 
 def check_artifact(

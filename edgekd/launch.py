@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgekd.console import print_error, print_interrupted
 from edgekd.errors import EXIT_INTERRUPTED
 
 # Set by this launcher for the processes it starts: it prints their errors, so they do not.
@@ -106,16 +107,8 @@ def report_failure(failures: dict[int, Any], nproc: int) -> int:
 
 
 def interrupted(signal_name: str) -> int:
-    from edgekd.cli import print_interrupted
-
     print_interrupted(f"by {signal_name}")
     return EXIT_INTERRUPTED
-
-
-def print_error(message: str) -> None:
-    from edgekd.cli import print_error as one_line  # the command line's own format (cli imports this module)
-
-    one_line(message)
 
 
 def main(argv: list[str] | None = None) -> None:

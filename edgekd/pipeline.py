@@ -66,6 +66,7 @@ from edgekd.train import FitResult, Trainer
 from edgekd.train.checkpoint import save_checkpoint
 from edgekd.train.dist import Parallel, is_main_process
 from edgekd.train.dist import session as distributed_session
+from edgekd.train.resolve import method_plan
 from edgekd.train.stages import PlanResult, StageInputs, run_plan
 from edgekd.train.syncbn import plain_batchnorm, synchronize_batchnorm
 
@@ -393,7 +394,7 @@ def train_student(
     )
     with synchronized_batchnorm(student, parallel):
         result = run_plan(
-            resolved.entry.plan(resolved.options, p.recipe.train),
+            method_plan(p.recipe, method),
             student,
             p.teacher,
             resolved.options,

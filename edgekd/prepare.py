@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from edgekd.data import DataBundle, DataPlan
-from edgekd.distill.plan import Networks, Stage, check_payload, produced_artifacts, skipped
+from edgekd.distill.plan import Networks, Stage, check_payload, produced_artifacts
 from edgekd.distill.registry import resolve_method
 from edgekd.errors import CheckFailed, EdgekdError, RecipeError
 from edgekd.models import count_flops, count_params, create_model, fit_to_budget
@@ -30,6 +30,7 @@ from edgekd.recipe import Recipe
 from edgekd.records import Sizing
 from edgekd.train.checkpoint import checkpoint_input_channels, fitting_state, load_checkpoint, load_weights
 from edgekd.train.dist import Parallel
+from edgekd.train.resolve import method_plan, method_stages
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,10 @@ def check_data_parallel(recipe: Recipe) -> None:
     search) is refused before anything trains, unless the recipe loads what it produces (then it is
     skipped)."""
     for where, name in named_methods(recipe):
-        resolved = resolve_method(recipe.distill, name)
-        stages = resolved.entry.plan(resolved.options, recipe.train)
-        loaded = recipe.distill.artifacts.get(name, {})
-        for index, stage in enumerate(stages):
+        for resolved in method_stages(recipe, name):
+            stage = resolved.stage
             why = stage.objective.not_data_parallel
-            if why and not skipped(stage, index, len(stages), loaded):
+            if why and not resolved.skipped:
                 raise EdgekdError(
                     f"{where}: '{name}' cannot train data-parallel (--nproc): its stage '{stage.name}' "
                     f"{why}; {serial_stage_fix(name, stage)}"
@@ -258,7 +257,7 @@ def check_methods(recipe: Recipe, relation: str) -> None:
                 f"{where}: '{name}' cannot distil across the label relation '{relation}' of teacher.classes and "
                 f"data.classes (it supports: {', '.join(sorted(supported))})"
             )
-        check_stage_names(recipe, name, resolved.entry.plan(resolved.options, recipe.train))
+        check_stage_names(recipe, name, method_plan(recipe, name))
 
 
 def check_stage_names(recipe: Recipe, method: str, stages: list[Stage]) -> None:
@@ -295,7 +294,7 @@ def check_loaded_artifacts(
     run's teacher with its final weights (a checkpoint's), what depends on them is checked too."""
     for method in recipe.distill.artifacts:
         resolved = resolve_method(recipe.distill, method)
-        produced = produced_artifacts(resolved.entry.plan(resolved.options, recipe.train))
+        produced = produced_artifacts(method_plan(recipe, method))
         networks = MethodNetworks(recipe, resolved.entry.student_from_teacher, student, plan, teacher)
         for seed in recipe.student_seeds:
             for name, path in loaded_artifacts(recipe, method, seed).items():

@@ -19,10 +19,11 @@ from typing import Any
 
 import yaml
 
+from edgekd.config.loading import dump_recipe
 from edgekd.errors import EdgekdError
 from edgekd.fileio import read_json, write_json, write_text
 from edgekd.layout import LAYOUT_VERSION, RunLayout
-from edgekd.recipe import Recipe, dump_recipe
+from edgekd.recipe import Recipe
 from edgekd.runlock import refuse_if_busy
 
 

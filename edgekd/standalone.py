@@ -7,10 +7,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch import nn
 
+from edgekd.config.deploy import ExportConfig
+from edgekd.config.loading import load_recipe
+from edgekd.config.models import DATA_MODEL_ARGS
+from edgekd.deploy import deploy, parity_error
 from edgekd.errors import EdgekdError
 from edgekd.formats import FORMAT_PRECISIONS, formats_writing
 from edgekd.layout import RunLayout
-from edgekd.recipe import DATA_MODEL_ARGS, ExportConfig, Recipe, load_recipe
+from edgekd.recipe import Recipe
 from edgekd.records import ArtifactRecord, ModelRecord, RunMetrics
 
 if TYPE_CHECKING:
@@ -191,8 +195,6 @@ def export_source(
     overrides: tuple[str, ...],
     say=None,
 ) -> list[ArtifactRecord]:
-    from edgekd.deploy import deploy
-
     targets = export_targets(formats, precisions)
     loaded = load_source(source, recipe_path, model, model_args, overrides)
     export = ExportConfig(**{**loaded.recipe.export.model_dump(), "targets": targets})
@@ -205,8 +207,6 @@ def export_source(
 
 def check_parity(records: list[ArtifactRecord]) -> None:
     """ParityError (exit 1) naming every artifact outside its tolerance, once the table was shown."""
-    from edgekd.deploy import parity_error
-
     error = parity_error(records, "table above")
     if error is not None:
         raise error

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekd.config.loading import load_recipe
+from edgekd.config.units import parse_count, parse_milliseconds
 from edgekd.errors import EdgekdError
 from edgekd.fileio import write_json, write_text
 from edgekd.layout import RunLayout
-from edgekd.recipe import Recipe, load_recipe, parse_count, parse_milliseconds
+from edgekd.recipe import Recipe
 from edgekd.records import RunMetrics
 from edgekd.runfolder import recipe_changes
 

@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.config.loading import apply_override, validate_recipe
 from edgekd.errors import EdgekdError, TrainingDiverged
 from edgekd.fileio import write_json
 from edgekd.layout import RunLayout
-from edgekd.recipe import Recipe, apply_override, validate_recipe
+from edgekd.recipe import Recipe
 from edgekd.report.stats import paired_difference
 from edgekd.runlock import run_folder_lock
 

@@ -16,6 +16,8 @@ from torch import nn
 from edgekd import deploy
 from edgekd.bench.environment import PACKAGES
 from edgekd.bench.runners import Runner, runner_for
+from edgekd.config.deploy import ExportConfig, ParityConfig
+from edgekd.config.models import LatencyBudgetConfig
 from edgekd.errors import EdgekdError
 from edgekd.exporters import Exporter, ExportOptions, ModelIO, get_exporter, read_metadata
 from edgekd.formats import (
@@ -29,7 +31,6 @@ from edgekd.formats import (
     load_named,
     plot_markers,
 )
-from edgekd.recipe import ExportConfig, LatencyBudgetConfig, ParityConfig
 from edgekd.sizing.measure import describe_export
 
 NPZ = Backend(

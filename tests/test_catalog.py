@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from edgekd.config.loading import recipe_json_schema
+from edgekd.config.train import TrainConfig
 from edgekd.distill.base import Distiller
 from edgekd.distill.catalog import CATALOG, METHODS, MethodEntry, by_name
 from edgekd.distill.plan import Stage
 from edgekd.distill.registry import get_method, implements, method_names
-from edgekd.recipe import TrainConfig, recipe_json_schema
 from edgekd.schema_base import Section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ def modules_after_loading_a_recipe() -> set[str]:
     process has imported torch and every method already)."""
     code = (
         "import json, sys\n"
-        "from edgekd.recipe import load_recipe\n"
+        "from edgekd.config.loading import load_recipe\n"
         "load_recipe('recipes/quickstart.yaml')\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )

@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
+from edgekd.config.data import DataConfig
 from edgekd.data import DataBundle, InputSpec, build_data
 from edgekd.errors import EdgekdError
-from edgekd.recipe import DataConfig
 
 DIGITS_COUNT = 1797
 
@@ -252,7 +252,7 @@ def test_eval_loader_is_in_split_order_without_augmentation():
 MULTI_WORKER_CHECK = """
 import torch
 from edgekd.data import build_data
-from edgekd.recipe import DataConfig
+from edgekd.config.data import DataConfig
 
 def batches(loader):
     images, labels = zip(*loader, strict=True)
@@ -401,8 +401,8 @@ def test_missing_torchvision_set_names_root_and_download(tmp_path: Path, dataset
 
 
 def test_teacher_classes_fix_the_teachers_view_and_the_label_relation():
+    from edgekd.config.data import DataConfig
     from edgekd.data import DataPlan
-    from edgekd.recipe import DataConfig
 
     cross = DataPlan(DataConfig(classes=[5, 6, 7, 8, 9]), teacher_classes=[0, 1, 2, 3, 4])
     teacher = cross.teacher()

@@ -12,9 +12,10 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from edgekd.deploy import check_artifact, logits_of
+from edgekd.config.deploy import ParityConfig
+from edgekd.deploy import check_artifact
 from edgekd.exporters import Artifact
-from edgekd.recipe import ParityConfig
+from edgekd.runtime import logits_of
 
 pytestmark = pytest.mark.slow
 
@@ -107,10 +108,10 @@ def _tampered_copy(artifact_path, tmp_path):
 def _student_reference(built_run):
     """The built run's data, evaluation images and the PyTorch student's reference logits on them."""
     from edgekd.bench import TorchRunner
+    from edgekd.config.loading import load_recipe
     from edgekd.data import build_data
     from edgekd.deploy import evaluation_data
     from edgekd.models import create_model
-    from edgekd.recipe import load_recipe
     from edgekd.train.checkpoint import load_weights
 
     run_dir, _, _ = built_run
@@ -127,7 +128,7 @@ def _student_reference(built_run):
 
 def test_parity_gate_catches_a_disagreeing_artifact(built_run, tmp_path):
     from edgekd.bench import OnnxRuntimeRunner
-    from edgekd.deploy import model_io
+    from edgekd.runtime import model_io
 
     run_dir, data, evaluation, reference = _student_reference(built_run)
 
@@ -142,7 +143,8 @@ def test_int8_accuracy_gate_and_passed_are_one_verdict(built_run):
     """An INT8 artifact whose logits agree but whose accuracy drop is over the gate: `passed` must say it
     failed, as the build's exit code does (it once said true beside the failure)."""
     from edgekd.bench import OnnxRuntimeRunner
-    from edgekd.deploy import model_io, parity_failures
+    from edgekd.deploy import parity_failures
+    from edgekd.runtime import model_io
 
     run_dir, data, evaluation, reference = _student_reference(built_run)
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -13,8 +13,8 @@ import pytest
 import torch
 from model_helpers import build_tiny_kd_run
 
-from edgekd.deploy import split_arrays
 from edgekd.deploy_guide import EXAMPLE_IMAGE
+from edgekd.runtime import split_arrays
 from edgekd.standalone import load_source
 
 pytestmark = pytest.mark.slow

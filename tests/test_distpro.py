@@ -237,9 +237,9 @@ def test_replay_follows_the_process_and_refuses_other_pathways(teacher):
 
 
 def test_plans_of_the_three_weightings():
+    from edgekd.config.train import TrainConfig
     from edgekd.distill import get_method
     from edgekd.distill.methods.distpro import distpro_plan
-    from edgekd.recipe import TrainConfig
 
     options = get_method("distpro").options
     search, replay = distpro_plan(options(), TrainConfig(epochs=60))
@@ -364,9 +364,9 @@ def test_the_replay_computes_a_pathway_at_the_steps_its_replayed_alpha_tilde_exc
 
 def test_the_search_steps_its_lr_down_at_each_quarter_as_the_paper():
     """Paper §4.1: 40 search epochs, the student's lr ×0.1 at epochs 10, 20 and 30."""
+    from edgekd.config.train import TrainConfig, stage_train_config
     from edgekd.distill import get_method
     from edgekd.distill.methods.distpro import distpro_plan, search_schedule
-    from edgekd.recipe import TrainConfig, stage_train_config
     from edgekd.train.optim import lr_multiplier
 
     base = TrainConfig(epochs=240, schedule={"name": "multistep", "milestones": [150, 180, 210]})
@@ -385,8 +385,9 @@ def test_the_cifar_recipes_search_and_train_as_the_paper(recipe, tmp_path):
     """Batch 128 (§4.1, all models) and the search's step schedule, for the searched process and α_T alike."""
     from pathlib import Path
 
+    from edgekd.config.loading import load_recipe
+    from edgekd.config.train import stage_train_config
     from edgekd.distill.registry import resolve_method
-    from edgekd.recipe import load_recipe, stage_train_config
 
     path = Path(__file__).resolve().parents[1] / "recipes" / recipe
     loaded = load_recipe(path, [f"data.root={tmp_path}"])
@@ -405,12 +406,13 @@ def test_the_cifar_recipes_search_and_train_as_the_paper(recipe, tmp_path):
 def trained_by_plan(options, teacher, folder):
     """A student trained through DistPro's plan for `options` on 100 digits, from the seeded draw every
     method's student starts from, as the build trains it (run_plan)."""
+    from edgekd.config.data import DataConfig
+    from edgekd.config.train import TrainConfig
     from edgekd.data import build_data
     from edgekd.distill import DistillContext
     from edgekd.distill.methods.distpro import distpro_plan
     from edgekd.layout import MethodFolder
     from edgekd.models import create_model
-    from edgekd.recipe import DataConfig, TrainConfig
     from edgekd.train.stages import StageInputs, run_plan
 
     data = build_data(DataConfig(per_class=10), subset=True, seed=0)

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
+from edgekd.config.loading import load_recipe
 from edgekd.prepare import set_compute_mode
-from edgekd.recipe import load_recipe
 
 TRAIN = {"epochs": 2, "optimizer": {"lr": 0.05}}
 QUICK = {"export": {"targets": {}}, "benchmark": {"enabled": False}, "report": {"plots": False}}
@@ -105,8 +105,8 @@ def stage_images(data, workers: int, seeds: list[int]) -> list[torch.Tensor]:
 def test_persistent_workers_draw_what_fresh_workers_draw():
     """Per-image augmentation seeds: a stage loader's epoch depends on its seed alone, not on how many
     workers drew it or what they drew before (so a resumed run repeats an uninterrupted one)."""
+    from edgekd.config.data import DataConfig
     from edgekd.data import DataPlan
-    from edgekd.recipe import DataConfig
 
     data = DataPlan(DataConfig(dataset="digits", augment="crop_flip", batch_size=64), None).student(0)
     one_worker = stage_images(data, 1, [11, 12])

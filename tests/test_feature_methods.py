@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from torch import nn
 
 import edgekd.distill.methods  # noqa: F401  (registers every method)
+from edgekd.config.train import TrainConfig
 from edgekd.distill import DistillContext, get_method, method_names
 from edgekd.distill.features import FeatureCapture, TapOptions, probe_shapes, resolve_taps
 from edgekd.distill.methods.fitnet import hint_stage_epochs
@@ -19,7 +20,6 @@ from edgekd.distill.methods.skd import spectral_norm, transmitting_matrix
 from edgekd.distill.registry import distill_section_model
 from edgekd.errors import EdgekdError
 from edgekd.models import create_model
-from edgekd.recipe import TrainConfig
 
 FEATURE_METHODS = ["fitnet", "at", "rkd", "ofd", "skd"]
 DIGITS_SHAPE = (1, 8, 8)

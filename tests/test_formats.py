@@ -10,11 +10,11 @@ from torch import nn
 
 from edgekd.bench import DEFAULT_TOLERANCES, TorchRunner, measure_latency
 from edgekd.bench.runners import BACKEND_FOR_SUFFIX
+from edgekd.config.deploy import BenchmarkConfig, ExportConfig, ParityConfig
 from edgekd.errors import EdgekdError
 from edgekd.exporters import export_formats, get_exporter
 from edgekd.formats import BACKENDS, FORMAT_PRECISIONS, FORMATS, PARITY_DEFAULTS, PRECISIONS
 from edgekd.latency_settings import LatencyConfig, LatencySettings
-from edgekd.recipe import BenchmarkConfig, ExportConfig, ParityConfig
 
 QUICK = {"warmup_iters": 1, "warmup_s": 0.0, "min_iters": 2, "min_time_s": 0.0}
 

@@ -122,8 +122,8 @@ def test_a_build_decodes_each_file_once_for_the_teacher_and_every_student(cli, t
 
 # ------------------------------------------------------------------------------------ normalization
 def folder_stats(root: Path, **config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    from edgekd.config.data import DataConfig
     from edgekd.data import build_data
-    from edgekd.recipe import DataConfig
 
     cfg = DataConfig(
         dataset="imagefolder", root=root, image_size=16, channels=1, image_cache="memory", **config
@@ -144,8 +144,9 @@ def test_normalization_comes_from_the_training_split_only(tmp_path):
 
 
 def test_normalization_modes_and_the_auto_rule(tmp_path):
+    from edgekd.config.data import NormalizeStats
+    from edgekd.config.loading import validate_recipe
     from edgekd.errors import EdgekdError
-    from edgekd.recipe import NormalizeStats, validate_recipe
 
     write_digit_pngs(tmp_path / "data")
     from edgekd.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD

@@ -16,7 +16,6 @@ from model_helpers import with_batchnorm_statistics
 
 from edgekd.bench import LatencyConfig, OnnxRuntimeRunner, check_parity, measure_latency, runner_for
 from edgekd.bench.runners.onnxruntime_runner import BOUND_CALL, BOUND_CALL_ON_GPU
-from edgekd.deploy import file_runner
 from edgekd.errors import EdgekdError, RecipeError
 from edgekd.exporters import ModelIO, get_exporter
 from edgekd.formats import PARITY_DEFAULTS
@@ -24,6 +23,7 @@ from edgekd.models import create_model
 from edgekd.preflight import check_onnxruntime_device, onnxruntime_cuda_missing
 from edgekd.records import ArtifactRecord
 from edgekd.report.tables import ARTIFACT_COLUMNS, artifact_rows, bench_csv_rows
+from edgekd.runtime import file_runner
 from edgekd.sizing.fingerprint import LatencyTarget
 
 CUDA_READY = "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 import edgekd.distill.methods  # noqa: F401  (registers every method)
+from edgekd.config.data import DataConfig
 from edgekd.data import DataPlan, build_data
 from edgekd.data.batches import EvenBatchSampler, even_batch_sizes, smallest_batch
 from edgekd.distill import DistillContext, get_method
 from edgekd.distill.registry import distill_section_model, resolve_method
 from edgekd.errors import EdgekdError
 from edgekd.models import create_model
-from edgekd.recipe import DataConfig
 from edgekd.report.stats import (
     correct_verdicts,
     difference_cell,
@@ -265,7 +265,7 @@ def test_method_variants_run_a_registered_method_with_other_options():
     ],
 )
 def test_bad_variants_are_one_line_errors(variants, message):
-    from edgekd.recipe import load_recipe
+    from edgekd.config.loading import load_recipe
 
     with pytest.raises(EdgekdError) as info:
         load_recipe("recipes/quickstart.yaml", [f"distill.variants={json.dumps(variants)}"])
@@ -273,7 +273,7 @@ def test_bad_variants_are_one_line_errors(variants, message):
 
 
 def test_unknown_reference_is_an_error():
-    from edgekd.recipe import load_recipe
+    from edgekd.config.loading import load_recipe
 
     with pytest.raises(EdgekdError, match=r"^report\.reference: 'finetune' is not trained by this recipe"):
         load_recipe("recipes/quickstart.yaml", ["report.reference=finetune"])

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgekd.config.loading import apply_override, load_recipe, recipe_json_schema, validate_recipe
+from edgekd.config.units import parse_count
 from edgekd.errors import RecipeError
-from edgekd.recipe import apply_override, load_recipe, parse_count, recipe_json_schema, validate_recipe
 
 BASE = {
     "name": "t",
@@ -52,6 +53,40 @@ def test_unknown_key_names_field_and_allowed_keys():
     message = error_of(with_changes(data={"batch_sise": 3}))
     assert message.startswith("data.batch_sise: unknown field")
     assert "batch_size" in message
+
+
+@pytest.mark.parametrize(
+    ("distill", "expected"),
+    [
+        # a stage's training changes are described against the training section, not the whole recipe
+        (
+            {"method": "fitnet", "stages": {"fitnet": {"hint": {"optimizer": {"lrr": 0.1}}}}},
+            "distill.stages.fitnet.hint.optimizer.lrr: unknown field (did you mean 'lr'? allowed here: lr, "
+            "momentum, name, nesterov, weight_decay)",
+        ),
+        (
+            {"method": "fitnet", "stages": {"fitnet": {"hint": {"schedul": {"name": "constant"}}}}},
+            "distill.stages.fitnet.hint.schedul: a stage cannot change it (did you mean 'schedule'? allowed: "
+            "epochs, optimizer, schedule, grad_clip)",
+        ),
+        (
+            {"method": "fitnet", "stages": {"fitnet": {"hint": {"schedule": {"warmup_epoch": 2}}}}},
+            "distill.stages.fitnet.hint.schedule.warmup_epoch: unknown field (did you mean 'warmup_epochs'?",
+        ),
+        # a variant's options are described against its method's options block
+        (
+            {"method": "v1", "variants": {"v1": {"method": "finetune", "options": {"hed": "fresh"}}}},
+            "distill.variants.v1.options.hed: unknown field (did you mean 'head'? allowed here: head, "
+            "lr_factor, trainable)",
+        ),
+        (
+            {"method": "v1", "variants": {"v1": {"method": "kd", "options": {"temprature": 2.0}}}},
+            "distill.variants.v1.options.temprature: unknown field (did you mean 'temperature'?",
+        ),
+    ],
+)
+def test_nested_errors_suggest_the_fields_of_their_own_block(distill, expected):
+    assert error_of(with_changes(distill=distill)).startswith(expected)
 
 
 def test_unknown_top_level_section():
@@ -164,7 +199,7 @@ def test_shipped_recipes_are_valid(tmp_path):
 
 
 def test_multistep_factors_give_the_lr_after_each_milestone():
-    from edgekd.recipe import ScheduleConfig
+    from edgekd.config.train import ScheduleConfig
     from edgekd.train.optim import lr_multiplier
 
     cfg = ScheduleConfig(name="multistep", milestones=[100, 150, 175], factors=[0.1, 0.01, 0.002])

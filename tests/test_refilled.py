@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import edgekd.distill.methods  # noqa: F401  (registers every method)
+from edgekd.config.data import DataConfig
+from edgekd.config.train import TrainConfig
 from edgekd.data import DataPlan
 from edgekd.distill import DistillContext, get_method
 from edgekd.distill.embedding import clustering_nmi, embedding_tap, nearest_neighbour_accuracy
@@ -27,7 +29,6 @@ from edgekd.distill.methods.refilled import (
 from edgekd.distill.methods.rkd import pairwise_distances
 from edgekd.distill.methods.rkd_ft import RKDEmbedding
 from edgekd.models import create_model
-from edgekd.recipe import DataConfig, TrainConfig
 
 SHAPE = (1, 8, 8)
 

@@ -180,9 +180,9 @@ def test_a_loaded_teacher_shows_what_the_recipe_states(loaded):
 
 def test_trained_on_is_recorded_by_a_build(loaded, tmp_path):
     """A build with teacher.trained_on writes it into the teacher's record."""
+    from edgekd.config.loading import load_recipe
     from edgekd.evaluation import teacher_record
     from edgekd.prepare import ModelChoice, prepare
-    from edgekd.recipe import load_recipe
 
     layout, _, _ = loaded
     recipe = load_recipe(layout.recipe, ["teacher.trained_on=digits 0-4", f"output_dir={tmp_path}"])

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import TINY_RECIPE
 
-from edgekd.recipe import validate_recipe
+from edgekd.config.loading import validate_recipe
 from edgekd.records import ModelRecord, RunMetrics
 from edgekd.shipping import ship, shipping_warnings
 

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from conftest import TINY_RECIPE
 
+from edgekd.config.loading import validate_recipe
 from edgekd.data import DataPlan
 from edgekd.errors import EdgekdError
 from edgekd.models.budget import describe_member, family_members, member_params, member_size
-from edgekd.recipe import validate_recipe
 from edgekd.sizing import LatencyCache, fingerprint, size_to_latency
 from edgekd.sizing.latency_budget import latency_target
 from edgekd.sizing.search import MemberState, search_fitting

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.config.train import TrainConfig
 from edgekd.distill import DistillContext, get_method
 from edgekd.distill.methods.srm import (
     SRMDictionaries,
@@ -32,7 +33,6 @@ from edgekd.distill.sparse_coding import (
 )
 from edgekd.errors import EdgekdError
 from edgekd.models import create_model
-from edgekd.recipe import TrainConfig
 
 DIGITS_SHAPE = (1, 8, 8)  # `digits` and `teacher` (a briefly trained resnet20) come from conftest.py
 

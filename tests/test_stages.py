@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgekd.config.train import TrainConfig, stage_train_config
 from edgekd.layout import RunLayout
-from edgekd.recipe import TrainConfig, stage_train_config
 from edgekd.records import RunMetrics
 
 REFILLED = {"method": "refilled", "baselines": [], "refilled": {"embedding_epochs": 1}}
@@ -216,8 +216,8 @@ def test_metrics_of_another_version_are_refused_naming_the_key(tmp_path):
 
 
 def test_a_holdout_view_splits_the_training_images_per_class_and_never_reads_val_or_test():
+    from edgekd.config.data import DataConfig
     from edgekd.data import build_data
-    from edgekd.recipe import DataConfig
 
     data = build_data(DataConfig(per_class=10), subset=True, seed=0)
     view = data.holdout(0.8, seed=3)
@@ -232,12 +232,12 @@ def test_a_holdout_view_splits_the_training_images_per_class_and_never_reads_val
 
 
 def test_a_stage_on_the_holdout_view_trains_and_selects_on_it(tmp_path):
+    from edgekd.config.data import DataConfig
     from edgekd.data import build_data
     from edgekd.distill import DistillContext, get_method
     from edgekd.distill.plan import Stage
     from edgekd.layout import MethodFolder
     from edgekd.models import create_model
-    from edgekd.recipe import DataConfig
     from edgekd.train.stages import StageInputs, run_plan
 
     data = build_data(DataConfig(per_class=10), subset=True, seed=0)

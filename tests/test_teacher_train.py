@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from edgekd.config.loading import load_recipe, validate_recipe
+from edgekd.config.train import TEACHER_FEW_SHOT_BATCH
 from edgekd.data import DataPlan
 from edgekd.data.batches import steps_per_epoch
 from edgekd.errors import RecipeError
 from edgekd.layout import RunLayout
 from edgekd.pipeline import train_teacher
 from edgekd.prepare import prepare
-from edgekd.recipe import TEACHER_FEW_SHOT_BATCH, load_recipe, validate_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

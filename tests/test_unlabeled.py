@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import edgekd.distill.methods  # noqa: F401  (registers every method)
+from edgekd.config.data import DataConfig
+from edgekd.config.train import TrainConfig
 from edgekd.data import build_data
 from edgekd.distill import DistillContext, get_method
 from edgekd.models import create_model
-from edgekd.recipe import DataConfig, TrainConfig
 from edgekd.train import Trainer
 
 SUBSET = [1, 3, 5, 7, 9]

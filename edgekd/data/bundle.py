@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, Subset
 
+from edgekd.config.data import DataConfig, NormalizeStats
+from edgekd.config.train import TeacherTrainConfig
 from edgekd.data.batches import (
     EvenBatchSampler,
     SeededBatches,
@@ -35,13 +37,7 @@ from edgekd.data.torchvision_sets import TORCHVISION_SETS, load_torchvision_sour
 from edgekd.data.transforms import RandomCropFlip, make_augmentation
 from edgekd.data.views import ImagesOnly, SplitView, channel_stats
 from edgekd.errors import EdgekdError
-from edgekd.recipe import DataConfig, NormalizeStats, TeacherTrainConfig
-
-# The unlabelled images' shuffle is seeded apart from the labelled one's: same epoch seed, different order.
-_UNLABELED_SEED_SALT = 7_919
-# Evaluation draws nothing at random, but a DataLoader iterator always draws a base seed; a fixed generator
-# keeps that draw from consuming the global RNG the trainer seeds for augmentation.
-_EVAL_LOADER_SEED = 0
+from edgekd.seeds import EVAL_LOADER_SEED, UNLABELED_SEED_SALT
 
 
 @dataclass(frozen=True)
@@ -166,12 +162,12 @@ class DataBundle:
         if dataset is None:
             raise ValueError("this data has no unlabelled images (data.unlabeled is 'none')")
         batch_size = self.batch_size if part == "train" else (self.unlabeled_batch_size or self.batch_size)
-        salt = 0 if part == "train" else _UNLABELED_SEED_SALT  # the per-epoch loaders' seeds
+        salt = 0 if part == "train" else UNLABELED_SEED_SALT  # the per-epoch loaders' seeds
         make_batches = functools.partial(self._shuffled_batches, dataset, batch_size)
         return DataLoader(
             dataset,
             batch_sampler=SeededBatches(make_batches, shard, salt),
-            generator=torch.Generator().manual_seed(_EVAL_LOADER_SEED),
+            generator=torch.Generator().manual_seed(EVAL_LOADER_SEED),
             num_workers=self.num_workers,
             persistent_workers=True,
             worker_init_fn=seed_worker,
@@ -216,7 +212,7 @@ class DataBundle:
             raise ValueError("this data has no unlabelled images (data.unlabeled is 'none')")
         batch_size = self.unlabeled_batch_size or self.batch_size
         return self._loader(
-            self.unlabeled, batch_size, shuffle=True, seed=seed + _UNLABELED_SEED_SALT, shard=shard
+            self.unlabeled, batch_size, shuffle=True, seed=seed + UNLABELED_SEED_SALT, shard=shard
         )
 
     def image_indices(self) -> dict[str, list[int] | None]:
@@ -243,7 +239,7 @@ class DataBundle:
         if self.unlabeled is None:
             raise ValueError("this data has no unlabelled images (data.unlabeled is 'none')")
         view = self.unlabeled.view.without_augmentation()
-        return self._loader(view, self.eval_batch_size, shuffle=False, seed=_EVAL_LOADER_SEED)
+        return self._loader(view, self.eval_batch_size, shuffle=False, seed=EVAL_LOADER_SEED)
 
     def eval_loader(self, split: Literal["train", "val", "test"], shard: Shard | None = None) -> DataLoader:
         """Batches in a fixed order with no augmentation ("train" shows the training images as evaluated);
@@ -256,7 +252,7 @@ class DataBundle:
             dataset = dataset.without_augmentation()
         if shard is not None:
             dataset = Subset(dataset, range(shard[0], len(dataset), shard[1]))
-        return self._loader(dataset, self.eval_batch_size, shuffle=False, seed=_EVAL_LOADER_SEED)
+        return self._loader(dataset, self.eval_batch_size, shuffle=False, seed=EVAL_LOADER_SEED)
 
     def summary(self) -> dict[str, Any]:
         return {

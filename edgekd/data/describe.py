@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgekd.config.data import NormalizeStats
 from edgekd.data.bundle import DataPlan
 from edgekd.data.imagefolder import find_split_dirs
-from edgekd.recipe import NormalizeStats, Recipe
+from edgekd.recipe import Recipe
 
 _SHOWN_NAMES = 8
 _NORMALIZE_WORDS = {

@@ -11,25 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Salts that keep the random streams of the different uses of `split_seed` apart.
-TEST_SALT = 1
-VAL_SALT = 2
-FEW_SHOT_SALT = 3
-CUSTOMER_SALT = 4
-VAL_DRAW_SALT = 5
-
-
-def seeded_rng(seed: int, *salt: int) -> np.random.RandomState:
-    """A RandomState for (seed, *salt); any Python int seed works, negative or beyond 32 bits."""
-    words = [seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, *salt]
-    return np.random.RandomState(np.asarray(words, dtype=np.uint32))
-
-
-def draw_rng(split_seed: int, salt: int, label: int, draw: int | None) -> np.random.RandomState:
-    """The stream of one class's draw: fixed by split_seed alone (`draw` None) or also by a draw seed."""
-    if draw is None:
-        return seeded_rng(split_seed, salt, label)
-    return seeded_rng(split_seed, salt, label, draw & 0xFFFFFFFF, (draw >> 32) & 0xFFFFFFFF)
+from edgekd.seeds import CUSTOMER_SALT, TEST_SALT, VAL_SALT, seeded_rng
 
 
 def holdout_count(class_size: int, fraction: float) -> int:

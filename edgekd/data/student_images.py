@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgekd.data.splits import FEW_SHOT_SALT, VAL_DRAW_SALT, draw_rng
 from edgekd.errors import EdgekdError
+from edgekd.seeds import FEW_SHOT_SALT, VAL_DRAW_SALT, draw_rng
 
 
 def class_members(indices: np.ndarray, labels: np.ndarray, class_ids: Sequence[int]) -> dict[int, np.ndarray]:

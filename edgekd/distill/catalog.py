@@ -42,8 +42,8 @@ from edgekd.distill.plan import PlanBuilder, Stage, single_stage
 from edgekd.schema_base import Section
 
 if TYPE_CHECKING:
+    from edgekd.config.train import TrainConfig
     from edgekd.distill.base import Distiller
-    from edgekd.recipe import TrainConfig
 
 # How the student's classes relate to the teacher's: the same classes, a subset of them (specialization),
 # or none of them (cross-task: REFILLED's setting).

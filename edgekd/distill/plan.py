@@ -27,9 +27,9 @@ from edgekd.errors import EdgekdError
 if TYPE_CHECKING:
     from torch import nn
 
+    from edgekd.config.train import TrainConfig
     from edgekd.distill.base import Distiller
     from edgekd.distill.payload import PayloadSchema
-    from edgekd.recipe import TrainConfig
     from edgekd.schema_base import Section
 
 Selection = Literal["best_val", "last", "metric"]

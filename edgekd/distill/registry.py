@@ -14,9 +14,10 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError, create_model, model_validator
 
+from edgekd.config.errors import describe_validation_error
 from edgekd.distill.catalog import CATALOG, MethodEntry
 from edgekd.errors import EdgekdError
-from edgekd.schema_base import Section, lower_first, shown_value
+from edgekd.schema_base import Section
 
 _Class = TypeVar("_Class", bound=type)
 
@@ -152,12 +153,9 @@ def check_variants(section: Any) -> None:
         try:
             variant_options(section, variant)
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ValueError(
-                f"variants.{name}.options.{where}: got {shown_value(first.get('input'))}: "
-                f"{lower_first(first['msg'])}"
-            ) from None
+            # described against the method's options block, so a misspelt option suggests that block's fields
+            where, message = describe_validation_error(exc, CATALOG[variant.method].options)
+            raise ValueError(f"variants.{name}.options.{where}: {message}") from None
 
 
 def variant_options(distill: Any, variant: MethodVariant) -> Section:

@@ -27,10 +27,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgekd.seeds import BOOTSTRAP_SEED
+
 Interval = Literal["t", "bootstrap"]
 Correction = Literal["none", "holm"]
 BOOTSTRAP_RESAMPLES = 10_000
-_BOOTSTRAP_SEED = 0
 
 
 def mean_interval(
@@ -52,7 +53,7 @@ def mean_interval(
             confidence_level=confidence,
             n_resamples=BOOTSTRAP_RESAMPLES,
             method="percentile",
-            rng=np.random.default_rng(_BOOTSTRAP_SEED),
+            rng=np.random.default_rng(BOOTSTRAP_SEED),
         )
         low, high = result.confidence_interval
     else:
@@ -74,7 +75,7 @@ def p_value(differences: Sequence[float], method: Interval = "t") -> float | Non
 
         return float(stats.ttest_1samp(values, 0.0).pvalue)
     # the bootstrap's: twice the share of resampled means on the far side of zero from the observed mean
-    rng = np.random.default_rng(_BOOTSTRAP_SEED)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
     means = rng.choice(values, size=(BOOTSTRAP_RESAMPLES, len(values)), replace=True).mean(axis=1)
     far_side = np.mean(means <= 0) if values.mean() > 0 else np.mean(means >= 0)
     return float(min(1.0, 2 * far_side))

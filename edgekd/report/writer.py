@@ -12,10 +12,11 @@ import io
 from pathlib import Path
 from typing import Any
 
+from edgekd.config.loading import load_recipe
 from edgekd.errors import EdgekdError, RecipeError
 from edgekd.fileio import read_json, write_text
 from edgekd.layout import RunLayout
-from edgekd.recipe import Recipe, load_recipe
+from edgekd.recipe import Recipe
 from edgekd.records import RunMetrics
 from edgekd.report import plots
 from edgekd.report.blocks import Block, Code, Heading, Image, Paragraph, Table

@@ -12,6 +12,7 @@ from edgekd.bench import LatencyConfig, TorchRunner, measure_latency
 from edgekd.errors import CheckFailed
 from edgekd.recipe import Recipe
 from edgekd.records import ArtifactRecord, BudgetCheck, LatencyCheck, Sizing
+from edgekd.runtime import file_runner
 
 
 def latency_check(
@@ -77,8 +78,6 @@ def time_artifact(
     if record.format == "pytorch":
         runner = TorchRunner(student, threads=threads)
     else:
-        from edgekd.deploy import file_runner
-
         runner = file_runner(
             record.path, record.format, record.precision, threads, recipe.benchmark.onnxruntime_device
         )

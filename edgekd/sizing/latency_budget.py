@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from edgekd.config.models import LatencyBudgetConfig
 from edgekd.data import DataBundle
 from edgekd.errors import EdgekdError
 from edgekd.exporters import ExportOptions, get_exporter
@@ -23,8 +24,9 @@ from edgekd.models.budget import (
     member_params,
     member_size,
 )
-from edgekd.recipe import LatencyBudgetConfig, Recipe
+from edgekd.recipe import Recipe
 from edgekd.records import Candidate, Sizing
+from edgekd.runtime import model_io, split_arrays
 from edgekd.sizing.cache import LatencyCache
 from edgekd.sizing.fingerprint import LatencyTarget, fingerprint
 from edgekd.sizing.measure import SizingInputs, describe_export, sizing_export_options, time_member
@@ -203,8 +205,6 @@ def runner_device(recipe: Recipe, format_name: str | None) -> str:
 
 
 def sizing_inputs(recipe: Recipe, data: DataBundle) -> SizingInputs:
-    from edgekd.deploy import model_io, split_arrays
-
     images, _ = split_arrays(data, "train", min(SIZING_IMAGES, recipe.export.calibration_images))
     export = sizing_export_options(
         recipe.export.opset, recipe.export.max_batch, recipe.export.calibration_method, len(images)

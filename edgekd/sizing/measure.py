@@ -25,6 +25,7 @@ from edgekd.exporters import ExportOptions, ModelIO, get_exporter
 from edgekd.formats import FORMATS, format_of_runtime
 from edgekd.models.budget import Member
 from edgekd.models.registry import create_model
+from edgekd.runtime import artifact_runner
 from edgekd.sizing.fingerprint import LatencyTarget
 
 # BatchNorm statistics are averaged over this many real training images, in batches of this size.
@@ -86,8 +87,6 @@ def set_batchnorm_statistics(model: nn.Module, images: np.ndarray) -> None:
 
 def member_runner(model: nn.Module, target: LatencyTarget, inputs: SizingInputs, folder: Path) -> Runner:
     """Export the member as the target runs it (nothing for pytorch) and return its (unloaded) runner."""
-    from edgekd.deploy import artifact_runner
-
     if target.backend == "pytorch":
         return TorchRunner(model.to(inputs.device), threads=target.threads, device=inputs.device)
     export_format = format_of_runtime(target.backend)

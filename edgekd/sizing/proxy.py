@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
+from edgekd.config.train import ScheduleConfig, TrainConfig
 from edgekd.data import DataBundle
 from edgekd.distill import DistillContext, get_method
 from edgekd.models.budget import Member, describe_member
 from edgekd.models.registry import create_model
-from edgekd.recipe import Recipe, ScheduleConfig, TrainConfig
+from edgekd.recipe import Recipe
 from edgekd.train import Trainer
 
 

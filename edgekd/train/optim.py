@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import torch
 
-from edgekd.recipe import OptimizerConfig, ScheduleConfig
+from edgekd.config.train import OptimizerConfig, ScheduleConfig
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig, lr_factor: float = 1.0):

@@ -20,22 +20,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgekd.config.train import TrainConfig
 from edgekd.data import DataBundle
 from edgekd.distill.base import DistillContext, Distiller
-from edgekd.distill.plan import HOLDOUT_FRACTION, Artifact, Stage, skipped
-from edgekd.distill.registry import resolve_method
+from edgekd.distill.plan import HOLDOUT_FRACTION, Artifact, Stage
 from edgekd.layout import MethodFolder, StageFolder
-from edgekd.recipe import Recipe, TrainConfig, stage_train_config
+from edgekd.recipe import Recipe
 from edgekd.records import DataUse, StageArtifact, StageRecord
 from edgekd.schema_base import Section
+from edgekd.seeds import construction_seed
 from edgekd.train.checkpoint import fitting_state, load_checkpoint, save_checkpoint
 from edgekd.train.dist import Parallel, is_main_process
-from edgekd.train.trainer import FitResult, Trainer, epoch_seed, evaluate
-
-# Seeds the construction of a later stage's objective (a fresh head, connectors): far from the epoch seeds.
-_CONSTRUCTION_EPOCH = 999_983
-# Seed indices of side branches (checks): apart from the main stages'.
-_BRANCH_SEED_INDEX = 1_000
+from edgekd.train.resolve import ResolvedStage, method_stages, resolve_stages
+from edgekd.train.trainer import FitResult, Trainer, evaluate
 
 
 @dataclass(frozen=True)
@@ -125,16 +122,17 @@ def run_plan(
     initial_student = copy.deepcopy(student.state_dict())
     initial_random_state = torch.random.get_rng_state()
     results = []
-    for index, stage in enumerate(stages):
-        if skipped(stage, index, len(stages), inputs.loaded):
-            results.append(skipped_stage(stage, inputs))
+    for resolved in resolve_stages(stages, inputs.train, inputs.stage_changes, inputs.loaded):
+        stage = resolved.stage
+        if resolved.skipped:
+            results.append(skipped_stage(resolved, inputs))
             continue
         if stage.fresh_student:
             student.load_state_dict(initial_student)
             torch.random.set_rng_state(initial_random_state)
         before_branch = copy.deepcopy(student.state_dict()) if stage.branch else None
         result, produced = run_stage(
-            stage,
+            resolved,
             student,
             teacher,
             options,
@@ -143,7 +141,6 @@ def run_plan(
             available,
             run=StageRun(
                 seed=seed,
-                index=seed_index(stages, index),
                 folder=folder,
                 device=device,
                 label=label if len(stages) == 1 else f"{label} {stage.name}",
@@ -161,10 +158,9 @@ def run_plan(
 
 @dataclass(frozen=True)
 class StageRun:
-    """How one stage of a plan runs: its seed and seed index, folder, device, label, resume and progress."""
+    """How the stages of one plan run: the run's seed, folder, device, label, resume and progress."""
 
     seed: int
-    index: int
     folder: MethodFolder
     device: torch.device
     label: str
@@ -173,20 +169,8 @@ class StageRun:
     parallel: Parallel | None = None  # a data-parallel run (torchrun), else None
 
 
-def seed_index(stages: list[Stage], index: int) -> int:
-    """The index that seeds a stage: its place among the plan's main stages (checks do not shift the seeds of
-    the stages after them, so turning one on leaves the student unchanged); a check gets one of its own. A
-    stage that starts over (fresh_student) takes the first stage's seeds: a DistPro replay sees the data
-    order and augmentation its reference without a search (a one-stage plan) sees."""
-    if stages[index].branch:
-        return _BRANCH_SEED_INDEX + index
-    if stages[index].fresh_student:
-        return 0
-    return sum(1 for stage in stages[:index] if not stage.branch)
-
-
 def run_stage(
-    stage: Stage,
+    resolved: ResolvedStage,
     student: nn.Module,
     teacher: nn.Module | None,
     options: Section,
@@ -196,8 +180,9 @@ def run_stage(
     run: StageRun,
 ) -> tuple[StageResult, list[StageArtifact]]:
     """Build the stage's objective on the handed-on student, train it, save what it produces."""
-    if run.index > 0:
-        torch.manual_seed(epoch_seed(run.seed, _CONSTRUCTION_EPOCH, run.index))
+    stage = resolved.stage
+    if resolved.seed_index > 0:
+        torch.manual_seed(construction_seed(run.seed, resolved.seed_index))
     consumed = [available[artifact.name] for artifact in stage.consumes]
     hand_on_student(stage, student, consumed)
     if stage.fresh_head:
@@ -205,19 +190,18 @@ def run_stage(
     objective = stage.objective(student, teacher, options, context)
     hand_on_objective(stage, objective, consumed)
     data = stage_data(stage, inputs.data, run.seed)
-    train = stage_train_config(stage.train_config(inputs.train), inputs.stage_changes.get(stage.name))
-    selection = stage.selection(inputs.train)
+    selection = resolved.select
     trainer = Trainer(
         objective,
         data,
-        train,
+        resolved.train,
         seed=run.seed,
         out_dir=run.folder.stage(stage.name).path,
         device=run.device,
         label=run.label,
         progress=run.progress,
         select=selection,
-        stage_index=run.index,
+        stage_index=resolved.seed_index,
         parallel=run.parallel,
     )
     fit = trainer.fit(resume=run.resume)
@@ -251,12 +235,13 @@ def stage_data(stage: Stage, data: DataBundle, seed: int) -> DataBundle:
     return data.holdout(HOLDOUT_FRACTION, seed) if stage.view == "holdout" else data
 
 
-def skipped_stage(stage: Stage, inputs: StageInputs) -> StageResult:
+def skipped_stage(resolved: ResolvedStage, inputs: StageInputs) -> StageResult:
+    stage = resolved.stage
     sources = ", ".join(f"{a.name} from '{inputs.loaded[a.name]}'" for a in stage.produces)
     record = StageRecord(
         stage=stage.name,
         epochs=0,
-        select=stage.selection(inputs.train),
+        select=resolved.select,
         best_epoch=None,
         best_val_acc=None,
         best_score=None,
@@ -351,19 +336,10 @@ class PlannedStage:
 
 def planned_epochs(recipe: Recipe, method: str) -> list[PlannedStage]:
     """Each stage of `method` (or variant) with the epochs it trains: the plan's split of train.epochs,
-    changed by distill.stages, exactly as the build resolves them (run_stage)."""
-    resolved = resolve_method(recipe.distill, method)
-    stages = resolved.entry.plan(resolved.options, recipe.train)
-    changes = recipe.distill.stages.get(method, {})
-    loaded = recipe.distill.artifacts.get(method, {})
+    changed by distill.stages, as the build resolves them (resolve.method_stages)."""
     return [
-        PlannedStage(
-            stage.name,
-            stage_train_config(stage.train_config(recipe.train), changes.get(stage.name)).epochs,
-            stage.branch,
-            skipped(stage, index, len(stages), loaded),
-        )
-        for index, stage in enumerate(stages)
+        PlannedStage(stage.name, stage.epochs, stage.stage.branch, stage.skipped)
+        for stage in method_stages(recipe, method)
     ]
 
 

@@ -26,24 +26,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.config.train import TrainConfig
 from edgekd.data import DataBundle
 from edgekd.data.bundle import close_loader
 from edgekd.distill.base import Distiller
 from edgekd.errors import EdgekdError, TrainingDiverged
 from edgekd.fileio import read_json, write_json
 from edgekd.layout import StageFolder
-from edgekd.recipe import TrainConfig
+from edgekd.seeds import augmentation_seed, epoch_seed, unlabeled_round_seed
 from edgekd.train.checkpoint import load_checkpoint, save_checkpoint
 from edgekd.train.dist import Parallel, is_main_process
 from edgekd.train.optim import build_optimizer, build_scheduler
 from edgekd.train.syncbn import global_batchnorm_in_place
 
-# Seeds of successive passes over the unlabelled images within one epoch (far from any other epoch's seed).
-_ROUND_SEED_STEP = 7_777_777
-# Seeds of a plan's later stages (stage 0 keeps the seeds of a one-stage run).
-_STAGE_SEED_STEP = 104_729
-# Augmentation seeds of the processes of a data-parallel run (rank 0 keeps the one-process seed).
-_RANK_SEED_STEP = 15_485_863
 # Steps between checks that the loss is still finite: each check waits for the GPU, so not every step.
 _FINITE_CHECK_EVERY = 50
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -107,10 +102,6 @@ def frozen(parameters: list[nn.Parameter]) -> Iterator[None]:
     finally:
         for parameter in parameters:
             parameter.requires_grad_(True)
-
-
-def epoch_seed(seed: int, epoch: int, stage: int = 0) -> int:
-    return seed * 1_000_003 + epoch + stage * _STAGE_SEED_STEP
 
 
 def evaluate(
@@ -313,8 +304,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ epochs
     def _run_epoch(self, epoch: int, task) -> dict[str, Any]:
         seed = epoch_seed(self.seed, epoch, self.stage_index)
-        # The processes of a data-parallel run share the data order but not their augmentation draws.
-        torch.manual_seed(seed + (self.parallel.rank * _RANK_SEED_STEP if self.parallel else 0))
+        torch.manual_seed(augmentation_seed(seed, self.parallel.rank if self.parallel else None))
         self.distiller.on_epoch_start(epoch, self.cfg.epochs)
         self.distiller.train()
         started = time.perf_counter()
@@ -404,7 +394,7 @@ class Trainer:
 
         def batches() -> Iterator[torch.Tensor]:
             for round_ in itertools.count():
-                round_seed = seed + _ROUND_SEED_STEP * round_
+                round_seed = unlabeled_round_seed(seed, round_)
                 stage_loader = self._stage_loaders.get("unlabeled")
                 if stage_loader is None:
                     yield from self.data.unlabeled_loader(round_seed, self._shard())
