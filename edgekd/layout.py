@@ -11,7 +11,7 @@ runs/<name>/
   train/<method>[/seed<k>]/images.json         the pool indices a student trained and was selected on
   train/<method>[/seed<k>]/<stage>/            one folder per stage: last.pt best.pt history.json fit.json
   train/<method>[/seed<k>]/<stage>/artifacts/  the named artifacts the stage produced
-runs/<name>-tune/                              `edgekd tune`: tune.json, variants/<label>/<method>_seed<k>/
+runs/<name>-tune-<method>/                     `edgekd tune`: tune.json, variants/<label>/<method>_seed<k>/
 ```
 The lock file sits beside the run folder (`<output_dir>/.<name>.lock`), not in it, so `--force` can remove
 the folder while holding the lock.
@@ -158,7 +158,7 @@ class RunLayout:
 
     @property
     def tune_result(self) -> Path:
-        """`edgekd tune`'s result (its own run folder, `<name>-tune`)."""
+        """`edgekd tune`'s result (its own run folder per tuned method, `<name>-tune-<method>`)."""
         return self.root / "tune.json"
 
     def tune_variant(self, label: str, method: str, seed: int) -> MethodFolder:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import EdgekdError, RecipeError
+from edgekd.formats import FORMATS, format_of_runtime
 from edgekd.models.memory import Footprint, available_bytes, footprint, gib
 from edgekd.recipe import Recipe
 
@@ -115,7 +116,11 @@ def check_onnxruntime_device(device: str, field: str = ONNXRUNTIME_DEVICE_FIELD)
 
 def check_benchmark_devices(recipe: Recipe) -> None:
     """The devices the recipe's artifacts are checked and timed on exist here, where anything runs on them:
-    an ONNX export target, or a latency budget on onnxruntime."""
+    an export target or a latency budget whose runner takes the device setting (the catalog's
+    `runner_settings`: ONNX Runtime's `benchmark.onnxruntime_device`)."""
     budget = recipe.latency_budget
-    if "onnx" in recipe.export.targets or (budget is not None and budget.backend == "onnxruntime"):
+    used = set(recipe.export.targets)
+    if budget is not None and format_of_runtime(budget.backend) is not None:
+        used.add(format_of_runtime(budget.backend))
+    if any("device" in FORMATS[name].runner_settings for name in used):
         check_onnxruntime_device(recipe.benchmark.onnxruntime_device)

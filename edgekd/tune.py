@@ -4,7 +4,7 @@ A grid over `distill.*` and `train.*` fields (the student's method and training:
 stay those of the recipe, so one teacher serves every variant) is trained for every seed; each variant is
 scored by the validation accuracy of its selected model, mean ± std over seeds, with the paired difference
 to the first variant. The test split is never evaluated here, so a value chosen with this command says so
-honestly: "chosen on validation". Results go to <output_dir>/<name>-tune/tune.json, and finished students
+honestly: "chosen on validation". Results go to <output_dir>/<name>-tune-<method>/tune.json, and finished students
 are reused when the same command runs again (resumable).
 """
 
@@ -96,7 +96,8 @@ def tune(
         raise EdgekdError(f"--method: '{method}' is not in this recipe (allowed: {', '.join(names)})")
     started = time.perf_counter()
     grid = variants(recipe.model_dump(mode="json"), axes)
-    tune_recipe = recipe.model_copy(update={"name": f"{recipe.name}-tune"})
+    # One folder per tuned method: a second method's tune (or its --force) leaves the first one's results.
+    tune_recipe = recipe.model_copy(update={"name": f"{recipe.name}-tune-{method}"})
     prepared = prepare(tune_recipe)
     with run_folder_lock(tune_recipe.run_dir):
         layout = open_run_dir(tune_recipe, resume=not force, force=force)

@@ -346,7 +346,7 @@ def test_tune_scores_variants_on_validation_and_never_on_test(cli, write_recipe,
     recipe = write_recipe(data=data, distill={"method": "kd", "baselines": ["scratch"]})
     result = cli("tune", recipe, "--quiet", "--seeds", "0,1", "--grid", "distill.kd.temperature=2,4")
     assert result.exit_code == 0, result.output
-    tuned = json.loads((tmp_path / "runs" / "tiny-tune" / "tune.json").read_text())
+    tuned = json.loads((tmp_path / "runs" / "tiny-tune-kd" / "tune.json").read_text())
     assert [row["label"] for row in tuned["variants"]] == [
         "distill.kd.temperature=2",
         "distill.kd.temperature=4",
@@ -357,3 +357,23 @@ def test_tune_scores_variants_on_validation_and_never_on_test(cli, write_recipe,
     assert "test never evaluated" in result.output
     bad = cli("tune", recipe, "--grid", "data.per_class=5,10")
     assert bad.exit_code == 2 and "is not tunable here" in bad.output
+    # another method's tune, even started over, keeps its own folder and leaves kd's result
+    other = cli(
+        "tune",
+        recipe,
+        "--quiet",
+        "--force",
+        "--method",
+        "scratch",
+        "--seeds",
+        "0",
+        "--set",
+        "train.epochs=1",
+        "--grid",
+        "train.optimizer.lr=0.05,0.1",
+    )
+    assert other.exit_code == 0, other.output
+    assert (
+        json.loads((tmp_path / "runs" / "tiny-tune-scratch" / "tune.json").read_text())["method"] == "scratch"
+    )
+    assert json.loads((tmp_path / "runs" / "tiny-tune-kd" / "tune.json").read_text()) == tuned

@@ -23,7 +23,6 @@ def parse_count(value: Any) -> Any:
 
 
 Count = Annotated[int, BeforeValidator(parse_count), Field(gt=0)]
-# Bounds no real run needs but an accident (a typo, 1e12) reaches: refused before anything is built.
 # Sections are strict (a number must be a number, a flag a flag); a path may be written as a string.
 LoosePath = Annotated[Path, Field(strict=False)]
 
