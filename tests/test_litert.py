@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from edge_runtime_helpers import (
     IO,
     QUICK_TIMING,
@@ -27,6 +28,7 @@ from edgekd.bench.runners import runner_for
 from edgekd.deploy_guide import EXAMPLE_IMAGE
 from edgekd.exporters import ModelIO, get_exporter, read_metadata
 from edgekd.formats import FORMATS, PARITY_DEFAULTS
+from edgekd.models import create_model
 
 LITERT = FORMATS["litert"]
 pytestmark = skip_without(LITERT)
@@ -81,6 +83,18 @@ def test_int8_agrees_with_pytorch_and_is_int8_inside(exported, digits, reference
     runner.load()
     assert runner.precision == "int8" and runner.describe()["io_dtype"] == "int8"
     assert artifact.size_bytes < exported["fp32"].size_bytes
+
+
+def test_an_int8_model_with_more_than_256_kb_of_constants_loads_and_runs(digits, tmp_path):
+    """ai-edge-quantizer stores the constants of a model above 256 KB after the flatbuffer; edgekd's rewrite
+    (metadata, freed reshapes) must keep them: it once wrote a file the interpreter refused."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=1).eval()  # 272k parameters
+    artifact = get_exporter("litert").export(model, IO, "int8", tmp_path, calibration=digits[0][:32])
+    assert artifact.size_bytes > 256 * 1024
+    out = logits(artifact.path, digits[0][:8], 4)
+    assert out.shape == (8, 10) and np.isfinite(out).all()
+    assert read_metadata(artifact.path)["precision"] == "int8"
 
 
 def test_a_bound_batch_gives_what_run_gives(exported, digits):

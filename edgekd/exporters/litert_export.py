@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 METADATA_NAME = "edgekd"  # the name of edgekd's entry in the flatbuffer's metadata list
+FLATBUFFER_LIMIT = 2**31  # a flatbuffer addresses its contents with 32-bit signed offsets
 # A .tflite starts with a 4-byte root offset, then this file identifier.
 FILE_IDENTIFIER = b"TFL3"
 # What the quantizer is asked for: int8 weights (per channel) and int8 activations, calibrated (static).
@@ -156,13 +157,42 @@ def finish_file(path: Path, metadata: dict[str, str]) -> list[int]:
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(path.read_bytes(), 0))
+    data = path.read_bytes()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
+    inline_external_buffers(model, data, path)
     freed = free_reshape_batch(model)
     add_metadata(model, metadata)
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
     path.write_bytes(bytes(builder.Output()))
     return freed
+
+
+def inline_external_buffers(model: Any, data: bytes, path: Path) -> int:
+    """Move the constants stored after the flatbuffer into it; returns how many buffers moved.
+
+    ai-edge-quantizer writes a model whose constants exceed 256 KB with its buffers after the flatbuffer
+    (each Buffer's `offset` and `size` point into the file). Re-packing the flatbuffer writes the flatbuffer
+    alone, so those constants would be cut off and every offset would point past the end of the file (the
+    interpreter then refuses it: "Constant buffer ... specified an out of range offset"). A student of an
+    edge toolchain is far below the flatbuffer's 2 GB, so its constants go inside.
+    """
+    moved = 0
+    for buffer in model.buffers:
+        if buffer.offset > 1:  # 0: no external data; 1: the quantizer's placeholder while it packs
+            end = buffer.offset + buffer.size
+            if end > len(data):
+                raise EdgekdError(
+                    f"litert: '{path}' is cut short (a constant ends at byte {end:,} of {len(data):,})"
+                )
+            buffer.data = np.frombuffer(data[buffer.offset : end], dtype=np.uint8)
+            buffer.offset, buffer.size = 0, 0
+            moved += 1
+    if moved and sum(0 if b.data is None else len(b.data) for b in model.buffers) >= FLATBUFFER_LIMIT:
+        raise EdgekdError(
+            f"litert: '{path}' holds 2 GB or more of constants, more than one flatbuffer can hold"
+        )
+    return moved
 
 
 def free_reshape_batch(model: Any) -> list[int]:
