@@ -5,7 +5,8 @@ few-shot and validation draws (each class shuffled by its own NumPy RandomState,
 the class id; RandomState's streams are frozen by NumPy's compatibility policy, so a split is the same on
 every machine). The run's seed (the recipe's `seed`, or each of `seeds`) fixes the student's initialization,
 its data order and its augmentation, through torch's generators: one seed per (stage, epoch), from which the
-epoch's shuffle, its augmentation and each data-parallel process's share follow.
+epoch's shuffle, its augmentation and each data-parallel process's share follow. A stage that holds out part
+of the training images (DistPro's search) splits them with NumPy's default_rng(run seed) (data/bundle.py).
 
 Bit-exact resume rests on this: an epoch's randomness is a function of (run seed, stage, epoch, rank) alone,
 never of what earlier epochs drew, so a run resumed at epoch k draws what the uninterrupted one drew.
