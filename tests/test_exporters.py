@@ -19,7 +19,7 @@ import onnxruntime
 import openvino as ov
 import pytest
 import torch
-from sklearn.datasets import load_digits
+from edge_runtime_helpers import IO, TRAIN, digits_arrays, trained_student
 from torch import nn
 
 from edgekd.bench import check_parity
@@ -35,44 +35,20 @@ from edgekd.exporters import (
     read_metadata,
     trtexec_command,
 )
-from edgekd.models import create_model
 
-IO = ModelIO(1, 8, 8, (0.5,), (0.5,), tuple(f"digit {d}" for d in range(10)))
-TRAIN = 1200  # digits 0..1199 train and calibrate; the other 597 are held out for agreement checks
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def digits() -> tuple[np.ndarray, np.ndarray]:
-    data = load_digits()
-    images = ((data.images.astype(np.float32) / 16.0 - 0.5) / 0.5)[:, None]  # N×1×8×8, as IO describes
-    return np.ascontiguousarray(images), data.target.astype(np.int64)
+    return digits_arrays()
 
 
 @pytest.fixture(scope="module")
 def trained(digits) -> nn.Module:
     """resnet8 (width 8) after 60 Adam steps: ~90% held-out accuracy. Left in training mode on purpose."""
-    images, labels = digits
-    torch.manual_seed(0)
-    model = create_model("resnet8", num_classes=10, in_channels=1, width=8)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    x, y = torch.from_numpy(images[:TRAIN]), torch.from_numpy(labels[:TRAIN])
-    generator = torch.Generator().manual_seed(0)
-    threads = torch.get_num_threads()
-    # One thread: for batches this small, two OpenMP threads on a busy 2-core machine spin-wait on each other
-    # (measured 10-40x slower), and one thread is as fast as two on an idle one.
-    torch.set_num_threads(1)
-    try:
-        for _ in range(60):
-            batch = torch.randint(0, TRAIN, (64,), generator=generator)
-            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
-    return model
+    return trained_student(*digits).train()
 
 
 @pytest.fixture(scope="module")
