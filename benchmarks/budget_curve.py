@@ -92,8 +92,8 @@ COMPARISONS = {
 }
 
 
-def overrides(comparison: Comparison, budget: int) -> list[str]:
-    baselines = "[" + ", ".join(comparison.baselines) + "]"
+def overrides(comparison: Comparison, budget: int, baselines: list[str] | None = None) -> list[str]:
+    baselines = "[" + ", ".join(baselines or comparison.baselines) + "]"
     return [
         f"train.epochs={budget}",
         f"distill.baselines={baselines}",
@@ -124,10 +124,10 @@ def stage_spend(metrics: dict[str, Any], method: str) -> list[dict[str, Any]]:
     return spend
 
 
-def run_comparison(name: str, budget: int, seeds: str) -> dict[str, Any]:
+def run_comparison(name: str, budget: int, seeds: str, baselines: list[str] | None = None) -> dict[str, Any]:
     comparison = COMPARISONS[name]
     recipe = ROOT / "recipes" / comparison.recipe
-    settings = overrides(comparison, budget)
+    settings = overrides(comparison, budget, baselines)
     with tempfile.TemporaryDirectory() as output_dir:
         elapsed, metrics = run_build(recipe, seeds, output_dir, settings)
     rows = model_rows(metrics)
@@ -158,6 +158,11 @@ def main() -> None:
     parser.add_argument(
         "--add", action="store_true", help="add these runs to an existing results file (same machine)"
     )
+    parser.add_argument(
+        "--baselines",
+        help="comma-separated baselines instead of each recipe's (the reference must be among them), e.g. to "
+        "measure a long budget at the main method and its reference only",
+    )
     args = parser.parse_args()
     budgets = [int(budget) for budget in args.budgets.split(",")]
     names = args.recipes.split(",")
@@ -168,12 +173,15 @@ def main() -> None:
         comparison = COMPARISONS[name]
         result["comparisons"].setdefault(name, {"recipe": f"recipes/{comparison.recipe}", "budgets": {}})
         for budget in budgets:
-            run = run_comparison(name, budget, args.seeds)
+            baselines = args.baselines.split(",") if args.baselines else None
+            run = run_comparison(name, budget, args.seeds, baselines)
             result["comparisons"][name]["budgets"][str(budget)] = run
             print(f"== {name} at {budget} epochs ({run['wall_time_s']:.0f} s)", flush=True)
             print_models(run["models"], comparison.reference)
             write(result, args.results)  # after every build: a long run keeps what it measured
     invocation = f"python benchmarks/budget_curve.py --seeds {args.seeds} --budgets {args.budgets}"
+    if args.baselines:
+        invocation += f" --baselines {args.baselines}"
     result.setdefault("invocations", []).append(
         {
             "argv": f"{invocation} --recipes {args.recipes}",

@@ -811,6 +811,7 @@ def make_progress(quiet: bool) -> Progress:
 
 def print_summary(metrics: RunMetrics) -> None:
     from edgekd.bench.machine_load import artifacts_load_warning
+    from edgekd.report.int8 import summary_line as int8_summary_line
     from edgekd.report.tables import (
         DATA_COLUMNS,
         data_rows,
@@ -836,6 +837,8 @@ def print_summary(metrics: RunMetrics) -> None:
     colour = {"pass": "green", "fail": "red", "neutral": "yellow"}[verdict.state]
     for line in verdict.details if metrics.budget_check is not None else ():
         console.print(f"[{colour}]budget {escape(line)}[/]")
+    for record in metrics.int8:
+        console.print(escape(int8_summary_line(metrics, record)), soft_wrap=True)
     print_shipping(console, metrics)
 
 
@@ -861,6 +864,14 @@ def print_epoch_budget(recipe) -> None:
     out.print(f"epochs per method (train.epochs: {recipe.train.epochs}, per seed):")
     for _, method in named_methods(recipe):
         out.print(f"  {method:<12} {escape(describe_epochs(planned_epochs(recipe, method)))}", soft_wrap=True)
+    int8 = recipe.export.int8
+    if int8.trains and any("int8" in precisions for precisions in recipe.export.targets.values()):
+        when = "only if PTQ fails the gate on validation, " if int8.mode == "auto" else ""
+        out.print(
+            f"  then, for each deployed student, export.int8 ({int8.mode}): {when}{int8.epochs} epochs of "
+            "quantization-aware training (first seed's student)",
+            soft_wrap=True,
+        )
 
 
 def print_sizing(sizing) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from edgekd.deploy import deploy, parity_error
+from edgekd.deploy import QuantizationAwareSource, deploy, parity_error
 from edgekd.distill import DistillContext, get_method
 from edgekd.distill.registry import ResolvedMethod, resolve_method
 from edgekd.evaluation import (
@@ -36,6 +36,7 @@ from edgekd.evaluation import (
     wants_embedding,
 )
 from edgekd.fileio import write_json
+from edgekd.int8.stage import QuantizationAwareResult, train_quantization_aware
 from edgekd.layout import RunLayout
 from edgekd.models import count_flops, count_params, create_model
 from edgekd.models.file_teacher import ExportedProgramTeacher, FileTeacher
@@ -50,9 +51,17 @@ from edgekd.prepare import (
     seed_everything,
 )
 from edgekd.recipe import Recipe
-from edgekd.records import ArtifactRecord, ModelRecord, RunMetrics, RunRecord, StudentChoice
+from edgekd.records import (
+    ArtifactRecord,
+    Int8Record,
+    ModelRecord,
+    RunMetrics,
+    RunRecord,
+    StudentChoice,
+)
 from edgekd.runfolder import check_run_dir, delete_owned_folder, open_run_dir
 from edgekd.runlock import run_folder_lock
+from edgekd.runtime import split_arrays
 from edgekd.shipping import ship, shipping_warnings
 from edgekd.sizing.check import (
     BudgetExceeded,
@@ -172,7 +181,9 @@ def run(
     release_worker_signal_handler()
     shipped = ship(recipe, models)
     by_name = {method.record.name: method for method in methods}
-    artifacts = deploy_students(p, [by_name[name] for name in shipped.exported], layout, progress)
+    artifacts, int8 = deploy_students(
+        p, [by_name[name] for name in shipped.exported], layout, progress, resume=resume
+    )
     deployed = by_name[shipped.model]
     check = budget_check(deployed.record, p.budget)
     if recipe.latency_budget is not None:
@@ -201,6 +212,7 @@ def run(
         artifacts=artifacts,
         budget_check=check,
         shipped=shipped,
+        int8=int8,
         warnings=shipping_warnings(recipe, models),
     )
     histories = {"teacher": teacher_history}
@@ -453,10 +465,11 @@ def release_worker_signal_handler() -> None:
 
 
 def deploy_students(
-    p: Prepared, exported: list[MethodResult], layout: RunLayout, progress
-) -> list[ArtifactRecord]:
+    p: Prepared, exported: list[MethodResult], layout: RunLayout, progress, *, resume: bool = False
+) -> tuple[list[ArtifactRecord], list[Int8Record]]:
     """Export, check and time each exported student (the shipped one first), into one artifacts folder with
-    file names that start with the method's name; the PyTorch rows alone when nothing is exported."""
+    file names that start with the method's name; the PyTorch rows alone when nothing is exported. Returns
+    the records and, per student with INT8 artifacts, how they were quantized."""
     recipe = p.recipe
     task = None
     if progress is not None and (recipe.export.targets or recipe.benchmark.enabled):
@@ -469,6 +482,7 @@ def deploy_students(
     # NNCF draws its own progress bars on stdout; --quiet means none at all.
     silence = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
     records: list[ArtifactRecord] = []
+    int8: list[Int8Record] = []
     for index, method in enumerate(exported):
         name = method.record.name
 
@@ -478,7 +492,7 @@ def deploy_students(
                 progress.update(task, description=f"export + benchmark: {prefix}{text}")
 
         with silence:
-            built = deploy(
+            deployment = deploy(
                 method.student,
                 method.record.params,
                 p.student_data,
@@ -488,13 +502,67 @@ def deploy_students(
                 stem=name,
                 say=say,
                 also=budget_target(recipe) if index == 0 else None,
+                quantization_aware=quantization_aware_source(
+                    p, layout, name, method.student, resume, progress
+                ),
             )
-        for record in built:
+        for record in deployment.records:
             record.model = name
-        records += built
+        records += deployment.records
+        if deployment.int8 is not None:
+            int8.append(deployment.int8)
     if task is not None:
         progress.update(task, description="export + benchmark: done", total=1, completed=1)
-    return records
+    return records, int8
+
+
+def quantization_aware_source(
+    p: Prepared,
+    layout: RunLayout,
+    method: str,
+    student: nn.Module,
+    resume: bool,
+    progress,
+    seed: int | None = None,
+) -> QuantizationAwareSource:
+    """The quantization-aware stage of a method's student for `seed` (the deployed student's, the first
+    seed, by default), run only when an INT8 path asks for it, once per mode, in the method's folder
+    (train/<method>[/seed<k>]/int8_<mode>/)."""
+    seed = p.seeds[0] if seed is None else seed
+    data = p.student_data_for(seed)
+    spec = data.input_spec
+    context = DistillContext(
+        data.num_classes,
+        p.data_plan.teacher_positions(),
+        input_shape=(spec.channels, spec.height, spec.width),
+    )
+    folder = layout.method(method, seed if len(p.seeds) > 1 else None)
+    options = resolve_method(p.recipe.distill, method).options
+    done: dict[str, QuantizationAwareResult] = {}
+
+    def train(mode: str) -> QuantizationAwareResult:
+        if mode not in done:
+            calibration, _ = split_arrays(data, "train", p.recipe.export.calibration_images)
+            done[mode] = train_quantization_aware(
+                mode,
+                student,
+                p.teacher,
+                data,
+                p.recipe.train,
+                p.recipe.export.int8,
+                options,
+                context,
+                calibration,
+                seed=seed,
+                out_dir=folder.stage(f"int8_{mode}").path,
+                device=p.device,
+                label=method,
+                resume=resume,
+                progress=progress,
+            )
+        return done[mode]
+
+    return QuantizationAwareSource(train, teacher_teaches=context.teacher_class_ids is not None)
 
 
 def image_shape(p: Prepared) -> tuple[int, int, int]:

@@ -260,6 +260,18 @@ def check_methods(recipe: Recipe, relation: str) -> None:
         check_stage_names(recipe, name, method_plan(recipe, name))
 
 
+def check_int8_mode(recipe: Recipe, relation: str) -> None:
+    """QAD distils from the teacher's logits of the student's classes: a teacher without them cannot
+    (auto then takes QAT as its quantization-aware step)."""
+    int8 = recipe.export.int8
+    wants_int8 = any("int8" in precisions for precisions in recipe.export.targets.values())
+    if wants_int8 and int8.mode == "qad" and relation == "disjoint":
+        raise EdgekdError(
+            "export.int8.mode: 'qad' needs a teacher that predicts the student's classes; this run's teacher "
+            "has none of them (label relation 'disjoint'); allowed here: ptq, accuracy_control, qat, auto"
+        )
+
+
 def check_stage_names(recipe: Recipe, method: str, stages: list[Stage]) -> None:
     """distill.stages and distill.artifacts name stages and artifacts of the method's plan."""
     names = [stage.name for stage in stages]
@@ -431,6 +443,7 @@ def prepare(recipe: Recipe, say=None, parallel: Parallel | None = None) -> Prepa
     recipe = with_teacher_channels(recipe)
     plan = DataPlan(recipe.data, recipe.teacher.classes, recipe.normalization)
     check_methods(recipe, plan.relation)
+    check_int8_mode(recipe, plan.relation)
     check_file_teacher_methods(recipe)
     if parallel is not None:  # also checked by `edgekd build --nproc` before it starts the processes
         check_data_parallel(recipe)

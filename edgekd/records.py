@@ -182,6 +182,32 @@ class ArtifactRecord(Record):
         return self.status.startswith(("ok", "parity"))
 
 
+class Int8PathRecord(Record):
+    """One way the INT8 artifacts of a student were made and checked (ptq, accuracy_control, qat, qad)."""
+
+    path: str
+    # per INT8 artifact ("onnx int8"): val_acc, test_acc, val_drop and test_drop (points against the PyTorch
+    # student), the validation verdict and, when it failed, why
+    artifacts: dict[str, dict[str, Any]]
+    passed_on_validation: bool
+    # the quantization-aware stage (qat/qad): epochs, rate, what was kept, validation accuracies, time
+    stage: dict[str, Any] | None = None
+
+
+class Int8Record(Record):
+    """How one deployed student's INT8 artifacts were quantized: the recipe's export.int8.mode, every path
+    tried, which one shipped and why. Paths are judged on the validation split (auto chooses on it); the
+    build's gate (the artifacts' parity records) judges the shipped artifacts as every artifact is judged."""
+
+    model: str
+    mode: str
+    shipped_path: str
+    why: str
+    paths: list[Int8PathRecord]
+    # formats whose INT8 stayed post-training quantization under qat/qad, with why
+    ptq_only: dict[str, str] = {}
+
+
 class RunRecord(Record):
     name: str
     seed: int
@@ -286,6 +312,8 @@ class RunMetrics(Record):
     budget_check: BudgetCheck | None = None
     # null in metrics.json written before edgekd chose the student to ship: the main method's was
     shipped: ShippedStudent | None = None
+    # one per deployed student with INT8 artifacts: how they were quantized (empty before export.int8)
+    int8: list[Int8Record] = []
     warnings: list[str] = []  # what a user should know before deploying (edgekd/shipping.py)
 
     @property

@@ -53,6 +53,9 @@ STAGE_SEED_STEP = 104_729
 CONSTRUCTION_EPOCH = 999_983
 # Seed indices of side branches (checks), apart from the main stages'.
 BRANCH_SEED_INDEX = 1_000
+# The seed index of the quantization-aware INT8 stage that follows a plan (export.int8.mode qat/qad/auto):
+# apart from the plan's stages and checks.
+INT8_STAGE_SEED_INDEX = 2_000
 # Augmentation seeds of the processes of a data-parallel run (rank 0 keeps the one-process seed).
 RANK_SEED_STEP = 15_485_863
 # Seeds of successive passes over the unlabelled images within one epoch (far from any other epoch's seed).

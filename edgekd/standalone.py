@@ -202,7 +202,9 @@ def export_source(
         output = RunLayout(source).artifacts if source.is_dir() else source.parent
     # Nothing is timed; the ONNX artifacts are checked where the recipe runs them (benchmark.onnxruntime_device).
     bench = loaded.recipe.benchmark.model_copy(update={"enabled": False})
-    return deploy(loaded.student, loaded.params, loaded.data, export, bench, output, loaded.stem, say=say)
+    return deploy(
+        loaded.student, loaded.params, loaded.data, export, bench, output, loaded.stem, say=say
+    ).records
 
 
 def check_parity(records: list[ArtifactRecord]) -> None:

@@ -326,7 +326,7 @@ def test_a_failed_int8_gate_shows_the_results_and_what_to_try(cli, tmp_path):
     result = cli("build", recipe, "--quiet")
     message = one_line_error(result, code=1)
     assert "onnx int8" in message and "outside tolerance" in message
-    assert "export.int8_max_drop" in message and "export.calibration_images" in message
+    assert "export.int8.mode: qad" in message and "export.calibration_images" in message
     before_error = result.output.split("error: ")[0]
     assert "deployment artifacts" in before_error and "onnx int8" in before_error  # the table, first
     assert "run folder:" in before_error and (tmp_path / "runs" / "quick" / "report.md").is_file()

@@ -11,6 +11,7 @@ from edgekd.formats import FORMAT_PRECISIONS, PARITY_DEFAULTS, FormatName, Preci
 from edgekd.latency_settings import LatencySettings
 from edgekd.schema_base import (
     MAX_BATCH,
+    MAX_EPOCHS,
     MAX_IMAGES,
     Section,
     shown_value,
@@ -45,6 +46,59 @@ class ParityConfig(Section):
     )
 
 
+INT8_MODES = ("ptq", "accuracy_control", "qat", "qad", "auto")
+
+
+class Int8Config(Section):
+    """How the INT8 artifacts are quantized: after training (PTQ), or by training the quantized student."""
+
+    mode: Literal["ptq", "accuracy_control", "qat", "qad", "auto"] = Field(
+        "ptq",
+        description="ptq: post-training quantization, each exporter calibrating on export.calibration_images; "
+        "accuracy_control: PTQ with NNCF's accuracy control for OpenVINO (max_drop; ONNX Runtime has none, so "
+        "its INT8 stays plain PTQ); qat: the selected student, PTQ-calibrated by NNCF, fine-tuned with "
+        "simulated INT8 on cross-entropy for `epochs`; qad: the same on the method's KD objective against "
+        "the frozen teacher (quantization-aware distillation); auto: PTQ, then, only if an INT8 artifact fails "
+        "the gate on validation images, QAD, then accuracy control. The ONNX and OpenVINO INT8 artifacts "
+        "of qat/qad come from the one fine-tuned fake-quantized student; the other formats stay PTQ.",
+    )
+    max_drop: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="accuracy_control (and auto's last resort): largest top-1 drop NNCF's accuracy control "
+        "allows on the validation split (a fraction: 0.01 = one point).",
+    )
+    epochs: int = Field(
+        5, ge=1, le=MAX_EPOCHS, description="qat/qad: epochs of the quantization-aware stage."
+    )
+    lr: float | None = Field(
+        None,
+        gt=0,
+        le=100,
+        description="qat/qad: the stage's peak learning rate (cosine to zero, the recipe's optimizer); "
+        "default: the recipe's train.optimizer.lr / 100, a fine-tuning rate.",
+    )
+    temperature: float | None = Field(
+        None,
+        gt=0,
+        le=100,
+        description="qad: KD temperature; default: the method's own (kd, srm, fitnet, ...), else 4.",
+    )
+    alpha: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="qad: weight of the KD term (1 - alpha weights cross-entropy); default: the method's "
+        "own, else 0.9.",
+    )
+
+    @property
+    def trains(self) -> bool:
+        """Whether the mode may train a quantization-aware stage (auto does only when PTQ fails)."""
+        return self.mode in ("qat", "qad", "auto")
+
+
 class ExportConfig(Section):
     """Which students to deploy, which artifacts of them to write, and how they are checked."""
 
@@ -72,13 +126,7 @@ class ExportConfig(Section):
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
         "minmax", description="ONNX Runtime INT8 calibrator."
     )
-    int8_max_drop: float | None = Field(
-        None,
-        gt=0,
-        lt=1,
-        description="OpenVINO INT8 with NNCF accuracy control: largest allowed top-1 drop on the validation "
-        "split (a fraction: 0.01 = one point); unset: plain post-training quantization.",
-    )
+    int8: Int8Config = Int8Config()
     max_batch: int = Field(
         64, ge=1, le=MAX_BATCH, description="Largest batch of TensorRT's dynamic-batch profile."
     )

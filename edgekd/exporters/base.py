@@ -222,6 +222,9 @@ class ExportRequest:
     calibration: np.ndarray | None
     validation: tuple[np.ndarray, np.ndarray] | None
     onnx_fp32: Artifact | None
+    # The quantization-aware student (NNCF fake quantizers, edgekd.int8): an INT8 export writes its
+    # quantizers as they are instead of calibrating the FP32 model (exporters with `exports_fake_quantized`).
+    fake_quantized: nn.Module | None = None
 
 
 class Exporter(ABC):
@@ -231,6 +234,10 @@ class Exporter(ABC):
     # Set from edgekd.formats when a subclass is defined: what a format writes is declared there, once.
     precisions: ClassVar[tuple[str, ...]]
     suffix: ClassVar[str]
+    # Whether an INT8 export can take the quantization-aware student's own quantizers (edgekd.int8); where
+    # it cannot, `fake_quantized_gap` says why, and its INT8 stays post-training quantization.
+    exports_fake_quantized: ClassVar[bool] = False
+    fake_quantized_gap: ClassVar[str] = "its exporter has no path from NNCF's quantized PyTorch model"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -275,15 +282,18 @@ class Exporter(ABC):
         validation: tuple[np.ndarray, np.ndarray] | None = None,
         onnx_fp32: Artifact | None = None,
         stem: str = DEFAULT_STEM,
+        fake_quantized: nn.Module | None = None,
     ) -> Artifact:
         """Write ``<out_dir>/<stem>_<format>_<precision><suffix>`` and describe it.
 
         ``calibration`` (N×C×H×W float32, normalized training images) is required for int8;
         ``validation`` (images, labels) is used by accuracy-controlled INT8 where a format has it;
-        ``onnx_fp32`` is an FP32 ONNX artifact of the same model to convert from instead of re-exporting.
+        ``onnx_fp32`` is an FP32 ONNX artifact of the same model to convert from instead of re-exporting;
+        ``fake_quantized`` is the quantization-aware student whose quantizers an INT8 export writes.
         The caller's model is left as it was (training mode and device); a failed export leaves no file.
         """
         self.check_precision(precision)
+        self.check_fake_quantized(fake_quantized, precision)
         options = options or ExportOptions()
         request = ExportRequest(
             model=model,
@@ -295,6 +305,7 @@ class Exporter(ABC):
             calibration=check_calibration(calibration, io, options, precision, self.format),
             validation=check_validation(validation, io),
             onnx_fp32=check_onnx_fp32(onnx_fp32, io),
+            fake_quantized=fake_quantized,
         )
         request.out_dir.mkdir(parents=True, exist_ok=True)
         return self._export(request)
@@ -308,6 +319,16 @@ class Exporter(ABC):
             raise EdgekdError(
                 f"precision: {precision!r} is not supported by the {self.format} exporter; "
                 f"allowed: {', '.join(self.precisions)}{self.precision_hint(precision)}"
+            )
+
+    def check_fake_quantized(self, fake_quantized: nn.Module | None, precision: str) -> None:
+        if fake_quantized is None:
+            return
+        if precision != "int8" or not self.exports_fake_quantized:
+            raise EdgekdError(
+                f"fake_quantized: given for {self.format} {precision}; only an INT8 export of a format that "
+                f"takes it uses a quantization-aware student ({self.format}: "
+                f"{'yes' if self.exports_fake_quantized else self.fake_quantized_gap})"
             )
 
     def precision_hint(self, precision: str) -> str:

@@ -52,6 +52,10 @@ INSTALL = "pip install 'edgekd[executorch]'"
 
 class ExecuTorchExporter(Exporter):
     format = "executorch"
+    fake_quantized_gap = (
+        "ExecuTorch's XNNPACK INT8 comes from torch's PT2E quantizer with its own observers; NNCF's "
+        "quantizer scales have no way into it"
+    )
 
     def _export(self, request: ExportRequest) -> Artifact:
         self._require_packages(request.precision)

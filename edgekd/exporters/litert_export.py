@@ -56,6 +56,10 @@ INT8_RECIPE = "static_wi8_ai8"
 
 class LiteRtExporter(Exporter):
     format = "litert"
+    fake_quantized_gap = (
+        "LiteRT's INT8 comes from ai-edge-quantizer's own recipe applied to the .tflite; NNCF's quantizer "
+        "scales have no way into it"
+    )
 
     def _export(self, request: ExportRequest) -> Artifact:
         self._require_packages(request.precision)

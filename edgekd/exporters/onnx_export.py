@@ -66,9 +66,12 @@ INT8_TARGETS: dict[str, dict[str, Any]] = {
 
 class OnnxExporter(Exporter):
     format = "onnx"
+    exports_fake_quantized = True
 
     def _export(self, request: ExportRequest) -> Artifact:
-        if request.precision == "fp32":
+        if request.fake_quantized is not None:
+            proto, details = fake_quantized_proto(request)
+        elif request.precision == "fp32":
             proto, details = torch_to_onnx(request.model, request.io, request.options.opset)
         elif request.precision == "fp16":
             proto, details = float16_proto(request)
@@ -101,6 +104,30 @@ def quantized_proto(request: ExportRequest, *, target: str) -> tuple[onnx.ModelP
                 "not applied: onnxruntime static quantization has no accuracy control (openvino int8 has)"
             )
         return onnx.load_model(str(work / "int8.onnx")), details
+
+
+def fake_quantized_proto(request: ExportRequest) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The quantization-aware student's own quantizers as QuantizeLinear/DequantizeLinear pairs.
+
+    Through the TorchScript exporter: NNCF writes its quantizers with a `symbolic` function, which only that
+    exporter reads (torch.export traces through them into float arithmetic)."""
+    import torch
+
+    from edgekd.int8.fake_quant import onnx_qdq_export
+
+    model = request.fake_quantized
+    with eval_on_cpu(model), onnx_qdq_export(model):
+        proto = export_torchscript(model, example_batch(request.io), request.io, request.options.opset)
+    _check_single_io(proto, request.io)
+    details = {
+        "torch_version": torch.__version__,
+        "exporter": "torchscript",
+        "opset": _default_domain_opset(proto),
+        "warnings": [],
+        "source": "the quantization-aware student (its NNCF quantizers as QuantizeLinear/DequantizeLinear)",
+        "quantization": {"tool": "nncf (quantization-aware)", "format": "QDQ"},
+    }
+    return proto, details
 
 
 def float16_proto(request: ExportRequest) -> tuple[onnx.ModelProto, dict[str, Any]]:

@@ -7,6 +7,7 @@ from edgekd.latency_settings import threads_text
 from edgekd.recipe import Recipe
 from edgekd.records import Candidate, RunMetrics, Sizing, StageRecord
 from edgekd.report.blocks import Block, BulletList, Code, Heading, Image, Paragraph, Table
+from edgekd.report.int8 import int8_blocks
 from edgekd.report.tables import (
     DATA_COLUMNS,
     artifact_paths,
@@ -41,6 +42,7 @@ def report_blocks(recipe: Recipe, metrics: RunMetrics, plot_files: list[str]) ->
         *sizing_blocks(metrics.student_choice.sizing),
         *shipping_blocks(metrics),
         *artifact_blocks(metrics),
+        *int8_blocks(metrics),
         *[Image(name, name) for name in plot_files],
         Paragraph(files_text(metrics)),
     ]

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from edgekd.records import ArtifactRecord, BudgetCheck, LatencyCheck, RunMetrics
+from edgekd.records import ArtifactRecord, BudgetCheck, Int8Record, LatencyCheck, RunMetrics
+from edgekd.report.int8 import gate_text
 from edgekd.report.tables import human_count, ms_cell
 
 
@@ -19,7 +20,17 @@ class Verdict:
 
 
 def verdicts(metrics: RunMetrics) -> list[Verdict]:
-    return [budget_verdict(metrics.budget_check), parity_verdict(metrics.artifacts)]
+    return [
+        budget_verdict(metrics.budget_check),
+        parity_verdict(metrics.artifacts),
+        *(int8_verdict(metrics, record) for record in metrics.int8),
+    ]
+
+
+def int8_verdict(metrics: RunMetrics, record: Int8Record) -> Verdict:
+    passed, gate = gate_text(metrics, record)
+    headline = f"INT8 of {record.model}: {record.shipped_path} shipped (mode {record.mode})"
+    return Verdict("int8", "pass" if passed else "fail", headline, (record.why, gate))
 
 
 def budget_verdict(check: BudgetCheck | None) -> Verdict:

@@ -1,0 +1,142 @@
+"""The quantization-aware stage: after a method's plan selected its student, that student is PTQ-calibrated
+by NNCF (edgekd.int8.fake_quant) and fine-tuned with simulated INT8 for ``export.int8.epochs``, on
+cross-entropy (QAT) or on KD against the frozen teacher (QAD), and the epoch kept is chosen on the
+validation split, as every stage's is.
+
+It runs through the trainer like any stage (its folder under the method's, resumable from its last complete
+epoch, bit for bit, its own seed index), with a fine-tuning schedule: the recipe's optimizer at
+``export.int8.lr`` (default: the recipe's rate / 100), cosine to zero, no warm-up, FP32 steps (simulated
+INT8 under autocast would quantize bf16 values), contiguous memory. If no epoch beats the calibrated start
+on validation, the start is kept and the record says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.config.deploy import Int8Config
+from edgekd.config.train import ScheduleConfig, TrainConfig
+from edgekd.data import DataBundle
+from edgekd.distill.base import DistillContext
+from edgekd.int8.fake_quant import FakeQuantized, fake_quantize
+from edgekd.int8.objective import (
+    QuantizationAwareDistillation,
+    QuantizationAwareOptions,
+    QuantizationAwareTraining,
+)
+from edgekd.seeds import INT8_STAGE_SEED_INDEX
+from edgekd.train.trainer import Trainer, evaluate
+
+# Where a method has no KD settings of its own (scratch, REFILLED, ...): the KD paper's and edgekd's defaults.
+DEFAULT_TEMPERATURE = 4.0
+DEFAULT_ALPHA = 0.9
+LR_DIVISOR = 100  # default stage rate: the recipe's / 100, fine-tuning a trained student
+
+
+@dataclass(frozen=True)
+class QuantizationAwareResult:
+    """The fine-tuned fake-quantized student and the stage's record (epochs, what was kept, settings)."""
+
+    fake_quantized: FakeQuantized
+    record: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def stage_settings(int8: Int8Config, method_options: Any) -> QuantizationAwareOptions:
+    """QAD's temperature and alpha: export.int8's, else the method's own, else the KD defaults."""
+    temperature = int8.temperature or getattr(method_options, "temperature", None) or DEFAULT_TEMPERATURE
+    alpha = int8.alpha if int8.alpha is not None else getattr(method_options, "alpha", None)
+    return QuantizationAwareOptions(
+        temperature=float(temperature), alpha=float(DEFAULT_ALPHA if alpha is None else alpha)
+    )
+
+
+def stage_train_config(train: TrainConfig, int8: Int8Config) -> TrainConfig:
+    lr = int8.lr if int8.lr is not None else train.optimizer.lr / LR_DIVISOR
+    return train.model_copy(
+        update={
+            "epochs": int8.epochs,
+            "optimizer": train.optimizer.model_copy(update={"lr": lr}),
+            "schedule": ScheduleConfig(name="cosine"),
+            "select": "best_val",
+            "amp": None,
+            # NNCF's hooks are traced on a contiguous model; channels-last only speeds GPU convolutions
+            "channels_last": False,
+        }
+    )
+
+
+def train_quantization_aware(
+    mode: str,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    data: DataBundle,
+    train: TrainConfig,
+    int8: Int8Config,
+    method_options: Any,
+    context: DistillContext,
+    calibration: np.ndarray,
+    *,
+    seed: int,
+    out_dir,
+    device: torch.device,
+    label: str,
+    resume: bool,
+    progress=None,
+) -> QuantizationAwareResult:
+    """Calibrate, fine-tune (mode 'qat' or 'qad') and select; the student given is left untouched."""
+    if mode not in ("qat", "qad"):
+        raise ValueError(f"mode: {mode!r}; a quantization-aware stage is 'qat' or 'qad'")
+    fake = fake_quantize(student, calibration)
+    options = stage_settings(int8, method_options)
+    objective_class = QuantizationAwareDistillation if mode == "qad" else QuantizationAwareTraining
+    objective = objective_class(fake.model, teacher if mode == "qad" else None, options, context)
+    start_val_acc = evaluate(fake.model.to(device), data.eval_loader("val"), device)[0]
+    start_state = {k: v.detach().clone() for k, v in fake.model.state_dict().items()}
+    cfg = stage_train_config(train, int8)
+    trainer = Trainer(
+        objective,
+        data,
+        cfg,
+        seed=seed,
+        out_dir=out_dir,
+        device=device,
+        label=f"{label} int8 {mode}",
+        progress=progress,
+        select="best_val",
+        stage_index=INT8_STAGE_SEED_INDEX,
+    )
+    fit = trainer.fit(resume=resume)
+    kept_start = fit.best_val_acc < start_val_acc  # ties go to the trained student
+    if kept_start:
+        fake.model.load_state_dict(start_state)
+    model = fake.model.to("cpu").eval()
+    record = {
+        "mode": mode,
+        "epochs": cfg.epochs,
+        "lr": cfg.optimizer.lr,
+        "optimizer": cfg.optimizer.name,
+        "schedule": "cosine",
+        **({"temperature": options.temperature, "alpha": options.alpha} if mode == "qad" else {}),
+        "start_val_acc": round(start_val_acc, 4),
+        "best_epoch": fit.best_epoch,
+        "best_val_acc": round(fit.best_val_acc, 4),
+        "kept": "the calibrated start (no epoch beat it on validation)"
+        if kept_start
+        else f"epoch {fit.best_epoch}",
+        "val_acc": round(max(fit.best_val_acc, start_val_acc), 4),
+        "train_time_s": round(fit.train_time_s, 2),
+        "quantization": fake.describe(),
+    }
+    return QuantizationAwareResult(
+        FakeQuantized(
+            model, fake.quantizers, fake.folded_batchnorms, fake.not_folded, fake.calibration_images
+        ),
+        record,
+        fit.history,
+    )
