@@ -265,11 +265,24 @@ def check_int8_mode(recipe: Recipe, relation: str) -> None:
     (auto then takes QAT as its quantization-aware step)."""
     int8 = recipe.export.int8
     wants_int8 = any("int8" in precisions for precisions in recipe.export.targets.values())
+    if wants_int8 and int8.trains and compiler_missing():
+        raise EdgekdError(
+            f"export.int8.mode: '{int8.mode}' trains with NNCF's quantization kernels, which compile on first use "
+            "with a C++ compiler, and none was found (c++, or $CXX); install one (e.g. apt install g++) or use "
+            "ptq or accuracy_control"
+        )
     if wants_int8 and int8.mode == "qad" and relation == "disjoint":
         raise EdgekdError(
             "export.int8.mode: 'qad' needs a teacher that predicts the student's classes; this run's teacher "
             "has none of them (label relation 'disjoint'); allowed here: ptq, accuracy_control, qat, auto"
         )
+
+
+def compiler_missing() -> bool:
+    """No C++ compiler for torch's extension builds (it runs $CXX, else c++)."""
+    import shutil
+
+    return shutil.which(os.environ.get("CXX", "c++")) is None
 
 
 def check_stage_names(recipe: Recipe, method: str, stages: list[Stage]) -> None:

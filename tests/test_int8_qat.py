@@ -277,3 +277,97 @@ def test_sigkill_in_the_qad_stage_then_resume_matches_an_uninterrupted_run(write
         return stable, stage, artifacts
 
     assert int8_numbers(run_dir) == int8_numbers(reference_dir)
+
+
+def test_qad_is_refused_up_front_where_the_teacher_has_none_of_the_students_classes(write_recipe, cli):
+    path = write_recipe(
+        data={"dataset": "digits", "batch_size": 128, "classes": [5, 6, 7, 8, 9]},
+        teacher={"model": "resnet8", "classes": [0, 1, 2, 3, 4], "train": {"epochs": 1}},
+        distill={"method": "refilled", "baselines": []},
+        export={"targets": INT8_TARGETS, "int8": {"mode": "qad"}},
+    )
+    result = cli("validate", path)
+    assert result.exit_code == 2, result.output
+    assert (
+        "export.int8.mode: 'qad'" in result.output
+        and "allowed here: ptq, accuracy_control, qat, auto" in result.output
+    )
+
+
+def test_a_training_int8_mode_without_a_compiler_is_refused_naming_the_alternatives(
+    write_recipe, cli, monkeypatch
+):
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    path = write_recipe(export={"targets": INT8_TARGETS, "int8": {"mode": "auto"}})
+    result = cli("validate", path)
+    assert result.exit_code == 2, result.output
+    assert "C++ compiler" in result.output and "ptq or accuracy_control" in result.output
+    monkeypatch.setenv("CXX", "c++")
+    assert cli("validate", path).exit_code == 0
+
+
+def test_a_path_is_judged_on_validation_agreement_then_validation_drop():
+    from edgekd.config.deploy import ParityConfig
+    from edgekd.int8.paths import path_record, shipped_reason
+    from edgekd.records import ArtifactRecord
+
+    def record(name, val_acc, test_acc, logits_passed=True, path="ptq"):
+        return ArtifactRecord(
+            name=name,
+            format=name.split()[0],
+            precision="int8",
+            path=None,
+            size_bytes=1,
+            status="ok",
+            val_acc=val_acc,
+            test_acc=test_acc,
+            parity={
+                "logits_passed": logits_passed,
+                "failure": None if logits_passed else "top-1 agreement low",
+            },
+            details={"int8_path": path},
+        )
+
+    student = ArtifactRecord(
+        name="pytorch fp32",
+        format="pytorch",
+        precision="fp32",
+        path=None,
+        size_bytes=1,
+        status="ok",
+        val_acc=95.0,
+        test_acc=94.0,
+    )
+    parity = ParityConfig(int8_max_acc_drop=1.0)
+    # the test split plays no part: a test drop of 30 points passes, a validation drop of 1.5 fails
+    ptq = path_record(
+        "ptq", [record("onnx int8", 94.5, 64.0), record("openvino int8", 93.5, 94.0)], student, parity
+    )
+    assert not ptq.passed_on_validation
+    assert (
+        ptq.artifacts["onnx int8"]["passed_on_validation"] and ptq.artifacts["onnx int8"]["test_drop"] == 30.0
+    )
+    assert "validation accuracy drop 1.50 pt" in ptq.artifacts["openvino int8"]["failure"]
+    qad = path_record(
+        "qad",
+        [record("onnx int8", 95.0, 94.0, path="qad"), record("openvino int8", 95.5, 94.0, False, "qad")],
+        student,
+        parity,
+    )
+    assert not qad.passed_on_validation and qad.artifacts["openvino int8"]["failure"] == "top-1 agreement low"
+    assert qad.artifacts["onnx int8"]["made_by"] == "qad"
+    fixed = path_record(
+        "accuracy_control", [record("openvino int8", 95.0, 93.0, path="accuracy_control")], student, parity
+    )
+    assert (
+        shipped_reason("auto", [ptq])
+        == "every path tried failed the gate on validation (ptq); the last is shipped"
+    )
+    assert (
+        shipped_reason("auto", [ptq, fixed])
+        == "ptq failed the gate on validation; accuracy_control passed it"
+    )
+    assert shipped_reason("auto", [ptq, qad, fixed]) == (
+        "ptq and qad failed the gate on validation; accuracy_control passed it"
+    )
+    assert shipped_reason("qat", [qad]) == "export.int8.mode is qat"

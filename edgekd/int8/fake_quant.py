@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -56,6 +57,9 @@ def fake_quantize(student: nn.Module, calibration: np.ndarray) -> FakeQuantized:
 
     Deterministic on one machine: the same student and images give the same quantizer scales, so a resumed
     quantization-aware stage rebuilds exactly the model its checkpoint belongs to."""
+    # NNCF compiles its quantization kernels (a torch C++ extension) on first use and gives up after 60 s by
+    # default: too short on a busy 2-core machine. A user's own setting stands.
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
     import nncf
 
     model = copy.deepcopy(student).to("cpu").eval()

@@ -59,18 +59,15 @@ def path_record(
 
 def shipped_reason(mode: str, tried: list[Int8PathRecord]) -> str:
     """Why the last path tried is the one shipped, in a sentence."""
-    last = tried[-1]
     if mode != "auto":
         return f"export.int8.mode is {mode}"
-    failed = [path.path for path in tried[:-1]]
-    if not failed:
-        return "post-training quantization passed the gate on validation"
-    before = " and ".join(failed)
+    last, failed = tried[-1], [path.path for path in tried[:-1]]
     if last.passed_on_validation:
-        return f"{before} failed the gate on validation; {last.path} passed it"
-    return (
-        f"every path failed the gate on validation ({', '.join(p.path for p in tried)}); the last is shipped"
-    )
+        if not failed:
+            return "post-training quantization passed the gate on validation"
+        return f"{' and '.join(failed)} failed the gate on validation; {last.path} passed it"
+    names = ", ".join(path.path for path in tried)
+    return f"every path tried failed the gate on validation ({names}); the last is shipped"
 
 
 def _drop(reference: float | None, value: float | None) -> float | None:
