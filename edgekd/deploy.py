@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -285,6 +285,8 @@ class QuantizationAwareSource:
 
     train: Callable[[str], QuantizationAwareResult]
     teacher_teaches: bool
+    # what `train` ran, by mode (filled as it runs): the build plots each stage's history
+    results: dict[str, QuantizationAwareResult] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

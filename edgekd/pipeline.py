@@ -181,7 +181,7 @@ def run(
     release_worker_signal_handler()
     shipped = ship(recipe, models)
     by_name = {method.record.name: method for method in methods}
-    artifacts, int8 = deploy_students(
+    artifacts, int8, int8_stage_histories = deploy_students(
         p, [by_name[name] for name in shipped.exported], layout, progress, resume=resume
     )
     deployed = by_name[shipped.model]
@@ -220,6 +220,7 @@ def run(
     for method in methods:
         histories.update(method.histories)
         embeddings.update(method.embedding)
+    histories.update(int8_stage_histories)
     write_outputs(layout, recipe, metrics, histories, embeddings)
     failed = parity_error(artifacts, "report written")
     if failed is None and strict_budget and check is not None and check.fits is False:
@@ -466,10 +467,11 @@ def release_worker_signal_handler() -> None:
 
 def deploy_students(
     p: Prepared, exported: list[MethodResult], layout: RunLayout, progress, *, resume: bool = False
-) -> tuple[list[ArtifactRecord], list[Int8Record]]:
+) -> tuple[list[ArtifactRecord], list[Int8Record], Histories]:
     """Export, check and time each exported student (the shipped one first), into one artifacts folder with
     file names that start with the method's name; the PyTorch rows alone when nothing is exported. Returns
-    the records and, per student with INT8 artifacts, how they were quantized."""
+    the records, per student with INT8 artifacts how they were quantized, and the quantization-aware
+    stages' histories."""
     recipe = p.recipe
     task = None
     if progress is not None and (recipe.export.targets or recipe.benchmark.enabled):
@@ -483,6 +485,7 @@ def deploy_students(
     silence = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
     records: list[ArtifactRecord] = []
     int8: list[Int8Record] = []
+    histories: Histories = {}
     for index, method in enumerate(exported):
         name = method.record.name
 
@@ -491,6 +494,7 @@ def deploy_students(
                 prefix = f"{name}: " if len(exported) > 1 else ""
                 progress.update(task, description=f"export + benchmark: {prefix}{text}")
 
+        source = quantization_aware_source(p, layout, name, method.student, resume, progress)
         with silence:
             deployment = deploy(
                 method.student,
@@ -502,18 +506,31 @@ def deploy_students(
                 stem=name,
                 say=say,
                 also=budget_target(recipe) if index == 0 else None,
-                quantization_aware=quantization_aware_source(
-                    p, layout, name, method.student, resume, progress
-                ),
+                quantization_aware=source,
             )
         for record in deployment.records:
             record.model = name
         records += deployment.records
         if deployment.int8 is not None:
             int8.append(deployment.int8)
+        histories.update(int8_histories(name, method, source))
     if task is not None:
         progress.update(task, description="export + benchmark: done", total=1, completed=1)
-    return records, int8
+    return records, int8, histories
+
+
+def int8_histories(name: str, method: MethodResult, source: QuantizationAwareSource) -> Histories:
+    """Each quantization-aware stage's epochs, numbered on after the deployed student's own (its first
+    seed's), so the training curves show it as the stage it is."""
+    own = next(iter(method.histories.values()), [])
+    base = own[-1]["epoch"] if own else 0
+    return {
+        f"{name} int8 {mode}": [
+            {**row, "epoch": base + row["epoch"], "stage": f"int8_{mode}", "stage_epoch": row["epoch"]}
+            for row in result.history
+        ]
+        for mode, result in source.results.items()
+    }
 
 
 def quantization_aware_source(
@@ -562,7 +579,7 @@ def quantization_aware_source(
             )
         return done[mode]
 
-    return QuantizationAwareSource(train, teacher_teaches=context.teacher_class_ids is not None)
+    return QuantizationAwareSource(train, context.teacher_class_ids is not None, results=done)
 
 
 def image_shape(p: Prepared) -> tuple[int, int, int]:
