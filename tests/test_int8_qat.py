@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from edge_runtime_helpers import TRAIN, digits_arrays, logits, trained_student
-from test_build import _edgekd, _wait_for_epochs, same_weights, stable_metrics
+from test_build import _edgekd, _start_build, _wait_for_epochs, same_weights, stable_metrics
 from torch import nn
 
 from edgekd.config.deploy import Int8Config
@@ -239,9 +239,7 @@ def test_auto_ships_ptq_and_trains_nothing_where_ptq_passes(write_recipe, tmp_pa
 def test_sigkill_in_the_qad_stage_then_resume_matches_an_uninterrupted_run(write_recipe, tmp_path):
     path = int8_recipe(write_recipe, mode="qad", epochs=4)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        _edgekd("build", str(path), "--quiet"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    process = _start_build(path, env)
     run_dir = tmp_path / "runs" / "tiny"
     stage_dir = run_dir / "train" / "kd" / "int8_qad"
     try:
