@@ -123,6 +123,9 @@ def train_quantization_aware(
         "optimizer": cfg.optimizer.name,
         "schedule": "cosine",
         **({"temperature": options.temperature, "alpha": options.alpha} if mode == "qad" else {}),
+        # what the stage read: the student's own labelled images (and unlabelled ones, for QAD's KD term)
+        "labelled_images": {"train": len(data.train), "selection": len(data.val)},
+        "unlabeled_images": len(data.unlabeled) if mode == "qad" and data.unlabeled is not None else 0,
         "start_val_acc": round(start_val_acc, 4),
         "best_epoch": fit.best_epoch,
         "best_val_acc": round(fit.best_val_acc, 4),

@@ -68,6 +68,10 @@ def stage_text(stage: dict) -> str:
         f"The {stage['mode']} stage: {settings}; {quantization.get('quantizers', '?')} NNCF quantizers "
         f"calibrated on {quantization.get('calibration_images', '?')} training images"
         + (f", {folded} BatchNorms folded into their convolutions" if folded else "")
+        + f". It trained on the student's {stage['labelled_images']['train']} labelled training images"
+        + (f" and {stage['unlabeled_images']} unlabelled ones" if stage.get("unlabeled_images") else "")
+        + f", selected on its {stage['labelled_images']['selection']} validation images"
+        + (", with the teacher's logits as targets" if stage["mode"] == "qad" else "")
         + f". Validation accuracy of the fake-quantized student: {stage['start_val_acc']:.2f} % at the "
         f"calibrated start, {stage['val_acc']:.2f} % kept ({stage['kept']}); {stage['train_time_s']:.1f} s of "
         "training."
