@@ -179,20 +179,22 @@ INT8_TARGETS = {"onnx": ["int8"], "openvino": ["int8"]}
 
 
 def int8_recipe(write_recipe, name="tiny", **int8):
-    """The tiny recipe's KD student (6 epochs) with ONNX and OpenVINO INT8, nothing timed."""
+    """The tiny recipe's KD student (3 epochs) with ONNX and OpenVINO INT8, nothing timed; the gate asks for
+    99 % top-1 agreement (at most 2 of the 216 validation images may disagree)."""
     return write_recipe(
         name=name,
-        train={"epochs": 6, "optimizer": {"lr": 0.1}},
+        train={"epochs": 3, "optimizer": {"lr": 0.1}},
         distill={"method": "kd", "baselines": []},
-        export={"targets": INT8_TARGETS, "int8": {"epochs": 3, **int8}, "parity": {"int8_min_top1": 0.985}},
+        export={"targets": INT8_TARGETS, "int8": {"epochs": 3, **int8}, "parity": {"int8_min_top1": 0.99}},
         benchmark={"enabled": False},
     )
 
 
 @pytest.mark.slow
 def test_auto_ships_qad_where_ptq_fails_the_gate_and_qad_passes(write_recipe, tmp_path, cli):
-    # The crafted case: a 6-epoch student whose PTQ artifacts disagree with it on more than 1.5 % of the
-    # validation images; QAD's artifacts are exports of the fake-quantized student they are compared with.
+    # The crafted case: a 3-epoch student whose OpenVINO PTQ artifact disagrees with it on 8 of the 216
+    # validation images (AMD EPYC; 2 allowed); QAD's artifacts are exports of the fake-quantized student they
+    # are compared with, and agree with it.
     result = cli("build", int8_recipe(write_recipe, mode="auto"), "--quiet")
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "tiny"

@@ -46,9 +46,6 @@ class ParityConfig(Section):
     )
 
 
-INT8_MODES = ("ptq", "accuracy_control", "qat", "qad", "auto")
-
-
 class Int8Config(Section):
     """How the INT8 artifacts are quantized: after training (PTQ), or by training the quantized student."""
 
