@@ -151,46 +151,36 @@ def deploy_path(p, layout, config: Config, student, params: int, seed: int, path
 
 
 def fp32_control(p, layout, config: Config, student, seed: int) -> dict[str, Any]:
-    """The FP32 student fine-tuned exactly as the QAD stage fine-tunes it (BatchNorms folded, same epochs,
-    rate, KD objective, seeds, selection), without quantization: what the extra training alone gives, so
-    that QAD's INT8 accuracy can be read against it as well as against the student it started from."""
+    """The FP32 student fine-tuned exactly as the QAD stage fine-tunes it (BatchNorms folded, edgekd's own
+    fine_tune with the stage's settings, seeds and selection), without quantization: what the extra training
+    alone gives, so that QAD's INT8 accuracy can be read against it as well as against its starting point."""
     import copy
 
-    from edgekd.distill import DistillContext
     from edgekd.distill.registry import resolve_method
     from edgekd.int8.fold import fold_batchnorms
     from edgekd.int8.objective import QuantizationAwareDistillation
-    from edgekd.int8.stage import stage_settings, stage_train_config
-    from edgekd.seeds import INT8_STAGE_SEED_INDEX
-    from edgekd.train.trainer import Trainer, evaluate
+    from edgekd.int8.stage import fine_tune, stage_settings, stage_train_config
+    from edgekd.pipeline import student_context
+    from edgekd.train.trainer import evaluate
 
     data = p.student_data_for(seed)
     model = copy.deepcopy(student).to(p.device)
     fold_batchnorms(model)
-    start_val = evaluate(model, data.eval_loader("val"), p.device)[0]
-    start_state = copy.deepcopy(model.state_dict())
     options = stage_settings(p.recipe.export.int8, resolve_method(p.recipe.distill, config.method).options)
-    context = DistillContext(data.num_classes, p.data_plan.teacher_positions())
-    objective = QuantizationAwareDistillation(model, p.teacher, options, context)
-    folder = layout.method(config.method, seed).stage("fp32_control").path
-    trainer = Trainer(
+    objective = QuantizationAwareDistillation(model, p.teacher, options, student_context(p, data))
+    tuned = fine_tune(
         objective,
         data,
         stage_train_config(p.recipe.train, p.recipe.export.int8),
         seed=seed,
-        out_dir=folder,
+        out_dir=layout.method(config.method, seed).stage("fp32_control").path,
         device=p.device,
         label="fp32 control",
-        select="best_val",
-        stage_index=INT8_STAGE_SEED_INDEX,
     )
-    fit = trainer.fit()
-    if fit.best_val_acc < start_val:
-        model.load_state_dict(start_state)
     return {
         "test_acc": round(evaluate(model, data.eval_loader("test"), p.device)[0], 4),
-        "val_acc": round(max(fit.best_val_acc, start_val), 4),
-        "train_time_s": round(fit.train_time_s, 1),
+        "val_acc": round(max(tuned.fit.best_val_acc, tuned.start_val_acc), 4),
+        "train_time_s": round(tuned.fit.train_time_s, 1),
     }
 
 

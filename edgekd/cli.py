@@ -865,7 +865,7 @@ def print_epoch_budget(recipe) -> None:
     for _, method in named_methods(recipe):
         out.print(f"  {method:<12} {escape(describe_epochs(planned_epochs(recipe, method)))}", soft_wrap=True)
     int8 = recipe.export.int8
-    if int8.trains and any("int8" in precisions for precisions in recipe.export.targets.values()):
+    if int8.trains and recipe.export.wants_int8:
         when = "only if PTQ fails the gate on validation, " if int8.mode == "auto" else ""
         out.print(
             f"  then, for each deployed student, export.int8 ({int8.mode}): {when}{int8.epochs} epochs of "

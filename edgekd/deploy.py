@@ -25,7 +25,7 @@ from edgekd.bench import (
     check_parity,
     measure_latency,
 )
-from edgekd.config.deploy import BenchmarkConfig, ExportConfig, ParityConfig
+from edgekd.config.deploy import QUANTIZATION_AWARE, BenchmarkConfig, ExportConfig, ParityConfig
 from edgekd.data import DataBundle
 from edgekd.errors import EdgekdError
 from edgekd.exporters import Artifact, Exporter, ExportOptions, ModelIO, get_exporter
@@ -142,7 +142,7 @@ def export_all(
             validation=evaluation.val if precision == "int8" else None,
             onnx_fp32=onnx_by_precision.get("fp32"),
             stem=stem,
-            fake_quantized=fake_quantized if made_by in ("qat", "qad") else None,
+            fake_quantized=fake_quantized if made_by in QUANTIZATION_AWARE else None,
         )
         if precision == "int8":
             artifact.details["int8_path"] = made_by
@@ -322,7 +322,7 @@ def deploy(
     order = path_order(
         export.int8.mode, quantization_aware is not None and quantization_aware.teacher_teaches
     )
-    if int8_targets and quantization_aware is None and order[0] in ("qat", "qad"):
+    if int8_targets and quantization_aware is None and order[0] in QUANTIZATION_AWARE:
         raise EdgekdError(
             f"export.int8.mode: {order[0]} trains the student with its teacher and data, which only "
             "`edgekd build` holds; here give --set export.int8.mode=ptq (or accuracy_control)"
@@ -372,7 +372,7 @@ def walk_int8_paths(
         if tried[-1].passed_on_validation:
             break
         redo = [target for target in int8_targets if path_applies(target[0], path)]
-        if not redo or (path in ("qat", "qad") and run.quantization_aware is None):
+        if not redo or (path in QUANTIZATION_AWARE and run.quantization_aware is None):
             continue  # it changes none of the INT8 formats asked for, or cannot train here
         if run.say is not None:
             run.say(f"int8: {path}")
@@ -415,7 +415,7 @@ class DeployRun:
         when the path trained one. An artifact of the quantization-aware student is compared with that
         student (what it is an export of); its accuracy drop is still counted from the FP32 student."""
         stage, fake, fake_logits = None, None, None
-        if path in ("qat", "qad"):
+        if path in QUANTIZATION_AWARE:
             result = self.quantization_aware.train(path)
             fake, stage = result.fake_quantized.model, result.record
             fake_logits = logits_of(
@@ -438,7 +438,7 @@ class DeployRun:
         for artifact in built:
             if self.say is not None:
                 self.say(f"checking {artifact.format} {artifact.precision}")
-            from_fake = artifact.details.get("int8_path") in ("qat", "qad")
+            from_fake = artifact.details.get("int8_path") in QUANTIZATION_AWARE
             record = check_artifact(
                 artifact,
                 artifact_runner(artifact, self.bench.threads, self.bench.onnxruntime_device),
@@ -471,7 +471,7 @@ def int8_checked(checked: list[tuple[ArtifactRecord, Any]]) -> list[ArtifactReco
 
 def ptq_only_formats(int8_targets: list[tuple[str, str]], tried) -> dict[str, str]:
     """Formats whose INT8 stayed post-training quantization while a quantization-aware path ran, with why."""
-    if not any(path.path in ("qat", "qad") for path in tried):
+    if not any(path.path in QUANTIZATION_AWARE for path in tried):
         return {}
     return {
         name: get_exporter(name).fake_quantized_gap

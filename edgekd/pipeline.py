@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from edgekd.data import DataBundle
 from edgekd.deploy import QuantizationAwareSource, deploy, parity_error
 from edgekd.distill import DistillContext, get_method
 from edgekd.distill.registry import ResolvedMethod, resolve_method
@@ -390,12 +391,7 @@ def train_student(
     resolved = resolve_method(p.recipe.distill, method)
     data = p.student_data_for(seed)
     student = make_student(p, resolved, seed)
-    spec = data.input_spec
-    context = DistillContext(
-        data.num_classes,
-        p.data_plan.teacher_positions(),
-        input_shape=(spec.channels, spec.height, spec.width),
-    )
+    context = student_context(p, data)
     folder = folder or layout.method(method, seed if len(p.seeds) > 1 else None)
     if is_main_process():
         write_json(folder.images, data.image_indices())
@@ -422,6 +418,17 @@ def train_student(
             parallel=parallel,
         )
     return result.student, student_choice_of(p, resolved, student), result
+
+
+def student_context(p: Prepared, data: DataBundle) -> DistillContext:
+    """What an objective training a student on `data` knows of the run: its classes, the teacher's columns
+    of them, the image shape."""
+    spec = data.input_spec
+    return DistillContext(
+        data.num_classes,
+        p.data_plan.teacher_positions(),
+        input_shape=(spec.channels, spec.height, spec.width),
+    )
 
 
 def make_student(p: Prepared, resolved: ResolvedMethod, seed: int) -> nn.Module:
@@ -547,12 +554,7 @@ def quantization_aware_source(
     (train/<method>[/seed<k>]/int8_<mode>/)."""
     seed = p.seeds[0] if seed is None else seed
     data = p.student_data_for(seed)
-    spec = data.input_spec
-    context = DistillContext(
-        data.num_classes,
-        p.data_plan.teacher_positions(),
-        input_shape=(spec.channels, spec.height, spec.width),
-    )
+    context = student_context(p, data)
     folder = layout.method(method, seed if len(p.seeds) > 1 else None)
     options = resolve_method(p.recipe.distill, method).options
     done: dict[str, QuantizationAwareResult] = {}

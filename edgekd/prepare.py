@@ -264,7 +264,7 @@ def check_int8_mode(recipe: Recipe, relation: str) -> None:
     """QAD distils from the teacher's logits of the student's classes: a teacher without them cannot
     (auto then takes QAT as its quantization-aware step)."""
     int8 = recipe.export.int8
-    wants_int8 = any("int8" in precisions for precisions in recipe.export.targets.values())
+    wants_int8 = recipe.export.wants_int8
     if wants_int8 and int8.trains and compiler_missing():
         raise EdgekdError(
             f"export.int8.mode: '{int8.mode}' trains with NNCF's quantization kernels, which compile on first use "

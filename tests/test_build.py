@@ -107,6 +107,25 @@ def _edgekd(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgekd.cli", *args]
 
 
+def _kill_after_epochs(path: Path, history: Path, epochs: int, env: dict[str, str]) -> None:
+    """Start a build of `path` and SIGKILL it once `history` lists `epochs` epochs; it died of that signal."""
+    process = _start_build(path, env)
+    try:
+        _wait_for_epochs(history, epochs, process)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+def _build_succeeds(path: Path, env: dict[str, str], *options: str) -> None:
+    """`edgekd build` of `path` with `options`, in a real process: it exits 0."""
+    result = subprocess.run(
+        _edgekd("build", str(path), "--quiet", *options), env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def _start_build(path: Path, env: dict[str, str]) -> subprocess.Popen:
     """`edgekd build` of `path` in a background process, output discarded."""
     return subprocess.Popen(
@@ -149,29 +168,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(
     train = {"epochs": 6, "optimizer": {"lr": 0.1}}
     path = write_recipe(train=train, distill={"method": method, method: options})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = _start_build(path, env)
     run_dir = tmp_path / "runs" / "tiny"
     stage_dir = run_dir / "train" / method / stage
-    try:
-        _wait_for_epochs(stage_dir / "history.json", 2, process)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    _kill_after_epochs(path, stage_dir / "history.json", 2, env)
     assert not (run_dir / "metrics.json").exists()
     finished = {path: path.stat().st_mtime_ns for path in (run_dir / "train" / method).glob("*/fit.json")}
-    resumed = subprocess.run(
-        _edgekd("build", str(path), "--quiet", "--resume"), env=env, capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr
-
-    reference = subprocess.run(
-        _edgekd("build", str(path), "--quiet", "--set", "name=reference"),
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert reference.returncode == 0, reference.stderr
+    _build_succeeds(path, env, "--resume")
+    _build_succeeds(path, env, "--set", "name=reference")
     reference_dir = tmp_path / "runs" / "reference"
     assert stable_metrics(run_dir) == stable_metrics(reference_dir)
     assert same_weights(run_dir / "models" / f"{method}.pt", reference_dir / "models" / f"{method}.pt")

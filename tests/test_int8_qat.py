@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 from edge_runtime_helpers import TRAIN, digits_arrays, logits, trained_student
-from test_build import _edgekd, _start_build, _wait_for_epochs, same_weights, stable_metrics
+from test_build import _build_succeeds, _kill_after_epochs, same_weights, stable_metrics
 from torch import nn
 
 from edgekd.config.deploy import Int8Config
@@ -241,26 +239,12 @@ def test_auto_ships_ptq_and_trains_nothing_where_ptq_passes(write_recipe, tmp_pa
 def test_sigkill_in_the_qad_stage_then_resume_matches_an_uninterrupted_run(write_recipe, tmp_path):
     path = int8_recipe(write_recipe, mode="qad", epochs=4)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = _start_build(path, env)
     run_dir = tmp_path / "runs" / "tiny"
     stage_dir = run_dir / "train" / "kd" / "int8_qad"
-    try:
-        _wait_for_epochs(stage_dir / "history.json", 2, process)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
-    resumed = subprocess.run(
-        _edgekd("build", str(path), "--quiet", "--resume"), env=env, capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    reference = subprocess.run(
-        _edgekd("build", str(path), "--quiet", "--set", "name=reference"),
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert reference.returncode == 0, reference.stderr
+    _kill_after_epochs(path, stage_dir / "history.json", 2, env)
+    assert not (run_dir / "metrics.json").exists()
+    _build_succeeds(path, env, "--resume")
+    _build_succeeds(path, env, "--set", "name=reference")
     reference_dir = tmp_path / "runs" / "reference"
     assert [row["epoch"] for row in json.loads((stage_dir / "history.json").read_text())] == [1, 2, 3, 4]
     assert same_weights(stage_dir / "best.pt", reference_dir / "train" / "kd" / "int8_qad" / "best.pt")

@@ -46,6 +46,10 @@ class ParityConfig(Section):
     )
 
 
+# The INT8 paths that train the quantized student (edgekd.int8.stage).
+QUANTIZATION_AWARE = ("qat", "qad")
+
+
 class Int8Config(Section):
     """How the INT8 artifacts are quantized: after training (PTQ), or by training the quantized student."""
 
@@ -93,7 +97,7 @@ class Int8Config(Section):
     @property
     def trains(self) -> bool:
         """Whether the mode may train a quantization-aware stage (auto does only when PTQ fails)."""
-        return self.mode in ("qat", "qad", "auto")
+        return self.mode in (*QUANTIZATION_AWARE, "auto")
 
 
 class ExportConfig(Section):
@@ -128,6 +132,11 @@ class ExportConfig(Section):
         64, ge=1, le=MAX_BATCH, description="Largest batch of TensorRT's dynamic-batch profile."
     )
     parity: ParityConfig = ParityConfig()
+
+    @property
+    def wants_int8(self) -> bool:
+        """Whether any target asks for an INT8 artifact."""
+        return any("int8" in precisions for precisions in self.targets.values())
 
     @model_validator(mode="after")
     def _check_precisions(self) -> ExportConfig:

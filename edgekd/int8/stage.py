@@ -12,17 +12,17 @@ on validation, the start is kept and the record says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from edgekd.config.deploy import Int8Config
+from edgekd.config.deploy import QUANTIZATION_AWARE, Int8Config
 from edgekd.config.train import ScheduleConfig, TrainConfig
 from edgekd.data import DataBundle
-from edgekd.distill.base import DistillContext
+from edgekd.distill.base import DistillContext, Distiller
 from edgekd.int8.fake_quant import FakeQuantized, fake_quantize
 from edgekd.int8.objective import (
     QuantizationAwareDistillation,
@@ -30,7 +30,7 @@ from edgekd.int8.objective import (
     QuantizationAwareTraining,
 )
 from edgekd.seeds import INT8_STAGE_SEED_INDEX
-from edgekd.train.trainer import Trainer, evaluate
+from edgekd.train.trainer import FitResult, Trainer, evaluate
 
 # Where a method has no KD settings of its own (scratch, REFILLED, ...): the KD paper's and edgekd's defaults.
 DEFAULT_TEMPERATURE = 4.0
@@ -71,6 +71,52 @@ def stage_train_config(train: TrainConfig, int8: Int8Config) -> TrainConfig:
     )
 
 
+@dataclass(frozen=True)
+class FineTune:
+    """What a fine-tuning run kept: the trainer's result, the start's validation accuracy, and whether no
+    epoch beat the start (the model is then back at its start)."""
+
+    fit: FitResult
+    start_val_acc: float
+    kept_start: bool
+
+
+def fine_tune(
+    objective: Distiller,
+    data: DataBundle,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    out_dir,
+    device: torch.device,
+    label: str,
+    resume: bool = False,
+    progress=None,
+) -> FineTune:
+    """Train `objective.student` from where it is with `cfg` (the stage's seed index, selected on
+    validation); if no epoch beats the start on validation, the start is kept (ties go to the trained one)."""
+    model = objective.student
+    start_val_acc = evaluate(model.to(device), data.eval_loader("val"), device)[0]
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(
+        objective,
+        data,
+        cfg,
+        seed=seed,
+        out_dir=out_dir,
+        device=device,
+        label=label,
+        progress=progress,
+        select="best_val",
+        stage_index=INT8_STAGE_SEED_INDEX,
+    )
+    fit = trainer.fit(resume=resume)
+    kept_start = fit.best_val_acc < start_val_acc
+    if kept_start:
+        model.load_state_dict(start_state)
+    return FineTune(fit, start_val_acc, kept_start)
+
+
 def train_quantization_aware(
     mode: str,
     student: nn.Module,
@@ -90,16 +136,14 @@ def train_quantization_aware(
     progress=None,
 ) -> QuantizationAwareResult:
     """Calibrate, fine-tune (mode 'qat' or 'qad') and select; the student given is left untouched."""
-    if mode not in ("qat", "qad"):
+    if mode not in QUANTIZATION_AWARE:
         raise ValueError(f"mode: {mode!r}; a quantization-aware stage is 'qat' or 'qad'")
     fake = fake_quantize(student, calibration)
     options = stage_settings(int8, method_options)
     objective_class = QuantizationAwareDistillation if mode == "qad" else QuantizationAwareTraining
     objective = objective_class(fake.model, teacher if mode == "qad" else None, options, context)
-    start_val_acc = evaluate(fake.model.to(device), data.eval_loader("val"), device)[0]
-    start_state = {k: v.detach().clone() for k, v in fake.model.state_dict().items()}
     cfg = stage_train_config(train, int8)
-    trainer = Trainer(
+    tuned = fine_tune(
         objective,
         data,
         cfg,
@@ -107,15 +151,10 @@ def train_quantization_aware(
         out_dir=out_dir,
         device=device,
         label=f"{label} int8 {mode}",
+        resume=resume,
         progress=progress,
-        select="best_val",
-        stage_index=INT8_STAGE_SEED_INDEX,
     )
-    fit = trainer.fit(resume=resume)
-    kept_start = fit.best_val_acc < start_val_acc  # ties go to the trained student
-    if kept_start:
-        fake.model.load_state_dict(start_state)
-    model = fake.model.to("cpu").eval()
+    fit = tuned.fit
     record = {
         "mode": mode,
         "epochs": cfg.epochs,
@@ -126,20 +165,14 @@ def train_quantization_aware(
         # what the stage read: the student's own labelled images (and unlabelled ones, for QAD's KD term)
         "labelled_images": {"train": len(data.train), "selection": len(data.val)},
         "unlabeled_images": len(data.unlabeled) if mode == "qad" and data.unlabeled is not None else 0,
-        "start_val_acc": round(start_val_acc, 4),
+        "start_val_acc": round(tuned.start_val_acc, 4),
         "best_epoch": fit.best_epoch,
         "best_val_acc": round(fit.best_val_acc, 4),
         "kept": "the calibrated start (no epoch beat it on validation)"
-        if kept_start
+        if tuned.kept_start
         else f"epoch {fit.best_epoch}",
-        "val_acc": round(max(fit.best_val_acc, start_val_acc), 4),
+        "val_acc": round(max(fit.best_val_acc, tuned.start_val_acc), 4),
         "train_time_s": round(fit.train_time_s, 2),
         "quantization": fake.describe(),
     }
-    return QuantizationAwareResult(
-        FakeQuantized(
-            model, fake.quantizers, fake.folded_batchnorms, fake.not_folded, fake.calibration_images
-        ),
-        record,
-        fit.history,
-    )
+    return QuantizationAwareResult(replace(fake, model=fake.model.to("cpu").eval()), record, fit.history)
