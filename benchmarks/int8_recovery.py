@@ -61,6 +61,28 @@ CONFIGS = {
         (),
         "the digits specialization student (SKD, 5 classes, 10 labelled images per class, 300 epochs)",
     ),
+    "srm_fewshot": Config(
+        "digits_srm_fewshot.yaml",
+        "srm",
+        ("distill.srm.transfer_check=null",),
+        "the digits few-shot SRM student (5 labelled images per class, 300 epochs; the transfer check, which "
+        "hands nothing on, skipped)",
+    ),
+    "crosstask": Config(
+        "digits_crosstask.yaml",
+        "refilled",
+        ("distill.probes=[]",),
+        "the digits cross-task REFILLED student (classes 5-9, teacher on 0-4: no QAD, its QAT instead)",
+    ),
+    "distpro": Config(
+        "digits_distpro.yaml", "distpro", (), "the digits DistPro student (10-epoch search, 20-epoch replay)"
+    ),
+    "quickstart_latency": Config(
+        "quickstart_latency.yaml",
+        "kd",
+        (),
+        "the quickstart's KD student sized to 0.05 ms p50 on OpenVINO INT8 (30 epochs)",
+    ),
     "mobilenetv2_32": Config(
         "quickstart.yaml",
         "kd",
@@ -150,15 +172,16 @@ def deploy_path(p, layout, config: Config, student, params: int, seed: int, path
     }
 
 
-def fp32_control(p, layout, config: Config, student, seed: int) -> dict[str, Any]:
-    """The FP32 student fine-tuned exactly as the QAD stage fine-tunes it (BatchNorms folded, edgekd's own
-    fine_tune with the stage's settings, seeds and selection), without quantization: what the extra training
-    alone gives, so that QAD's INT8 accuracy can be read against it as well as against its starting point."""
+def fp32_control(p, layout, config: Config, student, seed: int, teaches: bool) -> dict[str, Any]:
+    """The FP32 student fine-tuned exactly as the QAD stage (QAT's where the teacher cannot teach) fine-tunes
+    it (BatchNorms folded, edgekd's own fine_tune with the stage's settings, seeds and selection), without
+    quantization: what the extra training alone gives, so that the quantization-aware INT8 accuracy can be
+    read against it as well as against its starting point."""
     import copy
 
     from edgekd.distill.registry import resolve_method
     from edgekd.int8.fold import fold_batchnorms
-    from edgekd.int8.objective import QuantizationAwareDistillation
+    from edgekd.int8.objective import QuantizationAwareDistillation, QuantizationAwareTraining
     from edgekd.int8.stage import fine_tune, stage_settings, stage_train_config
     from edgekd.pipeline import student_context
     from edgekd.train.trainer import evaluate
@@ -167,7 +190,8 @@ def fp32_control(p, layout, config: Config, student, seed: int) -> dict[str, Any
     model = copy.deepcopy(student).to(p.device)
     fold_batchnorms(model)
     options = stage_settings(p.recipe.export.int8, resolve_method(p.recipe.distill, config.method).options)
-    objective = QuantizationAwareDistillation(model, p.teacher, options, student_context(p, data))
+    objective_class = QuantizationAwareDistillation if teaches else QuantizationAwareTraining
+    objective = objective_class(model, p.teacher if teaches else None, options, student_context(p, data))
     tuned = fine_tune(
         objective,
         data,
@@ -182,6 +206,23 @@ def fp32_control(p, layout, config: Config, student, seed: int) -> dict[str, Any
         "val_acc": round(max(tuned.fit.best_val_acc, tuned.start_val_acc), 4),
         "train_time_s": round(tuned.fit.train_time_s, 1),
     }
+
+
+NO_QAD = (
+    "not run: the teacher shares none of the student's classes, so it has no logits to distil in the "
+    "quantization-aware stage (edgekd refuses qad there; auto takes QAT)"
+)
+
+
+def teacher_teaches(p, layout, config: Config, student) -> bool:
+    """Whether the teacher has logits for the student's classes (QAD needs them; a cross-task one has none)."""
+    from edgekd.pipeline import quantization_aware_source
+
+    return quantization_aware_source(p, layout, config.method, student, False, None).teacher_teaches
+
+
+def paths_for(teaches: bool) -> tuple[str, ...]:
+    return PATHS if teaches else tuple(path for path in PATHS if path != "qad")
 
 
 def run_config(name: str, seeds: list[int]) -> dict[str, Any]:
@@ -203,11 +244,12 @@ def run_config(name: str, seeds: list[int]) -> dict[str, Any]:
             student, _, _ = train_student(p, layout, config.method, seed, resume=False, progress=None)
             trained = time.perf_counter() - began
             params = count_params(student)
+            teaches = teacher_teaches(p, layout, config, student)
             per_path = {
                 path: deploy_path(p, layout, config, student, params, seed, path, Path(work) / "artifacts")
-                for path in PATHS
+                for path in paths_for(teaches)
             }
-            control = fp32_control(p, layout, config, student, seed)
+            control = fp32_control(p, layout, config, student, seed, teaches)
             runs[str(seed)] = {
                 "student_train_s": round(trained, 1),
                 "paths": per_path,
@@ -219,6 +261,8 @@ def run_config(name: str, seeds: list[int]) -> dict[str, Any]:
             "recipe": f"recipes/{config.recipe}",
             "overrides": overrides[: len(config.overrides)] + overrides[len(config.overrides) + 2 :],
             "teacher_test_acc": teacher.test_acc,
+            "paths": list(paths_for(teaches)),
+            **({} if teaches else {"qad": NO_QAD}),
             "params": params,
             "wall_time_s": round(time.perf_counter() - started, 1),
             "seeds": runs,
@@ -231,11 +275,13 @@ def summarize(runs: dict[str, Any]) -> dict[str, Any]:
     from edgekd.report.stats import mean_interval, paired_difference
 
     seeds = sorted(runs, key=int)
+    paths = list(runs[seeds[0]]["paths"])
+    trained = "qad" if "qad" in paths else "qat"  # the quantization-aware path the control mirrors
     first = runs[seeds[0]]["paths"]["ptq"]["artifacts"]
     summary: dict[str, Any] = {}
     for artifact in first:
         rows = {}
-        for path in PATHS:
+        for path in paths:
             drops = [runs[s]["paths"][path]["artifacts"][artifact]["test_drop"] for s in seeds]
             interval = mean_interval(drops)
             p50 = [runs[s]["paths"][path]["artifacts"][artifact]["p50_ms"] for s in seeds]
@@ -255,23 +301,29 @@ def summarize(runs: dict[str, Any]) -> dict[str, Any]:
                 "p50_vs_ptq": round(float(np.median(ratios)), 3) if ratios else None,
                 "stage_train_s_mean": round(float(np.mean(stage_s)), 1),
             }
-        qad = {int(s): runs[s]["paths"]["qad"]["artifacts"][artifact]["test_acc"] for s in seeds}
-        qat = {int(s): runs[s]["paths"]["qat"]["artifacts"][artifact]["test_acc"] for s in seeds}
-        rows["qad_minus_qat"] = paired_difference(qad, qat, reference_name="qat")
+        if "qad" in paths:
+            qad = _accuracies(runs, "qad", artifact)
+            rows["qad_minus_qat"] = paired_difference(
+                qad, _accuracies(runs, "qat", artifact), reference_name="qat"
+            )
         summary[artifact] = rows
     control = {int(s): runs[s]["fp32_control"]["test_acc"] for s in seeds}
     fp32_by_seed = {int(s): runs[s]["paths"]["ptq"]["fp32_test_acc"] for s in seeds}
     summary["fp32_control_test_acc_mean"] = round(float(np.mean(list(control.values()))), 4)
     summary["fp32_control_minus_fp32"] = paired_difference(control, fp32_by_seed, reference_name="fp32")
+    summary["fp32_control_mirrors"] = trained
     for artifact in first:
-        qad = {int(s): runs[s]["paths"]["qad"]["artifacts"][artifact]["test_acc"] for s in seeds}
-        summary[artifact]["qad_minus_fp32_control"] = paired_difference(
-            qad, control, reference_name="fp32 control"
+        summary[artifact][f"{trained}_minus_fp32_control"] = paired_difference(
+            _accuracies(runs, trained, artifact), control, reference_name="fp32 control"
         )
     fp32 = [runs[s]["paths"]["ptq"]["fp32_test_acc"] for s in seeds]
     summary["fp32_test_acc_mean"] = round(float(np.mean(fp32)), 4)
     summary["fp32_test_acc_std"] = round(float(np.std(fp32, ddof=1)), 4) if len(fp32) > 1 else None
     return summary
+
+
+def _accuracies(runs: dict[str, Any], path: str, artifact: str) -> dict[int, float]:
+    return {int(s): run["paths"][path]["artifacts"][artifact]["test_acc"] for s, run in runs.items()}
 
 
 def print_seed(name: str, seed: int, per_path: dict[str, Any], flush: bool = True) -> None:
@@ -294,23 +346,28 @@ def markdown(result: dict[str, Any]) -> str:
     for name, config in result["configs"].items():
         summary = config["summary"]
         fp32 = f"{summary['fp32_test_acc_mean']:.2f} ± {summary['fp32_test_acc_std'] or 0:.2f}"
-        for path in PATHS:
+        trained = summary.get("fp32_control_mirrors", "qad")
+        for path in config.get("paths", PATHS):
             onnx, ov = summary["onnx int8"][path], summary["openvino int8"][path]
             lines.append(
                 f"| {name} ({fp32}) | {path} | {onnx['test_acc_mean']:.2f} | {_drop(onnx)} | "
                 f"{ov['test_acc_mean']:.2f} | {_drop(ov)} | {onnx['p50_vs_ptq']}, {ov['p50_vs_ptq']} | "
                 f"{onnx['stage_train_s_mean']:.0f} |"
             )
+        if "qad" in config:
+            lines.append(
+                f"| {name} | qad: not run (the teacher shares no class with the student) | | | | | | |"
+            )
         control = summary["fp32_control_minus_fp32"]
         lines.append(
-            f"| {name} | FP32 fine-tuned as QAD, no quantization: {summary['fp32_control_test_acc_mean']:.2f}, "
-            f"vs FP32 {_paired(control)} | | | | | |"
+            f"| {name} | FP32 fine-tuned as {trained.upper()}, no quantization: "
+            f"{summary['fp32_control_test_acc_mean']:.2f}, vs FP32 {_paired(control)} | | | | | |"
         )
         for artifact in ("onnx int8", "openvino int8"):
-            lines.append(
-                f"| {name} | QAD - FP32 control, {artifact}: {_paired(summary[artifact]['qad_minus_fp32_control'])}"
-                " | | | | | |"
-            )
+            versus = _paired(summary[artifact][f"{trained}_minus_fp32_control"])
+            lines.append(f"| {name} | {trained.upper()} - FP32 control, {artifact}: {versus} | | | | | |")
+            if "qad_minus_qat" not in summary[artifact]:
+                continue
             paired = summary[artifact]["qad_minus_qat"]
             low, high = paired["interval"] or (float("nan"), float("nan"))
             lines.append(
