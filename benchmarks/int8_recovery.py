@@ -104,6 +104,7 @@ def recipe_for(config: Config, seeds: list[int], output_dir: str):
         f"seeds={seeds}",
         f"distill.method={config.method}",
         "distill.baselines=[]",
+        f"report.reference={config.method}",  # the recipe's reference is one of the baselines dropped
         f"export.targets={TARGETS}",
         "export.models=main",
         "benchmark.batches=[1]",
