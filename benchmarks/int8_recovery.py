@@ -127,14 +127,12 @@ def graph_ops(path: str) -> dict[str, int]:
     return {name: ops.count(name) for name in names}
 
 
-def deploy_path(p, layout, config: Config, student, params: int, seed: int, path: str, out_dir: Path):
+def deploy_path(config: Config, p, student, params: int, seed: int, path: str, source, out_dir: Path):
     from edgekd.deploy import deploy
-    from edgekd.pipeline import quantization_aware_source
 
     export = p.recipe.export.model_copy(
         update={"int8": p.recipe.export.int8.model_copy(update={"mode": path})}
     )
-    source = quantization_aware_source(p, layout, config.method, student, False, None, seed=seed)
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars
         deployment = deploy(
@@ -182,8 +180,7 @@ def fp32_control(p, layout, config: Config, student, seed: int, teaches: bool) -
 
     from edgekd.distill.registry import resolve_method
     from edgekd.int8.fold import fold_batchnorms
-    from edgekd.int8.objective import QuantizationAwareDistillation, QuantizationAwareTraining
-    from edgekd.int8.stage import fine_tune, stage_settings, stage_train_config
+    from edgekd.int8.stage import fine_tune, stage_objective, stage_settings, stage_train_config
     from edgekd.pipeline import student_context
     from edgekd.train.trainer import evaluate
 
@@ -191,8 +188,9 @@ def fp32_control(p, layout, config: Config, student, seed: int, teaches: bool) -
     model = copy.deepcopy(student).to(p.device)
     fold_batchnorms(model)
     options = stage_settings(p.recipe.export.int8, resolve_method(p.recipe.distill, config.method).options)
-    objective_class = QuantizationAwareDistillation if teaches else QuantizationAwareTraining
-    objective = objective_class(model, p.teacher if teaches else None, options, student_context(p, data))
+    objective = stage_objective(
+        "qad" if teaches else "qat", model, p.teacher, options, student_context(p, data)
+    )
     tuned = fine_tune(
         objective,
         data,
@@ -215,20 +213,13 @@ NO_QAD = (
 )
 
 
-def teacher_teaches(p, layout, config: Config, student) -> bool:
-    """Whether the teacher has logits for the student's classes (QAD needs them; a cross-task one has none)."""
-    from edgekd.pipeline import quantization_aware_source
-
-    return quantization_aware_source(p, layout, config.method, student, False, None).teacher_teaches
-
-
 def paths_for(teaches: bool) -> tuple[str, ...]:
     return PATHS if teaches else tuple(path for path in PATHS if path != "qad")
 
 
 def run_config(name: str, seeds: list[int]) -> dict[str, Any]:
     from edgekd.models.profile import count_params
-    from edgekd.pipeline import evaluate_teacher, train_student
+    from edgekd.pipeline import evaluate_teacher, quantization_aware_source, train_student
     from edgekd.prepare import prepare
     from edgekd.runfolder import open_run_dir
 
@@ -245,9 +236,12 @@ def run_config(name: str, seeds: list[int]) -> dict[str, Any]:
             student, _, _ = train_student(p, layout, config.method, seed, resume=False, progress=None)
             trained = time.perf_counter() - began
             params = count_params(student)
-            teaches = teacher_teaches(p, layout, config, student)
+            # the seed's quantization-aware stages; its teacher_teaches: QAD needs the teacher to predict
+            # the student's classes (a cross-task teacher does not)
+            source = quantization_aware_source(p, layout, config.method, student, False, None, seed=seed)
+            teaches = source.teacher_teaches
             per_path = {
-                path: deploy_path(p, layout, config, student, params, seed, path, Path(work) / "artifacts")
+                path: deploy_path(config, p, student, params, seed, path, source, Path(work) / "artifacts")
                 for path in paths_for(teaches)
             }
             control = fp32_control(p, layout, config, student, seed, teaches)

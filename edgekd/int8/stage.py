@@ -81,6 +81,19 @@ class FineTune:
     kept_start: bool
 
 
+def stage_objective(
+    mode: str,
+    model: nn.Module,
+    teacher: nn.Module | None,
+    options: QuantizationAwareOptions,
+    context: DistillContext,
+) -> Distiller:
+    """The stage's objective for `model`: QAD against the teacher, or QAT on the labels (no teacher)."""
+    if mode == "qad":
+        return QuantizationAwareDistillation(model, teacher, options, context)
+    return QuantizationAwareTraining(model, None, options, context)
+
+
 def fine_tune(
     objective: Distiller,
     data: DataBundle,
@@ -140,8 +153,7 @@ def train_quantization_aware(
         raise ValueError(f"mode: {mode!r}; a quantization-aware stage is 'qat' or 'qad'")
     fake = fake_quantize(student, calibration)
     options = stage_settings(int8, method_options)
-    objective_class = QuantizationAwareDistillation if mode == "qad" else QuantizationAwareTraining
-    objective = objective_class(fake.model, teacher if mode == "qad" else None, options, context)
+    objective = stage_objective(mode, fake.model, teacher, options, context)
     cfg = stage_train_config(train, int8)
     tuned = fine_tune(
         objective,
