@@ -23,6 +23,7 @@ import contextlib
 import io
 import json
 import os
+import platform
 import tempfile
 import time
 from dataclasses import dataclass
@@ -223,6 +224,8 @@ def paths_for(teaches: bool) -> tuple[str, ...]:
 
 
 def run_config(name: str, seeds: list[int]) -> dict[str, Any]:
+    from budget_curve import source_commit  # the digits benchmarks' commit record (same folder)
+
     from edgekd.models.profile import count_params
     from edgekd.pipeline import evaluate_teacher, quantization_aware_source, train_student
     from edgekd.prepare import prepare
@@ -265,6 +268,11 @@ def run_config(name: str, seeds: list[int]) -> dict[str, Any]:
             **({} if teaches else {"qad": NO_QAD}),
             "params": params,
             "wall_time_s": round(time.perf_counter() - started, 1),
+            # each configuration's own record: --add runs them in different sessions, on different CPUs
+            "code": source_commit(),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "platform": platform.platform(),
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "seeds": runs,
             "summary": summarize(runs),
         }
@@ -352,7 +360,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} ({fp32}) | {path} | {onnx['test_acc_mean']:.2f} | {_drop(onnx)} | "
                 f"{ov['test_acc_mean']:.2f} | {_drop(ov)} | {onnx['p50_vs_ptq']}, {ov['p50_vs_ptq']} | "
-                f"{onnx['stage_train_s_mean']:.0f} |"
+                f"{onnx['stage_train_s_mean']:.1f} |"
             )
         if "qad" in config:
             lines.append(
@@ -384,7 +392,7 @@ def _paired(paired: dict[str, Any]) -> str:
 
 def _drop(row: dict[str, Any]) -> str:
     interval = row["drop_interval"]
-    bounds = f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else ""
+    bounds = f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else " (the same on every seed)"
     return f"{row['drop_mean']:+.2f}{bounds}"
 
 
@@ -421,8 +429,12 @@ def main() -> None:
         result["configs"][name] = run_config(name, seeds)
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(result, indent=1) + "\n")  # after each config: keep what ran
+    from budget_curve import source_commit
+
+    add = " --add" if args.add else ""
     result.setdefault("invocations", []).append(
-        f"python benchmarks/int8_recovery.py --configs {args.configs} --seeds {args.seeds}"
+        f"python benchmarks/int8_recovery.py{add} --configs {args.configs} --seeds {args.seeds} "
+        f"(code {source_commit()})"
     )
     args.results.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.results}")

@@ -8,8 +8,9 @@ scales; it is already edgekd's OpenVINO post-training quantizer (same preset, sa
 needs nothing beyond the base install. PT2E's quantizers (XNNPACK, X86Inductor) live in executorch and
 torchao, which the base install does not carry, and reach OpenVINO and ONNX Runtime only through
 experimental paths. The quantizer configuration (which tensors, 8 bits, symmetric per-channel weights and
-per-tensor activations: NNCF's PERFORMANCE preset, as OpenVINO PTQ uses) is fixed by the calibration; the
-training then moves the weights and the quantizers' scales, never where quantizers sit.
+per-tensor activations: NNCF's PERFORMANCE preset, as OpenVINO PTQ uses, with one scale per activation
+tensor where the preset would give a depthwise convolution's input one per channel) is fixed by the
+calibration; the training then moves the weights and the quantizers' scales, never where quantizers sit.
 """
 
 from __future__ import annotations
@@ -64,13 +65,47 @@ def fake_quantize(student: nn.Module, calibration: np.ndarray) -> FakeQuantized:
 
     model = copy.deepcopy(student).to("cpu").eval()
     folded, not_folded = fold_batchnorms(model)
+    if isinstance(model, nn.Sequential):
+        # NNCF registers its hook storage as a child of the root module, which a root Sequential would then
+        # call as a layer
+        model = SequentialRoot(model)
     images = torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32))
     dataset = nncf.Dataset([images[i : i + 1] for i in range(len(images))])
     with quiet_nncf():
         quantized = nncf.quantize(
-            model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(images)
+            model,
+            dataset,
+            preset=nncf.QuantizationPreset.PERFORMANCE,
+            subset_size=len(images),
+            advanced_parameters=per_tensor_activations(),
         )
     return FakeQuantized(quantized.eval(), len(quantizers_of(quantized)), folded, not_folded, len(images))
+
+
+class SequentialRoot(nn.Module):
+    """A root ``nn.Sequential`` student, held one level down for NNCF."""
+
+    def __init__(self, layers: nn.Sequential) -> None:
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def per_tensor_activations():
+    """NNCF's CPU placement gives a depthwise convolution's input one activation scale per channel, which
+    OpenVINO runs but ONNX Runtime cannot: its QLinearConv takes one input scale, so such a convolution stays
+    float between Dequantize/Quantize (a MobileNetV2's QAD artifact ran 5.4x slower than its PTQ one). One
+    scale per activation tensor everywhere suits both runtimes; everything else stays the preset's."""
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        QuantizationParameters,
+    )
+
+    return AdvancedQuantizationParameters(
+        activations_quantization_params=QuantizationParameters(per_channel=False)
+    )
 
 
 def quantizers_of(model: nn.Module) -> list[nn.Module]:
