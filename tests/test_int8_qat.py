@@ -4,6 +4,7 @@ cases, and a QAD stage killed with SIGKILL resumes bit for bit. Real NNCF, ONNX 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -112,43 +113,101 @@ def test_onnx_int8_of_the_fake_quantized_student_is_integer_qdq_without_batchnor
     assert "BatchNormalization" not in ops and "FakeQuantize" not in ops
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block in miniature: expand, depthwise, project (no ReLU: a signed output), plus the
+    input."""
+
+    def __init__(self, channels: int = 16, expanded: int = 32) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *conv_unit(channels, expanded, 1),
+            *conv_unit(expanded, expanded, 3, groups=expanded),
+            *conv_unit(expanded, channels, 1, activation=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def conv_unit(cin: int, cout: int, kernel: int, groups: int = 1, activation: bool = True) -> list[nn.Module]:
+    conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups, bias=False)
+    return [conv, nn.BatchNorm2d(cout), *([nn.ReLU6()] if activation else [])]
+
+
 def depthwise_student() -> nn.Module:
-    """A MobileNet-style block: convolution, depthwise convolution, pointwise projection, each with its
-    BatchNorm and (but the projection) ReLU6."""
+    """A root nn.Sequential (NNCF needs it held one level down) with a MobileNetV2 block: depthwise
+    convolution, signed activations, a residual sum."""
     torch.manual_seed(0)
-
-    def unit(cin, cout, kernel, groups=1, activation=True):
-        layers = [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups, bias=False)]
-        return [*layers, nn.BatchNorm2d(cout), *([nn.ReLU6()] if activation else [])]
-
     return nn.Sequential(
-        *unit(1, 16, 3),
-        *unit(16, 16, 3, groups=16),
-        *unit(16, 24, 1, activation=False),
+        *conv_unit(1, 16, 3),
+        InvertedResidual(),
+        InvertedResidual(),  # reads a signed sum
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(24, 10),
+        nn.Linear(16, 10),
     ).eval()
 
 
-def test_onnx_runtime_runs_every_convolution_of_a_depthwise_student_in_integer(digits, tmp_path):
-    """NNCF's CPU placement would give the depthwise convolution's input one scale per channel, which ONNX
-    Runtime's QLinearConv cannot take: that convolution would stay float between Dequantize/Quantize nodes
-    (a MobileNetV2's QAD artifact ran 5.4x slower than its PTQ one). The ONNX graph after ONNX Runtime's own
-    optimizations is the judge."""
+@pytest.fixture(scope="module")
+def depthwise_onnx(digits, tmp_path_factory):
+    images, _ = digits
+    fake = fake_quantize(depthwise_student(), images[:64])
+    return get_exporter("onnx").export(
+        nn.Identity(),
+        IO,
+        "int8",
+        tmp_path_factory.mktemp("depthwise"),
+        calibration=images[:64],
+        fake_quantized=fake.model,
+    )
+
+
+def test_onnx_runtime_runs_every_layer_of_a_depthwise_student_in_integer(depthwise_onnx, tmp_path):
+    """Where NNCF's quantizers would keep a layer float in ONNX Runtime (a depthwise convolution's input
+    scaled per channel; int8 activations, which its x86 integer kernels do not take), a MobileNetV2's QAD ONNX
+    ran 5.4x, then 2.2x slower than its PTQ one. The graph after ONNX Runtime's own optimizations is the judge:
+    every convolution and the residual sum become integer kernels."""
     import onnx
     import onnxruntime as ort
 
-    images, _ = digits
-    fake = fake_quantize(depthwise_student(), images[:64])
-    artifact = get_exporter("onnx").export(
-        nn.Identity(), IO, "int8", tmp_path, calibration=images[:64], fake_quantized=fake.model
-    )
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(artifact.path), options, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(str(depthwise_onnx.path), options, providers=["CPUExecutionProvider"])
     ops = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
-    assert ops.count("QLinearConv") == 3, ops
+    assert ops.count("QLinearConv") == 7 and ops.count("QLinearAdd") == 2, ops
+    assert depthwise_onnx.details["quantization"]["signed_activations_written_as_uint8"] > 0
+
+
+def test_signed_activations_written_as_uint8_compute_the_same_numbers(depthwise_onnx, digits):
+    """The rewrite to uint8 with zero point 128 represents the same values: run as plain Quantize/Dequantize
+    arithmetic (no fusion), the rewritten graph and the signed one give identical logits."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgekd.int8.qdq_unsigned import unsigned_activations
+
+    proto = onnx.load(str(depthwise_onnx.path))
+    signed = copy.deepcopy(proto)
+    for node in signed.graph.node:  # undo the rewrite: the int8 zero points NNCF wrote
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[2].endswith(
+            "_unsigned_zero_point"
+        ):
+            node.input[2] = node.input[2] + "_signed"
+    for tensor in list(signed.graph.initializer):
+        if tensor.name.endswith("_unsigned_zero_point"):
+            signed.graph.initializer.append(
+                onnx.numpy_helper.from_array(np.zeros(tensor.dims, np.int8), tensor.name + "_signed")
+            )
+    rewritten = depthwise_onnx.details["quantization"]["signed_activations_written_as_uint8"]
+    assert unsigned_activations(copy.deepcopy(signed)) == rewritten > 0  # the undo is complete
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    images = digits[0][TRAIN:]
+    outputs = []
+    for model in (proto, signed):
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {session.get_inputs()[0].name: images})[0])
+    np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
 def test_formats_without_a_path_from_the_fake_quantized_student_refuse_it(fake_quantized_student, tmp_path):

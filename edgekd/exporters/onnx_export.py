@@ -114,18 +114,25 @@ def fake_quantized_proto(request: ExportRequest) -> tuple[onnx.ModelProto, dict[
     import torch
 
     from edgekd.int8.fake_quant import onnx_qdq_export
+    from edgekd.int8.qdq_unsigned import unsigned_activations
 
     model = request.fake_quantized
     with eval_on_cpu(model), onnx_qdq_export(model):
         proto = export_torchscript(model, example_batch(request.io), request.io, request.options.opset)
     _check_single_io(proto, request.io)
+    unsigned = unsigned_activations(proto)
     details = {
         "torch_version": torch.__version__,
         "exporter": "torchscript",
         "opset": _default_domain_opset(proto),
         "warnings": [],
         "source": "the quantization-aware student (its NNCF quantizers as QuantizeLinear/DequantizeLinear)",
-        "quantization": {"tool": "nncf (quantization-aware)", "format": "QDQ"},
+        "quantization": {
+            "tool": "nncf (quantization-aware)",
+            "format": "QDQ",
+            # the same values as NNCF's int8 ones, in the type ONNX Runtime's x86 integer kernels take
+            "signed_activations_written_as_uint8": unsigned,
+        },
     }
     return proto, details
 
