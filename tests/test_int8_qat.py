@@ -187,6 +187,9 @@ def test_signed_activations_written_as_uint8_compute_the_same_numbers(depthwise_
     from edgekd.int8.qdq_unsigned import unsigned_activations
 
     proto = onnx.load(str(depthwise_onnx.path))
+    read = {name for node in proto.graph.node for name in node.input}
+    assert all(node.output[0] in read for node in proto.graph.node if node.op_type == "Constant")
+    assert all(tensor.name in read for tensor in proto.graph.initializer)  # no int8 zero point left behind
     signed = copy.deepcopy(proto)
     for node in signed.graph.node:  # undo the rewrite: the int8 zero points NNCF wrote
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[2].endswith(

@@ -31,6 +31,7 @@ def unsigned_activations(proto: onnx.ModelProto) -> int:
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
+    replaced: set[str] = set()
     rewritten = 0
     for node in list(graph.node):
         if node.op_type != "QuantizeLinear" or node.input[0] in constants or len(node.input) < 3:
@@ -39,15 +40,36 @@ def unsigned_activations(proto: onnx.ModelProto) -> int:
         dequantizers = readers.get(node.output[0], [])
         if not _signed_zero(zero_point) or not dequantizers:
             continue
-        if any(reader.op_type != "DequantizeLinear" for reader in dequantizers):
+        if not all(_is_signed_dequantizer(reader, constants) for reader in dequantizers):
             continue  # a quantized tensor read as int8 elsewhere: leave it
         name = f"{node.output[0]}_unsigned_zero_point"
         graph.initializer.append(numpy_helper.from_array(np.full(zero_point.shape, 128, np.uint8), name))
-        node.input[2] = name
-        for reader in dequantizers:
-            reader.input[2] = name
+        for user in (node, *dequantizers):
+            replaced.add(user.input[2])
+            user.input[2] = name
         rewritten += 1
+    _drop_unread(graph, replaced)
     return rewritten
+
+
+def _drop_unread(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Remove the int8 zero points no node reads any more (ONNX Runtime warns about each one it finds)."""
+    read = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+    unread = names - read
+    for node in list(graph.node):
+        if node.op_type == "Constant" and node.output[0] in unread:
+            graph.node.remove(node)
+    for tensor in list(graph.initializer):
+        if tensor.name in unread:
+            graph.initializer.remove(tensor)
+
+
+def _is_signed_dequantizer(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> bool:
+    return (
+        node.op_type == "DequantizeLinear"
+        and len(node.input) == 3
+        and _signed_zero(constants.get(node.input[2]))
+    )
 
 
 def _signed_zero(zero_point: np.ndarray | None) -> bool:
