@@ -14,6 +14,9 @@ Nothing is chosen here: the stage settings are export.int8's defaults (5 epochs,
 the method's KD temperature and alpha). Writes benchmarks/results/int8_recovery.json (or --results):
 
     python benchmarks/int8_recovery.py [--configs quickstart_6,quickstart_30,specialize] [--seeds 0,1,2,3,4]
+    python benchmarks/int8_recovery.py --add --configs mobilenetv2_32     # one more into the results file
+    python benchmarks/int8_recovery.py --interleaved-latency             # PTQ vs QAT p50, timed interleaved
+    python benchmarks/int8_recovery.py --table                           # the README table
 """
 
 from __future__ import annotations
@@ -396,6 +399,98 @@ def _drop(row: dict[str, Any]) -> str:
     return f"{row['drop_mean']:+.2f}{bounds}"
 
 
+def interleaved_latency(rounds: int = 7, calls: int = 2000) -> dict[str, Any]:
+    """PTQ's and the quantization-aware path's INT8 artifacts of one MobileNetV2 (width 0.5, 1x32x32, random
+    weights with BatchNorm statistics from a few batches: latency does not depend on the values), timed
+    interleaved in one process: `rounds` rounds, each artifact `calls` batch-1 calls per round after 200
+    warm-up calls, 2 threads. The per-seed p50s of run_config are taken minutes apart, and this machine
+    switches between speed modes about 2x apart over minutes (PTQ's own artifacts show both), which a ratio of
+    two such p50s can land on; a ratio within one round cannot."""
+    import onnxruntime as ort
+    import openvino as ov
+    import torch
+    import torchvision
+    from torch import nn
+
+    from edgekd.exporters import ModelIO, get_exporter
+    from edgekd.int8.fake_quant import fake_quantize
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=10)
+    model.features[0][0] = nn.Conv2d(1, 16, 3, 2, 1, bias=False)
+    images = np.random.default_rng(0).standard_normal((300, 1, 32, 32)).astype(np.float32)
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(images), 50):
+            model(torch.from_numpy(images[start : start + 50]))
+    model.eval()
+    io = ModelIO(1, 32, 32, (0.5,), (0.5,), tuple(str(d) for d in range(10)))
+    fake = fake_quantize(model, images)
+    runners = {}
+    with tempfile.TemporaryDirectory(prefix="edgekd-int8-latency-") as work:
+        for fmt in ("onnx", "openvino"):
+            exporter = get_exporter(fmt)
+            ptq = exporter.export(model, io, "int8", Path(work) / f"{fmt}_ptq", calibration=images)
+            qat = exporter.export(
+                nn.Identity(),
+                io,
+                "int8",
+                Path(work) / f"{fmt}_qat",
+                calibration=images,
+                fake_quantized=fake.model,
+            )
+            runners[f"{fmt} ptq"] = _batch1_call(ort, ov, ptq.path, images[:1])
+            runners[f"{fmt} qat/qad"] = _batch1_call(ort, ov, qat.path, images[:1])
+        p50 = {name: [] for name in runners}
+        for _ in range(rounds):
+            for name, call in runners.items():
+                for _ in range(200):
+                    call()
+                times = []
+                for _ in range(calls):
+                    began = time.perf_counter()
+                    call()
+                    times.append(time.perf_counter() - began)
+                p50[name].append(round(float(np.median(times)) * 1e3, 4))
+    ratios = {}
+    for fmt in ("onnx", "openvino"):
+        per_round = [q / p for q, p in zip(p50[f"{fmt} qat/qad"], p50[f"{fmt} ptq"], strict=True)]
+        ratios[fmt] = {
+            "median": round(float(np.median(per_round)), 3),
+            "range": [round(min(per_round), 3), round(max(per_round), 3)],
+        }
+    return {"p50_ms_per_round": p50, "qat_vs_ptq_p50": ratios, "rounds": rounds, "calls": calls}
+
+
+def _batch1_call(ort, ov, path: Path, image: np.ndarray):
+    if str(path).endswith(".onnx"):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: image}
+        return lambda: session.run(None, feed)
+    request = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 2}).create_infer_request()
+    return lambda: request.infer({0: image})
+
+
+def add_interleaved_latency(path: Path) -> None:
+    from budget_curve import source_commit
+
+    result = json.loads(path.read_text())
+    load_before = os.getloadavg()
+    measured = interleaved_latency()
+    result["interleaved_latency"] = {
+        **measured,
+        "code": source_commit(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "platform": platform.platform(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "command": "python benchmarks/int8_recovery.py --interleaved-latency",
+    }
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(measured["qat_vs_ptq_p50"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="quickstart_6,quickstart_30,specialize")
@@ -403,9 +498,17 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--add", action="store_true", help="add these configurations to the results file")
     parser.add_argument("--table", action="store_true", help="print the README table of the results file")
+    parser.add_argument(
+        "--interleaved-latency",
+        action="store_true",
+        help="time one MobileNetV2's PTQ and QAT INT8 artifacts interleaved; add it to the results file",
+    )
     args = parser.parse_args()
     if args.table:
         print(markdown(json.loads(args.results.read_text())))
+        return
+    if args.interleaved_latency:
+        add_interleaved_latency(args.results)
         return
     from specialization import machine_record  # the digits benchmarks' shared record (same folder)
 
