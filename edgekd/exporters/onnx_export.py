@@ -130,7 +130,7 @@ def fake_quantized_proto(request: ExportRequest) -> tuple[onnx.ModelProto, dict[
         "quantization": {
             "tool": "nncf (quantization-aware)",
             "format": "QDQ",
-            # the same values as NNCF's int8 ones, in the type ONNX Runtime's x86 integer kernels take
+            # the same values as NNCF's int8 ones, in the type ONNX Runtime's x86 build fuses into integer kernels
             "signed_activations_written_as_uint8": unsigned,
         },
     }

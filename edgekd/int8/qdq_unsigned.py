@@ -1,12 +1,13 @@
 """Signed activation quantizers of a QDQ ONNX graph rewritten as unsigned ones with the same values.
 
 NNCF writes a signed activation (an image, a residual sum, a projection without ReLU) as int8 with zero point
-0. ONNX Runtime on x86 fuses a Dequantize -> Conv/Add -> Quantize group into its integer kernels only with
-uint8 activations (its x86 kernels are u8s8), so each such layer stayed float between the quantize nodes: a
-MobileNetV2's quantization-aware ONNX artifact ran 2.2x slower than its PTQ one, whose activations ONNX
-Runtime's own quantizer makes uint8. An int8 quantizer with scale s and zero point 0 and a uint8 one with
-scale s and zero point 128 represent the same 256 values (q_u8 = q_i8 + 128, both dequantize to q_i8 * s),
-so the rewrite changes no number the graph computes, only which kernels ONNX Runtime can pick.
+0. With int8 activations ONNX Runtime's x86 CPU build (1.32, seen on AMD EPYC) left residual sums and the
+convolutions reading them float between the quantize nodes instead of fusing each Dequantize -> Conv/Add ->
+Quantize group into an integer kernel: a MobileNetV2's quantization-aware ONNX artifact ran 2.2x slower than
+its PTQ one, whose activations ONNX Runtime's own quantizer makes uint8. With uint8 it fuses every one.
+An int8 quantizer with scale s and zero point 0 and a uint8 one with scale s and zero point 128 represent
+the same 256 values (q_u8 = q_i8 + 128, both dequantize to q_i8 * s), so the rewrite changes no number the
+graph computes, only which kernels ONNX Runtime can pick.
 """
 
 from __future__ import annotations
