@@ -227,8 +227,6 @@ def paths_for(teaches: bool) -> tuple[str, ...]:
 
 
 def run_config(name: str, seeds: list[int]) -> dict[str, Any]:
-    from budget_curve import source_commit  # the digits benchmarks' commit record (same folder)
-
     from edgekd.models.profile import count_params
     from edgekd.pipeline import evaluate_teacher, quantization_aware_source, train_student
     from edgekd.prepare import prepare
@@ -272,10 +270,7 @@ def run_config(name: str, seeds: list[int]) -> dict[str, Any]:
             "params": params,
             "wall_time_s": round(time.perf_counter() - started, 1),
             # each configuration's own record: --add runs them in different sessions, on different CPUs
-            "code": source_commit(),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "platform": platform.platform(),
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            **provenance(),
             "seeds": runs,
             "summary": summarize(runs),
         }
@@ -406,14 +401,13 @@ def interleaved_latency(rounds: int = 7, calls: int = 2000) -> dict[str, Any]:
     warm-up calls, 2 threads. The per-seed p50s of run_config are taken minutes apart, and this machine
     switches between speed modes about 2x apart over minutes (PTQ's own artifacts show both), which a ratio of
     two such p50s can land on; a ratio within one round cannot."""
-    import onnxruntime as ort
-    import openvino as ov
     import torch
     import torchvision
     from torch import nn
 
     from edgekd.exporters import ModelIO, get_exporter
     from edgekd.int8.fake_quant import fake_quantize
+    from edgekd.runtime import artifact_runner
 
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=10)
@@ -439,8 +433,9 @@ def interleaved_latency(rounds: int = 7, calls: int = 2000) -> dict[str, Any]:
                 calibration=images,
                 fake_quantized=fake.model,
             )
-            runners[f"{fmt} ptq"] = _batch1_call(ort, ov, ptq.path, images[:1])
-            runners[f"{fmt} qat/qad"] = _batch1_call(ort, ov, qat.path, images[:1])
+            # edgekd's own runners and bound call: what deploy's latency harness times
+            runners[f"{fmt} ptq"] = bound_call(artifact_runner(ptq, threads=2), images[:1])
+            runners[f"{fmt} qat/qad"] = bound_call(artifact_runner(qat, threads=2), images[:1])
         p50 = {name: [] for name in runners}
         for _ in range(rounds):
             for name, call in runners.items():
@@ -462,29 +457,30 @@ def interleaved_latency(rounds: int = 7, calls: int = 2000) -> dict[str, Any]:
     return {"p50_ms_per_round": p50, "qat_vs_ptq_p50": ratios, "rounds": rounds, "calls": calls}
 
 
-def _batch1_call(ort, ov, path: Path, image: np.ndarray):
-    if str(path).endswith(".onnx"):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: image}
-        return lambda: session.run(None, feed)
-    request = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 2}).create_infer_request()
-    return lambda: request.infer({0: image})
+def bound_call(runner, images: np.ndarray):
+    runner.load()
+    runner.prepare_batch(len(images))
+    return runner.bind_inference(images).infer
 
 
-def add_interleaved_latency(path: Path) -> None:
-    from budget_curve import source_commit
+def provenance() -> dict[str, Any]:
+    """Which code ran where and when: a results file gathers measurements of several sessions and CPUs."""
+    from budget_curve import source_commit  # the digits benchmarks' commit record (same folder)
 
-    result = json.loads(path.read_text())
-    load_before = os.getloadavg()
-    measured = interleaved_latency()
-    result["interleaved_latency"] = {
-        **measured,
+    return {
         "code": source_commit(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "platform": platform.platform(),
-        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def add_interleaved_latency(path: Path) -> None:
+    result = json.loads(path.read_text())
+    measured = interleaved_latency()
+    result["interleaved_latency"] = {
+        **measured,
+        **provenance(),
         "command": "python benchmarks/int8_recovery.py --interleaved-latency",
     }
     path.write_text(json.dumps(result, indent=1) + "\n")
@@ -532,12 +528,10 @@ def main() -> None:
         result["configs"][name] = run_config(name, seeds)
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(result, indent=1) + "\n")  # after each config: keep what ran
-    from budget_curve import source_commit
-
     add = " --add" if args.add else ""
     result.setdefault("invocations", []).append(
         f"python benchmarks/int8_recovery.py{add} --configs {args.configs} --seeds {args.seeds} "
-        f"(code {source_commit()})"
+        f"(code {provenance()['code']})"
     )
     args.results.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.results}")
