@@ -37,7 +37,7 @@ def unsigned_activations(proto: onnx.ModelProto) -> int:
     for node in list(graph.node):
         if node.op_type != "QuantizeLinear" or node.input[0] in constants or len(node.input) < 3:
             continue
-        zero_point = constants.get(node.input[2])
+        zero_point = _value(constants.get(node.input[2]))
         dequantizers = readers.get(node.output[0], [])
         if not _signed_zero(zero_point) or not dequantizers:
             continue
@@ -65,11 +65,11 @@ def _drop_unread(graph: onnx.GraphProto, names: set[str]) -> None:
             graph.initializer.remove(tensor)
 
 
-def _is_signed_dequantizer(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> bool:
+def _is_signed_dequantizer(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> bool:
     return (
         node.op_type == "DequantizeLinear"
         and len(node.input) == 3
-        and _signed_zero(constants.get(node.input[2]))
+        and _signed_zero(_value(constants.get(node.input[2])))
     )
 
 
@@ -77,12 +77,17 @@ def _signed_zero(zero_point: np.ndarray | None) -> bool:
     return zero_point is not None and zero_point.dtype == np.int8 and not zero_point.any()
 
 
-def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Every tensor the graph holds as a value: initializers and Constant nodes' outputs."""
-    from onnx import numpy_helper
-
-    values = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+def _constant_values(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Every tensor the graph holds as a value, by name: initializers and Constant nodes' outputs (read as
+    arrays only where needed: the weights are most of a model's bytes)."""
+    values = {tensor.name: tensor for tensor in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            values[node.output[0]] = node.attribute[0].t
     return values
+
+
+def _value(tensor: onnx.TensorProto | None) -> np.ndarray | None:
+    from onnx import numpy_helper
+
+    return None if tensor is None else numpy_helper.to_array(tensor)
